@@ -1,0 +1,153 @@
+"""The compiler's output: an immutable, index-based flow the engine runs without parsing.
+
+Steps of the main path and of every alternate path share one index space (`CompiledFlow.steps`),
+so instance state can refer to a step by a small integer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from observer.flows.selectors import Selector
+
+__all__ = [
+    "MAIN_PATH",
+    "CompiledAction",
+    "CompiledError",
+    "CompiledFlow",
+    "CompiledHandler",
+    "CompiledPath",
+    "CompiledSla",
+    "CompiledSource",
+    "CompiledStep",
+    "Renderer",
+]
+
+Renderer = Callable[[Mapping[str, Any]], Any]
+Severity = Literal["info", "warning", "critical"]
+MAIN_PATH = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSource:
+    """How to read one source: topic, format and compiled selectors."""
+
+    name: str
+    topic: str
+    format: Literal["json", "avro"]
+    avro_schema: Any | None  # parsed fastavro schema, or None (registry / json)
+    type: Selector
+    key: Selector
+    id: Selector | None  # None: topic/partition/offset
+    time: Selector
+    type_text: str
+    key_text: str
+    time_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledAction:
+    """A named action with its templates compiled."""
+
+    name: str
+    kind: Literal["publish", "alert", "webhook"]
+    topic: Renderer | None = None
+    key: Renderer | None = None
+    headers: Renderer | None = None
+    value: Renderer | None = None
+    value_is_mapping: bool = False
+    avro_schema: Any | None = None
+    severity: Severity | None = None
+    summary: Renderer | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledHandler:
+    """Actions in order, an optional path switch, alert on/off and the alert override."""
+
+    actions: tuple[CompiledAction, ...]
+    then: int | None  # path index
+    alert: bool
+    severity: Severity | None  # from the first `alert:` action
+    summary: Renderer | None
+
+
+NO_HANDLER = CompiledHandler((), None, True, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStep:
+    """One step: which events satisfy it, its anchors, window and handlers (all in ms)."""
+
+    index: int
+    name: str
+    path: int
+    on: frozenset[tuple[str, str]]  # (source, event type)
+    anchors: tuple[int, ...]  # step indices; () = anchored at the path's entry
+    within_ms: int | None
+    warn_ms: int | None  # offset from the anchor time
+    optional: bool
+    captures: tuple[tuple[str, Selector], ...]
+    if_missing: CompiledHandler = NO_HANDLER
+    if_late: CompiledHandler = NO_HANDLER
+    if_warning: CompiledHandler = NO_HANDLER
+    if_out_of_order: CompiledHandler | None = None  # alerted only when declared
+    is_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPath:
+    index: int
+    name: str  # "main" for the main path
+    outcome: str
+    steps: tuple[int, ...]
+    required: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledError:
+    index: int
+    on: frozenset[tuple[str, str]]
+    handler: CompiledHandler
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSla:
+    within_ms: int
+    warn_ms: int | None
+    if_breached: CompiledHandler
+    if_warning: CompiledHandler
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFlow:
+    """A validated flow version, ready to run."""
+
+    name: str
+    version: int
+    file: str
+    key_name: str
+    sources: Mapping[str, CompiledSource]
+    steps: tuple[CompiledStep, ...]
+    paths: tuple[CompiledPath, ...]
+    errors: tuple[CompiledError, ...]
+    sla: CompiledSla | None
+    buffer_ms: int
+    retain_ms: int
+    expire_ms: int
+    # (source, type) -> step indices / error indices it matches
+    step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def start(self) -> CompiledStep:
+        return self.steps[0]
+
+    def step_named(self, name: str) -> CompiledStep:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)

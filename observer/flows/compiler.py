@@ -1,0 +1,378 @@
+"""Compile shape-checked `FlowSpec`s into `CompiledFlow`s, checking every cross-reference.
+
+All problems of all files are collected and raised together as one `FlowError`, each with the
+file and line to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from observer.errors import FlowError, FlowProblem
+from observer.flows.compiled import (
+    NO_HANDLER,
+    CompiledAction,
+    CompiledError,
+    CompiledFlow,
+    CompiledHandler,
+    CompiledPath,
+    CompiledSla,
+    CompiledSource,
+    CompiledStep,
+)
+from observer.flows.loader import LineMap, LoadedFlow, load_flows
+from observer.flows.registry import FlowRegistry
+from observer.flows.selectors import compile_selector
+from observer.flows.spec import EVENT_REF, ActionSpec, FlowSpec, HandlerSpec, StepSpec
+from observer.flows.templates import TemplateContextSpec, compile_value
+from observer.timefmt import parse_duration
+
+__all__ = ["compile_flow", "compile_flows", "load_registry"]
+
+RESERVED_KEY_NAMES = {"flow", "version", "now", "instance", "steps", "deviation"}
+
+
+def _warn_ms(warn: str | None, within_ms: int) -> int:
+    assert warn is not None
+    if warn.endswith("%"):
+        return round(within_ms * float(warn[:-1]) / 100)
+    return parse_duration(warn)
+
+
+def _load_avro(path: str) -> Any:
+    import fastavro.schema
+
+    return fastavro.schema.load_schema(path)
+
+
+class _FlowCompiler:
+    """Compiles one flow document; collects problems instead of stopping at the first."""
+
+    def __init__(self, loaded: LoadedFlow) -> None:
+        self.spec: FlowSpec = loaded.spec
+        self.file = loaded.file
+        self.lines: LineMap = loaded.lines
+        self.problems: list[FlowProblem] = []
+        self.actions: dict[str, CompiledAction] = {}
+
+    def problem(self, loc: Sequence[str | int], message: str) -> None:
+        self.problems.append(FlowProblem(self.file, self.lines.line(loc), message, self.spec.flow))
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _sources(self) -> dict[str, CompiledSource]:
+        out: dict[str, CompiledSource] = {}
+        for name, src in self.spec.sources.items():
+            schema = None
+            if src.format == "avro" and src.schema_ is not None:
+                try:
+                    schema = _load_avro(src.schema_)
+                except Exception as exc:
+                    self.problem(
+                        ("sources", name, "schema"),
+                        f"source '{name}': cannot load Avro schema '{src.schema_}': {exc}",
+                    )
+            out[name] = CompiledSource(
+                name=name,
+                topic=src.topic,
+                format=src.format,
+                avro_schema=schema,
+                type=compile_selector(src.type),
+                key=compile_selector(src.key),
+                id=compile_selector(src.id) if src.id else None,
+                time=compile_selector(src.time),
+                type_text=src.type,
+                key_text=src.key,
+                time_text=src.time,
+            )
+        return out
+
+    def _refs(self, refs: Iterable[str], loc: tuple[str | int, ...], what: str) -> frozenset[tuple[str, str]]:
+        out = set()
+        for j, ref in enumerate(refs):
+            m = EVENT_REF.match(ref)
+            assert m is not None  # checked by the spec
+            source, etype = m.group(1), m.group(2)
+            if source not in self.spec.sources:
+                known = ", ".join(self.spec.sources)
+                self.problem(
+                    (*loc, "on", j), f"{what} refers to unknown source '{source}' (known: {known})"
+                )
+            out.add((source, etype))
+        return frozenset(out)
+
+    def _compile_actions(self, ctx: TemplateContextSpec) -> None:
+        for name, act in self.spec.actions.items():
+            self.actions[name] = self._action(name, act, ctx)
+
+    def _action(self, name: str, act: ActionSpec, ctx: TemplateContextSpec) -> CompiledAction:
+        loc: tuple[str | int, ...] = ("actions", name)
+        errs: list[str] = []
+        if act.publish is not None:
+            p = act.publish
+            topic, e1 = compile_value(p.topic, ctx)
+            key, e2 = compile_value(p.key, ctx)
+            headers, e3 = compile_value(p.headers, ctx)
+            value, e4 = compile_value(p.value, ctx)
+            errs = e1 + e2 + e3 + e4
+            schema = None
+            if p.schema_ is not None:
+                try:
+                    schema = _load_avro(p.schema_)
+                except Exception as exc:
+                    self.problem((*loc, "publish", "schema"), f"action '{name}': cannot load Avro schema '{p.schema_}': {exc}")
+            for e in errs:
+                self.problem((*loc, "publish"), f"action '{name}': {e}")
+            return CompiledAction(
+                name, "publish", topic=topic, key=key, headers=headers, value=value,
+                value_is_mapping=isinstance(p.value, Mapping), avro_schema=schema,
+            )
+        if act.alert is not None:
+            summary = None
+            if act.alert.summary is not None:
+                summary, errs = compile_value(act.alert.summary, ctx)
+                for e in errs:
+                    self.problem((*loc, "alert", "summary"), f"action '{name}': {e}")
+            return CompiledAction(name, "alert", severity=act.alert.severity, summary=summary)
+        assert act.webhook is not None
+        return CompiledAction(name, "webhook", url=act.webhook.url, severity=act.webhook.severity)
+
+    def _handler(self, h: HandlerSpec | None, loc: tuple[str | int, ...], what: str) -> CompiledHandler:
+        if h is None:
+            return NO_HANDLER
+        actions = []
+        severity = None
+        summary = None
+        for j, name in enumerate(h.do):
+            act = self.actions.get(name)
+            if act is None:
+                known = ", ".join(self.spec.actions) or "none defined"
+                self.problem((*loc, "do", j) if loc[-1] != "do" else (*loc, j), f"{what} names unknown action '{name}' (known: {known})")
+                continue
+            if act.kind == "alert" and severity is None:
+                severity, summary = act.severity, act.summary
+            actions.append(act)
+        then = None
+        if h.then is not None:
+            names = list(self.spec.paths)
+            if h.then not in self.spec.paths:
+                self.problem((*loc, "then"), f"{what} switches to unknown path '{h.then}' (paths: {', '.join(names) or 'none defined'})")
+            else:
+                then = names.index(h.then) + 1
+        return CompiledHandler(tuple(actions), then, h.alert, severity, summary)
+
+    def _steps(
+        self, path_index: int, specs: list[StepSpec], loc: tuple[str | int, ...], first_index: int
+    ) -> list[CompiledStep]:
+        names = [s.step for s in specs]
+        index_of = {n: first_index + i for i, n in enumerate(names)}
+        out: list[CompiledStep] = []
+        prev_required: int | None = None
+        for i, s in enumerate(specs):
+            sloc = (*loc, i)
+            what = f"step '{s.step}'"
+            on = self._refs(s.on, sloc, what)
+            is_start = path_index == 0 and i == 0
+            if s.after is not None:
+                anchors = []
+                for j, a in enumerate(s.after):
+                    if a not in index_of:
+                        other = " (anchors must be steps of the same path)" if a in self._all_step_names else ""
+                        self.problem((*sloc, "after", j), f"{what}: 'after' names unknown step '{a}'{other}")
+                    elif a == s.step:
+                        self.problem((*sloc, "after", j), f"{what} cannot be anchored at itself")
+                    else:
+                        anchors.append(index_of[a])
+                anchor_t = tuple(anchors)
+            elif is_start or prev_required is None:
+                anchor_t = ()
+            else:
+                anchor_t = (prev_required,)
+            if is_start and s.after:
+                self.problem((*sloc, "after"), f"{what} starts the flow and cannot have an anchor")
+            within = parse_duration(s.within) if s.within else None
+            warn = None
+            if s.warn is not None:
+                if within is None:
+                    self.problem((*sloc, "warn"), f"{what}: 'warn' needs 'within'")
+                else:
+                    warn = _warn_ms(s.warn, within)
+                    if warn >= within:
+                        self.problem((*sloc, "warn"), f"{what}: warn ({s.warn}) must be shorter than within ({s.within})")
+            if is_start:
+                if within is not None:
+                    self.problem((*sloc, "within"), f"{what} starts the flow and has no window")
+                if s.optional:
+                    self.problem((*sloc, "optional"), f"{what} starts the flow and cannot be optional")
+            if s.if_missing is not None and within is None:
+                self.problem((*sloc, "if_missing"), f"{what}: if_missing never fires without 'within'")
+            if s.if_warning is not None and s.warn is None:
+                self.problem((*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'")
+            if s.optional and (s.if_missing is not None or s.if_warning is not None):
+                self.problem((*sloc, "optional"), f"{what} is optional: it never raises missing or warning")
+            captures = tuple((c, compile_selector(c)) for c in s.capture)
+            step = CompiledStep(
+                index=first_index + i,
+                name=s.step,
+                path=path_index,
+                on=on,
+                anchors=anchor_t,
+                within_ms=within,
+                warn_ms=warn,
+                optional=s.optional,
+                captures=captures,
+                if_missing=self._handler(s.if_missing, (*sloc, "if_missing"), f"{what} if_missing"),
+                if_late=self._handler(s.if_late, (*sloc, "if_late"), f"{what} if_late"),
+                if_warning=self._handler(s.if_warning, (*sloc, "if_warning"), f"{what} if_warning"),
+                if_out_of_order=(
+                    self._handler(s.if_out_of_order, (*sloc, "if_out_of_order"), f"{what} if_out_of_order")
+                    if s.if_out_of_order is not None
+                    else None
+                ),
+                is_start=is_start,
+            )
+            out.append(step)
+            if not s.optional:
+                prev_required = step.index
+        self._check_cycles(out, loc)
+        return out
+
+    def _check_cycles(self, steps: list[CompiledStep], loc: tuple[str | int, ...]) -> None:
+        by_index = {s.index: s for s in steps}
+        state: dict[int, int] = {}  # 1 visiting, 2 done
+
+        def visit(i: int, trail: list[str]) -> bool:
+            if state.get(i) == 2:
+                return False
+            if state.get(i) == 1:
+                cycle = [*trail[trail.index(by_index[i].name) :], by_index[i].name]
+                first = steps.index(by_index[i])
+                self.problem((*loc, first, "after"), "anchors form a cycle: " + " -> ".join(cycle))
+                return True
+            state[i] = 1
+            for a in by_index[i].anchors:
+                if a in by_index and visit(a, [*trail, by_index[i].name]):
+                    state[i] = 2
+                    return True
+            state[i] = 2
+            return False
+
+        for s in steps:
+            visit(s.index, [])
+
+    # -- the whole flow -------------------------------------------------------------------------
+
+    def compile(self) -> CompiledFlow | None:
+        spec = self.spec
+        if spec.key in RESERVED_KEY_NAMES:
+            self.problem(("key",), f"key name '{spec.key}' collides with a template name")
+        self._all_step_names = [s.step for s in spec.steps] + [
+            s.step for p in spec.paths.values() for s in p.steps
+        ]
+        seen: dict[str, tuple[str | int, ...]] = {}
+        all_specs: list[tuple[tuple[str | int, ...], StepSpec]] = [
+            (("steps", i), s) for i, s in enumerate(spec.steps)
+        ] + [(("paths", pn, "steps", i), s) for pn, p in spec.paths.items() for i, s in enumerate(p.steps)]
+        for loc, s in all_specs:
+            if s.step in seen:
+                self.problem((*loc, "step"), f"step name '{s.step}' is used twice (step names are unique in a flow)")
+            seen[s.step] = loc
+        ctx = TemplateContextSpec(
+            spec.key, {s.step: list(s.capture) for _, s in all_specs}
+        )
+        sources = self._sources()
+        self._compile_actions(ctx)
+        steps = self._steps(0, list(spec.steps), ("steps",), 0)
+        paths = [
+            CompiledPath(0, "main", "completed", tuple(s.index for s in steps),
+                         tuple(s.index for s in steps if not s.optional))
+        ]
+        for pi, (pname, p) in enumerate(spec.paths.items(), start=1):
+            psteps = self._steps(pi, list(p.steps), ("paths", pname, "steps"), len(steps))
+            steps.extend(psteps)
+            paths.append(CompiledPath(pi, pname, p.outcome, tuple(s.index for s in psteps),
+                                      tuple(s.index for s in psteps if not s.optional)))
+        errors = []
+        for i, e in enumerate(spec.errors):
+            on = self._refs(e.on, ("errors", i), f"errors[{i}]")
+            errors.append(CompiledError(i, on, self._handler(e.handler(), ("errors", i), f"errors[{i}]")))
+        sla = None
+        if spec.sla is not None:
+            within = parse_duration(spec.sla.within)
+            warn = None
+            if spec.sla.warn is not None:
+                warn = _warn_ms(spec.sla.warn, within)
+                if warn >= within:
+                    self.problem(("sla", "warn"), f"sla: warn ({spec.sla.warn}) must be shorter than within ({spec.sla.within})")
+            if spec.sla.if_warning is not None and spec.sla.warn is None:
+                self.problem(("sla", "if_warning"), "sla: if_warning never fires without 'warn'")
+            sla = CompiledSla(within, warn,
+                              self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
+                              self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"))
+        step_index: dict[tuple[str, str], list[int]] = {}
+        for s in steps:
+            for ref in s.on:
+                same_path = [steps[j] for j in step_index.get(ref, []) if steps[j].path == s.path]
+                if same_path:
+                    loc = next(loc for loc, sp in all_specs if sp.step == s.name)
+                    self.problem((*loc, "on"), f"step '{s.name}' expects {ref[0]}.{ref[1]}, already expected by step '{same_path[0].name}' of the same path")
+                step_index.setdefault(ref, []).append(s.index)
+        error_index: dict[tuple[str, str], int] = {}
+        for e in errors:
+            for ref in e.on:
+                if ref in step_index:
+                    self.problem(("errors", e.index, "on"), f"errors[{e.index}]: {ref[0]}.{ref[1]} is also a step's event")
+                error_index.setdefault(ref, e.index)
+        if self.problems:
+            return None
+        return CompiledFlow(
+            name=spec.flow,
+            version=spec.version,
+            file=self.file,
+            key_name=spec.key,
+            sources=sources,
+            steps=tuple(steps),
+            paths=tuple(paths),
+            errors=tuple(errors),
+            sla=sla,
+            buffer_ms=parse_duration(spec.buffer),
+            retain_ms=parse_duration(spec.retain),
+            expire_ms=parse_duration(spec.expire),
+            step_index={k: tuple(v) for k, v in step_index.items()},
+            error_index=error_index,
+        )
+
+
+def compile_flow(loaded: LoadedFlow) -> tuple[CompiledFlow | None, list[FlowProblem]]:
+    """Compile one loaded flow; returns the compiled flow (None if invalid) and its problems."""
+    c = _FlowCompiler(loaded)
+    flow = c.compile()
+    return flow, c.problems
+
+
+def compile_flows(loaded: Iterable[LoadedFlow], registry: FlowRegistry | None = None) -> FlowRegistry:
+    """Compile flows into a registry (a new one, or `registry` extended). Raises FlowError."""
+    reg = registry.copy() if registry is not None else FlowRegistry()
+    problems: list[FlowProblem] = []
+    for lf in loaded:
+        flow, errs = compile_flow(lf)
+        problems.extend(errs)
+        if flow is None:
+            continue
+        clash = reg.clash(flow)
+        if clash is not None:
+            problems.append(FlowProblem(lf.file, lf.lines.line(("version",)),
+                f"flow '{flow.name}' version {flow.version} is already defined in {clash.file}; "
+                "a changed flow needs a new version", flow.name))
+            continue
+        reg.add(flow)
+    if problems:
+        raise FlowError(problems)
+    return reg
+
+
+def load_registry(targets: Iterable[str | Path], registry: FlowRegistry | None = None) -> FlowRegistry:
+    """Load and compile flow files or folders. Raises FlowError with every problem found."""
+    return compile_flows(load_flows(targets), registry)

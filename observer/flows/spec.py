@@ -1,0 +1,272 @@
+"""Pydantic models of a flow file as written (`FlowSpec`), before compilation.
+
+These models check shape and the syntax of single values (names, durations, selectors);
+cross-references (sources, steps, actions, paths, templates) are checked by the compiler,
+which has the whole flow in view. `schemas/flow.schema.json` is generated from `FlowSpec`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from observer.timefmt import parse_duration
+
+__all__ = [
+    "ActionSpec",
+    "AlertSpec",
+    "ErrorSpec",
+    "FlowSpec",
+    "HandlerSpec",
+    "PathSpec",
+    "PublishSpec",
+    "SlaSpec",
+    "SourceSpec",
+    "StepSpec",
+    "WebhookSpec",
+    "check_selector",
+]
+
+FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ACTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+EVENT_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.(\S+)$")
+_SELECTOR = re.compile(r"^(key|timestamp|header\.[^.\s][^\s]*|value(\.[^.\s]+)*)$")
+Severity = Literal["info", "warning", "critical"]
+
+
+def check_selector(text: str) -> str:
+    """Return `text` if it is a valid selector, else raise ValueError saying what is allowed."""
+    if not isinstance(text, str) or not _SELECTOR.match(text):
+        raise ValueError(
+            f"'{text}' is not a selector (use value.a.b, value.items.0.sku, header.NAME, key "
+            "or timestamp)"
+        )
+    return text
+
+
+def _check_duration(text: str | None) -> str | None:
+    if text is not None:
+        parse_duration(str(text))
+    return text
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class SourceSpec(_Model):
+    """Where events come from and how to read their type, key, id and time."""
+
+    topic: str = Field(min_length=1, description="Kafka topic to read")
+    format: Literal["json", "avro"] = Field("json", description="value encoding")
+    schema_: str | None = Field(
+        None, alias="schema", description="avro only: path of a local .avsc schema"
+    )
+    type: str = Field(description="selector of the event type, e.g. value.type or header.ce_type")
+    key: str = Field("key", description="selector of the correlation key (default: record key)")
+    id: str | None = Field(None, description="selector of a unique event id (default: topic/partition/offset)")
+    time: str = Field("timestamp", description="selector of event time: epoch ms or ISO-8601")
+
+    _selectors = field_validator("type", "key", "id", "time")(
+        classmethod(lambda cls, v: v if v is None else check_selector(v))
+    )
+
+    @model_validator(mode="after")
+    def _avro_needs_no_schema_for_json(self) -> SourceSpec:
+        if self.format == "json" and self.schema_ is not None:
+            raise ValueError("'schema' is only for format: avro")
+        return self
+
+
+class HandlerSpec(_Model):
+    """What to do on a deviation: actions in order, an optional path switch, alert on/off.
+
+    Written either as a list of action names or as `{do: [...], then: PATH, alert: bool}`.
+    """
+
+    do: list[str] = Field(default_factory=list, description="action names, run in order")
+    then: str | None = Field(None, description="switch the instance to this alternate path")
+    alert: bool = Field(True, description="publish the alert record (default true)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        if isinstance(value, list | str):
+            return {"do": _as_list(value)}
+        return value
+
+
+class StepSpec(_Model):
+    """One expected event of a path, with its anchor(s), window and handlers."""
+
+    step: str = Field(description="step name, an identifier unique in the flow")
+    on: list[str] = Field(min_length=1, description="<source>.<EventType>; a list means any of them")
+    after: list[str] | None = Field(
+        None, description="anchor step(s); default: the previous required step; [] = path entry"
+    )
+    within: str | None = Field(None, description="deadline after the latest anchor (a duration)")
+    warn: str | None = Field(None, description="early warning: a percentage of within, or a duration")
+    optional: bool = Field(False, description="not required; never missing or warning")
+    capture: list[str] = Field(default_factory=list, description="selectors kept for templates")
+    if_missing: HandlerSpec | None = None
+    if_late: HandlerSpec | None = None
+    if_warning: HandlerSpec | None = None
+    if_out_of_order: HandlerSpec | None = None
+
+    _lists = field_validator("on", "after", "capture", mode="before")(
+        classmethod(lambda cls, v: _as_list(v))
+    )
+    _durations = field_validator("within")(classmethod(lambda cls, v: _check_duration(v)))
+
+    @field_validator("step")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not IDENT.match(v):
+            raise ValueError(f"step name '{v}' must be an identifier (letters, digits, _)")
+        return v
+
+    @field_validator("on")
+    @classmethod
+    def _refs(cls, v: list[str]) -> list[str]:
+        for ref in v:
+            if not EVENT_REF.match(ref):
+                raise ValueError(f"'{ref}' is not <source>.<EventType>")
+        return v
+
+    @field_validator("capture")
+    @classmethod
+    def _captures(cls, v: list[str]) -> list[str]:
+        return [check_selector(s) for s in v]
+
+    @field_validator("warn", mode="before")
+    @classmethod
+    def _warn(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        text = str(v).strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"warn '{v}' is not a percentage like 80%") from None
+            if not 0 < pct < 100:
+                raise ValueError(f"warn '{v}' must be between 0% and 100%")
+            return text
+        _check_duration(text)
+        return text
+
+
+class ErrorSpec(_Model):
+    """A known error event, observed at any time while the instance is open."""
+
+    on: list[str] = Field(min_length=1, description="<source>.<EventType>; a list means any")
+    do: list[str] = Field(default_factory=list, description="action names, run in order")
+    then: str | None = Field(None, description="switch the instance to this alternate path")
+    alert: bool = True
+
+    _lists = field_validator("on", "do", mode="before")(classmethod(lambda cls, v: _as_list(v)))
+    _refs = field_validator("on")(classmethod(lambda cls, v: StepSpec._refs(v)))
+
+    def handler(self) -> HandlerSpec:
+        return HandlerSpec(do=self.do, then=self.then, alert=self.alert)
+
+
+class PathSpec(_Model):
+    """An alternate flow entered by `then:`; completing it ends the instance with `outcome`."""
+
+    outcome: str = Field(min_length=1)
+    steps: list[StepSpec] = Field(default_factory=list)
+
+
+class SlaSpec(_Model):
+    """The whole instance's window, from its start event."""
+
+    within: str
+    warn: str | None = None
+    if_breached: HandlerSpec | None = None
+    if_warning: HandlerSpec | None = None
+
+    _durations = field_validator("within")(classmethod(lambda cls, v: _check_duration(v)))
+    _warn = field_validator("warn", mode="before")(classmethod(lambda cls, v: StepSpec._warn(v)))
+
+
+class PublishSpec(_Model):
+    """A record to publish; every string in it may be a template."""
+
+    topic: str = Field(min_length=1)
+    key: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    value: Any = None
+    schema_: str | None = Field(None, alias="schema", description="publish the value as Avro")
+
+
+class AlertSpec(_Model):
+    """Sets severity and summary of the deviation's alert record."""
+
+    severity: Severity = "warning"
+    summary: str | None = None
+
+
+class WebhookSpec(_Model):
+    """POST the deviation's alert record as JSON to `url`."""
+
+    url: str = Field(min_length=1)
+    severity: Severity | None = None
+
+
+class ActionSpec(_Model):
+    """Exactly one of publish, alert or webhook."""
+
+    publish: PublishSpec | None = None
+    alert: AlertSpec | None = None
+    webhook: WebhookSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ActionSpec:
+        given = [n for n in ("publish", "alert", "webhook") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("an action has exactly one of publish, alert or webhook")
+        return self
+
+
+class FlowSpec(_Model):
+    """One flow file document, as written."""
+
+    flow: str = Field(description="flow name, ^[a-z][a-z0-9_-]{0,63}$")
+    version: int = Field(ge=1, description="instances keep the version they started with")
+    description: str | None = None
+    key: str = Field("key", description="name of the correlation key in templates")
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+    steps: list[StepSpec] = Field(min_length=1)
+    errors: list[ErrorSpec] = Field(default_factory=list)
+    paths: dict[str, PathSpec] = Field(default_factory=dict)
+    sla: SlaSpec | None = None
+    buffer: str = "5m"
+    retain: str = "7d"
+    expire: str = "30d"
+    actions: dict[str, ActionSpec] = Field(default_factory=dict)
+
+    _durations = field_validator("buffer", "retain", "expire", mode="before")(
+        classmethod(lambda cls, v: _check_duration(str(v)) if v is not None else v)
+    )
+
+    @field_validator("flow")
+    @classmethod
+    def _flow_name(cls, v: str) -> str:
+        if not FLOW_NAME.match(v):
+            raise ValueError(f"flow name '{v}' must match ^[a-z][a-z0-9_-]{{0,63}}$")
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key_name(cls, v: str) -> str:
+        if not IDENT.match(v):
+            raise ValueError(f"key name '{v}' must be an identifier")
+        return v

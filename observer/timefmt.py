@@ -1,0 +1,97 @@
+"""Time and duration parsing and rendering. All times are integer epoch milliseconds (UTC)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["format_duration", "format_time", "parse_duration", "parse_time"]
+
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_SHORT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_ISO = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_duration(text: str) -> int:
+    """Parse `250ms`, `30s`, `5m`, `4h`, `2d` or ISO-8601 (`PT5M`, `P1DT2H`) into ms.
+
+    Raises ValueError with a plain-words message on anything else (including zero or negative).
+    """
+    s = str(text).strip()
+    m = _SHORT.match(s)
+    if m:
+        ms = float(m.group(1)) * _UNITS_MS[m.group(2)]
+    else:
+        iso = _ISO.match(s.upper())
+        if not iso or s.upper() in ("P", "PT") or s.upper().endswith("T"):
+            raise ValueError(
+                f"'{text}' is not a duration (use 250ms, 30s, 5m, 4h, 2d or ISO-8601 like PT5M)"
+            )
+        parts = {k: float(v) for k, v in iso.groupdict().items() if v is not None}
+        ms = (
+            parts.get("d", 0) * 86_400_000
+            + parts.get("h", 0) * 3_600_000
+            + parts.get("m", 0) * 60_000
+            + parts.get("s", 0) * 1_000
+        )
+    if ms <= 0:
+        raise ValueError(f"'{text}' is not a positive duration")
+    return round(ms)
+
+
+def format_duration(ms: int) -> str:
+    """Render ms as a compact duration: `1m30s`, `2d4h`, `250ms`, `0s`; negative gets a `-`."""
+    if ms == 0:
+        return "0s"
+    sign = "-" if ms < 0 else ""
+    rest = abs(ms)
+    out = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)):
+        if rest >= size:
+            out.append(f"{rest // size}{unit}")
+            rest %= size
+    if rest:
+        out.append(f"{rest}ms")
+    return sign + "".join(out)
+
+
+def format_time(ms: int) -> str:
+    """Render epoch ms as ISO-8601 UTC: `2026-01-01T00:00:00Z`, with `.250` when ms is non-zero."""
+    dt = _EPOCH + timedelta(milliseconds=ms)
+    frac = ms % 1000
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:03d}Z" if frac else f"{base}Z"
+
+
+def parse_time(raw: object) -> int:
+    """Parse an event time: epoch ms (int, float or digit string) or ISO-8601 text.
+
+    ISO-8601 text without an offset is read as UTC. Raises ValueError when it cannot be read.
+    """
+    if isinstance(raw, bool) or raw is None:
+        raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            raise ValueError(f"time {raw!r} is not a number")
+        return int(raw)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, str):
+        s = raw.strip()
+        if s.lstrip("-").isdigit():
+            return int(s)
+        try:
+            dt = datetime.fromisoformat(s.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        delta = dt - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
