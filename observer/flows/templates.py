@@ -49,7 +49,12 @@ class TemplateEnv:
     """The one sandboxed Jinja environment of the process (compilation is cached by Jinja)."""
 
     def __init__(self) -> None:
-        self.env = _Env(undefined=ChainableUndefined, autoescape=False)
+        # None renders as "" in text (a null step in "{{ deviation.step }}" is no "None")
+        self.env = _Env(
+            undefined=ChainableUndefined,
+            autoescape=False,
+            finalize=lambda v: "" if v is None else v,
+        )
 
 
 _ENV = TemplateEnv()

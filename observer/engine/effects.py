@@ -1,0 +1,49 @@
+"""What the engine asks the world to do. Adapters carry these out; the engine does no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Effect", "Publish", "Signal"]
+
+Category = Literal["action", "alert", "outcome", "dlq", "webhook"]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A record to publish (or, with `webhook`, a JSON POST of `value` to that URL).
+
+    `value` is a JSON-able object (published as JSON, or Avro with `avro_schema`), a str
+    (published as is) or bytes. `observer_id` is also in `headers`.
+    """
+
+    category: Category
+    topic: str | None
+    key: str | None
+    value: Any
+    headers: tuple[tuple[str, str], ...]
+    observer_id: str
+    webhook: str | None = None
+    avro_schema: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Something that happened, for metrics and the instance history (nothing is published).
+
+    `what`: started | ended | deviation | recorded; `detail` is the outcome, deviation kind or
+    a note; `at` is the observer's time (ms).
+    """
+
+    what: Literal["started", "ended", "deviation", "recorded"]
+    flow: str
+    version: int
+    key: str
+    detail: str
+    step: str | None
+    at: int
+    value_ms: int | None = None  # duration for `ended`
+
+
+Effect = Publish | Signal
