@@ -253,6 +253,10 @@ class Engine:
         candidates = flow.step_index.get(ref)
         if not candidates:
             return None
+        if len(candidates) > 1:
+            h = event_hash(event.id)
+            if any(inst.ids.get(i) == h for i in candidates):
+                return None  # this very event was applied already
         fallback = None
         for idx in candidates:
             if idx not in inst.observed:
@@ -267,7 +271,8 @@ class Engine:
     def _observe(flow: CompiledFlow, inst: InstanceState, step: CompiledStep, event: Event) -> None:
         idx = step.index
         inst.observed[idx] = event.time
-        inst.ids[idx] = event_hash(event.id)
+        if step.shares_on:  # only then can one event id satisfy two steps; remember it
+            inst.ids[idx] = event_hash(event.id)
         if step.captures:
             caps = event.captures
             inst.captured[idx] = {sel: caps.get(sel) for sel, _ in step.captures}
@@ -286,8 +291,9 @@ class Engine:
                     self._out_of_order(slot, flow, inst, step, flow.steps[a], event.id, now, out)
                     break
         # steps anchored at this one: now judged (out of order, or late now that armed)
-        for other in flow.steps:
-            if step.index in other.anchors and other.index in inst.observed:
+        for d in step.dependents:
+            other = flow.steps[d]
+            if other.index in inst.observed:
                 if other.path == inst.path and inst.observed[other.index] < t:
                     self._out_of_order(slot, flow, inst, other, step, event.id, now, out)
                 self._judge_late(slot, flow, inst, other, event.id, now, out)

@@ -96,6 +96,8 @@ class CompiledStep:
     if_warning: CompiledHandler = NO_HANDLER
     if_out_of_order: CompiledHandler | None = None  # alerted only when declared
     is_start: bool = False
+    shares_on: bool = False  # another step (of another path) expects one of the same events
+    dependents: tuple[int, ...] = ()  # steps anchored at this one
 
 
 @dataclass(frozen=True, slots=True)

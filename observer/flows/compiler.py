@@ -319,6 +319,17 @@ class _FlowCompiler:
                     loc = next(loc for loc, sp in all_specs if sp.step == s.name)
                     self.problem((*loc, "on"), f"step '{s.name}' expects {ref[0]}.{ref[1]}, already expected by step '{same_path[0].name}' of the same path")
                 step_index.setdefault(ref, []).append(s.index)
+        import dataclasses
+
+        shared = {i for idxs in step_index.values() if len(idxs) > 1 for i in idxs}
+        steps = [
+            dataclasses.replace(
+                s,
+                shares_on=s.index in shared,
+                dependents=tuple(o.index for o in steps if s.index in o.anchors),
+            )
+            for s in steps
+        ]
         error_index: dict[tuple[str, str], int] = {}
         for e in errors:
             for ref in e.on:
