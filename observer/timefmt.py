@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 
 __all__ = ["format_duration", "format_time", "parse_duration", "parse_time"]
@@ -59,12 +60,25 @@ def format_duration(ms: int) -> str:
     return sign + "".join(out)
 
 
+@lru_cache(maxsize=4096)
+def _day(days: int) -> str:
+    return (_EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+@lru_cache(maxsize=65536)
+def _second(sec: int) -> str:
+    days, rest = divmod(sec, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{_day(days)}T{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
 def format_time(ms: int) -> str:
     """Render epoch ms as ISO-8601 UTC: `2026-01-01T00:00:00Z`, with `.250` when ms is non-zero."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    frac = ms % 1000
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{frac:03d}Z" if frac else f"{base}Z"
+    sec, frac = divmod(ms, 1000)
+    if frac:
+        return f"{_second(sec)}.{frac:03d}Z"
+    return _second(sec) + "Z"
 
 
 def parse_time(raw: object) -> int:

@@ -72,9 +72,20 @@ class Engine:
     """Runs deployed flows over key slots. Holds no per-instance state of its own."""
 
     def __init__(self, registry: FlowRegistry, topics: Topics | None = None, buffer_limit: int = 1000) -> None:
-        self.registry = registry
+        self._registry = registry
+        self._versions: dict[tuple[str, int], CompiledFlow] = {}
         self.topics = topics or Topics()
         self.buffer_limit = buffer_limit
+
+    @property
+    def registry(self) -> FlowRegistry:
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: FlowRegistry) -> None:
+        """Deploy a new set of flows (the version cache is rebuilt lazily)."""
+        self._registry = registry
+        self._versions = {}
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -90,7 +101,7 @@ class Engine:
                 self._buffer(slot, flow, event, now, out)
             return out
         flow = self._flow_of(slot, inst)
-        if inst.open:
+        if inst.outcome is None:
             self._apply_open(slot, flow, inst, event, now, out)
         else:
             self._apply_ended(slot, flow, inst, event, now, out)
@@ -160,8 +171,11 @@ class Engine:
         return self._flow_of(slot, slot.instance)
 
     def _flow_of(self, slot: KeySlot, inst: InstanceState) -> CompiledFlow:
-        flow = self.registry.get(slot.flow, inst.version)
-        return flow if flow is not None else self.registry.newest(slot.flow)
+        flow = self._versions.get((slot.flow, inst.version))
+        if flow is None:
+            flow = self.registry.get(slot.flow, inst.version) or self.registry.newest(slot.flow)
+            self._versions[(slot.flow, inst.version)] = flow
+        return flow
 
     @staticmethod
     def _anchor_time(flow: CompiledFlow, inst: InstanceState, step: CompiledStep) -> int | None:
@@ -192,7 +206,7 @@ class Engine:
         slot.instance = inst
         self._observe(flow, inst, flow.start, event)
         out.append(Signal("started", flow.name, flow.version, slot.key, "", flow.start.name, now))
-        buffered = sorted(slot.buffer, key=lambda b: (b.event.time, b.seq))
+        buffered = sorted(slot.buffer, key=lambda b: (b.event.time, b.seq)) if slot.buffer else ()
         slot.buffer = []
         for b in buffered:
             if inst.open:
@@ -300,12 +314,17 @@ class Engine:
 
     def _judge_late(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, step: CompiledStep, trigger: str, now: int, out: list[Effect]) -> None:
         idx = step.index
-        f = inst.flags.get(idx, 0)
-        if f & F_LATE or idx not in inst.observed:
+        if step.within_ms is None:
             return
-        deadline = self.deadline(flow, inst, step)
-        t = inst.observed[idx]
-        if deadline is None or t <= deadline:
+        t = inst.observed.get(idx)
+        if t is None:
+            return
+        anchor = self._anchor_time(flow, inst, step)
+        if anchor is None or t <= anchor + step.within_ms:
+            return
+        deadline = anchor + step.within_ms
+        f = inst.flags.get(idx, 0)
+        if f & F_LATE:
             return
         inst.flags[idx] = f | F_LATE
         dev = _Deviation("late", step, deadline, t, trigger, step.if_late)
@@ -392,7 +411,7 @@ class Engine:
         self._check_complete(slot, flow, inst, at, trigger, now, out)
 
     def _check_complete(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, at: int, trigger: str, now: int, out: list[Effect]) -> None:
-        if not inst.open:
+        if inst.outcome is not None:
             return
         path = flow.paths[inst.path]
         observed = inst.observed
