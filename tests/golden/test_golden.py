@@ -1,0 +1,41 @@
+"""Recorded event timelines and their expected output through `observer replay`, byte for byte.
+
+Each folder holds `events.jsonl`, `expected.jsonl` and optionally `args` (extra CLI arguments,
+one a line) and `flow.yaml` (default: `spec-example.flow.yaml`, the contract's own example).
+Regenerate after an intended change with `python tests/golden/test_golden.py --update`, then
+read the diff: every changed line must be explained by the change.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+CASES = sorted(p for p in HERE.iterdir() if p.is_dir() and (p / "events.jsonl").exists())
+
+
+def replay(case: Path) -> subprocess.CompletedProcess[bytes]:
+    flow = case / "flow.yaml" if (case / "flow.yaml").exists() else HERE / "spec-example.flow.yaml"
+    args = (case / "args").read_text().split("\n") if (case / "args").exists() else []
+    cmd = [sys.executable, "-m", "observer.cli", "replay", str(flow.relative_to(ROOT)), "--events", str((case / "events.jsonl").relative_to(ROOT)), *[a for a in args if a]]
+    return subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_golden(case: Path) -> None:
+    res = replay(case)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.decode() == (case / "expected.jsonl").read_text()
+
+
+if __name__ == "__main__" and "--update" in sys.argv:
+    for case in CASES:
+        res = replay(case)
+        assert res.returncode == 0, res.stderr.decode()
+        (case / "expected.jsonl").write_bytes(res.stdout)
+        print(f"{case.name}: {len(res.stdout.splitlines())} lines")
