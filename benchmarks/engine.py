@@ -19,12 +19,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from observer.engine.codec import encode_slot  # noqa: E402
-from observer.engine.core import Engine  # noqa: E402
-from observer.engine.state import Event, KeySlot  # noqa: E402
-from observer.flows.compiled import CompiledFlow  # noqa: E402
-from observer.flows.compiler import load_registry  # noqa: E402
-from observer.ingest import Ingest, SourceRecord  # noqa: E402
+from observer.engine.codec import encode_slot
+from observer.engine.core import Engine
+from observer.engine.state import Event, KeySlot
+from observer.flows.compiled import CompiledFlow
+from observer.flows.compiler import load_registry
+from observer.ingest import Ingest, SourceRecord
 
 T0 = 1_767_225_600_000
 
@@ -43,10 +43,16 @@ def happy_path(flow: CompiledFlow) -> list[tuple[str, str, int]]:
     return out
 
 
-def sample_value(src: str, etype: str, key: str, t: int, flow: CompiledFlow) -> tuple[dict[str, Any], dict[str, bytes]]:
+def sample_value(
+    src: str, etype: str, key: str, t: int, flow: CompiledFlow
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """A JSON value and headers that the source's selectors can read."""
     source = flow.sources[src]
-    value: dict[str, Any] = {"total": 99.5, "customer": {"email": "ann@example.com"}, "items": [{"sku": "A1", "qty": 1}]}
+    value: dict[str, Any] = {
+        "total": 99.5,
+        "customer": {"email": "ann@example.com"},
+        "items": [{"sku": "A1", "qty": 1}],
+    }
     headers: dict[str, bytes] = {}
     for sel, v in ((source.type_text, etype), (source.key_text, key), (source.time_text, t)):
         if sel.startswith("value."):
@@ -101,7 +107,17 @@ def main() -> None:
     records = []
     for e in events:
         value, headers = sample_value(e.source, e.type, e.key, e.time, flow)
-        records.append(SourceRecord(flow.sources[e.source].topic, 0, len(records), e.key.encode(), orjson.dumps(value), list(headers.items()), e.time))
+        records.append(
+            SourceRecord(
+                flow.sources[e.source].topic,
+                0,
+                len(records),
+                e.key.encode(),
+                orjson.dumps(value),
+                list(headers.items()),
+                e.time,
+            )
+        )
 
     def run_ingest() -> float:
         slots: dict[str, KeySlot] = {}
@@ -125,7 +141,15 @@ def main() -> None:
         slot = KeySlot(flow.name, f"o-{i}")
         for src, etype, off in path[: max(1, len(path) // 2)]:
             value, headers = sample_value(src, etype, f"o-{i}", T0 + off, flow)
-            rec = SourceRecord(flow.sources[src].topic, 0, i, f"o-{i}".encode(), orjson.dumps(value), list(headers.items()), T0 + off)
+            rec = SourceRecord(
+                flow.sources[src].topic,
+                0,
+                i,
+                f"o-{i}".encode(),
+                orjson.dumps(value),
+                list(headers.items()),
+                T0 + off,
+            )
             for _, ev in ingest.decode(rec).events:
                 engine.apply(slot, ev, ev.time)
         sizes.append(len(encode_slot(slot)))
@@ -136,10 +160,18 @@ def main() -> None:
         encode_slot(slot_sample)
     encode_us.append((time.perf_counter() - t) / 20000 * 1e6)
 
-    print(f"flow: {flow.name} v{flow.version} ({args.flow}), {len(path)} main-path steps, {args.orders} orders, {n_events} events")
-    print(f"engine only (pre-decoded events):   {statistics.median(engine_rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in engine_rates)})")
-    print(f"ingest + engine (JSON bytes):       {statistics.median(ingest_rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in ingest_rates)})")
-    print(f"state per open instance, mid-flight: median {statistics.median(sizes):.0f} B, max {max(sizes)} B (target <= 200 B)")
+    print(
+        f"flow: {flow.name} v{flow.version} ({args.flow}), {len(path)} main-path steps, {args.orders} orders, {n_events} events"
+    )
+    print(
+        f"engine only (pre-decoded events):   {statistics.median(engine_rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in engine_rates)})"
+    )
+    print(
+        f"ingest + engine (JSON bytes):       {statistics.median(ingest_rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in ingest_rates)})"
+    )
+    print(
+        f"state per open instance, mid-flight: median {statistics.median(sizes):.0f} B, max {max(sizes)} B (target <= 200 B)"
+    )
     print(f"encode_slot: {encode_us[0]:.2f} µs per slot")
 
 

@@ -50,7 +50,9 @@ def validate(flows: tuple[str, ...]) -> None:
         _fail(str(exc))
         return
     for flow in registry:
-        click.echo(f"ok: {flow.name} v{flow.version} ({flow.file}): {len(flow.steps)} steps", err=True)
+        click.echo(
+            f"ok: {flow.name} v{flow.version} ({flow.file}): {len(flow.steps)} steps", err=True
+        )
 
 
 def _parse_deploy(value: str) -> tuple[int, str]:
@@ -66,8 +68,18 @@ def _parse_deploy(value: str) -> tuple[int, str]:
 @main.command()
 @click.argument("flows")
 @click.option("--events", "events", required=True, help="JSON lines of records to replay.")
-@click.option("--until", "until", default=None, help="Advance the clock to this time at the end (ISO-8601 or epoch ms).")
-@click.option("--deploy", "deploys", multiple=True, help="MS:PATH — deploy more flow files at virtual time MS (repeatable).")
+@click.option(
+    "--until",
+    "until",
+    default=None,
+    help="Advance the clock to this time at the end (ISO-8601 or epoch ms).",
+)
+@click.option(
+    "--deploy",
+    "deploys",
+    multiple=True,
+    help="MS:PATH — deploy more flow files at virtual time MS (repeatable).",
+)
 def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...]) -> None:
     """Run the engine on a virtual clock over recorded events; print what would be published."""
     from observer.replay import run_replay

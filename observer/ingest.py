@@ -74,7 +74,9 @@ def _local_avro(data: bytes, source: CompiledSource) -> Any:
 class Ingest:
     """Decodes source records for every deployed flow. Rebuild it when flows are deployed."""
 
-    def __init__(self, registry: FlowRegistry, topics: Topics | None = None, avro: AvroDecoder | None = None) -> None:
+    def __init__(
+        self, registry: FlowRegistry, topics: Topics | None = None, avro: AvroDecoder | None = None
+    ) -> None:
         self.topics = topics or Topics()
         self.avro = avro or _local_avro
         readers: dict[str, dict[tuple[str, str], _Reader]] = {}
@@ -90,12 +92,14 @@ class Ingest:
                 for src, etype in err.on:
                     wanted.setdefault((flow.name, src), set()).add(etype)
         for flow in registry.newest_flows() + list(registry):
-            for src in flow.sources.values():
-                slot = readers.setdefault(src.topic, {})
-                if (flow.name, src.name) not in slot:
-                    c = caps.get((flow.name, src.name), {})
-                    slot[(flow.name, src.name)] = _Reader(
-                        flow.name, src, frozenset(wanted.get((flow.name, src.name), ())),
+            for source in flow.sources.values():
+                slot = readers.setdefault(source.topic, {})
+                if (flow.name, source.name) not in slot:
+                    c = caps.get((flow.name, source.name), {})
+                    slot[(flow.name, source.name)] = _Reader(
+                        flow.name,
+                        source,
+                        frozenset(wanted.get((flow.name, source.name), ())),
                         {t: tuple(sel.items()) for t, sel in c.items()},
                     )
         self._readers = {t: tuple(r.values()) for t, r in readers.items()}
@@ -144,7 +148,9 @@ class Ingest:
             for sel, fn in r.captures.get(etype, ()):
                 v = fn(view)
                 captures[sel] = None if v is MISSING else v
-            out.events.append((r.flow, Event(r.source.name, etype, str(key), str(eid), time, captures)))
+            out.events.append(
+                (r.flow, Event(r.source.name, etype, str(key), str(eid), time, captures))
+            )
         return out
 
     def _decode_value(self, value: Any, source: CompiledSource) -> Any:
@@ -161,8 +167,11 @@ class Ingest:
     def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
         where = f"{rec.topic}/{rec.partition}/{rec.offset}"
         oid = observer_id("", 0, "", where, None, "dlq")
-        original = list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
-        headers = tuple((str(k), v) for k, v in original) + (
+        original = (
+            list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
+        )
+        headers = (
+            *tuple((str(k), v) for k, v in original),
             ("observer-error", reason),
             ("observer-source-topic", rec.topic),
             ("observer-source-partition", str(rec.partition)),

@@ -76,7 +76,10 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
         headers = obj.get("headers") or {}
         if not isinstance(headers, dict):
             raise InputError(file, i + 1, "'headers' must be an object")
-        headers = {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in headers.items()}
+        headers = {
+            str(k): v if isinstance(v, str) else orjson.dumps(v).decode()
+            for k, v in headers.items()
+        }
         key = obj.get("key")
         if key is not None and not isinstance(key, str):
             key = orjson.dumps(key).decode()
@@ -96,7 +99,9 @@ def publish_line(p: Publish, timestamp: int) -> bytes:
         value = base64.b64encode(buf.getvalue()).decode()
     elif isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in p.headers}
+    headers = {
+        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in p.headers
+    }
     line: dict[str, Any] = {"topic": p.topic}
     if p.webhook is not None:
         line["webhook"] = p.webhook
@@ -160,7 +165,9 @@ class Replayer:
             self._fire_next()
 
     def _primary_pending(self) -> bool:
-        return any(self.engine.next_due(s, lifecycle=False) is not None for s in self.slots.values())
+        return any(
+            self.engine.next_due(s, lifecycle=False) is not None for s in self.slots.values()
+        )
 
     def drain(self) -> None:
         """Fire timers until no deadline, warn point, SLA point or buffer expiry is pending."""
@@ -192,7 +199,9 @@ class Replayer:
                 self.emit(eff, self.clock)
             self._reschedule(sk)
 
-    def run(self, records: Iterable[ReplayRecord], deploys: list[Deploy], until: int | None) -> None:
+    def run(
+        self, records: Iterable[ReplayRecord], deploys: list[Deploy], until: int | None
+    ) -> None:
         pending = sorted(deploys, key=lambda d: d.at)
         for rr in records:
             while pending and pending[0].at <= max(self.clock, rr.record.timestamp):
@@ -224,7 +233,11 @@ def _load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry,
 
 
 def run_replay(
-    flows: str, events: str, until: int | None, deploys: list[tuple[int, str]], topics: Topics | None = None
+    flows: str,
+    events: str,
+    until: int | None,
+    deploys: list[tuple[int, str]],
+    topics: Topics | None = None,
 ) -> Iterator[bytes]:
     """Run a replay; yields output lines (without newline). Raises FlowError / InputError."""
     registry, deploy_list = _load_all(flows, deploys)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 __all__ = ["format_duration", "format_time", "parse_duration", "parse_time"]
 

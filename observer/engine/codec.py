@@ -41,7 +41,15 @@ def encode_slot(slot: KeySlot) -> bytes:
     buf: list[Any] | None = None
     if slot.buffer:
         buf = [
-            [b.event.source, b.event.type, b.event.id, b.event.time, b.read_at, b.seq, dict(b.event.captures)]
+            [
+                b.event.source,
+                b.event.type,
+                b.event.id,
+                b.event.time,
+                b.read_at,
+                b.seq,
+                dict(b.event.captures),
+            ]
             for b in slot.buffer
         ]
     inst = slot.instance
@@ -87,7 +95,23 @@ def decode_slot(flow: str, key: str, data: bytes) -> KeySlot:
         ]
     if arr[1] is None:
         return slot
-    (_, version, s, path, sla, outcome, ended_rel, entries, observed, flags, ids, errs, devs, caps, _b) = arr
+    (
+        _,
+        version,
+        s,
+        path,
+        sla,
+        outcome,
+        ended_rel,
+        entries,
+        observed,
+        flags,
+        ids,
+        errs,
+        devs,
+        caps,
+        _b,
+    ) = arr
     slot.instance = InstanceState(
         version=version,
         started_at=s,

@@ -35,7 +35,12 @@ __all__ = ["T_EXPIRE", "T_MISSING", "T_ORPHAN", "T_RETAIN", "Engine", "Timer", "
 T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH, T_EXPIRE, T_RETAIN, T_ORPHAN = range(7)
 LIFECYCLE = (T_EXPIRE, T_RETAIN)  # in replay these fire only when --until reaches them
 _KIND = {k: i for i, k in enumerate(DEVIATION_KINDS)}
-_DEFAULT_SEVERITY = {"missing": "critical", "error": "critical", "sla_breach": "critical", "orphaned": "critical"}
+_DEFAULT_SEVERITY = {
+    "missing": "critical",
+    "error": "critical",
+    "sla_breach": "critical",
+    "orphaned": "critical",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,9 @@ class _Deviation:
 class Engine:
     """Runs deployed flows over key slots. Holds no per-instance state of its own."""
 
-    def __init__(self, registry: FlowRegistry, topics: Topics | None = None, buffer_limit: int = 1000) -> None:
+    def __init__(
+        self, registry: FlowRegistry, topics: Topics | None = None, buffer_limit: int = 1000
+    ) -> None:
         self._registry = registry
         self._versions: dict[tuple[str, int], CompiledFlow] = {}
         self.topics = topics or Topics()
@@ -97,7 +104,10 @@ class Engine:
             flow = self.registry.newest(slot.flow)
             if event.source in flow.sources and (event.source, event.type) in flow.start.on:
                 self._start(slot, flow, event, now, out)
-            elif (event.source, event.type) in flow.step_index or (event.source, event.type) in flow.error_index:
+            elif (event.source, event.type) in flow.step_index or (
+                event.source,
+                event.type,
+            ) in flow.error_index:
                 self._buffer(slot, flow, event, now, out)
             return out
         flow = self._flow_of(slot, inst)
@@ -200,7 +210,9 @@ class Engine:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _start(self, slot: KeySlot, flow: CompiledFlow, event: Event, now: int, out: list[Effect]) -> None:
+    def _start(
+        self, slot: KeySlot, flow: CompiledFlow, event: Event, now: int, out: list[Effect]
+    ) -> None:
         inst = InstanceState(version=flow.version, started_at=event.time)
         inst.entries[0] = event.time
         slot.instance = inst
@@ -215,16 +227,36 @@ class Engine:
                 self._apply_ended(slot, flow, inst, b.event, now, out)
         self._check_complete(slot, flow, inst, event.time, event.id, now, out)
 
-    def _buffer(self, slot: KeySlot, flow: CompiledFlow, event: Event, now: int, out: list[Effect]) -> None:
+    def _buffer(
+        self, slot: KeySlot, flow: CompiledFlow, event: Event, now: int, out: list[Effect]
+    ) -> None:
         if any(b.event.id == event.id for b in slot.buffer):
             return
         if len(slot.buffer) >= self.buffer_limit:
-            out.append(Signal("recorded", flow.name, flow.version, slot.key, f"buffer full: dropped {event.type} {event.id}", None, now))
+            out.append(
+                Signal(
+                    "recorded",
+                    flow.name,
+                    flow.version,
+                    slot.key,
+                    f"buffer full: dropped {event.type} {event.id}",
+                    None,
+                    now,
+                )
+            )
             return
         seq = slot.buffer[-1].seq + 1 if slot.buffer else 0
         slot.buffer.append(BufferedEvent(event, now, seq))
 
-    def _apply_open(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, event: Event, now: int, out: list[Effect]) -> None:
+    def _apply_open(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        event: Event,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         ref = (event.source, event.type)
         err = flow.error_index.get(ref)
         if err is not None:
@@ -246,11 +278,29 @@ class Engine:
         self._observe_and_judge(slot, flow, inst, step, event, now, out)
         self._check_complete(slot, flow, inst, event.time, event.id, now, out)
 
-    def _apply_ended(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, event: Event, now: int, out: list[Effect]) -> None:
+    def _apply_ended(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        event: Event,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         """After the end: record; a late step event still raises `late`; nothing else."""
         step = self._pick_step(flow, inst, (event.source, event.type), event)
         if step is None:
-            out.append(Signal("recorded", flow.name, inst.version, slot.key, f"{event.type} after the end", None, now))
+            out.append(
+                Signal(
+                    "recorded",
+                    flow.name,
+                    inst.version,
+                    slot.key,
+                    f"{event.type} after the end",
+                    None,
+                    now,
+                )
+            )
             return
         self._observe(flow, inst, step, event)
         deadline = self.deadline(flow, inst, step)
@@ -259,9 +309,21 @@ class Engine:
             dev = _Deviation("late", step, deadline, event.time, event.id, step.if_late)
             self._raise(slot, flow, inst, dev, now, out)
         else:
-            out.append(Signal("recorded", flow.name, inst.version, slot.key, f"{event.type} after the end", step.name, now))
+            out.append(
+                Signal(
+                    "recorded",
+                    flow.name,
+                    inst.version,
+                    slot.key,
+                    f"{event.type} after the end",
+                    step.name,
+                    now,
+                )
+            )
 
-    def _pick_step(self, flow: CompiledFlow, inst: InstanceState, ref: tuple[str, str], event: Event) -> CompiledStep | None:
+    def _pick_step(
+        self, flow: CompiledFlow, inst: InstanceState, ref: tuple[str, str], event: Event
+    ) -> CompiledStep | None:
         """The step an event satisfies: an unobserved one of the current path first, then any
         unobserved one; None when every candidate is observed (a duplicate or a repeat)."""
         candidates = flow.step_index.get(ref)
@@ -291,7 +353,16 @@ class Engine:
             caps = event.captures
             inst.captured[idx] = {sel: caps.get(sel) for sel, _ in step.captures}
 
-    def _observe_and_judge(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, step: CompiledStep, event: Event, now: int, out: list[Effect]) -> None:
+    def _observe_and_judge(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        step: CompiledStep,
+        event: Event,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         self._observe(flow, inst, step, event)
         t = event.time
         current = step.path == inst.path
@@ -312,7 +383,16 @@ class Engine:
                     self._out_of_order(slot, flow, inst, other, step, event.id, now, out)
                 self._judge_late(slot, flow, inst, other, event.id, now, out)
 
-    def _judge_late(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, step: CompiledStep, trigger: str, now: int, out: list[Effect]) -> None:
+    def _judge_late(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        step: CompiledStep,
+        trigger: str,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         idx = step.index
         if step.within_ms is None:
             return
@@ -332,13 +412,31 @@ class Engine:
         if step.if_late.then is not None:
             self._switch(slot, flow, inst, step.if_late.then, t, trigger, now, out)
 
-    def _out_of_order(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, step: CompiledStep, anchor: CompiledStep, trigger: str, now: int, out: list[Effect]) -> None:
+    def _out_of_order(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        step: CompiledStep,
+        anchor: CompiledStep,
+        trigger: str,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         idx = step.index
         f = inst.flags.get(idx, 0)
         if f & F_OUT_OF_ORDER:
             return
         inst.flags[idx] = f | F_OUT_OF_ORDER
-        dev = _Deviation("out_of_order", step, self.deadline(flow, inst, step), inst.observed[idx], trigger, step.if_out_of_order, anchor.name)
+        dev = _Deviation(
+            "out_of_order",
+            step,
+            self.deadline(flow, inst, step),
+            inst.observed[idx],
+            trigger,
+            step.if_out_of_order,
+            anchor.name,
+        )
         self._raise(slot, flow, inst, dev, now, out)
         h = step.if_out_of_order
         if h is not None and h.then is not None:
@@ -363,7 +461,9 @@ class Engine:
         flow = self._flow_of(slot, inst)
         if timer.kind == T_RETAIN:
             slot.instance = None
-            out.append(Signal("recorded", flow.name, inst.version, slot.key, "retention ended", None, now))
+            out.append(
+                Signal("recorded", flow.name, inst.version, slot.key, "retention ended", None, now)
+            )
             return
         if timer.kind == T_EXPIRE:
             self._end(slot, flow, inst, "expired", due, f"expire@{due}", now, out)
@@ -392,7 +492,15 @@ class Engine:
         if dev.handler is not None and dev.handler.then is not None:
             self._switch(slot, flow, inst, dev.handler.then, due, trigger, now, out)
 
-    def _orphan(self, slot: KeySlot, flow: CompiledFlow, b: BufferedEvent, due: int, now: int, out: list[Effect]) -> None:
+    def _orphan(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        b: BufferedEvent,
+        due: int,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         ev = b.event
         ref = (ev.source, ev.type)
         step_idx = flow.step_index.get(ref)
@@ -402,15 +510,44 @@ class Engine:
 
     # -- transitions ------------------------------------------------------------------------------
 
-    def _switch(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, path: int, at: int, trigger: str, now: int, out: list[Effect]) -> None:
+    def _switch(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        path: int,
+        at: int,
+        trigger: str,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         if not inst.open or inst.path == path:
             return
         inst.path = path
         inst.entries[path] = at
-        out.append(Signal("recorded", flow.name, inst.version, slot.key, f"switched to path {flow.paths[path].name}", None, now))
+        out.append(
+            Signal(
+                "recorded",
+                flow.name,
+                inst.version,
+                slot.key,
+                f"switched to path {flow.paths[path].name}",
+                None,
+                now,
+            )
+        )
         self._check_complete(slot, flow, inst, at, trigger, now, out)
 
-    def _check_complete(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, at: int, trigger: str, now: int, out: list[Effect]) -> None:
+    def _check_complete(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        at: int,
+        trigger: str,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         if inst.outcome is not None:
             return
         path = flow.paths[inst.path]
@@ -421,7 +558,17 @@ class Engine:
         ended = max([at, *observed.values()])
         self._end(slot, flow, inst, path.outcome, ended, "end", now, out)
 
-    def _end(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, outcome: str, ended_at: int, trigger: str, now: int, out: list[Effect]) -> None:
+    def _end(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        outcome: str,
+        ended_at: int,
+        trigger: str,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         inst.outcome = outcome
         inst.ended_at = ended_at
         steps = {flow.steps[i].name: format_time(t) for i, t in sorted(inst.observed.items())}
@@ -437,22 +584,56 @@ class Engine:
             "deviations": [DEVIATION_KINDS[k] for k, _ in inst.deviations],
         }
         oid = observer_id(flow.name, inst.version, slot.key, trigger, None, "outcome")
-        out.append(Publish("outcome", self.topics.outcomes, slot.key, record, (("observer-id", oid),), oid))
-        out.append(Signal("ended", flow.name, inst.version, slot.key, outcome, None, now, ended_at - inst.started_at))
+        out.append(
+            Publish("outcome", self.topics.outcomes, slot.key, record, (("observer-id", oid),), oid)
+        )
+        out.append(
+            Signal(
+                "ended",
+                flow.name,
+                inst.version,
+                slot.key,
+                outcome,
+                None,
+                now,
+                ended_at - inst.started_at,
+            )
+        )
 
     # -- deviations and handlers --------------------------------------------------------------------
 
-    def _raise(self, slot: KeySlot, flow: CompiledFlow, inst: InstanceState, dev: _Deviation, now: int, out: list[Effect]) -> None:
+    def _raise(
+        self,
+        slot: KeySlot,
+        flow: CompiledFlow,
+        inst: InstanceState,
+        dev: _Deviation,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         inst.deviations.append((_KIND[dev.kind], dev.step.index if dev.step else -1))
         self._publish_deviation(slot.key, flow, inst.version, inst, dev, now, out)
 
-    def _publish_deviation(self, key: str, flow: CompiledFlow, version: int, inst: InstanceState | None, dev: _Deviation, now: int, out: list[Effect]) -> None:
+    def _publish_deviation(
+        self,
+        key: str,
+        flow: CompiledFlow,
+        version: int,
+        inst: InstanceState | None,
+        dev: _Deviation,
+        now: int,
+        out: list[Effect],
+    ) -> None:
         step_name = dev.step.name if dev.step else None
         out.append(Signal("deviation", flow.name, version, key, dev.kind, step_name, now))
         if dev.kind == "out_of_order" and dev.handler is None:
             return  # recorded only
         handler = dev.handler
-        late_by = dev.observed_at - dev.deadline if dev.kind == "late" and dev.deadline is not None and dev.observed_at is not None else None
+        late_by = (
+            dev.observed_at - dev.deadline
+            if dev.kind == "late" and dev.deadline is not None and dev.observed_at is not None
+            else None
+        )
         deviation_ctx = {
             "kind": dev.kind,
             "step": step_name,
@@ -462,7 +643,9 @@ class Engine:
             "late_by_ms": late_by,
         }
         ctx = self._template_context(flow, key, version, inst, now, deviation_ctx)
-        severity = (handler.severity if handler else None) or _DEFAULT_SEVERITY.get(dev.kind, "warning")
+        severity = (handler.severity if handler else None) or _DEFAULT_SEVERITY.get(
+            dev.kind, "warning"
+        )
         summary = None
         if handler is not None and handler.summary is not None:
             rendered = handler.summary(ctx)
@@ -485,7 +668,9 @@ class Engine:
         base = (flow.name, version, key, dev.trigger, step_name)
         if handler is None or handler.alert:
             oid = observer_id(*base, f"alert:{dev.kind}")
-            out.append(Publish("alert", self.topics.alerts, key, alert, (("observer-id", oid),), oid))
+            out.append(
+                Publish("alert", self.topics.alerts, key, alert, (("observer-id", oid),), oid)
+            )
         if handler is None:
             return
         for i, action in enumerate(handler.actions):
@@ -496,19 +681,41 @@ class Engine:
                 copy = dict(alert)
                 if action.severity is not None:
                     copy["severity"] = action.severity
-                out.append(Publish("webhook", None, key, copy, (("observer-id", oid),), oid, webhook=action.url))
+                out.append(
+                    Publish(
+                        "webhook", None, key, copy, (("observer-id", oid),), oid, webhook=action.url
+                    )
+                )
                 continue
             assert action.topic is not None and action.value is not None
             topic = action.topic(ctx)
             rkey = action.key(ctx) if action.key is not None else None
             headers = action.headers(ctx) if action.headers is not None else {}
-            hdrs = tuple((str(k), _header_text(v)) for k, v in headers.items()) + (("observer-id", oid),)
-            out.append(Publish(
-                "action", str(topic), None if rkey is None else _header_text(rkey), action.value(ctx), hdrs, oid,
-                avro_schema=action.avro_schema,
-            ))
+            hdrs = (
+                *tuple((str(k), _header_text(v)) for k, v in headers.items()),
+                ("observer-id", oid),
+            )
+            out.append(
+                Publish(
+                    "action",
+                    str(topic),
+                    None if rkey is None else _header_text(rkey),
+                    action.value(ctx),
+                    hdrs,
+                    oid,
+                    avro_schema=action.avro_schema,
+                )
+            )
 
-    def _template_context(self, flow: CompiledFlow, key: str, version: int, inst: InstanceState | None, now: int, deviation: Mapping[str, Any]) -> dict[str, Any]:
+    def _template_context(
+        self,
+        flow: CompiledFlow,
+        key: str,
+        version: int,
+        inst: InstanceState | None,
+        now: int,
+        deviation: Mapping[str, Any],
+    ) -> dict[str, Any]:
         steps: dict[str, Any] = {}
         if inst is not None:
             for idx, t in inst.observed.items():
@@ -547,7 +754,11 @@ def _header_text(v: Any) -> str:
         return ""
     import orjson
 
-    return orjson.dumps(v).decode() if isinstance(v, dict | list) else (str(v).lower() if isinstance(v, bool) else str(v))
+    return (
+        orjson.dumps(v).decode()
+        if isinstance(v, dict | list)
+        else (str(v).lower() if isinstance(v, bool) else str(v))
+    )
 
 
 def _default_summary(flow: CompiledFlow, key: str, dev: _Deviation, d: Mapping[str, Any]) -> str:

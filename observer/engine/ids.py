@@ -8,7 +8,9 @@ import zlib
 __all__ = ["event_hash", "observer_id"]
 
 
-def observer_id(flow: str, version: int, key: str, trigger: str, step: str | None, action: str) -> str:
+def observer_id(
+    flow: str, version: int, key: str, trigger: str, step: str | None, action: str
+) -> str:
     """Id of a published record, from (flow, version, key, trigger, step, action).
 
     `trigger` is the triggering event's id or the deadline that fired; `action` names what is

@@ -6,6 +6,7 @@ file and line to fix.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ class _FlowCompiler:
             )
         return out
 
-    def _refs(self, refs: Iterable[str], loc: tuple[str | int, ...], what: str) -> frozenset[tuple[str, str]]:
+    def _refs(
+        self, refs: Iterable[str], loc: tuple[str | int, ...], what: str
+    ) -> frozenset[tuple[str, str]]:
         out = set()
         for j, ref in enumerate(refs):
             m = EVENT_REF.match(ref)
@@ -122,12 +125,21 @@ class _FlowCompiler:
                 try:
                     schema = _load_avro(p.schema_)
                 except Exception as exc:
-                    self.problem((*loc, "publish", "schema"), f"action '{name}': cannot load Avro schema '{p.schema_}': {exc}")
+                    self.problem(
+                        (*loc, "publish", "schema"),
+                        f"action '{name}': cannot load Avro schema '{p.schema_}': {exc}",
+                    )
             for e in errs:
                 self.problem((*loc, "publish"), f"action '{name}': {e}")
             return CompiledAction(
-                name, "publish", topic=topic, key=key, headers=headers, value=value,
-                value_is_mapping=isinstance(p.value, Mapping), avro_schema=schema,
+                name,
+                "publish",
+                topic=topic,
+                key=key,
+                headers=headers,
+                value=value,
+                value_is_mapping=isinstance(p.value, Mapping),
+                avro_schema=schema,
             )
         if act.alert is not None:
             summary = None
@@ -139,7 +151,9 @@ class _FlowCompiler:
         assert act.webhook is not None
         return CompiledAction(name, "webhook", url=act.webhook.url, severity=act.webhook.severity)
 
-    def _handler(self, h: HandlerSpec | None, loc: tuple[str | int, ...], what: str) -> CompiledHandler:
+    def _handler(
+        self, h: HandlerSpec | None, loc: tuple[str | int, ...], what: str
+    ) -> CompiledHandler:
         if h is None:
             return NO_HANDLER
         actions = []
@@ -149,7 +163,10 @@ class _FlowCompiler:
             act = self.actions.get(name)
             if act is None:
                 known = ", ".join(self.spec.actions) or "none defined"
-                self.problem((*loc, "do", j) if loc[-1] != "do" else (*loc, j), f"{what} names unknown action '{name}' (known: {known})")
+                self.problem(
+                    (*loc, "do", j) if loc[-1] != "do" else (*loc, j),
+                    f"{what} names unknown action '{name}' (known: {known})",
+                )
                 continue
             if act.kind == "alert" and severity is None:
                 severity, summary = act.severity, act.summary
@@ -158,7 +175,10 @@ class _FlowCompiler:
         if h.then is not None:
             names = list(self.spec.paths)
             if h.then not in self.spec.paths:
-                self.problem((*loc, "then"), f"{what} switches to unknown path '{h.then}' (paths: {', '.join(names) or 'none defined'})")
+                self.problem(
+                    (*loc, "then"),
+                    f"{what} switches to unknown path '{h.then}' (paths: {', '.join(names) or 'none defined'})",
+                )
             else:
                 then = names.index(h.then) + 1
         return CompiledHandler(tuple(actions), then, h.alert, severity, summary)
@@ -179,8 +199,14 @@ class _FlowCompiler:
                 anchors = []
                 for j, a in enumerate(s.after):
                     if a not in index_of:
-                        other = " (anchors must be steps of the same path)" if a in self._all_step_names else ""
-                        self.problem((*sloc, "after", j), f"{what}: 'after' names unknown step '{a}'{other}")
+                        other = (
+                            " (anchors must be steps of the same path)"
+                            if a in self._all_step_names
+                            else ""
+                        )
+                        self.problem(
+                            (*sloc, "after", j), f"{what}: 'after' names unknown step '{a}'{other}"
+                        )
                     elif a == s.step:
                         self.problem((*sloc, "after", j), f"{what} cannot be anchored at itself")
                     else:
@@ -200,18 +226,29 @@ class _FlowCompiler:
                 else:
                     warn = _warn_ms(s.warn, within)
                     if warn >= within:
-                        self.problem((*sloc, "warn"), f"{what}: warn ({s.warn}) must be shorter than within ({s.within})")
+                        self.problem(
+                            (*sloc, "warn"),
+                            f"{what}: warn ({s.warn}) must be shorter than within ({s.within})",
+                        )
             if is_start:
                 if within is not None:
                     self.problem((*sloc, "within"), f"{what} starts the flow and has no window")
                 if s.optional:
-                    self.problem((*sloc, "optional"), f"{what} starts the flow and cannot be optional")
+                    self.problem(
+                        (*sloc, "optional"), f"{what} starts the flow and cannot be optional"
+                    )
             if s.if_missing is not None and within is None:
-                self.problem((*sloc, "if_missing"), f"{what}: if_missing never fires without 'within'")
+                self.problem(
+                    (*sloc, "if_missing"), f"{what}: if_missing never fires without 'within'"
+                )
             if s.if_warning is not None and s.warn is None:
-                self.problem((*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'")
+                self.problem(
+                    (*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'"
+                )
             if s.optional and (s.if_missing is not None or s.if_warning is not None):
-                self.problem((*sloc, "optional"), f"{what} is optional: it never raises missing or warning")
+                self.problem(
+                    (*sloc, "optional"), f"{what} is optional: it never raises missing or warning"
+                )
             captures = tuple((c, compile_selector(c)) for c in s.capture)
             step = CompiledStep(
                 index=first_index + i,
@@ -227,7 +264,9 @@ class _FlowCompiler:
                 if_late=self._handler(s.if_late, (*sloc, "if_late"), f"{what} if_late"),
                 if_warning=self._handler(s.if_warning, (*sloc, "if_warning"), f"{what} if_warning"),
                 if_out_of_order=(
-                    self._handler(s.if_out_of_order, (*sloc, "if_out_of_order"), f"{what} if_out_of_order")
+                    self._handler(
+                        s.if_out_of_order, (*sloc, "if_out_of_order"), f"{what} if_out_of_order"
+                    )
                     if s.if_out_of_order is not None
                     else None
                 ),
@@ -274,30 +313,49 @@ class _FlowCompiler:
         seen: dict[str, tuple[str | int, ...]] = {}
         all_specs: list[tuple[tuple[str | int, ...], StepSpec]] = [
             (("steps", i), s) for i, s in enumerate(spec.steps)
-        ] + [(("paths", pn, "steps", i), s) for pn, p in spec.paths.items() for i, s in enumerate(p.steps)]
+        ] + [
+            (("paths", pn, "steps", i), s)
+            for pn, p in spec.paths.items()
+            for i, s in enumerate(p.steps)
+        ]
         for loc, s in all_specs:
             if s.step in seen:
-                self.problem((*loc, "step"), f"step name '{s.step}' is used twice (step names are unique in a flow)")
+                self.problem(
+                    (*loc, "step"),
+                    f"step name '{s.step}' is used twice (step names are unique in a flow)",
+                )
             seen[s.step] = loc
-        ctx = TemplateContextSpec(
-            spec.key, {s.step: list(s.capture) for _, s in all_specs}
-        )
+        ctx = TemplateContextSpec(spec.key, {s.step: list(s.capture) for _, s in all_specs})
         sources = self._sources()
         self._compile_actions(ctx)
         steps = self._steps(0, list(spec.steps), ("steps",), 0)
         paths = [
-            CompiledPath(0, "main", "completed", tuple(s.index for s in steps),
-                         tuple(s.index for s in steps if not s.optional))
+            CompiledPath(
+                0,
+                "main",
+                "completed",
+                tuple(s.index for s in steps),
+                tuple(s.index for s in steps if not s.optional),
+            )
         ]
         for pi, (pname, p) in enumerate(spec.paths.items(), start=1):
             psteps = self._steps(pi, list(p.steps), ("paths", pname, "steps"), len(steps))
             steps.extend(psteps)
-            paths.append(CompiledPath(pi, pname, p.outcome, tuple(s.index for s in psteps),
-                                      tuple(s.index for s in psteps if not s.optional)))
+            paths.append(
+                CompiledPath(
+                    pi,
+                    pname,
+                    p.outcome,
+                    tuple(s.index for s in psteps),
+                    tuple(s.index for s in psteps if not s.optional),
+                )
+            )
         errors = []
         for i, e in enumerate(spec.errors):
             on = self._refs(e.on, ("errors", i), f"errors[{i}]")
-            errors.append(CompiledError(i, on, self._handler(e.handler(), ("errors", i), f"errors[{i}]")))
+            errors.append(
+                CompiledError(i, on, self._handler(e.handler(), ("errors", i), f"errors[{i}]"))
+            )
         sla = None
         if spec.sla is not None:
             within = parse_duration(spec.sla.within)
@@ -305,37 +363,48 @@ class _FlowCompiler:
             if spec.sla.warn is not None:
                 warn = _warn_ms(spec.sla.warn, within)
                 if warn >= within:
-                    self.problem(("sla", "warn"), f"sla: warn ({spec.sla.warn}) must be shorter than within ({spec.sla.within})")
+                    self.problem(
+                        ("sla", "warn"),
+                        f"sla: warn ({spec.sla.warn}) must be shorter than within ({spec.sla.within})",
+                    )
             if spec.sla.if_warning is not None and spec.sla.warn is None:
                 self.problem(("sla", "if_warning"), "sla: if_warning never fires without 'warn'")
-            sla = CompiledSla(within, warn,
-                              self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
-                              self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"))
+            sla = CompiledSla(
+                within,
+                warn,
+                self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
+                self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
+            )
         step_index: dict[tuple[str, str], list[int]] = {}
-        for s in steps:
-            for ref in s.on:
-                same_path = [steps[j] for j in step_index.get(ref, []) if steps[j].path == s.path]
+        for cs in steps:
+            for ref in cs.on:
+                same_path = [steps[j] for j in step_index.get(ref, []) if steps[j].path == cs.path]
                 if same_path:
-                    loc = next(loc for loc, sp in all_specs if sp.step == s.name)
-                    self.problem((*loc, "on"), f"step '{s.name}' expects {ref[0]}.{ref[1]}, already expected by step '{same_path[0].name}' of the same path")
-                step_index.setdefault(ref, []).append(s.index)
-        import dataclasses
-
+                    loc = next(loc for loc, sp in all_specs if sp.step == cs.name)
+                    self.problem(
+                        (*loc, "on"),
+                        f"step '{cs.name}' expects {ref[0]}.{ref[1]}, already expected by "
+                        f"step '{same_path[0].name}' of the same path",
+                    )
+                step_index.setdefault(ref, []).append(cs.index)
         shared = {i for idxs in step_index.values() if len(idxs) > 1 for i in idxs}
         steps = [
             dataclasses.replace(
-                s,
-                shares_on=s.index in shared,
-                dependents=tuple(o.index for o in steps if s.index in o.anchors),
+                cs,
+                shares_on=cs.index in shared,
+                dependents=tuple(o.index for o in steps if cs.index in o.anchors),
             )
-            for s in steps
+            for cs in steps
         ]
         error_index: dict[tuple[str, str], int] = {}
-        for e in errors:
-            for ref in e.on:
+        for ce in errors:
+            for ref in ce.on:
                 if ref in step_index:
-                    self.problem(("errors", e.index, "on"), f"errors[{e.index}]: {ref[0]}.{ref[1]} is also a step's event")
-                error_index.setdefault(ref, e.index)
+                    self.problem(
+                        ("errors", ce.index, "on"),
+                        f"errors[{ce.index}]: {ref[0]}.{ref[1]} is also a step's event",
+                    )
+                error_index.setdefault(ref, ce.index)
         if self.problems:
             return None
         return CompiledFlow(
@@ -363,7 +432,9 @@ def compile_flow(loaded: LoadedFlow) -> tuple[CompiledFlow | None, list[FlowProb
     return flow, c.problems
 
 
-def compile_flows(loaded: Iterable[LoadedFlow], registry: FlowRegistry | None = None) -> FlowRegistry:
+def compile_flows(
+    loaded: Iterable[LoadedFlow], registry: FlowRegistry | None = None
+) -> FlowRegistry:
     """Compile flows into a registry (a new one, or `registry` extended). Raises FlowError."""
     reg = registry.copy() if registry is not None else FlowRegistry()
     problems: list[FlowProblem] = []
@@ -374,9 +445,15 @@ def compile_flows(loaded: Iterable[LoadedFlow], registry: FlowRegistry | None = 
             continue
         clash = reg.clash(flow)
         if clash is not None:
-            problems.append(FlowProblem(lf.file, lf.lines.line(("version",)),
-                f"flow '{flow.name}' version {flow.version} is already defined in {clash.file}; "
-                "a changed flow needs a new version", flow.name))
+            problems.append(
+                FlowProblem(
+                    lf.file,
+                    lf.lines.line(("version",)),
+                    f"flow '{flow.name}' version {flow.version} is already defined in {clash.file}; "
+                    "a changed flow needs a new version",
+                    flow.name,
+                )
+            )
             continue
         reg.add(flow)
     if problems:
@@ -384,6 +461,8 @@ def compile_flows(loaded: Iterable[LoadedFlow], registry: FlowRegistry | None = 
     return reg
 
 
-def load_registry(targets: Iterable[str | Path], registry: FlowRegistry | None = None) -> FlowRegistry:
+def load_registry(
+    targets: Iterable[str | Path], registry: FlowRegistry | None = None
+) -> FlowRegistry:
     """Load and compile flow files or folders. Raises FlowError with every problem found."""
     return compile_flows(load_flows(targets), registry)

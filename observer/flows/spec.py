@@ -71,7 +71,9 @@ class SourceSpec(_Model):
     )
     type: str = Field(description="selector of the event type, e.g. value.type or header.ce_type")
     key: str = Field("key", description="selector of the correlation key (default: record key)")
-    id: str | None = Field(None, description="selector of a unique event id (default: topic/partition/offset)")
+    id: str | None = Field(
+        None, description="selector of a unique event id (default: topic/partition/offset)"
+    )
     time: str = Field("timestamp", description="selector of event time: epoch ms or ISO-8601")
 
     _selectors = field_validator("type", "key", "id", "time")(
@@ -107,12 +109,16 @@ class StepSpec(_Model):
     """One expected event of a path, with its anchor(s), window and handlers."""
 
     step: str = Field(description="step name, an identifier unique in the flow")
-    on: list[str] = Field(min_length=1, description="<source>.<EventType>; a list means any of them")
+    on: list[str] = Field(
+        min_length=1, description="<source>.<EventType>; a list means any of them"
+    )
     after: list[str] | None = Field(
         None, description="anchor step(s); default: the previous required step; [] = path entry"
     )
     within: str | None = Field(None, description="deadline after the latest anchor (a duration)")
-    warn: str | None = Field(None, description="early warning: a percentage of within, or a duration")
+    warn: str | None = Field(
+        None, description="early warning: a percentage of within, or a duration"
+    )
     optional: bool = Field(False, description="not required; never missing or warning")
     capture: list[str] = Field(default_factory=list, description="selectors kept for templates")
     if_missing: HandlerSpec | None = None

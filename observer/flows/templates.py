@@ -100,7 +100,9 @@ def _check_chain(chain: list[str], ctx: TemplateContextSpec) -> str | None:
         if not ctx.handler:
             return "'deviation' is only available in a handler's actions"
         if rest and rest[0] not in DEVIATION_FIELDS:
-            return f"'deviation.{rest[0]}' is not known (deviation has {', '.join(DEVIATION_FIELDS)})"
+            return (
+                f"'deviation.{rest[0]}' is not known (deviation has {', '.join(DEVIATION_FIELDS)})"
+            )
         return None
     if root == "steps":
         if not rest:
@@ -136,6 +138,10 @@ class Template:
         return self._fn(context)
 
 
+def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda _ctx: value
+
+
 def _plain_json(value: Any) -> Any:
     """Make a rendered expression's value JSON-friendly (tuples to lists, undefined to None)."""
     if isinstance(value, ChainableUndefined):
@@ -149,13 +155,22 @@ def compile_template(source: str, ctx: TemplateContextSpec) -> tuple[Template | 
     """Compile one template string; returns (template or None, problems in plain words)."""
     env = _ENV.env
     if "{{" not in source and "{%" not in source:
-        return Template(source, lambda _c, s=source: s), []
+        return Template(source, _constant(source)), []
     try:
         ast = env.parse(source)
     except TemplateSyntaxError as exc:
         return None, [f"template '{source}' does not parse: {exc.message}"]
     problems: list[str] = []
-    allowed_roots = {"key", ctx.key_name, "flow", "version", "now", "instance", "steps", "deviation"}
+    allowed_roots = {
+        "key",
+        ctx.key_name,
+        "flow",
+        "version",
+        "now",
+        "instance",
+        "steps",
+        "deviation",
+    }
     declared = meta.find_undeclared_variables(ast)
     for name in sorted(declared - allowed_roots):
         problems.append(
@@ -196,6 +211,6 @@ def compile_value(
         if isinstance(v, list):
             fns = [build(x) for x in v]
             return lambda c: [f(c) for f in fns]
-        return lambda c, const=v: const
+        return _constant(v)
 
     return build(value), problems

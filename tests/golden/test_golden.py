@@ -22,7 +22,16 @@ CASES = sorted(p for p in HERE.iterdir() if p.is_dir() and (p / "events.jsonl").
 def replay(case: Path) -> subprocess.CompletedProcess[bytes]:
     flow = case / "flow.yaml" if (case / "flow.yaml").exists() else HERE / "spec-example.flow.yaml"
     args = (case / "args").read_text().split("\n") if (case / "args").exists() else []
-    cmd = [sys.executable, "-m", "observer.cli", "replay", str(flow.relative_to(ROOT)), "--events", str((case / "events.jsonl").relative_to(ROOT)), *[a for a in args if a]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "observer.cli",
+        "replay",
+        str(flow.relative_to(ROOT)),
+        "--events",
+        str((case / "events.jsonl").relative_to(ROOT)),
+        *[a for a in args if a],
+    ]
     return subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=60)
 
 

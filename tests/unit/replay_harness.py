@@ -56,10 +56,23 @@ actions:
     alert: {severity: info, summary: "late by {{ deviation.late_by }}"}
 """
 
-TOPIC_OF = {"Placed": "orders", "Paid": "pay", "Failed": "pay", "Refunded": "pay", "Shipped": "ship"}
+TOPIC_OF = {
+    "Placed": "orders",
+    "Paid": "pay",
+    "Failed": "pay",
+    "Refunded": "pay",
+    "Shipped": "ship",
+}
 
 
-def ev(etype: str, key: str, at_s: float, eid: str | None = None, topic: str | None = None, **value: Any) -> dict[str, Any]:
+def ev(
+    etype: str,
+    key: str,
+    at_s: float,
+    eid: str | None = None,
+    topic: str | None = None,
+    **value: Any,
+) -> dict[str, Any]:
     """A record of type `etype` for order `key` at T0 + at_s seconds (event time = timestamp)."""
     t = T0 + round(at_s * 1000)
     return {
@@ -89,7 +102,11 @@ def run(
 
 def alerts(lines: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
     """(kind, step, key) of every alert line, in order."""
-    return [(x["value"]["kind"], x["value"]["step"], x["key"]) for x in lines if x["topic"] == "observer.alerts"]
+    return [
+        (x["value"]["kind"], x["value"]["step"], x["key"])
+        for x in lines
+        if x["topic"] == "observer.alerts"
+    ]
 
 
 def outcomes(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,12 +11,20 @@ from tests.unit.replay_harness import BASE_FLOW, T0, ev
 
 
 def observer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "observer.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "observer.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
-def write(tmp: Path, flow: str = BASE_FLOW, events: list[dict[str, object]] | None = None) -> tuple[str, str]:
+def write(
+    tmp: Path, flow: str = BASE_FLOW, events: list[dict[str, object]] | None = None
+) -> tuple[str, str]:
     (tmp / "flow.yaml").write_text(flow)
-    lines = events if events is not None else [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)]
+    lines = (
+        events
+        if events is not None
+        else [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)]
+    )
     (tmp / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     return str(tmp / "flow.yaml"), str(tmp / "events.jsonl")
 
@@ -30,7 +38,10 @@ def test_validate_ok_and_invalid(tmp_path: Path) -> None:
     line = next(i for i, x in enumerate(text.splitlines(), 1) if "payment.Paid" in x)
     bad = observer("validate", str(tmp_path / "bad.yaml"))
     assert bad.returncode == 2
-    assert f"{tmp_path / 'bad.yaml'}:{line}:" in bad.stderr and "unknown source 'payment'" in bad.stderr
+    assert (
+        f"{tmp_path / 'bad.yaml'}:{line}:" in bad.stderr
+        and "unknown source 'payment'" in bad.stderr
+    )
     assert "Traceback" not in bad.stderr
 
 
@@ -45,7 +56,9 @@ def test_replay_writes_json_lines_to_stdout_and_messages_to_stderr(tmp_path: Pat
 
 
 def test_replay_is_deterministic_byte_for_byte(tmp_path: Path) -> None:
-    flow, events = write(tmp_path, events=[ev("Placed", f"o{i}", i) for i in range(4)] + [ev("Failed", "o1", 5)])
+    flow, events = write(
+        tmp_path, events=[ev("Placed", f"o{i}", i) for i in range(4)] + [ev("Failed", "o1", 5)]
+    )
     a = observer("replay", flow, "--events", events)
     b = observer("replay", flow, "--events", events)
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout
@@ -86,7 +99,9 @@ def test_until_accepts_iso_with_offset_and_epoch_ms(tmp_path: Path) -> None:
 
 def test_deploy_option_validates_up_front(tmp_path: Path) -> None:
     flow, events = write(tmp_path)
-    res = observer("replay", flow, "--events", events, "--deploy", f"{T0}:{tmp_path / 'missing.yaml'}")
+    res = observer(
+        "replay", flow, "--events", events, "--deploy", f"{T0}:{tmp_path / 'missing.yaml'}"
+    )
     assert res.returncode == 2 and "missing.yaml" in res.stderr and res.stdout == ""
     res = observer("replay", flow, "--events", events, "--deploy", "nonsense")
     assert res.returncode == 2

@@ -30,7 +30,11 @@ SCENARIOS = {
     "shipped_first": [("Placed", 0), ("Shipped", 1), ("Paid", 2)],
     "orphan": [("Paid", 1)],
 }
-ON_TIME = ["happy", "failed", "early_payment"]  # all events within 5s, windows >= 5s from their anchors
+ON_TIME = [
+    "happy",
+    "failed",
+    "early_payment",
+]  # all events within 5s, windows >= 5s from their anchors
 
 
 def record(etype: str, key: str, at_s: float, read_s: float) -> dict[str, Any]:
@@ -75,7 +79,11 @@ def replay(records: list[dict[str, Any]]) -> list[bytes]:
     return out
 
 
-orders_st = st.lists(st.tuples(st.sampled_from(sorted(SCENARIOS)), st.integers(0, 40).map(float)), min_size=1, max_size=6)
+orders_st = st.lists(
+    st.tuples(st.sampled_from(sorted(SCENARIOS)), st.integers(0, 40).map(float)),
+    min_size=1,
+    max_size=6,
+)
 settings_ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -88,19 +96,28 @@ def test_same_input_same_output(orders: list[tuple[str, float]]) -> None:
 
 @settings_
 @given(orders_st, st.data())
-def test_reapplying_any_event_is_a_no_op(orders: list[tuple[str, float]], data: st.DataObject) -> None:
+def test_reapplying_any_event_is_a_no_op(
+    orders: list[tuple[str, float]], data: st.DataObject
+) -> None:
     recs = timeline(orders)
     i = data.draw(st.integers(0, len(recs) - 1))
     j = data.draw(st.integers(i + 1, len(recs)))
     dup = dict(recs[i])
     # read again later: its read time is not before the record it follows
     dup["timestamp"] = max(recs[i]["timestamp"], recs[j - 1]["timestamp"])
-    assert replay(recs[:j] + [dup] + recs[j:]) == replay(recs)
+    assert replay([*recs[:j], dup, *recs[j:]]) == replay(recs)
 
 
 @settings_
-@given(st.lists(st.tuples(st.sampled_from(ON_TIME), st.integers(0, 1).map(float)), min_size=1, max_size=5), st.randoms(use_true_random=False))
-def test_shuffling_reading_order_across_topics_creates_no_missing_or_out_of_order(orders: list[tuple[str, float]], rnd: Any) -> None:
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(ON_TIME), st.integers(0, 1).map(float)), min_size=1, max_size=5
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_shuffling_reading_order_across_topics_creates_no_missing_or_out_of_order(
+    orders: list[tuple[str, float]], rnd: Any
+) -> None:
     recs = timeline(orders)
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
@@ -121,7 +138,11 @@ def test_shuffling_reading_order_across_topics_creates_no_missing_or_out_of_orde
     lines = [json.loads(x) for x in replay(shuffled)]
     kinds = [x["value"]["kind"] for x in lines if x["topic"] == "observer.alerts"]
     assert "missing" not in kinds and "out_of_order" not in kinds, kinds
+
     # and the outcome of every order is what the in-order reading gives
     def outcome_set(ls: list[dict[str, Any]]) -> set[str]:
-        return {json.dumps(x["value"], sort_keys=True) for x in ls if x["topic"] == "observer.outcomes"}
+        return {
+            json.dumps(x["value"], sort_keys=True) for x in ls if x["topic"] == "observer.outcomes"
+        }
+
     assert outcome_set(lines) == outcome_set([json.loads(x) for x in replay(recs)])

@@ -8,7 +8,9 @@ from tests.unit.replay_harness import BASE_FLOW, T0, alerts, ev, on_topic, outco
 
 
 def test_happy_path_completes_with_no_alert(tmp_path: Path) -> None:
-    lines = run(tmp_path, [ev("Placed", "o1", 0, total=12.5), ev("Paid", "o1", 3), ev("Shipped", "o1", 9)])
+    lines = run(
+        tmp_path, [ev("Placed", "o1", 0, total=12.5), ev("Paid", "o1", 3), ev("Shipped", "o1", 9)]
+    )
     assert alerts(lines) == []
     (out,) = outcomes(lines)
     assert out == {
@@ -19,7 +21,11 @@ def test_happy_path_completes_with_no_alert(tmp_path: Path) -> None:
         "started_at": "2026-01-01T00:00:00Z",
         "ended_at": "2026-01-01T00:00:09Z",
         "duration_ms": 9000,
-        "steps": {"placed": "2026-01-01T00:00:00Z", "paid": "2026-01-01T00:00:03Z", "shipped": "2026-01-01T00:00:09Z"},
+        "steps": {
+            "placed": "2026-01-01T00:00:00Z",
+            "paid": "2026-01-01T00:00:03Z",
+            "shipped": "2026-01-01T00:00:09Z",
+        },
         "deviations": [],
     }
     assert lines[-1]["key"] == "o1" and lines[-1]["timestamp"] == T0 + 9000
@@ -30,16 +36,30 @@ def test_missing_fires_once_at_its_deadline_with_handler_actions(tmp_path: Path)
     o1 = [x for x in lines if x["key"] == "o1"]
     kinds = [(x["topic"], x["value"].get("kind") or x["value"].get("type")) for x in o1]
     # warning at 80% (8s), missing at 10s then its action, shipped missing at 30s (anchored at paid? no: paid unobserved -> shipped never armed)
-    assert kinds == [("observer.alerts", "warning"), ("observer.alerts", "missing"), ("cmds", "Cancel")]
+    assert kinds == [
+        ("observer.alerts", "warning"),
+        ("observer.alerts", "missing"),
+        ("cmds", "Cancel"),
+    ]
     warning, missing, cancel = o1
     assert warning["timestamp"] == T0 + 8000
-    assert warning["value"]["deadline"] == "2026-01-01T00:00:10Z"  # warnings carry the step's deadline
+    assert (
+        warning["value"]["deadline"] == "2026-01-01T00:00:10Z"
+    )  # warnings carry the step's deadline
     assert warning["value"]["severity"] == "warning"
     assert missing["timestamp"] == T0 + 10000
     assert missing["value"] | {"summary": None} == {
-        "flow": "shop", "version": 1, "key": "o1", "kind": "missing", "step": "paid", "severity": "critical",
-        "deadline": "2026-01-01T00:00:10Z", "observed_at": None, "detected_at": "2026-01-01T00:00:10Z",
-        "late_by_ms": None, "summary": None,
+        "flow": "shop",
+        "version": 1,
+        "key": "o1",
+        "kind": "missing",
+        "step": "paid",
+        "severity": "critical",
+        "deadline": "2026-01-01T00:00:10Z",
+        "observed_at": None,
+        "detected_at": "2026-01-01T00:00:10Z",
+        "late_by_ms": None,
+        "summary": None,
     }
     # a single {{ expr }} keeps its JSON type: total is a number
     assert cancel["value"] == {"type": "Cancel", "id": "o1", "total": 7}
@@ -68,7 +88,10 @@ def test_late_after_missing_still_counts_as_observed(tmp_path: Path) -> None:
 
 def test_error_runs_handler_and_switches_to_the_compensation_path(tmp_path: Path) -> None:
     lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 2), ev("Refunded", "o1", 4)])
-    assert [(x["topic"], x["value"].get("kind") or x["value"].get("type") or x["value"].get("outcome")) for x in lines] == [
+    assert [
+        (x["topic"], x["value"].get("kind") or x["value"].get("type") or x["value"].get("outcome"))
+        for x in lines
+    ] == [
         ("observer.alerts", "error"),
         ("cmds", "Refund"),
         ("observer.outcomes", "compensated"),
@@ -83,16 +106,42 @@ def test_error_runs_handler_and_switches_to_the_compensation_path(tmp_path: Path
 def test_switch_anchors_new_path_at_the_trigger_time(tmp_path: Path) -> None:
     lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 2)])
     missing = [x for x in on_topic(lines, "observer.alerts") if x["value"]["kind"] == "missing"]
-    assert [(m["value"]["step"], m["value"]["deadline"]) for m in missing] == [("refunded", "2026-01-01T00:00:07Z")]
+    assert [(m["value"]["step"], m["value"]["deadline"]) for m in missing] == [
+        ("refunded", "2026-01-01T00:00:07Z")
+    ]
 
 
 def test_cancelled_step_on_time_is_recorded_late_one_raises_late(tmp_path: Path) -> None:
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 2), ev("Paid", "o1", 3), ev("Refunded", "o1", 4)])
+    lines = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Failed", "o1", 2),
+            ev("Paid", "o1", 3),
+            ev("Refunded", "o1", 4),
+        ],
+    )
     assert [k for k, _, _ in alerts(lines)] == ["error"]
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 2), ev("Refunded", "o1", 4), ev("Paid", "o1", 12)])
+    lines = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Failed", "o1", 2),
+            ev("Refunded", "o1", 4),
+            ev("Paid", "o1", 12),
+        ],
+    )
     # the instance ended compensated at 4s; the cancelled step's late event still raises late
     assert [k for k, _, _ in alerts(lines)] == ["error", "late"]
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 2), ev("Paid", "o1", 12), ev("Refunded", "o1", 6)])
+    lines = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Failed", "o1", 2),
+            ev("Paid", "o1", 12),
+            ev("Refunded", "o1", 6),
+        ],
+    )
     # read after the late Paid (12s): refunded's deadline (7s) fired before Paid was applied
     assert [k for k, s, _ in alerts(lines)] == ["error", "missing", "late"]
     assert outcomes(lines)[0]["outcome"] == "compensated"
@@ -101,8 +150,15 @@ def test_cancelled_step_on_time_is_recorded_late_one_raises_late(tmp_path: Path)
 def test_missing_handler_then_switches_at_the_deadline(tmp_path: Path) -> None:
     flow = BASE_FLOW.replace("if_missing: [cancel]", "if_missing: {do: [cancel], then: comp}")
     lines = run(tmp_path, [ev("Placed", "o1", 0)], flow=flow)
-    got = [(x["value"].get("kind"), x["value"].get("step"), x["timestamp"] - T0) for x in on_topic(lines, "observer.alerts")]
-    assert got == [("warning", "paid", 8000), ("missing", "paid", 10000), ("missing", "refunded", 15000)]
+    got = [
+        (x["value"].get("kind"), x["value"].get("step"), x["timestamp"] - T0)
+        for x in on_topic(lines, "observer.alerts")
+    ]
+    assert got == [
+        ("warning", "paid", 8000),
+        ("missing", "paid", 10000),
+        ("missing", "refunded", 15000),
+    ]
 
 
 def test_alert_false_suppresses_the_alert_but_runs_actions(tmp_path: Path) -> None:
@@ -115,7 +171,11 @@ def test_alert_false_suppresses_the_alert_but_runs_actions(tmp_path: Path) -> No
 def test_sla_warning_and_breach(tmp_path: Path) -> None:
     flow = BASE_FLOW + "sla: {within: 60s, warn: 50s, if_breached: [refund]}\n"
     lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Paid", "o1", 1)], flow=flow)
-    sla = [(x["value"]["kind"], x["value"]["step"], x["value"]["deadline"], x["timestamp"] - T0) for x in on_topic(lines, "observer.alerts") if x["value"]["kind"].startswith("sla")]
+    sla = [
+        (x["value"]["kind"], x["value"]["step"], x["value"]["deadline"], x["timestamp"] - T0)
+        for x in on_topic(lines, "observer.alerts")
+        if x["value"]["kind"].startswith("sla")
+    ]
     assert sla == [
         ("sla_warning", None, "2026-01-01T00:01:00Z", 50000),
         ("sla_breach", None, "2026-01-01T00:01:00Z", 60000),
@@ -131,21 +191,31 @@ def test_out_of_order_is_recorded_not_alerted_and_never_a_false_missing(tmp_path
 
 
 def test_out_of_order_alerted_when_the_step_declares_a_handler(tmp_path: Path) -> None:
-    flow = BASE_FLOW.replace("    within: 20s\n", "    within: 20s\n    if_out_of_order: [refund]\n")
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Shipped", "o1", 2), ev("Paid", "o1", 3)], flow=flow)
+    flow = BASE_FLOW.replace(
+        "    within: 20s\n", "    within: 20s\n    if_out_of_order: [refund]\n"
+    )
+    lines = run(
+        tmp_path, [ev("Placed", "o1", 0), ev("Shipped", "o1", 2), ev("Paid", "o1", 3)], flow=flow
+    )
     (a,) = on_topic(lines, "observer.alerts")
     assert a["value"]["kind"] == "out_of_order" and a["value"]["step"] == "shipped"
-    assert a["value"]["observed_at"] == "2026-01-01T00:00:02Z" and a["value"]["severity"] == "warning"
+    assert (
+        a["value"]["observed_at"] == "2026-01-01T00:00:02Z" and a["value"]["severity"] == "warning"
+    )
     assert on_topic(lines, "cmds")[0]["value"]["type"] == "Refund"
 
 
-def test_early_event_across_topics_is_buffered_and_applied_without_deviation(tmp_path: Path) -> None:
+def test_early_event_across_topics_is_buffered_and_applied_without_deviation(
+    tmp_path: Path,
+) -> None:
     # the payment is read before its order (separate topics), in correct event-time order
     events = [ev("Paid", "o1", 3), ev("Placed", "o1", 0), ev("Shipped", "o1", 5)]
     events[1]["timestamp"] = T0 + 4000  # read later, but event time 0
     events[1]["value"]["at"] = T0
-    flow = BASE_FLOW.replace("orders: {topic: orders, type: value.type, key: value.id, id: header.eid}",
-                             "orders: {topic: orders, type: value.type, key: value.id, id: header.eid, time: value.at}")
+    flow = BASE_FLOW.replace(
+        "orders: {topic: orders, type: value.type, key: value.id, id: header.eid}",
+        "orders: {topic: orders, type: value.type, key: value.id, id: header.eid, time: value.at}",
+    )
     lines = run(tmp_path, events, flow=flow)
     assert alerts(lines) == []
     assert outcomes(lines)[0]["steps"]["paid"] == "2026-01-01T00:00:03Z"
@@ -161,13 +231,28 @@ def test_buffered_event_orphaned_after_buffer(tmp_path: Path) -> None:
 
 
 def test_duplicates_change_nothing(tmp_path: Path) -> None:
-    once = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 1, eid="f1"), ev("Refunded", "o1", 2)])
-    twice = run(tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 1, eid="f1"), ev("Failed", "o1", 1, eid="f1"), ev("Placed", "o1", 0), ev("Refunded", "o1", 2)])
-    assert [(x["topic"], x["headers"]["observer-id"]) for x in once] == [(x["topic"], x["headers"]["observer-id"]) for x in twice]
+    once = run(
+        tmp_path, [ev("Placed", "o1", 0), ev("Failed", "o1", 1, eid="f1"), ev("Refunded", "o1", 2)]
+    )
+    twice = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Failed", "o1", 1, eid="f1"),
+            ev("Failed", "o1", 1, eid="f1"),
+            ev("Placed", "o1", 0),
+            ev("Refunded", "o1", 2),
+        ],
+    )
+    assert [(x["topic"], x["headers"]["observer-id"]) for x in once] == [
+        (x["topic"], x["headers"]["observer-id"]) for x in twice
+    ]
 
 
 def test_start_event_for_open_instance_is_a_duplicate(tmp_path: Path) -> None:
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Placed", "o1", 5, eid="other"), ev("Paid", "o1", 6)])
+    lines = run(
+        tmp_path, [ev("Placed", "o1", 0), ev("Placed", "o1", 5, eid="other"), ev("Paid", "o1", 6)]
+    )
     # the second Placed starts nothing: paid (6s) is on time against the first start (0s)
     # and shipped, anchored at paid, is missing at 26s — once, for the one instance
     assert alerts(lines) == [("missing", "shipped", "o1")]
@@ -175,7 +260,14 @@ def test_start_event_for_open_instance_is_a_duplicate(tmp_path: Path) -> None:
 
 
 def test_after_the_end_late_step_still_alerts_and_nothing_else(tmp_path: Path) -> None:
-    events = [ev("Placed", "o1", 0), ev("Failed", "o1", 1), ev("Refunded", "o1", 2), ev("Paid", "o1", 30), ev("Placed", "o1", 31, eid="again"), ev("Failed", "o1", 32, eid="f2")]
+    events = [
+        ev("Placed", "o1", 0),
+        ev("Failed", "o1", 1),
+        ev("Refunded", "o1", 2),
+        ev("Paid", "o1", 30),
+        ev("Placed", "o1", 31, eid="again"),
+        ev("Failed", "o1", 32, eid="f2"),
+    ]
     lines = run(tmp_path, events)
     assert [k for k, _, _ in alerts(lines)] == ["error", "late"]
     assert len(outcomes(lines)) == 1
@@ -186,12 +278,18 @@ def test_after_the_end_late_step_still_alerts_and_nothing_else(tmp_path: Path) -
 
 def test_retain_frees_the_key_and_expire_ends_open_instances(tmp_path: Path) -> None:
     until = T0 + 2 * 86_400_000
-    events = [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2), ev("Placed", "o2", 3), ev("Paid", "o2", 4)]
-    lines = run(tmp_path, events + [ev("Placed", "o1", 3700, eid="new")], until=until)
+    events = [
+        ev("Placed", "o1", 0),
+        ev("Paid", "o1", 1),
+        ev("Shipped", "o1", 2),
+        ev("Placed", "o2", 3),
+        ev("Paid", "o2", 4),
+    ]
+    lines = run(tmp_path, [*events, ev("Placed", "o1", 3700, eid="new")], until=until)
     outs = [(o["key"], o["outcome"], o["ended_at"]) for o in outcomes(lines)]
     assert ("o2", "expired", "2026-01-02T00:00:03Z") in outs
     # o1 retained 1h after ending at 2s: a start at 3700s opens a new instance
-    assert [o for o in outs if o[0] == "o1"][0][1] == "completed"
+    assert next(o for o in outs if o[0] == "o1")[1] == "completed"
     assert any(a == ("missing", "paid", "o1") for a in alerts(lines))
 
 
@@ -202,11 +300,23 @@ def test_without_until_expire_and_retain_do_not_fire(tmp_path: Path) -> None:
 
 
 def test_versions_open_instances_keep_theirs_new_ones_take_the_newest(tmp_path: Path) -> None:
-    v2 = BASE_FLOW.replace("version: 1", "version: 2").replace("within: 10s\n    warn: 80%", "within: 2s\n    warn: 50%")
+    v2 = BASE_FLOW.replace("version: 1", "version: 2").replace(
+        "within: 10s\n    warn: 80%", "within: 2s\n    warn: 50%"
+    )
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "flow.yaml").write_text(v2)
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Placed", "o2", 5), ev("Paid", "o1", 6), ev("Paid", "o2", 9), ev("Shipped", "o1", 7), ev("Shipped", "o2", 10)],
-                deploys=[(T0 + 5000, str(tmp_path / "v2" / "flow.yaml"))])
+    lines = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Placed", "o2", 5),
+            ev("Paid", "o1", 6),
+            ev("Paid", "o2", 9),
+            ev("Shipped", "o1", 7),
+            ev("Shipped", "o2", 10),
+        ],
+        deploys=[(T0 + 5000, str(tmp_path / "v2" / "flow.yaml"))],
+    )
     by_key = {o["key"]: o["version"] for o in outcomes(lines)}
     assert by_key == {"o1": 1, "o2": 2}
     assert ("late", "paid", "o2") in alerts(lines)
@@ -216,28 +326,54 @@ def test_versions_open_instances_keep_theirs_new_ones_take_the_newest(tmp_path: 
 def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_continue(tmp_path: Path) -> None:
     bad_time = ev("Placed", "o2", 1)
     bad_time["value"]["at"] = "yesterday"
-    flow = BASE_FLOW.replace("orders: {topic: orders, type: value.type, key: value.id, id: header.eid}",
-                             "orders: {topic: orders, type: value.type, key: value.id, id: header.eid, time: value.at}")
+    flow = BASE_FLOW.replace(
+        "orders: {topic: orders, type: value.type, key: value.id, id: header.eid}",
+        "orders: {topic: orders, type: value.type, key: value.id, id: header.eid, time: value.at}",
+    )
     no_type = {"topic": "orders", "key": "x", "value": {"id": "o3"}, "timestamp": T0 + 2000}
-    not_json = {"topic": "orders", "key": "x", "value": "{not json", "headers": {"h": "1"}, "timestamp": T0 + 3000}
+    not_json = {
+        "topic": "orders",
+        "key": "x",
+        "value": "{not json",
+        "headers": {"h": "1"},
+        "timestamp": T0 + 3000,
+    }
     ok = ev("Placed", "o4", 4)
     ok["value"]["at"] = T0 + 4000
-    lines = run(tmp_path, [bad_time, no_type, not_json, ok, ev("Paid", "o4", 5), ev("Shipped", "o4", 6)], flow=flow)
+    lines = run(
+        tmp_path,
+        [bad_time, no_type, not_json, ok, ev("Paid", "o4", 5), ev("Shipped", "o4", 6)],
+        flow=flow,
+    )
     dlq = on_topic(lines, "observer.dlq")
-    assert [(d["headers"]["observer-source-offset"], d["headers"]["observer-source-topic"]) for d in dlq] == [("0", "orders"), ("1", "orders"), ("2", "orders")]
-    assert "time" in dlq[0]["headers"]["observer-error"] and "type" in dlq[1]["headers"]["observer-error"]
+    assert [
+        (d["headers"]["observer-source-offset"], d["headers"]["observer-source-topic"]) for d in dlq
+    ] == [("0", "orders"), ("1", "orders"), ("2", "orders")]
+    assert (
+        "time" in dlq[0]["headers"]["observer-error"]
+        and "type" in dlq[1]["headers"]["observer-error"]
+    )
     assert dlq[2]["value"] == "{not json" and dlq[2]["headers"]["h"] == "1" and dlq[2]["key"] == "x"
     assert dlq[2]["headers"]["observer-source-partition"] == "0"
     assert outcomes(lines)[0]["key"] == "o4"
 
 
 def test_events_matching_nothing_are_ignored(tmp_path: Path) -> None:
-    lines = run(tmp_path, [{"topic": "orders", "key": "x", "value": {"type": "Unrelated"}, "timestamp": T0}, {"topic": "elsewhere", "value": "x", "timestamp": T0}])
+    lines = run(
+        tmp_path,
+        [
+            {"topic": "orders", "key": "x", "value": {"type": "Unrelated"}, "timestamp": T0},
+            {"topic": "elsewhere", "value": "x", "timestamp": T0},
+        ],
+    )
     assert lines == []
 
 
 def test_webhook_lines_carry_null_topic_url_and_id(tmp_path: Path) -> None:
-    flow = BASE_FLOW.replace("if_missing: [cancel]", "if_missing: [cancel, page]") + '  page:\n    webhook: {url: "http://127.0.0.1:9099/hook", severity: info}\n'
+    flow = (
+        BASE_FLOW.replace("if_missing: [cancel]", "if_missing: [cancel, page]")
+        + '  page:\n    webhook: {url: "http://127.0.0.1:9099/hook", severity: info}\n'
+    )
     lines = run(tmp_path, [ev("Placed", "o1", 0)], flow=flow)
     (hook,) = [x for x in lines if x["topic"] is None]
     assert hook["webhook"] == "http://127.0.0.1:9099/hook"
@@ -247,13 +383,30 @@ def test_webhook_lines_carry_null_topic_url_and_id(tmp_path: Path) -> None:
 
 
 def test_optional_step_is_skipped_by_the_default_anchor_and_never_missing(tmp_path: Path) -> None:
-    flow = BASE_FLOW.replace("  - step: shipped\n", "  - step: gift\n    on: ship.Gift\n    optional: true\n    within: 1s\n  - step: shipped\n")
-    lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)], flow=flow)
+    flow = BASE_FLOW.replace(
+        "  - step: shipped\n",
+        "  - step: gift\n    on: ship.Gift\n    optional: true\n    within: 1s\n  - step: shipped\n",
+    )
+    lines = run(
+        tmp_path, [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)], flow=flow
+    )
     assert alerts(lines) == [] and outcomes(lines)[0]["outcome"] == "completed"
-    late = run(tmp_path, [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Gift", "o1", 5, topic="ship"), ev("Shipped", "o1", 6)], flow=flow)
+    late = run(
+        tmp_path,
+        [
+            ev("Placed", "o1", 0),
+            ev("Paid", "o1", 1),
+            ev("Gift", "o1", 5, topic="ship"),
+            ev("Shipped", "o1", 6),
+        ],
+        flow=flow,
+    )
     assert alerts(late) == [("late", "gift", "o1")]
 
 
 def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
-    events = [ev("Placed", f"o{i}", i) for i in range(5)] + [ev("Failed", "o2", 6), ev("Paid", "o3", 30)]
+    events = [ev("Placed", f"o{i}", i) for i in range(5)] + [
+        ev("Failed", "o2", 6),
+        ev("Paid", "o3", 30),
+    ]
     assert run(tmp_path, events) == run(tmp_path, events)

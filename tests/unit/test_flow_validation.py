@@ -32,38 +32,79 @@ def test_base_flow_is_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "needle", "message"),
     [
-        ("on: pay.Paid", "on: payment.Paid", "payment.Paid", "step 'paid' refers to unknown source 'payment' (known: orders, pay, ship)"),
+        (
+            "on: pay.Paid",
+            "on: payment.Paid",
+            "payment.Paid",
+            "step 'paid' refers to unknown source 'payment' (known: orders, pay, ship)",
+        ),
         ("within: 20s", "within: 20 parsecs", "20 parsecs", "is not a duration"),
         ("warn: 80%", "warn: 12s", "warn: 12s", "warn (12s) must be shorter than within (10s)"),
-        ("if_missing: [cancel]", "if_missing: [cancle]", "if_missing", "names unknown action 'cancle'"),
+        (
+            "if_missing: [cancel]",
+            "if_missing: [cancle]",
+            "if_missing",
+            "names unknown action 'cancle'",
+        ),
         ("then: comp", "then: compensate", "then: compensate", "unknown path 'compensate'"),
-        ("{{ steps.placed.value.total }}", "{{ steps.placed.value.tax }}", "value.tax", "names data step 'placed' does not capture"),
-        ("{{ key }}\", value: {type: Refund", "{{ order }}\", value: {type: Refund", "{{ order }}", "names 'order', which is not in the template context"),
-        ("  - step: shipped\n    on: ship.Shipped\n", "  - step: shipped\n    on: ship.Shipped\n    after: nowhere\n", "after: nowhere", "'after' names unknown step 'nowhere'"),
-        ("      - step: refunded", "      - step: paid", "      - step: paid", "step name 'paid' is used twice"),
+        (
+            "{{ steps.placed.value.total }}",
+            "{{ steps.placed.value.tax }}",
+            "value.tax",
+            "names data step 'placed' does not capture",
+        ),
+        (
+            '{{ key }}", value: {type: Refund',
+            '{{ order }}", value: {type: Refund',
+            "{{ order }}",
+            "names 'order', which is not in the template context",
+        ),
+        (
+            "  - step: shipped\n    on: ship.Shipped\n",
+            "  - step: shipped\n    on: ship.Shipped\n    after: nowhere\n",
+            "after: nowhere",
+            "'after' names unknown step 'nowhere'",
+        ),
+        (
+            "      - step: refunded",
+            "      - step: paid",
+            "      - step: paid",
+            "step name 'paid' is used twice",
+        ),
         ("flow: shop", "flow: Shop!", "flow: Shop!", "flow name 'Shop!' must match"),
         ("within: 5s", "within: 5s\n        withn: 3s", "withn", "unknown key 'withn'"),
-        ("  - on: pay.Failed", "  - on: pay.Paid", "- on: pay.Paid", "pay.Paid is also a step's event"),
+        (
+            "  - on: pay.Failed",
+            "  - on: pay.Paid",
+            "- on: pay.Paid",
+            "pay.Paid is also a step's event",
+        ),
     ],
 )
-def test_problem_is_named_with_its_line(tmp_path: Path, old: str, new: str, needle: str, message: str) -> None:
+def test_problem_is_named_with_its_line(
+    tmp_path: Path, old: str, new: str, needle: str, message: str
+) -> None:
     assert old in BASE_FLOW
     text = BASE_FLOW.replace(old, new, 1)
     got = problems(tmp_path, text)
     expected_line = line_of(text, needle)
-    assert any(message in p and p.startswith(f"{tmp_path / 'flow.yaml'}:{expected_line}:") for p in got), got
+    assert any(
+        message in p and p.startswith(f"{tmp_path / 'flow.yaml'}:{expected_line}:") for p in got
+    ), got
 
 
 def test_anchor_cycle_is_reported(tmp_path: Path) -> None:
-    text = BASE_FLOW.replace("    within: 10s\n    warn: 80%", "    after: shipped\n    within: 10s\n    warn: 80%").replace(
-        "    on: ship.Shipped\n", "    on: ship.Shipped\n    after: paid\n"
-    )
+    text = BASE_FLOW.replace(
+        "    within: 10s\n    warn: 80%", "    after: shipped\n    within: 10s\n    warn: 80%"
+    ).replace("    on: ship.Shipped\n", "    on: ship.Shipped\n    after: paid\n")
     got = problems(tmp_path, text)
     assert any("anchors form a cycle" in p for p in got), got
 
 
 def test_all_problems_of_a_file_are_reported_at_once(tmp_path: Path) -> None:
-    text = BASE_FLOW.replace("on: pay.Paid", "on: payment.Paid").replace("if_missing: [cancel]", "if_missing: [nope]")
+    text = BASE_FLOW.replace("on: pay.Paid", "on: payment.Paid").replace(
+        "if_missing: [cancel]", "if_missing: [nope]"
+    )
     got = problems(tmp_path, text)
     assert len(got) >= 2
 
@@ -78,7 +119,9 @@ def test_same_flow_and_version_in_two_files_is_an_error(tmp_path: Path) -> None:
 
 
 def test_several_flows_in_one_file_as_documents(tmp_path: Path) -> None:
-    (tmp_path / "multi.yaml").write_text(BASE_FLOW + "---\n" + BASE_FLOW.replace("flow: shop", "flow: other"))
+    (tmp_path / "multi.yaml").write_text(
+        BASE_FLOW + "---\n" + BASE_FLOW.replace("flow: shop", "flow: other")
+    )
     assert [f.name for f in load_registry([tmp_path / "multi.yaml"])] == ["other", "shop"]
 
 

@@ -48,14 +48,45 @@ def test_mutated_flow(data: st.DataObject) -> None:
         elif op == "truncate":
             lines[i] = lines[i][: data.draw(st.integers(0, max(0, len(lines[i]))))]
         elif op == "replace":
-            lines[i] = lines[i].replace(":", data.draw(st.sampled_from(["", " [", ": {", ":-", ": 1"])), 1)
+            lines[i] = lines[i].replace(
+                ":", data.draw(st.sampled_from(["", " [", ": {", ":-", ": 1"])), 1
+            )
         else:
             lines[i] = "  " + lines[i]
     load("\n".join(lines))
 
 
 @fuzz
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["flow", "version", "steps", "sources", "on", "step", "within", "actions", "paths", "sla", "errors", "topic", "type"]), c, max_size=4), max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "flow",
+                        "version",
+                        "steps",
+                        "sources",
+                        "on",
+                        "step",
+                        "within",
+                        "actions",
+                        "paths",
+                        "sla",
+                        "errors",
+                        "topic",
+                        "type",
+                    ]
+                ),
+                c,
+                max_size=4,
+            )
+        ),
+        max_leaves=20,
+    )
+)
 def test_random_structures(doc: object) -> None:
     import json
 
@@ -63,9 +94,20 @@ def test_random_structures(doc: object) -> None:
 
 
 def test_cli_never_prints_a_traceback(tmp_path: Path) -> None:
-    for text in ["flow: [", "\x00\x01", "steps: !!python/object:os.system {}", "{a: 1, a: 2}", "- - - -"]:
+    for text in [
+        "flow: [",
+        "\x00\x01",
+        "steps: !!python/object:os.system {}",
+        "{a: 1, a: 2}",
+        "- - - -",
+    ]:
         f = tmp_path / "f.yaml"
         f.write_text(text)
-        res = subprocess.run([sys.executable, "-m", "observer.cli", "validate", str(f)], capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "observer.cli", "validate", str(f)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 2, (text, res.stderr)
         assert "Traceback" not in res.stderr and str(f) in res.stderr
