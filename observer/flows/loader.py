@@ -84,8 +84,18 @@ def _plain(node: Any, path: Path_, lines: dict[Path_, int]) -> Any:
             items.append(_plain(v, (*path, i), lines))
         return items
     if isinstance(node, str):
-        return str(node)
+        return _text(str(node))
     return node
+
+
+def _text(s: str) -> str:
+    """Recombine surrogate pairs (ruamel leaves JSON-style escapes of astral characters as
+    lone surrogates); a lone surrogate that remains becomes U+FFFD, never a crash."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _describe(loc: tuple[str | int, ...], data: Any) -> str:
