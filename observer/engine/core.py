@@ -466,9 +466,11 @@ class Engine:
             )
             return
         if timer.kind == T_EXPIRE:
-            self._end(slot, flow, inst, "expired", due, f"expire@{due}", now, out)
+            self._end(slot, flow, inst, "expired", due, f"expire@{due}/{inst.started_at}", now, out)
             return
-        trigger = f"timer:{timer.kind}:{timer.step}@{due}"
+        # the instance's start is part of the trigger: a key reused after `retain` is another
+        # instance, and its records must not share ids with the first one's
+        trigger = f"timer:{timer.kind}:{timer.step}@{due}/{inst.started_at}"
         if timer.kind in (T_WARN, T_MISSING):
             step = flow.steps[timer.step]
             deadline = self.deadline(flow, inst, step)
@@ -556,7 +558,7 @@ class Engine:
             if idx not in observed:
                 return
         ended = max([at, *observed.values()])
-        self._end(slot, flow, inst, path.outcome, ended, "end", now, out)
+        self._end(slot, flow, inst, path.outcome, ended, f"end/{inst.started_at}", now, out)
 
     def _end(
         self,

@@ -410,3 +410,11 @@ def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
         ev("Paid", "o3", 30),
     ]
     assert run(tmp_path, events) == run(tmp_path, events)
+
+
+def test_a_key_reused_after_retain_gets_new_record_ids(tmp_path: Path) -> None:
+    first = [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)]
+    second = [ev("Placed", "o1", 4000, eid="p2"), ev("Paid", "o1", 4001, eid="x2"), ev("Shipped", "o1", 4002, eid="s2")]
+    lines = run(tmp_path, first + second)
+    assert [o["started_at"] for o in outcomes(lines)] == ["2026-01-01T00:00:00Z", "2026-01-01T01:06:40Z"]
+    assert len({x["headers"]["observer-id"] for x in lines}) == len(lines) == 2
