@@ -6,16 +6,26 @@ success, 2 on invalid flows or input (messages name the file, the line and the p
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from observer.config import ObserverConfig, mask_url, topics_from_env
 from observer.engine.core import Topics
-from observer.errors import FlowError, InputError
+from observer.errors import ConfigError, FlowError, InputError, ObserverError, StoreError
 from observer.flows.compiler import load_registry
+from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
 
-__all__ = ["main"]
+if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.runtime.service import Service
+
+__all__ = ["build_service", "main"]
 
 
 def _fail(message: str) -> None:
@@ -24,14 +34,124 @@ def _fail(message: str) -> None:
 
 
 def _topics_from_env() -> Topics:
-    import os
+    return topics_from_env(os.environ)
 
-    d = Topics()
-    return Topics(
-        alerts=os.environ.get("OBSERVER_ALERTS_TOPIC", d.alerts),
-        outcomes=os.environ.get("OBSERVER_OUTCOMES_TOPIC", d.outcomes),
-        dlq=os.environ.get("OBSERVER_DLQ_TOPIC", d.dlq),
+
+_CONTEXT = ("flow", "key", "topic", "partition", "offset", "observer_id")
+
+
+class _ContextFormatter(logging.Formatter):
+    """Appends the context passed with `extra=` (flow, key, topic, partition, offset, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ctx = [
+            f"{name}={getattr(record, name)}"
+            for name in _CONTEXT
+            if getattr(record, name, None) is not None
+        ]
+        return f"{text} [{' '.join(ctx)}]" if ctx else text
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_service(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    flow_paths: tuple[str, ...] = (),
+    *,
+    metrics_registry: Any = None,
+) -> Service:
+    """Wire the concrete adapters into a runnable `Service` (the only place that does)."""
+    from prometheus_client import CollectorRegistry
+
+    from observer.adapters.kafka.admin import ensure_topics
+    from observer.adapters.kafka.consumer import KafkaEventSource
+    from observer.adapters.kafka.producer import KafkaRecordSink
+    from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
+    from observer.adapters.redis.keys import Keys
+    from observer.adapters.redis.query import RedisSlotReader
+    from observer.adapters.redis.store import RedisStateStore
+    from observer.adapters.webhook import HttpxPoster
+    from observer.http.app import create_app
+    from observer.http.server import HttpServer
+    from observer.metrics import Metrics
+    from observer.runtime.health import Health
+    from observer.runtime.inspect import InstanceQuery
+    from observer.runtime.loop import Runtime
+    from observer.runtime.ports import SystemClock
+    from observer.runtime.service import Service
+    from observer.runtime.webhooks import WebhookDispatcher
+
+    redis_url = config.redis_url.get_secret_value()
+    keys = Keys(config.key_prefix, config.shards)
+    metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
+    health = Health(config.stall_after_ms)
+    poster = HttpxPoster(config.webhook_timeout_ms / 1000.0)
+    webhooks = WebhookDispatcher(
+        poster,
+        workers=config.webhook_workers,
+        max_attempts=config.webhook_max_attempts,
+        base_ms=config.webhook_backoff_ms,
+        cap_ms=config.webhook_backoff_max_ms,
     )
+    schema_registry = None
+    if config.schema_registry_url is not None:
+        schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
+    flows = [
+        {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
+        for f in registry
+    ]
+    deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
+    runtime = Runtime(
+        config,
+        registry,
+        source=KafkaEventSource(config.consumer_settings()),
+        sink=KafkaRecordSink(config.producer_settings()),
+        store=RedisStateStore(redis_url, keys, history_cap=config.history_cap),
+        webhooks=webhooks,
+        metrics=metrics,
+        health=health,
+        clock=SystemClock(),
+        deployed=deployed,
+        avro=ConfluentAvroDecoder(schema_registry),
+    )
+    reader = RedisSlotReader(redis_url, config.key_prefix, shards=config.shards)
+    app = create_app(
+        InstanceQuery(registry, reader, config.topics()), health.report, metrics.registry
+    )
+    http = HttpServer(app, config.http_host, config.http_port)
+    topics = config.topics()
+    admin = config.admin_settings()
+
+    def prepare() -> None:
+        if config.create_topics:
+            ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
+
+    ignored = config.overridden_forced()
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
+        )
+    banner = (
+        f"observer run: flows {', '.join(f'{f.name} v{f.version}' for f in registry)}; "
+        f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(runtime.ingest.topic_names())}; "
+        f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
+        f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards); "
+        f"http on {config.http_host}:{http.port}"
+    )
+    closers = [poster.close, reader.close]
+    if schema_registry is not None:
+        closers.append(schema_registry.close)
+    return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,6 +224,142 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
         out.write(line + b"\n")
     out.flush()
     click.echo(f"replay: {len(lines)} records published", err=True)
+
+
+@main.command()
+@click.argument("flows", nargs=-1, required=True)
+@click.option(
+    "--bootstrap-servers",
+    default=None,
+    help="Kafka bootstrap servers [OBSERVER_BOOTSTRAP_SERVERS; localhost:9092].",
+)
+@click.option(
+    "--redis-url", default=None, help="Redis URL [OBSERVER_REDIS_URL; redis://localhost:6379/0]."
+)
+@click.option(
+    "--group-id", default=None, help="Kafka consumer group [OBSERVER_GROUP_ID; observer]."
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=None,
+    help="Port of the ops API, 0 = any free port [OBSERVER_HTTP_PORT; 8000].",
+)
+@click.option(
+    "--key-prefix", default=None, help="Prefix of every Redis key [OBSERVER_KEY_PREFIX; observer]."
+)
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("OBSERVER_LOG_LEVEL", "INFO"),
+    show_default="INFO",
+    help="Log level [OBSERVER_LOG_LEVEL].",
+)
+def run(
+    flows: tuple[str, ...],
+    bootstrap_servers: str | None,
+    redis_url: str | None,
+    group_id: str | None,
+    http_port: int | None,
+    key_prefix: str | None,
+    log_level: str,
+) -> None:
+    """Attach to Kafka and watch the flows until stopped (SIGTERM/SIGINT: finish, commit, exit 0)."""
+    _configure_logging(log_level)
+    flags = {
+        "bootstrap_servers": bootstrap_servers,
+        "redis_url": redis_url,
+        "group_id": group_id,
+        "http_port": http_port,
+        "key_prefix": key_prefix,
+    }
+    try:
+        config = ObserverConfig.load(flags, os.environ)
+        registry = load_registry(flows)
+        service = build_service(config, registry, flows)
+    except (FlowError, ConfigError) as exc:
+        _fail(str(exc))
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.run()
+    except ConfigError as exc:
+        _fail(str(exc))
+    except ObserverError as exc:
+        click.echo(f"observer run: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("flow")
+@click.argument("key")
+@click.option(
+    "--redis-url", default=None, help="Redis URL [OBSERVER_REDIS_URL; redis://localhost:6379/0]."
+)
+@click.option(
+    "--key-prefix", default=None, help="Prefix of every Redis key [OBSERVER_KEY_PREFIX; observer]."
+)
+@click.option(
+    "--flows",
+    "flow_paths",
+    multiple=True,
+    help="Flow files or folders (default: those the running observer loaded).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(
+    flow: str,
+    key: str,
+    redis_url: str | None,
+    key_prefix: str | None,
+    flow_paths: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown."""
+    import orjson
+
+    from observer.adapters.redis.query import RedisSlotReader
+    from observer.runtime.inspect import InstanceQuery, format_instance
+
+    try:
+        config = ObserverConfig.load({"redis_url": redis_url, "key_prefix": key_prefix}, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    reader = RedisSlotReader(config.redis_url.get_secret_value(), config.key_prefix)
+    try:
+        paths = list(flow_paths)
+        if not paths:
+            deployed = reader.deployed() or {}
+            recorded = deployed.get("paths", [])
+            paths = [str(p) for p in recorded] if isinstance(recorded, list) else []
+            if not paths:
+                _fail(
+                    f"no flows: pass --flows (nothing recorded under prefix '{config.key_prefix}')"
+                )
+                return
+        try:
+            registry = load_registry(paths)
+        except FlowError as exc:
+            _fail(f"cannot load the flows ({', '.join(paths)}); pass --flows:\n{exc}")
+            return
+        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key)
+    except StoreError as exc:
+        _fail(f"observer status: {exc}")
+        return
+    finally:
+        reader.close()
+    if view is None:
+        click.echo(f"no instance of flow '{flow}' for key '{key}'", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_instance(view))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Topic checks and creation with the Kafka AdminClient."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from observer.errors import ConfigError, ObserverError
+
+__all__ = ["ensure_topics", "existing_topics"]
+
+log = logging.getLogger(__name__)
+
+_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+
+def _admin(settings: Mapping[str, Any]) -> AdminClient:
+    conf = dict(settings)
+    conf["logger"] = logging.getLogger("observer.kafka.admin")
+    return AdminClient(conf)
+
+
+def existing_topics(settings: Mapping[str, Any], timeout_s: float = 10.0) -> set[str]:
+    """Names of the topics in the cluster. Raises ObserverError if it does not answer."""
+    try:
+        md = _admin(settings).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ObserverError(f"Kafka did not answer a metadata request: {exc}") from exc
+    return set(md.topics)
+
+
+def ensure_topics(
+    settings: Mapping[str, Any], names: Iterable[str], partitions: int = -1, timeout_s: float = 10.0
+) -> list[str]:
+    """Create the topics that do not exist yet (broker defaults unless `partitions` > 0).
+    Returns the names created. Raises ConfigError when not allowed to create a missing one."""
+    wanted = sorted(set(names))
+    have = existing_topics(settings, timeout_s)
+    missing = [n for n in wanted if n not in have]
+    if not missing:
+        return []
+    admin = _admin(settings)
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=-1) for n in missing],
+        request_timeout=timeout_s,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if code in _DENIED:
+                raise ConfigError(
+                    f"topic '{name}' does not exist and this observer is not allowed to create it "
+                    f"({err.str() if isinstance(err, KafkaError) else exc}): create it, or grant CREATE on it"
+                ) from exc
+            raise ObserverError(f"cannot create topic '{name}': {exc}") from exc
+    if created:
+        log.info("created topics %s", ", ".join(sorted(created)))
+    return sorted(created)

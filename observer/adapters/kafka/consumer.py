@@ -1,0 +1,196 @@
+"""`KafkaEventSource`: the source topics read in batches by a consumer in a group.
+
+Manual commits only (`enable.auto.commit=false`); batches via `consume(num_messages, timeout)`;
+the cooperative-sticky assignor, so a rebalance only moves the partitions that change owner.
+Rebalance callbacks run inside `poll` on the loop's thread and are forwarded to a listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from observer.errors import ObserverError
+from observer.ingest import SourceRecord
+from observer.runtime.ports import RebalanceListener
+from observer.runtime.watermark import TopicPartition as TP
+
+__all__ = ["KafkaEventSource"]
+
+log = logging.getLogger(__name__)
+
+_DOWN = {KafkaError._ALL_BROKERS_DOWN}
+_QUIET = {KafkaError._PARTITION_EOF}
+
+
+class KafkaEventSource:
+    """A confluent-kafka consumer. Not thread-safe: owned by the consumer loop's thread."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        conf = dict(settings)
+        conf["error_cb"] = self._on_error
+        conf["on_commit"] = self._on_commit
+        conf["logger"] = logging.getLogger("observer.kafka.consumer")
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:
+            raise ObserverError(f"cannot create the Kafka consumer: {exc}") from exc
+        self._listener: RebalanceListener | None = None
+        self._down_since: float | None = None
+        self._last_error_log = 0.0
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in _DOWN:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            log.warning("Kafka: %s", err.str())
+        elif err.fatal():
+            log.error("Kafka fatal error: %s", err.str())
+        else:
+            log.info("Kafka: %s", err.str())
+
+    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        if self._listener is None:
+            return
+        offsets = {(p.topic, p.partition): p.offset for p in parts if p.offset >= 0}
+        error = None if err is None else err.str()
+        if error is None:
+            self._down_since = None
+        self._listener.commit_done(error, offsets)
+
+    def healthy(self) -> bool:
+        return self._down_since is None
+
+    def probe(self, timeout_s: float) -> bool:
+        """Ask the cluster for metadata; clears the unhealthy mark when it answers."""
+        try:
+            md = self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        if md.brokers:
+            self._down_since = None
+            return True
+        return False
+
+    # -- subscription -----------------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self._listener = listener
+        self._consumer.subscribe(
+            list(topics), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost
+        )
+
+    @staticmethod
+    def _tps(parts: list[TopicPartition]) -> list[TP]:
+        return [(p.topic, p.partition) for p in parts]
+
+    def _assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        if self._listener is not None and parts:
+            self._listener.assigned(self._tps(parts))
+
+    def _revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        if self._listener is not None and parts:
+            self._listener.revoked(self._tps(parts))
+
+    def _lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        if self._listener is not None and parts:
+            self._listener.lost(self._tps(parts))
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        try:
+            msgs: list[Any] = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        except KafkaException as exc:
+            raise ObserverError(f"Kafka consume failed: {exc}") from exc
+        out: list[SourceRecord] = []
+        append = out.append
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._message_error(err, m)
+                continue
+            rec = SourceRecord(
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                m.key(),
+                m.value(),
+                m.headers() or (),
+                m.timestamp()[1],
+            )
+            append(rec)
+        if out and self._down_since is not None:
+            self._down_since = None
+        return out
+
+    def _message_error(self, err: KafkaError, m: Any) -> None:
+        if err.code() in _QUIET:
+            return
+        if err.fatal():
+            raise ObserverError(f"Kafka consumer fatal error: {err.str()}")
+        now = time.monotonic()
+        if now - self._last_error_log > 5.0:  # e.g. a source topic that does not exist yet
+            self._last_error_log = now
+            log.warning(
+                "Kafka consumer: %s (topic %s)", err.str(), m.topic(), extra={"topic": m.topic()}
+            )
+
+    # -- offsets ----------------------------------------------------------------------------------
+
+    def commit(self, offsets: Mapping[TP, int], wait: bool) -> None:
+        if not offsets:
+            return
+        parts = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=parts, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=parts, asynchronous=True)
+        except KafkaException as exc:
+            raise ObserverError(f"Kafka commit failed: {exc}") from exc
+
+    def offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int | None, int | None, int | None]]:
+        out: dict[TP, tuple[int | None, int | None, int | None]] = {}
+        tps = list(tps)
+        if not tps:
+            return out
+        try:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in tps])
+        except KafkaException:
+            positions = []
+        pos = {(x.topic, x.partition): x.offset for x in positions}
+        for tp in tps:
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                low, high = -1, -1
+            p = pos.get(tp, -1)
+            out[tp] = (
+                low if low >= 0 else None,
+                high if high >= 0 else None,
+                p if p >= 0 else None,
+            )
+        return out
+
+    def committed(self, tps: Sequence[TP]) -> dict[TP, int]:
+        if not tps:
+            return {}
+        try:
+            parts = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+        except KafkaException as exc:
+            log.warning("Kafka: cannot read committed offsets: %s", exc)
+            return {}
+        return {(x.topic, x.partition): x.offset for x in parts if x.offset >= 0}
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("Kafka consumer close: %s", exc)

@@ -1,0 +1,82 @@
+"""`KafkaRecordSink`: the idempotent producer that publishes outbox records.
+
+`enable.idempotence=true` and `acks=all` are forced by the configuration; every record carries
+its `observer-id` header (already in the record's headers). Delivery reports are served by
+`poll`/`flush` on the loop's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from observer.errors import ObserverError
+from observer.runtime.outbox import OutboxRecord
+
+__all__ = ["KafkaRecordSink"]
+
+log = logging.getLogger(__name__)
+
+
+class KafkaRecordSink:
+    """A confluent-kafka producer. `send` blocks (serving delivery reports) while the local
+    queue is full, which slows the loop down instead of dropping records."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        conf = dict(settings)
+        conf["error_cb"] = self._on_error
+        conf["logger"] = logging.getLogger("observer.kafka.producer")
+        try:
+            self._producer = Producer(conf)
+        except KafkaException as exc:
+            raise ObserverError(f"cannot create the Kafka producer: {exc}") from exc
+        self.fatal: str | None = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err.str()
+            log.error("Kafka producer fatal error: %s", err.str())
+        else:
+            log.info("Kafka producer: %s", err.str())
+
+    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None:
+        if record.topic is None:
+            raise ValueError("a Kafka record needs a topic")
+        oid = record.observer_id
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            on_done(oid, None if err is None else err.str())
+
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=list(record.headers),
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise ObserverError(f"cannot produce to {record.topic}: {exc}") from exc
+            if self.fatal is not None:
+                raise ObserverError(f"Kafka producer failed: {self.fatal}")
+
+    def poll(self, timeout_s: float) -> None:
+        self._producer.poll(timeout_s)
+
+    def flush(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        remaining = int(self._producer.flush(max(0.0, timeout_s)))
+        while remaining and time.monotonic() < deadline:
+            remaining = int(self._producer.flush(max(0.0, deadline - time.monotonic())))
+        return remaining
+
+    def close(self) -> None:
+        self._producer.flush(0)

@@ -1,0 +1,74 @@
+"""`RedisSlotReader`: read-only access to slots and histories for the ops API and
+`observer status` (redis-py with its own connection pool, thread-safe; off the hot path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+
+from observer.adapters.redis.keys import Keys
+from observer.errors import StoreError
+from observer.runtime.shards import slot_id
+
+__all__ = ["RedisSlotReader"]
+
+
+class RedisSlotReader:
+    """Reads what the runtime wrote under a prefix. The shard count is read from the store's
+    meta hash (so `observer status` needs only the URL and the prefix)."""
+
+    def __init__(
+        self, url: str, prefix: str, *, shards: int | None = None, timeout_s: float = 5.0
+    ) -> None:
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._prefix = prefix
+        self._keys: Keys | None = Keys(prefix, shards) if shards else None
+
+    def _k(self) -> Keys:
+        if self._keys is None:
+            try:
+                raw = self._redis.hget(Keys(self._prefix, 1).meta(), "shards")
+            except redis.RedisError as exc:
+                raise StoreError(f"cannot read from Redis: {exc}") from exc
+            if raw is None:
+                raise StoreError(
+                    f"no observer state under prefix '{self._prefix}' (nothing has run with it)"
+                )
+            self._keys = Keys(self._prefix, int(raw))
+        return self._keys
+
+    def read(self, flow: str, key: str) -> tuple[bytes | None, list[bytes]]:
+        keys = self._k()
+        sid = slot_id(flow, key)
+        shard = keys.shard_of(sid)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(keys.slot(shard, sid))
+            pipe.lrange(keys.history(shard, sid), 0, -1)
+            state, history = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read from Redis: {exc}") from exc
+        return state, list(history)
+
+    def deployed(self) -> dict[str, Any] | None:
+        try:
+            raw = self._redis.get(Keys(self._prefix, 1).deployed())
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read from Redis: {exc}") from exc
+        if raw is None:
+            return None
+        value = orjson.loads(raw)
+        return value if isinstance(value, dict) else None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,255 @@
+"""`RedisStateStore`: slot state, deadlines, outbox and history in Redis.
+
+A batch is written atomically in one round trip: one EVALSHA of `write.lua` with the batch
+packed into its arguments. Slots are loaded with one MGET. Requests are pipelined on one raw
+connection (`RedisWire`): a load sent after a write is answered after it, so the loop can send
+a batch's write, decode the next batch, and only then read both replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import hiredis
+import orjson
+
+from observer.adapters.redis.keys import Keys
+from observer.adapters.redis.wire import RedisWire
+from observer.errors import ConfigError, StoreError
+from observer.runtime.ports import DueSlots, WriteBatch
+
+__all__ = ["RedisStateStore", "load_script"]
+
+T = TypeVar("T")
+STORE_FORMAT = 1
+
+
+def load_script(name: str) -> bytes:
+    return resources.files("observer.adapters.redis").joinpath(name).read_bytes()
+
+
+class _Reply(Generic[T]):
+    __slots__ = ("_done", "_error", "_parse", "_store", "_value")
+
+    def __init__(self, store: RedisStateStore, parse: Callable[[Any], T]) -> None:
+        self._store = store
+        self._parse = parse
+        self._done = False
+        self._value: T | None = None
+        self._error: StoreError | None = None
+
+    def _set(self, raw: Any) -> None:
+        self._done = True
+        if isinstance(raw, hiredis.ReplyError):
+            self._error = StoreError(f"Redis replied with an error: {raw}")
+            return
+        try:
+            self._value = self._parse(raw)
+        except StoreError as exc:
+            self._error = exc
+
+    def _fail(self, exc: StoreError) -> None:
+        self._done = True
+        self._error = exc
+
+    def result(self) -> T:
+        while not self._done:
+            self._store._read_one()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class RedisStateStore:
+    """The state store over one raw connection. Owned by the consumer loop's thread."""
+
+    def __init__(
+        self, url: str, keys: Keys, *, history_cap: int = 100, timeout_s: float = 10.0
+    ) -> None:
+        self.keys = keys
+        self.history_cap = history_cap
+        self._wire = RedisWire(url, timeout_s)
+        self._write_src = load_script("write.lua")
+        self._due_src = load_script("due.lua")
+        self._write_sha = hashlib.sha1(self._write_src).hexdigest()
+        self._due_sha = hashlib.sha1(self._due_src).hexdigest()
+        self._queue: deque[_Reply[Any]] = deque()
+        self._due_args: list[str] = []
+        for s in range(keys.shards):
+            self._due_args += [keys.due(s), keys.slot_prefix(s)]
+
+    @property
+    def where(self) -> str:
+        return self._wire.where
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def open(self, shards: int, deployed: Mapping[str, object]) -> None:
+        """Connect, load the scripts, check the shard count recorded under the prefix."""
+        self.reconnect()
+        meta = self.keys.meta()
+        self._wire.call("HSETNX", meta, "shards", shards)
+        self._wire.call("HSETNX", meta, "format", STORE_FORMAT)
+        stored = self._wire.call("HMGET", meta, "shards", "format")
+        if int(stored[0]) != shards:
+            raise ConfigError(
+                f"Redis prefix '{self.keys.prefix}' holds state for {int(stored[0])} shards, not {shards}: "
+                "use the same shard count, or another key prefix"
+            )
+        if int(stored[1]) != STORE_FORMAT:
+            raise ConfigError(
+                f"Redis prefix '{self.keys.prefix}' holds state format {stored[1]!r}, expected {STORE_FORMAT}"
+            )
+        self._wire.call("SET", self.keys.deployed(), orjson.dumps(dict(deployed)))
+
+    def reconnect(self) -> None:
+        """(Re)connect and load the scripts; pending replies are failed."""
+        err = StoreError("the Redis connection was reset")
+        while self._queue:
+            self._queue.popleft()._fail(err)
+        self._wire.connect()
+        self._wire.call("SCRIPT", "LOAD", self._write_src)
+        self._wire.call("SCRIPT", "LOAD", self._due_src)
+
+    def ping(self) -> bool:
+        try:
+            self._drain()
+            return bool(self._wire.call("PING") == b"PONG")
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        self._wire.close()
+
+    # -- pipelined requests -----------------------------------------------------------------------
+
+    def _read_one(self) -> None:
+        self._queue[0]
+        try:
+            raw = self._wire.read()
+        except StoreError as exc:
+            while self._queue:
+                self._queue.popleft()._fail(exc)
+            raise
+        self._queue.popleft()._set(raw)
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._read_one()
+
+    def _send(self, payload: bytes, parse: Callable[[Any], T]) -> _Reply[T]:
+        reply = _Reply(self, parse)
+        try:
+            self._wire.send(payload)
+        except StoreError as exc:
+            while self._queue:
+                self._queue.popleft()._fail(exc)
+            raise
+        self._queue.append(reply)
+        return reply
+
+    def load(self, slots: Sequence[tuple[int, str]]) -> _Reply[list[bytes | None]]:
+        """State bytes of each (shard, slot id), in order; None where nothing is stored."""
+        if not slots:
+            done: _Reply[list[bytes | None]] = _Reply(self, list)
+            done._set([])
+            return done
+        slot_key = self.keys.slot
+        return self._send(_pack(("MGET", *[slot_key(s, sid) for s, sid in slots])), _as_list)
+
+    def write(self, batch: WriteBatch) -> _Reply[None]:
+        """Apply a batch atomically (one EVALSHA); the reply confirms it."""
+        return self._send(_pack(("EVALSHA", self._write_sha, 0, *self._write_args(batch))), _ignore)
+
+    def _write_args(self, batch: WriteBatch) -> list[Any]:
+        k = self.keys
+        args: list[Any] = [len(batch.puts)]
+        for p in batch.puts:
+            args += [
+                k.slot(p.shard, p.sid),
+                p.state,
+                p.ttl_ms,
+                k.due(p.shard),
+                p.sid,
+                "" if p.due is None else p.due,
+                k.history(p.shard, p.sid),
+                self.history_cap,
+                len(p.history),
+            ]
+            args += p.history
+        args.append(len(batch.deletes))
+        for shard, sid in batch.deletes:
+            args += [k.slot(shard, sid), k.history(shard, sid), k.due(shard), sid]
+        args.append(len(batch.stale_due))
+        for shard, sid in batch.stale_due:
+            args += [k.due(shard), sid]
+        args.append(len(batch.outbox_dels))
+        for shard, oid in batch.outbox_dels:
+            args += [k.outbox(shard), oid]
+        args.append(len(batch.outbox_adds))
+        for shard, oid, rec in batch.outbox_adds:
+            args += [k.outbox(shard), oid, rec]
+        args += [k.stats(), len(batch.stats)]
+        for name, inc in batch.stats.items():
+            args += [name, inc]
+        return args
+
+    # -- synchronous requests ---------------------------------------------------------------------
+
+    def due(self, watermark: int, limit: int) -> DueSlots:
+        """Slots due at or before `watermark` (at most `limit`), with their state."""
+        self._drain()
+        raw = self._send(
+            _pack(
+                ("EVALSHA", self._due_sha, 0, watermark, limit, self.keys.shards, *self._due_args)
+            ),
+            _as_list,
+        ).result()
+        earliest = None if raw[0] is None else int(raw[0])
+        slots = [
+            (int(raw[i]), raw[i + 1].decode("utf-8", "surrogateescape"), raw[i + 2])
+            for i in range(1, len(raw), 3)
+        ]
+        return DueSlots(slots, earliest)
+
+    def outbox(self) -> Iterator[tuple[int, str, bytes]]:
+        """Every entry left in the outbox, shard by shard."""
+        self._drain()
+        for shard in range(self.keys.shards):
+            cursor = b"0"
+            while True:
+                cursor, items = self._wire.call(
+                    "HSCAN", self.keys.outbox(shard), cursor, "COUNT", 500
+                )
+                for i in range(0, len(items), 2):
+                    yield shard, items[i].decode(), items[i + 1]
+                if cursor == b"0":
+                    break
+
+    def stats(self) -> dict[str, int]:
+        self._drain()
+        raw = self._wire.call("HGETALL", self.keys.stats())
+        return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    packed: bytes = hiredis.pack_command(args)
+    return packed
+
+
+def _as_list(raw: Any) -> Any:
+    if not isinstance(raw, list):
+        raise StoreError(f"unexpected Redis reply {raw!r}")
+    return raw
+
+
+def _ignore(raw: Any) -> None:
+    return None
+
+
+def _raw(raw: Any) -> Any:
+    return raw

@@ -1,0 +1,281 @@
+"""Runtime configuration: one frozen, typed model; flags win over environment variables, which
+win over defaults. Secrets are `SecretStr`; librdkafka's dotted keys appear only at the edge
+(`consumer_settings`, `producer_settings`, `admin_settings`).
+
+Environment: `OBSERVER_<FIELD>` for every field (e.g. `OBSERVER_BOOTSTRAP_SERVERS`,
+`OBSERVER_ALERTS_TOPIC`), and `OBSERVER_KAFKA_<NAME>` for any librdkafka setting, `<NAME>`
+lower-cased with `_` turned into `.` (`OBSERVER_KAFKA_SECURITY_PROTOCOL` -> `security.protocol`).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from observer.engine.core import Topics
+from observer.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "KAFKA_ENV_PREFIX",
+    "ObserverConfig",
+    "is_secret_key",
+    "mask_url",
+    "topics_from_env",
+]
+
+ENV_PREFIX = "OBSERVER_"
+KAFKA_ENV_PREFIX = "OBSERVER_KAFKA_"
+# OBSERVER_KAFKA_* variables that belong to ops/stack (the local broker), not to librdkafka.
+_NOT_LIBRDKAFKA = {
+    "OBSERVER_KAFKA_VERSION",
+    "OBSERVER_KAFKA_PORT",
+    "OBSERVER_KAFKA_CONTROLLER_PORT",
+    "OBSERVER_KAFKA_HEAP",
+}
+_SECRET = re.compile(
+    r"(password|secret|token|credential|jaas|\.key$|key\.pem|\.pem$|oauthbearer\.config)", re.I
+)
+# Settings the observer's guarantees depend on: never taken from the environment.
+_FORCED_CONSUMER = {"enable.auto.commit": False}
+_FORCED_PRODUCER = {"enable.idempotence": True, "acks": "all"}
+MASK = "***"
+_DEFAULT_TOPICS = Topics()
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a librdkafka setting holds a secret (its value is never logged)."""
+    return bool(_SECRET.search(name))
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(
+        (parts.scheme, f"{user}:{MASK}@{host}", parts.path, parts.query, parts.fragment)
+    )
+
+
+class ObserverConfig(BaseModel):
+    """Everything `observer run` needs besides the flows. Times in ms unless named `_s`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "localhost:9092"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    group_id: str = "observer"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=0, le=65535)  # 0: pick a free port (logged)
+    alerts_topic: str = _DEFAULT_TOPICS.alerts
+    outcomes_topic: str = _DEFAULT_TOPICS.outcomes
+    dlq_topic: str = _DEFAULT_TOPICS.dlq
+    key_prefix: str = "observer"
+    schema_registry_url: SecretStr | None = None
+    kafka: tuple[tuple[str, SecretStr], ...] = ()  # extra librdkafka settings, dotted names
+    client_id: str = Field(default_factory=lambda: f"observer-{socket.gethostname()}")
+    create_topics: bool = True
+    # the loop
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(50, ge=1)
+    tick_interval_ms: int = Field(50, ge=1)
+    tick_limit: int = Field(2000, ge=1)
+    commit_interval_ms: int = Field(200, ge=0)
+    idle_grace_ms: int = Field(500, ge=0)
+    shards: int = Field(16, ge=1, le=4096)
+    history_cap: int = Field(100, ge=1)
+    ttl_slack_ms: int = Field(86_400_000, ge=1)
+    stall_after_ms: int = Field(30_000, ge=100)
+    shutdown_timeout_ms: int = Field(10_000, ge=0)
+    # publishing
+    linger_ms: int = Field(5, ge=0)
+    retry_backoff_ms: int = Field(500, ge=1)
+    webhook_timeout_ms: int = Field(5_000, ge=1)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_ms: int = Field(200, ge=1)
+    webhook_backoff_max_ms: int = Field(30_000, ge=1)
+    webhook_workers: int = Field(2, ge=1, le=64)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "{} \t\r\n"):
+            raise ValueError("a non-empty prefix without braces or whitespace")
+        return v
+
+    @field_validator("bootstrap_servers", "group_id", "alerts_topic", "outcomes_topic", "dlq_topic")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> ObserverConfig:
+        """Build from flags (None values ignored) over `OBSERVER_*` environment variables over
+        defaults. Raises ConfigError naming the variable or flag at fault."""
+        env = dict(env or {})
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for name in cls.model_fields:
+            if name == "kafka":
+                continue
+            var = ENV_PREFIX + name.upper()
+            if var in env and env[var] != "":
+                values[name] = env[var]
+                origin[name] = var
+        kafka: dict[str, str] = {}
+        for var, value in sorted(env.items()):
+            if (
+                var.startswith(KAFKA_ENV_PREFIX)
+                and var not in _NOT_LIBRDKAFKA
+                and len(var) > len(KAFKA_ENV_PREFIX)
+            ):
+                kafka[var[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
+        for name, value in (flags or {}).items():
+            if value is None:
+                continue
+            if name == "kafka":
+                kafka.update(dict(value))
+                continue
+            values[name] = value
+            origin[name] = "--" + name.replace("_", "-")
+        values["kafka"] = tuple((k, SecretStr(str(v))) for k, v in sorted(kafka.items()))
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for e in exc.errors():
+                field = str(e["loc"][0]) if e["loc"] else "?"
+                problems.append(f"{origin.get(field, field)}: {e['msg']}")
+            raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def topics(self) -> Topics:
+        return Topics(alerts=self.alerts_topic, outcomes=self.outcomes_topic, dlq=self.dlq_topic)
+
+    def kafka_extra(self) -> dict[str, str]:
+        """The OBSERVER_KAFKA_* settings, secrets revealed (for the clients only)."""
+        return {k: v.get_secret_value() for k, v in self.kafka}
+
+    def _common(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+        }
+        conf.update(self.kafka_extra())
+        return conf
+
+    def consumer_settings(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "group.id": self.group_id,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.queue.backoff.ms": 10,
+            "enable.partition.eof": False,
+        }
+        conf.update(self._common())
+        conf.update(_FORCED_CONSUMER)
+        return conf
+
+    def producer_settings(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"linger.ms": self.linger_ms}
+        conf.update({k: v for k, v in self._common().items() if k not in _CONSUMER_ONLY})
+        conf.update(_FORCED_PRODUCER)
+        return conf
+
+    def admin_settings(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in self._common().items()
+            if k not in _CONSUMER_ONLY and k not in _PRODUCER_ONLY
+        }
+
+    def overridden_forced(self) -> list[str]:
+        """OBSERVER_KAFKA_* settings that were ignored because the observer relies on them."""
+        return sorted(k for k, _ in self.kafka if k in _FORCED_CONSUMER or k in _FORCED_PRODUCER)
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration with every secret masked (safe to log)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if name == "kafka":
+                out[name] = {k: (MASK if is_secret_key(k) else s.get_secret_value()) for k, s in v}
+            elif name in ("redis_url", "schema_registry_url"):
+                out[name] = None if v is None else mask_url(v.get_secret_value())
+            else:
+                out[name] = v
+        return out
+
+
+# Settings only the consumer understands (not passed to producer/admin to avoid warnings).
+_CONSUMER_ONLY = {
+    "group.id",
+    "group.instance.id",
+    "auto.offset.reset",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.queue.backoff.ms",
+    "enable.partition.eof",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.wait.max.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "isolation.level",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "group.protocol",
+    "group.remote.assignor",
+    "max.partition.fetch.bytes",
+    "check.crcs",
+    "enable.auto.commit",
+}
+_PRODUCER_ONLY = {
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "batch.size",
+    "batch.num.messages",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "request.required.acks",
+    "max.in.flight.requests.per.connection",
+}
+
+
+def topics_from_env(env: Mapping[str, str]) -> Topics:
+    """The observer's own topics from OBSERVER_ALERTS_TOPIC / _OUTCOMES_TOPIC / _DLQ_TOPIC."""
+    d = Topics()
+    return Topics(
+        alerts=env.get("OBSERVER_ALERTS_TOPIC") or d.alerts,
+        outcomes=env.get("OBSERVER_OUTCOMES_TOPIC") or d.outcomes,
+        dlq=env.get("OBSERVER_DLQ_TOPIC") or d.dlq,
+    )

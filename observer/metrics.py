@@ -1,0 +1,197 @@
+"""The observer's metric set, on an injected Prometheus `CollectorRegistry`.
+
+Hooks called by the runtime once per batch or tick with aggregated numbers; no logic lives
+here. Names: `observer_<what>_total` for counters, `observer_<what>_seconds` for times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from observer.engine.effects import Signal
+from observer.runtime.outbox import OutboxRecord
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    900,
+    1800,
+    3600,
+    4 * 3600,
+    86400,
+    float("inf"),
+)
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, float("inf"))
+
+
+class Metrics:
+    """Every metric the observer exports. Thread-safe (prometheus_client is)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.events = Counter(
+            "observer_events_total",
+            "Source records read, by topic and outcome (applied, ignored, dead_letter).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.started = Counter(
+            "observer_instances_started_total", "Instances started.", ["flow"], registry=r
+        )
+        self.ended = Counter(
+            "observer_instances_ended_total",
+            "Instances ended, by outcome.",
+            ["flow", "outcome"],
+            registry=r,
+        )
+        self.open = Gauge(
+            "observer_open_instances",
+            "Open instances per flow (across the group, from the state store).",
+            ["flow"],
+            registry=r,
+        )
+        self.deviations = Counter(
+            "observer_deviations_total",
+            "Deviations, by flow, step and kind.",
+            ["flow", "step", "kind"],
+            registry=r,
+        )
+        self.step_latency = Histogram(
+            "observer_step_latency_seconds",
+            "Event time from a step's anchor to the step.",
+            ["flow", "step"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.published = Counter(
+            "observer_published_total",
+            "Records published and acknowledged, by category (action, alert, outcome, dlq, webhook).",
+            ["category"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "observer_dead_letters_total",
+            "Records sent to the dead-letter topic, by source topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.processing_errors = Counter(
+            "observer_processing_errors_total",
+            "Records whose processing raised (dead-lettered) and timers that failed.",
+            ["where"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "observer_publish_failures_total",
+            "Failed delivery attempts (retried), by category.",
+            ["category"],
+            registry=r,
+        )
+        self.webhooks_given_up = Counter(
+            "observer_webhooks_given_up_total",
+            "Webhooks dropped after their last attempt.",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "observer_consumer_lag",
+            "Records not read yet, per source partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "observer_watermark_seconds", "The observer's watermark (epoch seconds).", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "observer_batch_duration_seconds",
+            "Time to process one batch (decode, load, engine, write).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "observer_commit_duration_seconds",
+            "Time from a commit request to its confirmation.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "observer_outbox_depth",
+            "Records waiting for delivery (Kafka and webhooks).",
+            registry=r,
+        )
+        self.overdue = Gauge(
+            "observer_deadlines_overdue_seconds",
+            "Watermark minus the earliest due time still pending (0 when none is overdue).",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "observer_store_errors_total",
+            "Failed requests to the state store (retried).",
+            registry=r,
+        )
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def record_events(self, outcomes: Mapping[tuple[str, str], int]) -> None:
+        """(topic, outcome) -> count for one batch."""
+        for (topic, outcome), n in outcomes.items():
+            self.events.labels(topic, outcome).inc(n)
+            if outcome == "dead_letter":
+                self.dead_letters.labels(topic).inc(n)
+
+    def record_signals(self, signals: Iterable[Signal]) -> None:
+        tally: Tally[tuple[str, ...]] = Tally()
+        for s in signals:
+            if s.what == "started":
+                tally[("started", s.flow)] += 1
+            elif s.what == "ended":
+                tally[("ended", s.flow, s.detail)] += 1
+            elif s.what == "deviation":
+                tally[("deviation", s.flow, s.step or "", s.detail)] += 1
+        for key, n in tally.items():
+            if key[0] == "started":
+                self.started.labels(key[1]).inc(n)
+            elif key[0] == "ended":
+                self.ended.labels(key[1], key[2]).inc(n)
+            else:
+                self.deviations.labels(key[1], key[2], key[3]).inc(n)
+
+    def record_latencies(self, latencies: Iterable[tuple[str, str, int]]) -> None:
+        for flow, step, ms in latencies:
+            self.step_latency.labels(flow, step).observe(ms / 1000.0)
+
+    def record_published(self, records: Iterable[OutboxRecord]) -> None:
+        tally: Tally[str] = Tally(r.category for r in records)
+        for cat, n in tally.items():
+            self.published.labels(cat).inc(n)
+
+    def set_open(self, stats: Mapping[str, int]) -> None:
+        for name, n in stats.items():
+            if name.startswith("open:"):
+                self.open.labels(name[5:]).set(max(n, 0))
+
+    def set_lag(self, lag: Mapping[tuple[str, int], int | None]) -> None:
+        for (topic, partition), n in lag.items():
+            if n is not None:
+                self.lag.labels(topic, str(partition)).set(n)
+
+    def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
+        for topic, partition in tps:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(topic, str(partition))

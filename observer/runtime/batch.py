@@ -1,0 +1,297 @@
+"""One cycle of work on key slots: apply events or fire timers, then plan the store write.
+
+Pure: given loaded slot bytes, events, a watermark and `now`, it returns the `WriteBatch`, the
+records to publish and the signals for metrics. A failure while applying one event restores
+the slot to what it was before that event (rebuilt from the loaded bytes and the events applied
+before it) and is raised to the caller, who dead-letters the record and goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from observer.engine.codec import decode_slot, encode_slot
+from observer.engine.core import Engine, Topics
+from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.ids import observer_id
+from observer.engine.state import Event, KeySlot
+from observer.ingest import SourceRecord
+from observer.runtime.outbox import OutboxRecord, encode_record, to_record
+from observer.runtime.ports import SlotPut, WriteBatch
+
+__all__ = ["BatchPlan", "Cycle", "SlotUnreadable", "dead_letter", "history_entry", "safety_ttl_ms"]
+
+DAY_MS = 86_400_000
+
+
+class SlotUnreadable(Exception):
+    """The stored state of a slot cannot be decoded; its events are dead-lettered, the state
+    is left as it is."""
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What a cycle produced: the write, the records to publish once it returned (in order),
+    the signals (metrics), step latencies (flow, step, ms) and slots touched."""
+
+    write: WriteBatch
+    records: list[tuple[int, OutboxRecord]]
+    signals: list[Signal]
+    latencies: list[tuple[str, str, int]]
+    slots: int
+    next_seq: int
+
+
+@dataclass(slots=True)
+class _Work:
+    sid: str
+    shard: int
+    original: bytes | None
+    slot: KeySlot | None  # None: unreadable
+    ops: list[tuple[str, Any]] = field(default_factory=list)  # ("apply", Event) | ("fire", wm)
+    history: list[bytes] = field(default_factory=list)
+    dirty: bool = False
+    due_override: int | None = None
+
+
+def safety_ttl_ms(engine: Engine, slot: KeySlot, now: int, slack_ms: int = DAY_MS) -> int:
+    """A TTL for a slot's keys that outlives its logical life (the engine's own retain and
+    expire timers delete it first): open until `expire` + `retain`, ended until `retain`,
+    early events until `buffer`; plus `slack_ms`."""
+    flow = engine.flow_of(slot)
+    inst = slot.instance
+    if inst is None:
+        until = max((b.read_at for b in slot.buffer), default=now) + flow.buffer_ms
+    elif inst.open:
+        until = inst.started_at + flow.expire_ms + flow.retain_ms
+    else:
+        until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
+    return max(until - now, 0) + max(slack_ms, 1)
+
+
+def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:
+    """The dead letter of a record that failed past decoding (same shape and id as Ingest's):
+    the original key, value and headers, plus the observer's headers."""
+    where = f"{rec.topic}/{rec.partition}/{rec.offset}"
+    oid = observer_id("", 0, "", where, None, "dlq")
+    original = list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
+    headers = (
+        *tuple((str(k), v) for k, v in original),
+        ("observer-error", reason),
+        ("observer-source-topic", rec.topic),
+        ("observer-source-partition", str(rec.partition)),
+        ("observer-source-offset", str(rec.offset)),
+        ("observer-id", oid),
+    )
+    return Publish("dlq", topics.dlq, rec.key, rec.value, headers, oid)
+
+
+def history_entry(eff: Effect, now: int) -> bytes:
+    """One JSON entry of an instance history (what `/instances` shows)."""
+    if isinstance(eff, Signal):
+        d: dict[str, Any] = {
+            "at": eff.at,
+            "what": eff.what,
+            "detail": eff.detail,
+            "step": eff.step,
+            "version": eff.version,
+        }
+        if eff.value_ms is not None:
+            d["value_ms"] = eff.value_ms
+        return orjson.dumps(d)
+    d = {
+        "at": now,
+        "what": "published",
+        "category": eff.category,
+        "topic": eff.topic,
+        "key": eff.key,
+        "observer_id": eff.observer_id,
+    }
+    if eff.webhook is not None:
+        d["webhook"] = eff.webhook
+    if eff.category == "alert" and isinstance(eff.value, dict):
+        d["kind"] = eff.value.get("kind")
+        d["step"] = eff.value.get("step")
+        d["severity"] = eff.value.get("severity")
+    if eff.category == "outcome" and isinstance(eff.value, dict):
+        d["outcome"] = eff.value.get("outcome")
+    return orjson.dumps(d, default=str)
+
+
+class Cycle:
+    """Work on slots for one batch or one tick. Not thread-safe; one per cycle."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        shard_of: Callable[[str], int],
+        now: int,
+        *,
+        seq: int = 0,
+        history_cap: int = 100,
+        ttl_slack_ms: int = DAY_MS,
+    ) -> None:
+        self.engine = engine
+        self.shard_of = shard_of
+        self.now = now
+        self.history_cap = history_cap
+        self.ttl_slack_ms = ttl_slack_ms
+        self._seq = seq
+        self._works: dict[str, _Work] = {}
+        self._records: list[tuple[int, OutboxRecord]] = []
+        self._signals: list[Signal] = []
+        self._latencies: list[tuple[str, str, int]] = []
+        self._stats: dict[str, int] = {}
+        self._stale: list[tuple[int, str]] = []
+
+    # -- slots ------------------------------------------------------------------------------------
+
+    def load(self, sid: str, flow: str, key: str, shard: int, raw: bytes | None) -> bool:
+        """Register a slot with its stored bytes (None: nothing stored). False if unreadable."""
+        if sid in self._works:
+            return self._works[sid].slot is not None
+        slot: KeySlot | None
+        try:
+            slot = KeySlot(flow, key) if raw is None else decode_slot(flow, key, raw)
+        except Exception:
+            slot = None
+        self._works[sid] = _Work(sid, shard, raw, slot)
+        return slot is not None
+
+    def loaded(self, sid: str) -> bool:
+        return sid in self._works
+
+    def slot(self, sid: str) -> KeySlot | None:
+        w = self._works.get(sid)
+        return None if w is None else w.slot
+
+    def _rebuild(self, w: _Work) -> None:
+        assert w.slot is not None
+        slot = (
+            KeySlot(w.slot.flow, w.slot.key)
+            if w.original is None
+            else decode_slot(w.slot.flow, w.slot.key, w.original)
+        )
+        for op, arg in w.ops:
+            if op == "apply":
+                self.engine.apply(slot, arg, self.now)
+            else:
+                self.engine.fire(slot, arg, self.now)
+        w.slot = slot
+
+    def apply(self, sid: str, event: Event) -> None:
+        """Apply an event to a loaded slot. Raises SlotUnreadable, or the engine's error after
+        restoring the slot."""
+        w = self._works[sid]
+        slot = w.slot
+        if slot is None:
+            raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        inst = slot.instance
+        before = len(inst.observed) if inst is not None else 0
+        try:
+            effects = self.engine.apply(slot, event, self.now)
+        except Exception:
+            self._rebuild(w)
+            raise
+        w.ops.append(("apply", event))
+        inst = slot.instance
+        if inst is not None and len(inst.observed) > before:
+            self._step_latencies(slot, before)
+        self._take(w, effects)
+
+    def fire(self, sid: str, watermark: int) -> None:
+        """Fire the slot's timers due at or before `watermark`."""
+        w = self._works[sid]
+        if w.slot is None:
+            raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        try:
+            effects = self.engine.fire(w.slot, watermark, self.now)
+        except Exception:
+            self._rebuild(w)
+            raise
+        w.ops.append(("fire", watermark))
+        self._take(w, effects)
+        w.dirty = True  # rewrite the due time even if nothing fired
+
+    def defer(self, sid: str, until: int) -> None:
+        """Keep the slot as it is but make it due again only at `until` (a timer that failed)."""
+        w = self._works[sid]
+        w.due_override = until
+        w.dirty = True
+
+    def forget_due(self, shard: int, sid: str) -> None:
+        """A due member whose state is gone (expired by TTL): drop it."""
+        self._stale.append((shard, sid))
+
+    def publish(self, p: Publish) -> None:
+        """A record not tied to a slot (a dead letter)."""
+        self._add_record(self.shard_of(p.observer_id), p)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _step_latencies(self, slot: KeySlot, before: int) -> None:
+        inst = slot.instance
+        assert inst is not None
+        flow = self.engine.flow_of(slot)
+        for idx, t in list(inst.observed.items())[before:]:
+            step = flow.steps[idx]
+            if step.is_start:
+                continue
+            if step.anchors:
+                anchor = max((inst.observed.get(a, -1) for a in step.anchors), default=-1)
+                if any(a not in inst.observed for a in step.anchors):
+                    continue
+            else:
+                got = inst.entries.get(step.path)
+                if got is None:
+                    continue
+                anchor = got
+            if t >= anchor:
+                self._latencies.append((flow.name, step.name, t - anchor))
+
+    def _add_record(self, shard: int, p: Publish) -> None:
+        rec = to_record(p, self.now, self._seq)
+        self._seq += 1
+        self._records.append((shard, rec))
+
+    def _take(self, w: _Work, effects: list[Effect]) -> None:
+        w.dirty = True
+        for eff in effects:
+            if isinstance(eff, Publish):
+                self._add_record(w.shard, eff)
+            else:
+                self._signals.append(eff)
+                if eff.what == "started":
+                    self._stats[f"open:{eff.flow}"] = self._stats.get(f"open:{eff.flow}", 0) + 1
+                elif eff.what == "ended":
+                    self._stats[f"open:{eff.flow}"] = self._stats.get(f"open:{eff.flow}", 0) - 1
+            w.history.append(history_entry(eff, self.now))
+
+    # -- the plan ---------------------------------------------------------------------------------
+
+    def finish(self) -> BatchPlan:
+        """The write and the records of everything done in this cycle."""
+        batch = WriteBatch()
+        for w in self._works.values():
+            if not w.dirty or w.slot is None:
+                continue
+            slot = w.slot
+            if slot.empty:
+                batch.deletes.append((w.shard, w.sid))
+                continue
+            ttl = safety_ttl_ms(self.engine, slot, self.now, self.ttl_slack_ms)
+            due = w.due_override if w.due_override is not None else self.engine.next_due(slot)
+            batch.puts.append(
+                SlotPut(w.shard, w.sid, encode_slot(slot), ttl, due, w.history[-self.history_cap :])
+            )
+        batch.stale_due.extend(self._stale)
+        for shard, rec in self._records:
+            batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
+        batch.stats = {k: v for k, v in self._stats.items() if v}
+        return BatchPlan(
+            batch, self._records, self._signals, self._latencies, len(self._works), self._seq
+        )

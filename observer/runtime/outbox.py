@@ -1,0 +1,246 @@
+"""Records waiting to be published, and the bookkeeping of their delivery. Pure: no I/O.
+
+An effect `Publish` becomes an `OutboxRecord` (value already serialised, headers as bytes)
+when its batch is planned; the record is written to the store's outbox in the same atomic
+write as the state that produced it, published once that write returned, and removed from the
+outbox once the broker (or the webhook) acknowledged it. After a crash, whatever is left in the
+outbox is published again: always with the same `observer-id`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from observer.engine.effects import Publish
+
+__all__ = [
+    "InFlight",
+    "OutboxRecord",
+    "decode_record",
+    "encode_record",
+    "serialize_value",
+    "to_record",
+]
+
+_FORMAT = 1
+_LEN = struct.Struct(">i")
+_HEAD = struct.Struct(">BqI")  # format, created_at, seq
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One record to publish. `webhook` set: POST `value` (JSON) there instead of Kafka.
+
+    `created_at` (epoch ms) and `seq` order records of a batch when they are recovered.
+    """
+
+    observer_id: str
+    category: str
+    topic: str | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    webhook: str | None = None
+    created_at: int = 0
+    seq: int = 0
+
+
+def _bytes(v: Any) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, bytearray | memoryview):
+        return bytes(v)
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogatepass")
+    return str(v).encode()
+
+
+def serialize_value(p: Publish) -> bytes | None:
+    """The record value: a mapping/list/number as JSON (Avro with `avro_schema`), a str as
+    UTF-8, bytes as is, None as a null value."""
+    value = p.value
+    if value is None and p.category == "dlq":
+        return None
+    if isinstance(value, bytes | bytearray | memoryview | str):
+        return _bytes(value)
+    if p.avro_schema is not None and p.category == "action":
+        import fastavro
+
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, p.avro_schema, value)
+        return buf.getvalue()
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
+    """Serialise an effect into the record that is stored and published."""
+    key = None if p.key is None else _bytes(p.key)
+    headers = tuple((str(k), _bytes(v)) for k, v in p.headers)
+    return OutboxRecord(
+        p.observer_id,
+        p.category,
+        p.topic,
+        key,
+        serialize_value(p),
+        headers,
+        p.webhook,
+        created_at,
+        seq,
+    )
+
+
+def _put(out: list[bytes], b: bytes | None) -> None:
+    if b is None:
+        out.append(_LEN.pack(-1))
+    else:
+        out.append(_LEN.pack(len(b)))
+        out.append(b)
+
+
+def encode_record(r: OutboxRecord) -> bytes:
+    """Compact, length-prefixed bytes of a record (what the outbox stores)."""
+    out = [_HEAD.pack(_FORMAT, r.created_at, r.seq)]
+    _put(out, r.observer_id.encode())
+    _put(out, r.category.encode())
+    _put(out, None if r.topic is None else r.topic.encode())
+    _put(out, r.key)
+    _put(out, r.value)
+    _put(out, None if r.webhook is None else r.webhook.encode())
+    out.append(_LEN.pack(len(r.headers)))
+    for name, value in r.headers:
+        _put(out, name.encode())
+        _put(out, value)
+    return b"".join(out)
+
+
+def decode_record(data: bytes) -> OutboxRecord:
+    """Inverse of `encode_record`. Raises ValueError on bytes it did not write."""
+    try:
+        fmt, created_at, seq = _HEAD.unpack_from(data, 0)
+        if fmt != _FORMAT:
+            raise ValueError(f"unknown outbox record format {fmt}")
+        pos = _HEAD.size
+        parts: list[bytes | None] = []
+
+        def take() -> bytes | None:
+            nonlocal pos
+            (n,) = _LEN.unpack_from(data, pos)
+            pos += 4
+            if n < 0:
+                return None
+            if pos + n > len(data):
+                raise ValueError("truncated outbox record")
+            b = data[pos : pos + n]
+            pos += n
+            return b
+
+        for _ in range(6):
+            parts.append(take())
+        (nh,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        headers = []
+        for _ in range(nh):
+            name = take()
+            headers.append(((name or b"").decode(), take() or b""))
+        if pos != len(data):
+            raise ValueError("trailing bytes in outbox record")
+    except struct.error as exc:
+        raise ValueError(f"bad outbox record: {exc}") from None
+    oid, cat, topic, key, value, hook = parts
+    return OutboxRecord(
+        (oid or b"").decode(),
+        (cat or b"").decode(),
+        None if topic is None else topic.decode(),
+        key,
+        value,
+        tuple(headers),
+        None if hook is None else hook.decode(),
+        created_at,
+        seq,
+    )
+
+
+@dataclass(slots=True)
+class _Entry:
+    shard: int
+    record: OutboxRecord
+    attempts: int = 0
+    retry_at: int | None = None
+
+
+@dataclass(slots=True)
+class InFlight:
+    """Records handed to the producer (or webhook worker) and not yet acknowledged.
+
+    `delivered` moves a record to the acked list, whose ids the next store write deletes from
+    the outbox; `failed` schedules a retry with exponential backoff (ms), capped.
+    """
+
+    backoff_ms: int = 500
+    backoff_max_ms: int = 30_000
+    _pending: dict[str, _Entry] = field(default_factory=dict)
+    _acked: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._pending
+
+    def sent(self, shard: int, record: OutboxRecord) -> None:
+        """A record was handed over; a record sent again (recovery) keeps its attempt count."""
+        entry = self._pending.get(record.observer_id)
+        if entry is None:
+            self._pending[record.observer_id] = _Entry(shard, record)
+        else:
+            entry.retry_at = None
+
+    def record(self, oid: str) -> OutboxRecord | None:
+        entry = self._pending.get(oid)
+        return None if entry is None else entry.record
+
+    def delivered(self, oid: str) -> None:
+        entry = self._pending.pop(oid, None)
+        if entry is not None:
+            self._acked.append((entry.shard, oid))
+
+    def given_up(self, oid: str) -> None:
+        """Stop trying (e.g. a webhook out of attempts): removed from the outbox like a delivery."""
+        self.delivered(oid)
+
+    def failed(self, oid: str, now: int) -> int | None:
+        """Delivery failed: schedule a retry; returns its time (ms), None if unknown."""
+        entry = self._pending.get(oid)
+        if entry is None:
+            return None
+        entry.attempts += 1
+        delay = min(self.backoff_max_ms, self.backoff_ms * 2 ** (entry.attempts - 1))
+        entry.retry_at = now + delay
+        return entry.retry_at
+
+    def due_retries(self, now: int) -> list[tuple[int, OutboxRecord]]:
+        """Records whose retry time has come (they count as in flight again)."""
+        out = []
+        for entry in self._pending.values():
+            if entry.retry_at is not None and entry.retry_at <= now:
+                entry.retry_at = None
+                out.append((entry.shard, entry.record))
+        return out
+
+    def take_acked(self) -> list[tuple[int, str]]:
+        """(shard, observer-id) of acknowledged records since the last call."""
+        acked, self._acked = self._acked, []
+        return acked
+
+    def restore_acked(self, acked: Iterable[tuple[int, str]]) -> None:
+        """Put back acks whose outbox deletion did not reach the store (retried next write)."""
+        self._acked[:0] = list(acked)

@@ -1,0 +1,217 @@
+"""The runtime's ports: what the loop needs from the world, as small interfaces and plain data.
+
+Adapters (`observer.adapters.*`) implement these; `observer.cli` wires them. Times are epoch
+ms unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from observer.ingest import SourceRecord
+from observer.runtime.outbox import OutboxRecord
+from observer.runtime.watermark import TopicPartition
+
+__all__ = [
+    "Clock",
+    "DueSlots",
+    "EventSource",
+    "Pending",
+    "RebalanceListener",
+    "RecordSink",
+    "SlotPut",
+    "SlotReader",
+    "StateStore",
+    "SystemClock",
+    "WebhookSender",
+    "WriteBatch",
+]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Wall-clock time, epoch ms."""
+        ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class SlotPut:
+    """Write one slot: its state (with a TTL as a safety net), its next due time (None: not
+    due) and history entries to append (the history gets the same TTL)."""
+
+    shard: int
+    sid: str
+    state: bytes
+    ttl_ms: int
+    due: int | None
+    history: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one batch (or one tick) changes, written atomically in one round trip."""
+
+    puts: list[SlotPut] = field(default_factory=list)
+    deletes: list[tuple[int, str]] = field(default_factory=list)  # state, history, due member
+    stale_due: list[tuple[int, str]] = field(default_factory=list)  # due members without state
+    outbox_adds: list[tuple[int, str, bytes]] = field(default_factory=list)  # shard, id, record
+    outbox_dels: list[tuple[int, str]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)  # field -> increment
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.puts
+            or self.deletes
+            or self.stale_due
+            or self.outbox_adds
+            or self.outbox_dels
+            or self.stats
+        )
+
+
+@dataclass(slots=True)
+class DueSlots:
+    """Slots due at or before a watermark, with their state (None: the state is gone), and the
+    earliest due time of any slot (None: nothing scheduled)."""
+
+    slots: list[tuple[int, str, bytes | None]]
+    earliest: int | None
+
+
+class Pending(Protocol[T_co]):
+    """A request sent to the store whose reply has not been read yet."""
+
+    def result(self) -> T_co:
+        """Wait for the reply. Raises StoreError."""
+        ...
+
+
+class StateStore(Protocol):
+    """Slot state, deadlines, outbox and history (Redis). Every method raises StoreError.
+
+    Requests are answered in the order they were sent, so a load sent after a write sees it.
+    """
+
+    def open(self, shards: int, deployed: Mapping[str, object]) -> None:
+        """Connect, check the shard count recorded in the store, record what is deployed."""
+        ...
+
+    def load(self, slots: Sequence[tuple[int, str]]) -> Pending[list[bytes | None]]: ...
+
+    def write(self, batch: WriteBatch) -> Pending[None]: ...
+
+    def due(self, watermark: int, limit: int) -> DueSlots: ...
+
+    def outbox(self) -> Iterator[tuple[int, str, bytes]]:
+        """Every (shard, observer-id, record) left in the outbox."""
+        ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def ping(self) -> bool: ...
+
+    def reconnect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SlotReader(Protocol):
+    """Read-only access for the ops API and `observer status` (never the consumer loop)."""
+
+    def read(self, flow: str, key: str) -> tuple[bytes | None, list[bytes]]:
+        """(state, history entries oldest first) of a slot."""
+        ...
+
+    def deployed(self) -> dict[str, object] | None: ...
+
+    def ping(self) -> bool: ...
+
+
+class RebalanceListener(Protocol):
+    def assigned(self, tps: list[TopicPartition]) -> None: ...
+
+    def revoked(self, tps: list[TopicPartition]) -> None: ...
+
+    def lost(self, tps: list[TopicPartition]) -> None: ...
+
+    def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
+        """A background commit was confirmed (error None) or failed."""
+        ...
+
+
+class EventSource(Protocol):
+    """The source topics (a Kafka consumer in a group)."""
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int], wait: bool) -> None:
+        """Commit next offsets; `wait=False` commits in the background (the outcome is reported
+        to the listener's `commit_done`)."""
+        ...
+
+    def offsets(
+        self, tps: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, int | None, int | None]]:
+        """(low, high, position) per partition from the client's cache (no network)."""
+        ...
+
+    def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Committed offsets (network); partitions with none are left out."""
+        ...
+
+    def healthy(self) -> bool:
+        """False since the client reported every broker down, until it reads again."""
+        ...
+
+    def probe(self, timeout_s: float) -> bool:
+        """Ask the cluster for metadata (blocks up to `timeout_s`); True if it answered."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RecordSink(Protocol):
+    """The producer. `send` hands a record over; `on_done(observer_id, error)` is called from
+    `poll`/`flush` once the broker acknowledged it (error None) or gave up."""
+
+    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None: ...
+
+    def poll(self, timeout_s: float) -> None: ...
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding deliveries; returns how many are still outstanding."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WebhookSender(Protocol):
+    """POSTs webhook records off the consumer thread, retrying with backoff."""
+
+    def start(self) -> None: ...
+
+    def submit(self, shard: int, record: OutboxRecord) -> None: ...
+
+    def take_done(self) -> list[tuple[int, str, bool]]:
+        """(shard, observer-id, delivered) of records finished since the last call
+        (delivered False: gave up after the last attempt)."""
+        ...
+
+    def pending(self) -> int: ...
+
+    def stop(self, timeout_s: float) -> None: ...
