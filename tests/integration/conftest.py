@@ -1,0 +1,189 @@
+"""Fixtures for tests against the real Kafka broker and redis-server.
+
+- `stack` (session): where Kafka and Redis are. OBSERVER_BOOTSTRAP_SERVERS / OBSERVER_REDIS_URL
+  when set (used as they are; never started), else the ops/stack ports, started with
+  `ops/stack start <service>` when they do not answer.
+- `unique` (function): a prefix no other test or run uses, for topic names, the consumer group
+  and Redis keys, e.g. `f"{unique}-orders"`, `f"{unique}:state"`.
+- `admin`, `redis_client`, `create_topics`: clients on the stack; topics made by `create_topics`
+  and Redis keys under `f"{unique}:"` are removed after the test.
+
+Every test collected under tests/integration/ gets the `integration` marker and, unless it sets
+its own, a 120 s `timeout` marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from .kafka_helpers import wait_for_topics
+
+HERE = Path(__file__).resolve().parent
+OPS_STACK = HERE.parent.parent / "ops" / "stack"
+DEFAULT_TIMEOUT_S = 120
+
+CreateTopics = Callable[..., list[str]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items, not only this directory's.
+    for item in items:
+        if item.path.resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT_S))
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the tests' Kafka and Redis are. `managed` is True for services ops/stack runs."""
+
+    bootstrap_servers: str
+    redis_url: str
+    kafka_managed: bool
+    redis_managed: bool
+
+    def ops_stack(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Runs `ops/stack ARGS` (e.g. "restart-kafka"); raises with its output if it fails."""
+        return _run_ops_stack(list(args), timeout)
+
+
+def _run_ops_stack(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OBSERVER_PYTHON": sys.executable}
+    done = subprocess.run(
+        [str(OPS_STACK), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"ops/stack {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+    return done
+
+
+def _kafka_answers(bootstrap_servers: str) -> bool:
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+        return bool(admin.list_topics(timeout=3).brokers)
+    except KafkaException:
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return client.ping() is True
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    env_bootstrap = os.environ.get("OBSERVER_BOOTSTRAP_SERVERS")
+    env_redis = os.environ.get("OBSERVER_REDIS_URL")
+    kafka_port = os.environ.get("OBSERVER_KAFKA_PORT", "9092")
+    redis_port = os.environ.get("OBSERVER_REDIS_PORT", "6379")
+    found = Stack(
+        bootstrap_servers=env_bootstrap or f"127.0.0.1:{kafka_port}",
+        redis_url=env_redis or f"redis://127.0.0.1:{redis_port}/0",
+        kafka_managed=not env_bootstrap,
+        redis_managed=not env_redis,
+    )
+    checks = (
+        ("kafka", "OBSERVER_BOOTSTRAP_SERVERS", found.kafka_managed, found.bootstrap_servers),
+        ("redis", "OBSERVER_REDIS_URL", found.redis_managed, found.redis_url),
+    )
+    for service, env_name, managed, where in checks:
+        answers = _kafka_answers if service == "kafka" else _redis_answers
+        if answers(where):
+            continue
+        if not managed:
+            pytest.fail(f"{env_name}={where} does not answer (it is used as is, not started)")
+        try:
+            _run_ops_stack(["start", service], timeout=300)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            pytest.fail(f"could not start {service} with ops/stack: {exc}")
+        if not answers(where):
+            pytest.fail(f"ops/stack started {service} but {where} does not answer")
+    return found
+
+
+_counter = itertools.count(1)
+_run_token = secrets.token_hex(2)  # tells apart runs whose pids repeat, on a broker that persists
+
+
+@pytest.fixture
+def unique(request: pytest.FixtureRequest) -> str:
+    """`t<pid>_<run>_<n>_<test name>`: safe in Kafka topic names, group ids and Redis keys."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name).strip("_")[:60]
+    return f"t{os.getpid()}_{_run_token}_{next(_counter)}_{name}"
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack) -> AdminClient:
+    return AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+
+
+@pytest.fixture
+def redis_client(stack: Stack, unique: str) -> Iterator[redis.Redis]:
+    """A client on the test Redis (bytes in, bytes out); deletes keys under f"{unique}:" after."""
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    try:
+        keys = list(client.scan_iter(match=f"{unique}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def create_topics(admin: AdminClient) -> Iterator[CreateTopics]:
+    """`create_topics(names, partitions=1, config=None) -> names`: creates the topics and waits
+    until every partition has a leader. They are deleted after the test."""
+    created: list[str] = []
+
+    def create(
+        names: str | Sequence[str], partitions: int = 1, config: dict[str, str] | None = None
+    ) -> list[str]:
+        wanted = [names] if isinstance(names, str) else list(names)
+        futures = admin.create_topics(
+            [
+                NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {})
+                for n in wanted
+            ],
+            operation_timeout=30,
+        )
+        for name, future in futures.items():
+            future.result(30)
+            created.append(name)
+        wait_for_topics(admin, wanted, partitions, timeout=30)
+        return wanted
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            # Already gone, or the test restarted the broker: nothing left to clean.
+            with contextlib.suppress(KafkaException):
+                future.result(30)
