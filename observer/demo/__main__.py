@@ -108,6 +108,14 @@ def _rate(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     help="Port of the observer's HTTP API (default: a free one).",
 )
 @click.option(
+    "--key-prefix",
+    default=None,
+    help="The observer's Redis key prefix (default: observer-demo-<run id>).",
+)
+@click.option(
+    "--keep-state", is_flag=True, help="Keep the run's Redis keys and consumer group afterwards."
+)
+@click.option(
     "--settle",
     type=click.FloatRange(min=0),
     default=None,
@@ -141,6 +149,8 @@ def main(
     bootstrap_servers: str,
     redis_url: str,
     http_port: int | None,
+    key_prefix: str | None,
+    keep_state: bool,
     settle: float | None,
     run_dir: Path | None,
     summary_json: Path | None,
@@ -186,6 +196,8 @@ def main(
             bootstrap=bootstrap_servers,
             redis_url=redis_url,
             http_port=http_port,
+            key_prefix=key_prefix,
+            keep_state=keep_state,
             run_dir=run_dir,
             summary_json=summary_json,
         )

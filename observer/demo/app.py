@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
+from confluent_kafka.admin import AdminClient
+
 from observer.demo.binding import FlowBinding, bind, command_type
 from observer.demo.faults import Fault, FaultPlanner
 from observer.demo.kafka_io import (
@@ -58,6 +60,8 @@ class Options:
     bootstrap: str = "localhost:9092"
     redis_url: str = "redis://localhost:6379/0"
     http_port: int | None = None
+    key_prefix: str | None = None  # the observer's Redis prefix (default: observer-demo-<run>)
+    keep_state: bool = False  # leave the run's Redis keys and consumer group behind
     run_dir: Path | None = None
     summary_json: Path | None = None
     ready_timeout_s: float = 60.0
@@ -93,6 +97,33 @@ def _log_to(path: Path) -> None:
     root.setLevel(logging.INFO)
 
 
+def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) -> None:
+    """Remove what the run's observer left: its consumer group and its Redis keys (best effort:
+    nothing else will ever read them)."""
+    import redis
+
+    try:
+        for fut in admin.delete_consumer_groups([group], request_timeout=10).values():
+            fut.result(timeout=10)
+    except Exception as exc:  # a leftover group is harmless; say so in the log and go on
+        log.info("could not delete consumer group %s: %s", group, exc)
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.delete(*batch)
+                    batch.clear()
+            if batch:
+                client.delete(*batch)
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        log.info("could not delete the Redis keys under %s: %s", key_prefix, exc)
+
+
 def write_summary(path: Path, summary: Summary, run_id: str, seed: int) -> None:
     data = {"run_id": run_id, "seed": seed, **summary.as_json()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +153,7 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         admin, opts.bootstrap, [topics.alerts, topics.outcomes, *binding.command_topics]
     )
     group = f"observer-demo-{run_id}"
+    key_prefix = opts.key_prefix or f"observer-demo-{run_id}"
     start_group_at_end(admin, opts.bootstrap, group, binding.wire.topics)
 
     observer = ObserverProcess(
@@ -129,7 +161,7 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         bootstrap=opts.bootstrap,
         redis_url=opts.redis_url,
         group_id=group,
-        key_prefix=f"observer-demo-{run_id}",
+        key_prefix=key_prefix,
         http_port=opts.http_port or free_port(),
         log_file=run_dir / "observer.log",
     )
@@ -169,6 +201,8 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         feed.close()
         code = observer.stop()
         log.info("observer run exited with %s", code)
+        if not opts.keep_state:
+            forget_run(admin, group, opts.redis_url, key_prefix)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     elapsed = time.monotonic() - started

@@ -44,7 +44,9 @@ def test_zero_rates_give_clean_orders() -> None:
     assert set(faults(3, 50, {})) == {None}
 
 
-@pytest.mark.parametrize("rates", [{Fault.DUPLICATE: 1.5}, {Fault.DUPLICATE: -0.1}, dict.fromkeys(Fault, 0.3)])
+@pytest.mark.parametrize(
+    "rates", [{Fault.DUPLICATE: 1.5}, {Fault.DUPLICATE: -0.1}, dict.fromkeys(Fault, 0.3)]
+)
 def test_bad_rates_are_refused(rates: dict[Fault, float]) -> None:
     with pytest.raises(ValueError):
         FaultPlanner(1, rates)
@@ -52,7 +54,9 @@ def test_bad_rates_are_refused(rates: dict[Fault, float]) -> None:
 
 @given(
     st.integers(0, 10_000),
-    st.lists(st.floats(0, 1), min_size=len(Fault), max_size=len(Fault)).filter(lambda r: sum(r) <= 1),
+    st.lists(st.floats(0, 1), min_size=len(Fault), max_size=len(Fault)).filter(
+        lambda r: sum(r) <= 1
+    ),
 )
 def test_every_block_holds_exactly_its_orders(seed: int, shares: list[float]) -> None:
     planner = FaultPlanner(seed, dict(zip(Fault, shares, strict=True)))

@@ -23,7 +23,9 @@ MAIN = [
 ]
 
 
-def run_one(fault: Fault | None, seed: int = 7, until_ms: int = 60_000) -> tuple[Simulation, list[Happening]]:
+def run_one(
+    fault: Fault | None, seed: int = 7, until_ms: int = 60_000
+) -> tuple[Simulation, list[Happening]]:
     """One order carrying `fault`, run to `until_ms` after T0 in 10 ms ticks."""
     rates = {fault: 1.0} if fault is not None else {}
     shop = Shop(CHECKOUT, FaultPlanner(seed, rates), "t", LATE_MS)
@@ -96,7 +98,12 @@ def test_payment_failure_stops_the_checkout_and_compensations_complete() -> None
     sim, hs = run_one(Fault.PAYMENT_FAILURE)
     types = {e.type for e in published(hs)}
     assert "PaymentFailed" in types
-    assert not types & {"PaymentCaptured", "OrderPacked", "TransportBooked", "PurchaseHistoryUpdated"}
+    assert not types & {
+        "PaymentCaptured",
+        "OrderPacked",
+        "TransportBooked",
+        "PurchaseHistoryUpdated",
+    }
     sim.on_command("ReleaseStock", "t-0001", T0 + 60_000)
     sim.on_command("RefundPayment", "t-0001", T0 + 60_000)
     answers = published(sim.advance(T0 + 62_000))
@@ -125,7 +132,10 @@ def test_out_of_order_holds_order_placed_until_the_payment_went_out() -> None:
     assert placed.at_ms == paid.at_ms + HOLD_GAP_MS
     # event times stay true: OrderPlaced happened first, it is only read late
     assert placed.event is not None and placed.event.time_ms == T0
-    assert [h.kind for h in hs if h.event and h.event.type == "OrderPlaced"] == ["held", "published"]
+    assert [h.kind for h in hs if h.event and h.event.type == "OrderPlaced"] == [
+        "held",
+        "published",
+    ]
 
 
 def test_commands_are_answered_once_per_order_and_only_for_our_orders() -> None:
@@ -153,7 +163,9 @@ def test_a_cancelled_order_gets_no_further_work_after_its_late_payment() -> None
 def test_orders_arrive_at_the_rate_and_stop_at_the_limit() -> None:
     shop = Shop(CHECKOUT, FaultPlanner(1, {}), "t", LATE_MS)
     sim = Simulation(shop, rate=4.0, orders=10, start_ms=T0)
-    placed = [h for now in range(T0, T0 + 10_000, 10) for h in sim.advance(now) if h.kind == "placed"]
+    placed = [
+        h for now in range(T0, T0 + 10_000, 10) for h in sim.advance(now) if h.kind == "placed"
+    ]
     assert len(placed) == 10 and not sim.placing
     span = placed[-1].at_ms - placed[0].at_ms
     assert 9 * 250 * 0.7 <= span <= 9 * 250 * 1.3

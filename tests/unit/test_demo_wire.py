@@ -25,7 +25,11 @@ def test_selectors_are_inverted_into_value_headers_key_and_timestamp() -> None:
     wire = WireFormat(
         {
             "pay": SourceSpec(
-                topic="shop.payments", type="header.ce_type", key="value.order.ref", id="header.eid", time="timestamp"
+                topic="shop.payments",
+                type="header.ce_type",
+                key="value.order.ref",
+                id="header.eid",
+                time="timestamp",
             )
         }
     )
