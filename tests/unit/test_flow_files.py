@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,27 @@ def test_checkout_windows_fit_the_demo_and_the_sla() -> None:
             latest[step.index] = start + (step.within_ms or 0)
     required = flow.paths[0].required
     assert max(latest[i] for i in required) <= flow.sla.within_ms
+
+
+DOCS = [ROOT / "docs" / "flow-language.md", ROOT / "docs" / "how-the-observer-decides.md"]
+
+
+def _complete_doc_flows() -> list[Any]:
+    """The ```yaml blocks of the docs that are whole flows (not fragments of one)."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.S)):
+            if re.search(r"^flow: ", block, re.M) and re.search(r"^steps:", block, re.M):
+                out.append(pytest.param(block, id=f"{doc.name}#{i}"))
+    return out
+
+
+@pytest.mark.parametrize("block", _complete_doc_flows())
+def test_flows_in_the_docs_are_valid(block: str, tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(block, encoding="utf-8")
+    assert list(compile_flows(load_flows([tmp_path / "flow.yaml"])))
+
+
+def test_the_docs_show_flows() -> None:
+    assert len(_complete_doc_flows()) >= 2
