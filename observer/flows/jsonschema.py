@@ -125,6 +125,8 @@ def flow_json_schema() -> dict[str, Any]:
     _replace(error["on"], _one_or_many(event_ref, min_items=1), nullable=False)
     _replace(error["do"], _one_or_many(action_name), nullable=False)
     _set_pattern(error["then"], spec.IDENT.pattern)
+    if "capture" in error:  # accepted on errors[] once the model has it, like a step's capture
+        _replace(error["capture"], _one_or_many(selector), nullable=False)
 
     # -- sla -------------------------------------------------------------------------------------
     sla = defs["SlaSpec"]["properties"]
