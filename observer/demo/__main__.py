@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,8 @@ def main(
     flows/checkout.yaml`, started here) raises alerts and sends compensating commands, which the
     services act on. The end shows whether every injected fault was detected.
     """
+    # Ctrl-C stops the demo cleanly, even when started from somewhere that ignores SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rates = {
         Fault.SLOW_PAYMENT: slow_payment,
         Fault.LOST_EVENT: lost_event,

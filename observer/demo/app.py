@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from observer.demo.binding import FlowBinding, bind, command_type
 from observer.demo.faults import Fault, FaultPlanner
 from observer.demo.kafka_io import (
+    FeedRecord,
     ObserverFeed,
     connect,
     ensure_topics,
@@ -97,6 +98,21 @@ def _log_to(path: Path) -> None:
     root.setLevel(logging.INFO)
 
 
+def _check_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise DemoError(
+            f"Redis does not answer at {url} ({exc}).\n"
+            "Start the local stack with `ops/stack start`, or pass --redis-url."
+        ) from None
+    finally:
+        client.close()
+
+
 def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) -> None:
     """Remove what the run's observer left: its consumer group and its Redis keys (best effort:
     nothing else will ever read them)."""
@@ -143,6 +159,7 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         log.info("fitting the shop to the flow: %s", n)
 
     admin = connect(opts.bootstrap)
+    _check_redis(opts.redis_url)
     created = ensure_topics(
         admin,
         [*binding.wire.topics, *binding.command_topics, topics.alerts, topics.outcomes, topics.dlq],
@@ -221,6 +238,29 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
     return 0 if summary.ok else 1
 
 
+class Reorder:
+    """Holds what the feed read for `hold_s`, then lets it out in publication order.
+
+    An alert, its commands and the outcome the observer publishes together land on different
+    topics and partitions and may be read in different polls; held a moment and sorted by
+    (timestamp, alert < command < outcome) they read as the story they tell.
+    """
+
+    def __init__(self, rank: Mapping[str, int], hold_s: float = 0.15) -> None:
+        self.rank = rank
+        self.hold_s = hold_s
+        self._held: list[tuple[float, FeedRecord]] = []
+
+    def add(self, records: list[FeedRecord], now_s: float) -> None:
+        self._held += [(now_s, r) for r in records]
+
+    def ready(self, now_s: float) -> list[FeedRecord]:
+        out = [r for at, r in self._held if now_s - at >= self.hold_s]
+        if out:
+            self._held = [(at, r) for at, r in self._held if now_s - at < self.hold_s]
+        return sorted(out, key=lambda r: (r.timestamp, self.rank.get(r.topic, 1)))
+
+
 def _settle_ms(opts: Options, binding: FlowBinding) -> int:
     return int(opts.settle_s * 1000) if opts.settle_s is not None else binding.settle_ms
 
@@ -254,7 +294,7 @@ def _loop(
     settle_by: int | None = None
     seen_ids: set[str] = set()
     commands: list[tuple[str | None, str]] = []
-    rank = {tally.topics.alerts: 0, tally.topics.outcomes: 2}
+    reorder = Reorder({tally.topics.alerts: 0, tally.topics.outcomes: 2})
     next_refresh = 0.0
     faults_log = (run_dir / "faults.jsonl").open("a")
     view.start(header)
@@ -289,10 +329,8 @@ def _loop(
                 show(tally.on_happening(h))
             due = sim.next_due()
             wait = POLL_MAX_S if due is None else min(POLL_MAX_S, max(0.0, (due - now) / 1000))
-            # one batch may hold an alert, its commands and an outcome from several
-            # partitions: show them in the order the observer published them
-            batch = sorted(feed.poll(wait), key=lambda r: (r.timestamp, rank.get(r.topic, 1)))
-            for rec in batch:
+            reorder.add(feed.poll(wait), time.monotonic())
+            for rec in reorder.ready(time.monotonic()):
                 oid = rec.headers.get("observer-id")
                 if oid is not None:
                     if oid in seen_ids:
@@ -323,6 +361,8 @@ def _loop(
                     waiting = sum(1 for t in tally.orders.values() if not tally.settled(t))
                     status.phase = (
                         f"no new orders; waiting for {waiting} to finish (at most {left}s)"
+                        if waiting
+                        else "every order has ended"
                     )
                 view.refresh(tally, status)
             if settle_by is not None and (tally.all_settled() or now >= settle_by):

@@ -96,8 +96,15 @@ def format_entry(e: Entry) -> str:
 def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
     """The end-of-run summary as plain text."""
     lines = [
-        f"Summary: run {header.run_id}, seed {header.seed}, {summary.orders} orders in {elapsed_s:.0f}s, "
-        f"{summary.faults_injected} faults injected",
+        f"Summary: run {header.run_id}, seed {header.seed}, {summary.orders + summary.unjudged} orders in "
+        f"{elapsed_s:.0f}s"
+        + (
+            f"; judged: the {summary.orders} that ended (the other {summary.unjudged} were still in flight)"
+            if summary.unjudged
+            else ""
+        )
+        + f"; {summary.faults_injected} faults injected"
+        + (" in them" if summary.unjudged else ""),
         f"  {'fault':<16} {'injected':>8} {'detected':>9} {'as expected':>12}  what the observer does",
     ]
     for r in summary.results:
@@ -113,15 +120,15 @@ def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
     lines.append(f"  deviations seen: {counts(summary.deviations)}")
     lines.append(f"  outcomes:        {counts(summary.outcomes)}")
     lines.append(f"  commands:        {counts(summary.commands)}")
-    if summary.unjudged:
-        lines.append(f"  still in flight: {summary.unjudged} orders (interrupted; not judged)")
     misses = [m for r in summary.results for m in r.misses]
     for m in misses[:20]:
         lines.append(f"  not as expected: {m}")
     if len(misses) > 20:
         lines.append(f"  ... and {len(misses) - 20} more")
     if summary.orders == 0:
-        lines.append("No order was placed.")
+        lines.append(
+            "No order ended: nothing to judge." if summary.unjudged else "No order was placed."
+        )
     elif summary.ok:
         lines.append(
             "RESULT: every injected fault was detected, nothing else raised an alert, every order ended as expected."
