@@ -33,7 +33,8 @@ def redis_url() -> str:
 
 def check_kafka(bootstrap: str) -> str:
     """Creates a topic, produces one record, reads it back, deletes the topic."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # log_level 4: no info-level "Purging unserved events" notice when the client is dropped.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     brokers = admin.list_topics(timeout=TIMEOUT_S).brokers
     topic = f"observer-smoke-{uuid.uuid4().hex[:12]}"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(
@@ -65,7 +66,7 @@ def check_kafka(bootstrap: str) -> str:
         finally:
             consumer.close()
     finally:
-        admin.delete_topics([topic])
+        admin.delete_topics([topic])[topic].result(TIMEOUT_S)
 
 
 def check_redis(url: str) -> str:
