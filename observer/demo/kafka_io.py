@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -110,8 +117,6 @@ def start_group_at_end(
 ) -> None:
     """Commit a new consumer group's offsets at the end of `topics`, so an observer joining it
     reads only what is published from now on (not the shop records of earlier demo runs)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
     ends = _ends(bootstrap, _partitions(admin, topics))
     futures = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, ends)])
     for fut in futures.values():

@@ -182,10 +182,10 @@ class Tally:
         elif h.kind == "held" and event is not None:
             track.last = f"{event.type} held back"
         elif h.kind == "answered" and h.command is not None:
-            reaction = self.binding.catalogue.reactions
-            who = next((r for r in reaction if r.command == h.command), None)
+            reactions = self.binding.catalogue.reactions
+            who = next((r for r in reactions if r.command == h.command), None)
             if who is not None:
-                done = f" -> {who.emits}" if who.emits else ""
+                done = f" -> {who.emits}" if who.emits else " (nothing the flow reads)"
                 return self._add(
                     Entry(
                         h.at_ms,
