@@ -123,7 +123,7 @@ class Replayer:
         self.ingest = Ingest(self.registry, self.topics)
         self.slots: dict[tuple[str, str], KeySlot] = {}
         self._order: dict[tuple[str, str], int] = {}  # slot -> creation ordinal (tie-break)
-        self._scheduled: dict[tuple[str, str], int] = {}
+        self._scheduled: dict[tuple[str, str], tuple[int, int]] = {}  # slot -> (due, order)
         self._heap: list[tuple[int, int, tuple[str, str]]] = []
         self._ordinal = 0
 
@@ -138,14 +138,15 @@ class Replayer:
         if due is None:
             self._scheduled.pop(sk, None)
             return
-        if self._scheduled.get(sk) != due:
-            self._scheduled[sk] = due
-            heapq.heappush(self._heap, (due, self._order[sk], sk))
+        entry = (due, self._order[sk])
+        if self._scheduled.get(sk) != entry:
+            self._scheduled[sk] = entry
+            heapq.heappush(self._heap, (*entry, sk))
 
     def _peek(self) -> tuple[int, tuple[str, str]] | None:
         while self._heap:
-            due, _, sk = self._heap[0]
-            if self._scheduled.get(sk) == due:
+            due, order, sk = self._heap[0]
+            if self._scheduled.get(sk) == (due, order):
                 return due, sk
             heapq.heappop(self._heap)
         return None
@@ -155,7 +156,8 @@ class Replayer:
         self._scheduled.pop(sk, None)
         self.clock = max(self.clock, due)
         slot = self.slots[sk]
-        for eff in self.engine.fire(slot, due):
+        # a timer already overdue (its instance started late) is decided now, not in the past
+        for eff in self.engine.fire(slot, due, now=self.clock):
             self.emit(eff, self.clock)
         self._reschedule(sk)
 
@@ -195,8 +197,13 @@ class Replayer:
                 slot = self.slots[sk] = KeySlot(flow, event.key)
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
+            had_instance = slot.instance is not None
             for eff in self.engine.apply(slot, event, self.clock):
                 self.emit(eff, self.clock)
+            if not had_instance and slot.instance is not None:
+                # ties between instances fire in the order the instances started
+                self._order[sk] = self._ordinal
+                self._ordinal += 1
             self._reschedule(sk)
 
     def run(

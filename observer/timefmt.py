@@ -39,8 +39,8 @@ def parse_duration(text: str) -> int:
             + parts.get("m", 0) * 60_000
             + parts.get("s", 0) * 1_000
         )
-    if ms <= 0:
-        raise ValueError(f"'{text}' is not a positive duration")
+    if round(ms) <= 0:
+        raise ValueError(f"'{text}' is not a positive duration (at least 1ms)")
     return round(ms)
 
 

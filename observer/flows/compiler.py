@@ -159,6 +159,7 @@ class _FlowCompiler:
         actions = []
         severity = None
         summary = None
+        alert_seen = False
         for j, name in enumerate(h.do):
             act = self.actions.get(name)
             if act is None:
@@ -168,8 +169,8 @@ class _FlowCompiler:
                     f"{what} names unknown action '{name}' (known: {known})",
                 )
                 continue
-            if act.kind == "alert" and severity is None:
-                severity, summary = act.severity, act.summary
+            if act.kind == "alert" and not alert_seen:  # the first `alert:` action wins
+                severity, summary, alert_seen = act.severity, act.summary, True
             actions.append(act)
         then = None
         if h.then is not None:
@@ -244,6 +245,13 @@ class _FlowCompiler:
             if s.if_warning is not None and s.warn is None:
                 self.problem(
                     (*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'"
+                )
+            if s.if_late is not None and within is None:
+                self.problem((*sloc, "if_late"), f"{what}: if_late never fires without 'within'")
+            if s.if_out_of_order is not None and not anchor_t:
+                self.problem(
+                    (*sloc, "if_out_of_order"),
+                    f"{what}: if_out_of_order never fires: the step has no anchor step",
                 )
             if s.optional and (s.if_missing is not None or s.if_warning is not None):
                 self.problem(

@@ -79,7 +79,7 @@ def flow_json_schema() -> dict[str, Any]:
     schema: dict[str, Any] = FlowSpec.model_json_schema(by_alias=True)
     defs: dict[str, Any] = schema["$defs"]
     event_ref = _string(spec.EVENT_REF.pattern)
-    selector = _string(spec._SELECTOR.pattern)  # the pattern check_selector applies
+    selector = _string(spec.SELECTOR.pattern)  # the pattern check_selector applies
 
     # -- the flow --------------------------------------------------------------------------------
     top = schema["properties"]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from observer.timefmt import parse_duration
 
 __all__ = [
+    "SELECTOR",
     "ActionSpec",
     "AlertSpec",
     "ErrorSpec",
@@ -33,13 +34,13 @@ FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ACTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 EVENT_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.(\S+)$")
-_SELECTOR = re.compile(r"^(key|timestamp|header\.[^.\s][^\s]*|value(\.[^.\s]+)*)$")
+SELECTOR = re.compile(r"^(key|timestamp|header\.[^.\s][^\s]*|value(\.[^.\s]+)*)$")
 Severity = Literal["info", "warning", "critical"]
 
 
 def check_selector(text: str) -> str:
     """Return `text` if it is a valid selector, else raise ValueError saying what is allowed."""
-    if not isinstance(text, str) or not _SELECTOR.match(text):
+    if not isinstance(text, str) or not SELECTOR.match(text):
         raise ValueError(
             f"'{text}' is not a selector (use value.a.b, value.items.0.sku, header.NAME, key "
             "or timestamp)"
@@ -102,6 +103,8 @@ class HandlerSpec(_Model):
     def _from_list(cls, value: Any) -> Any:
         if isinstance(value, list | str):
             return {"do": _as_list(value)}
+        if isinstance(value, dict) and isinstance(value.get("do"), str):
+            return {**value, "do": [value["do"]]}
         return value
 
 
@@ -216,7 +219,7 @@ class PublishSpec(_Model):
 class AlertSpec(_Model):
     """Sets severity and summary of the deviation's alert record."""
 
-    severity: Severity = "warning"
+    severity: Severity | None = Field(None, description="default: the deviation kind's severity")
     summary: str | None = None
 
 
@@ -268,6 +271,22 @@ class FlowSpec(_Model):
     def _flow_name(cls, v: str) -> str:
         if not FLOW_NAME.match(v):
             raise ValueError(f"flow name '{v}' must match ^[a-z][a-z0-9_-]{{0,63}}$")
+        return v
+
+    @field_validator("sources", "paths")
+    @classmethod
+    def _identifiers(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not IDENT.match(name):
+                raise ValueError(f"name '{name}' must be an identifier (letters, digits, _)")
+        return v
+
+    @field_validator("actions")
+    @classmethod
+    def _action_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not ACTION_NAME.match(name):
+                raise ValueError(f"action name '{name}' must be letters, digits, _ or -")
         return v
 
     @field_validator("key")

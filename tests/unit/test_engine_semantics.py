@@ -414,7 +414,55 @@ def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
 
 def test_a_key_reused_after_retain_gets_new_record_ids(tmp_path: Path) -> None:
     first = [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)]
-    second = [ev("Placed", "o1", 4000, eid="p2"), ev("Paid", "o1", 4001, eid="x2"), ev("Shipped", "o1", 4002, eid="s2")]
+    second = [
+        ev("Placed", "o1", 4000, eid="p2"),
+        ev("Paid", "o1", 4001, eid="x2"),
+        ev("Shipped", "o1", 4002, eid="s2"),
+    ]
     lines = run(tmp_path, first + second)
-    assert [o["started_at"] for o in outcomes(lines)] == ["2026-01-01T00:00:00Z", "2026-01-01T01:06:40Z"]
+    assert [o["started_at"] for o in outcomes(lines)] == [
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T01:06:40Z",
+    ]
     assert len({x["headers"]["observer-id"] for x in lines}) == len(lines) == 2
+
+
+def test_alert_action_without_severity_keeps_the_kinds_severity(tmp_path: Path) -> None:
+    flow = (
+        BASE_FLOW.replace("if_missing: [cancel]", "if_missing: [note, cancel]")
+        + '  note:\n    alert: {summary: "no payment for {{ key }}"}\n'
+    )
+    lines = run(tmp_path, [ev("Placed", "o1", 0)], flow=flow)
+    missing = next(
+        x["value"] for x in on_topic(lines, "observer.alerts") if x["value"]["kind"] == "missing"
+    )
+    assert missing["severity"] == "critical" and missing["summary"] == "no payment for o1"
+
+
+def test_ties_between_instances_fire_in_the_order_instances_started(tmp_path: Path) -> None:
+    # o2's early payment is read first (its slot exists first), but o1's instance starts first
+    events = [
+        ev("Paid", "o2", 0),
+        ev("Placed", "o1", 0),
+        ev("Placed", "o2", 0),
+        ev("Paid", "o1", 0),
+    ]
+    lines = run(tmp_path, events)
+    assert alerts(lines) == [("missing", "shipped", "o1"), ("missing", "shipped", "o2")]
+    assert [x["timestamp"] - T0 for x in on_topic(lines, "observer.alerts")] == [20000, 20000]
+
+
+def test_overdue_timer_is_detected_when_the_observer_decides(tmp_path: Path) -> None:
+    flow = BASE_FLOW.replace("id: header.eid}", "id: header.eid, time: value.at}")
+    placed = ev("Placed", "o1", 0)
+    placed["value"]["at"] = T0
+    placed["timestamp"] = T0 + 60_000  # read a minute after it happened
+    later = ev("Placed", "o2", 61)
+    later["value"]["at"] = T0 + 61_000
+    lines = run(tmp_path, [placed, later], flow=flow)
+    first = on_topic(lines, "observer.alerts")[0]
+    assert (
+        first["value"]["kind"] == "warning" and first["value"]["deadline"] == "2026-01-01T00:00:10Z"
+    )
+    assert first["value"]["detected_at"] == "2026-01-01T00:01:00Z"
+    assert first["timestamp"] == T0 + 60_000
