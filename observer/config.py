@@ -97,6 +97,7 @@ class ObserverConfig(BaseModel):
     idle_grace_ms: int = Field(500, ge=0)
     shards: int = Field(16, ge=1, le=4096)
     history_cap: int = Field(100, ge=1)
+    slot_cache_size: int = Field(100_000, ge=0)  # decoded slots kept in memory (0: none)
     ttl_slack_ms: int = Field(86_400_000, ge=1)
     stall_after_ms: int = Field(30_000, ge=100)
     shutdown_timeout_ms: int = Field(10_000, ge=0)

@@ -44,6 +44,7 @@ class BatchPlan:
     latencies: list[tuple[str, str, int]]
     slots: int
     next_seq: int
+    states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
 
 
 @dataclass(slots=True)
@@ -162,6 +163,11 @@ class Cycle:
         self._works[sid] = _Work(sid, shard, raw, slot)
         return slot is not None
 
+    def adopt(self, sid: str, shard: int, slot: KeySlot, stored: bytes | None) -> None:
+        """Register a slot already decoded (from a cache); `stored` is what it decodes from."""
+        if sid not in self._works:
+            self._works[sid] = _Work(sid, shard, stored, slot)
+
     def loaded(self, sid: str) -> bool:
         return sid in self._works
 
@@ -276,22 +282,35 @@ class Cycle:
     def finish(self) -> BatchPlan:
         """The write and the records of everything done in this cycle."""
         batch = WriteBatch()
+        states: list[tuple[str, KeySlot | None, bytes | None]] = []
         for w in self._works.values():
-            if not w.dirty or w.slot is None:
-                continue
             slot = w.slot
+            if slot is None:
+                continue
+            if not w.dirty:
+                states.append((w.sid, slot, w.original))
+                continue
             if slot.empty:
                 batch.deletes.append((w.shard, w.sid))
+                states.append((w.sid, None, None))
                 continue
             ttl = safety_ttl_ms(self.engine, slot, self.now, self.ttl_slack_ms)
             due = w.due_override if w.due_override is not None else self.engine.next_due(slot)
+            state = encode_slot(slot)
+            states.append((w.sid, slot, state))
             batch.puts.append(
-                SlotPut(w.shard, w.sid, encode_slot(slot), ttl, due, w.history[-self.history_cap :])
+                SlotPut(w.shard, w.sid, state, ttl, due, w.history[-self.history_cap :])
             )
         batch.stale_due.extend(self._stale)
         for shard, rec in self._records:
             batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
         batch.stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
-            batch, self._records, self._signals, self._latencies, len(self._works), self._seq
+            batch,
+            self._records,
+            self._signals,
+            self._latencies,
+            len(self._works),
+            self._seq,
+            states,
         )

@@ -26,12 +26,13 @@ from typing import Any
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.engine.effects import Publish
-from observer.engine.state import Event
+from observer.engine.state import Event, KeySlot
 from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import AvroDecoder, Ingest, SourceRecord
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlan, Cycle, dead_letter
+from observer.runtime.cache import SlotCache
 from observer.runtime.health import Health
 from observer.runtime.offsets import OffsetLedger, next_offsets
 from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
@@ -73,6 +74,7 @@ class _InWrite:
     reply: Pending[None]
     plan: BatchPlan
     prepared: _Prepared | None  # None for a tick
+    outcomes: Counter[tuple[str, str]]  # records by (topic, outcome)
     acked: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -111,6 +113,7 @@ class Runtime:
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
         self.inflight = InFlight(config.retry_backoff_ms, 30_000)
+        self.cache = SlotCache(config.slot_cache_size)
         self._stop = threading.Event()
         self._shards = config.shards
         self._seq = 0
@@ -207,12 +210,14 @@ class Runtime:
     # -- rebalance listener (called inside source.poll) ---------------------------------------------
 
     def assigned(self, tps: list[TopicPartition]) -> None:
+        self.cache.clear()
         committed = self.source.committed(tps)
         self.watermarks.assign(tps, committed)
         self.ledger.assign(tps)
         log.info("assigned %s", _fmt_tps(tps))
 
     def revoked(self, tps: list[TopicPartition]) -> None:
+        self.cache.clear()
         try:
             self._settle()
         except StoreError as exc:
@@ -232,6 +237,7 @@ class Runtime:
         log.info("revoked %s", _fmt_tps(tps))
 
     def lost(self, tps: list[TopicPartition]) -> None:
+        self.cache.clear()
         self.ledger.lost(tps)
         self.watermarks.revoke(tps)
         self.metrics.forget_partitions(tps)
@@ -261,14 +267,28 @@ class Runtime:
     def _handle(self, records: list[SourceRecord]) -> None:
         t0 = time.perf_counter()
         prepared = self._prepare(records)
+        cached: dict[str, tuple[KeySlot, bytes]] = {}
+        misses: list[tuple[int, str]] = []
+        for shard, sid in prepared.slots:
+            hit = self.cache.get(sid)
+            if hit is None:
+                misses.append((shard, sid))
+            else:
+                cached[sid] = hit
         try:
-            load = self.store.load(prepared.slots)
-            self._settle()  # the previous batch: its write was answered before this load
-            raw = load.result()
+            # answered after the previous batch's write (one connection, in order)
+            raw = self.store.load(misses).result() if misses else []
         except StoreError:
             self._unfinished.append(prepared)
             raise
-        plan = self._plan(prepared, raw)
+        # Plan this batch before waiting for the previous write: cached slots need no load,
+        # so the engine's work overlaps with Redis applying the previous batch.
+        plan, outcomes = self._plan(prepared, cached, misses, raw)
+        try:
+            self._settle()
+        except StoreError:
+            self._unfinished.append(prepared)
+            raise
         acked = self.inflight.take_acked()
         plan.write.outbox_dels.extend(acked)
         try:
@@ -277,7 +297,7 @@ class Runtime:
             self.inflight.restore_acked(acked)
             self._unfinished.append(prepared)
             raise
-        self._pending = _InWrite(reply, plan, prepared, acked)
+        self._pending = _InWrite(reply, plan, prepared, outcomes, acked)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _prepare(self, records: list[SourceRecord]) -> _Prepared:
@@ -329,9 +349,19 @@ class Runtime:
             ttl_slack_ms=self.config.ttl_slack_ms,
         )
 
-    def _plan(self, prepared: _Prepared, raw: Sequence[bytes | None]) -> BatchPlan:
+    def _plan(
+        self,
+        prepared: _Prepared,
+        cached: Mapping[str, tuple[KeySlot, bytes]],
+        loaded: Sequence[tuple[int, str]],
+        raw: Sequence[bytes | None],
+    ) -> tuple[BatchPlan, Counter[tuple[str, str]]]:
         cycle = self._new_cycle(self.clock.now_ms())
-        for (shard, sid), data in zip(prepared.slots, raw, strict=True):
+        for shard, sid in prepared.slots:
+            hit = cached.get(sid)
+            if hit is not None:
+                cycle.adopt(sid, shard, hit[0], hit[1])
+        for (shard, sid), data in zip(loaded, raw, strict=True):
             flow, key = split_slot_id(sid)
             if not cycle.load(sid, flow, key, shard, data):
                 log.error(
@@ -356,14 +386,23 @@ class Runtime:
                 failed.setdefault(i, f"processing failed: {type(exc).__name__}: {exc}")
         for p in prepared.dead:
             cycle.publish(p)
+        outcomes = Counter(prepared.outcomes)
         for i, reason in failed.items():
             rec = prepared.records[i]
             cycle.publish(dead_letter(rec, reason, self.topics))
-            prepared.outcomes[(rec.topic, "applied")] -= 1
-            prepared.outcomes[(rec.topic, "dead_letter")] += 1
+            outcomes[(rec.topic, "applied")] -= 1
+            outcomes[(rec.topic, "dead_letter")] += 1
         plan = cycle.finish()
         self._seq = plan.next_seq
-        return plan
+        self._cache_states(plan)
+        return plan, outcomes
+
+    def _cache_states(self, plan: BatchPlan) -> None:
+        for sid, slot, stored in plan.states:
+            if slot is None or stored is None:
+                self.cache.drop(sid)
+            else:
+                self.cache.put(sid, slot, stored)
 
     def _settle(self) -> None:
         """Wait for the write in flight; then publish its records and mark its offsets."""
@@ -379,7 +418,7 @@ class Runtime:
         self._after_write(pending.plan)
         if pending.prepared is not None:
             self.ledger.written(pending.prepared.offsets)
-            self.metrics.record_events(pending.prepared.outcomes)
+            self.metrics.record_events(pending.outcomes)
 
     def _after_write(self, plan: BatchPlan) -> None:
         self._publish(plan.records)
@@ -549,6 +588,7 @@ class Runtime:
                 cycle.defer(sid, wm + _DEFER_FAILED_TIMER_MS)
         plan = cycle.finish()
         self._seq = plan.next_seq
+        self._cache_states(plan)
         acked = self.inflight.take_acked()
         plan.write.outbox_dels.extend(acked)
         try:
@@ -590,6 +630,7 @@ class Runtime:
     def _recover(self, exc: StoreError) -> None:
         """The store failed mid-batch: reconnect, republish the outbox, redo the batches whose
         write was not confirmed, synchronously. Nothing is committed until they are stored."""
+        self.cache.clear()  # the store may not hold what the cache does
         redo: list[_Prepared] = []
         if self._pending is not None:
             self.inflight.restore_acked(self._pending.acked)
@@ -606,15 +647,16 @@ class Runtime:
                 self._recover_outbox()
                 for prepared in redo:
                     raw = self.store.load(prepared.slots).result()
-                    plan = self._plan(prepared, raw)
+                    plan, outcomes = self._plan(prepared, {}, prepared.slots, raw)
                     self.store.write(plan.write).result()
                     self._after_write(plan)
                     self.ledger.written(prepared.offsets)
-                    self.metrics.record_events(prepared.outcomes)
+                    self.metrics.record_events(outcomes)
                 self._store_ok()
                 log.info("state store is back (%d batches redone)", len(redo))
                 return
             except StoreError as again:
+                self.cache.clear()
                 exc = again
                 doing = "reconnecting"
         log.error(

@@ -192,3 +192,40 @@ def test_dead_letters_keep_the_original_and_add_the_observer_headers() -> None:
         h["observer-source-offset"],
     ) == ("orders", "2", "17")
     assert h["observer-id"] == p.observer_id == dead_letter(rec, "other", Topics()).observer_id
+
+
+def test_the_slot_cache_is_a_bounded_lru() -> None:
+    from observer.runtime.cache import SlotCache
+
+    cache = SlotCache(2)
+    a, b, c = KeySlot("shop", "a"), KeySlot("shop", "b"), KeySlot("shop", "c")
+    cache.put("shop:a", a, b"A")
+    cache.put("shop:b", b, b"B")
+    assert cache.get("shop:a") == (a, b"A")  # a is now the most recent
+    cache.put("shop:c", c, b"C")
+    assert cache.get("shop:b") is None and len(cache) == 2
+    cache.drop("shop:a")
+    assert cache.get("shop:a") is None and cache.get("shop:c") == (c, b"C")
+    assert (cache.hits, cache.misses) == (2, 2)
+    cache.clear()
+    assert len(cache) == 0
+    off = SlotCache(0)
+    off.put("shop:a", a, b"A")
+    assert off.get("shop:a") is None
+
+
+def test_finish_reports_the_final_state_of_every_slot(engine: Engine) -> None:
+    c = cycle(engine)
+    sid = load(c, "o1")
+    c.apply(sid, ev("Placed", "o1", T0))
+    kept = KeySlot("shop", "o2")
+    engine.apply(kept, ev("Placed", "o2", T0), T0)
+    c.adopt("shop:o2", shard_of("shop:o2", 8), kept, encode_slot(kept))  # touched by nothing
+    states = {sid: (slot, stored) for sid, slot, stored in c.finish().states}
+    slot, stored = states[sid]
+    assert (
+        slot is c.slot(sid)
+        and stored is not None
+        and decode_slot("shop", "o1", stored).instance is not None
+    )
+    assert states["shop:o2"] == (kept, encode_slot(kept))
