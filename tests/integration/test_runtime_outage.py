@@ -1,0 +1,110 @@
+"""Redis going away under a running observer: it stops making progress (nothing committed,
+/readyz says why), then catches up once Redis is back. A private redis-server on a free port,
+so the shared one is never disturbed."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.integration.test_runtime_flows import Harness, make, now_ms, outcome_of
+
+__all__ = ["make"]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class PrivateRedis:
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.dir),
+        ]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    r = PrivateRedis(tmp_path)
+    r.start()
+    yield r
+    r.kill()
+
+
+def committed_total(h: Harness, topics: list[str]) -> int:
+    c = Consumer({"bootstrap.servers": h.bootstrap, "group.id": f"{h.prefix}-observer"})
+    try:
+        parts = [TopicPartition(h.t(t), p) for t in topics for p in (0, 1)]
+        return sum(max(p.offset, 0) for p in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def test_redis_outage_stops_progress_and_recovers(
+    make: Callable[..., Harness], private_redis: PrivateRedis
+) -> None:
+    h = make(pay_window="60s")
+    h.redis_url = private_redis.url
+    h.start()
+    t = now_ms()
+    h.send("Placed", "x1", t)
+    h.wait_for(lambda: h.api("/instances/shop/x1").status_code == 200, message="x1 stored")
+    private_redis.kill()
+    h.send("Paid", "x1", t + 100)
+    h.send("Shipped", "x1", t + 200)
+    report = h.wait_for(
+        lambda: (r := h.api("/readyz")).status_code == 503 and r.json(), message="not ready"
+    )
+    assert report["redis"] is False and report["redis_error"]
+    h.quiet(1.0)
+    assert h.outcomes() == []
+    assert committed_total(h, ["pay", "ship"]) == 0  # read, not stored: not committed
+    private_redis.start()
+    assert outcome_of(h, "x1")["outcome"] == "completed"
+    h.wait_for(lambda: h.api("/readyz").status_code == 200, message="ready again")
+    h.wait_for(lambda: committed_total(h, ["pay", "ship"]) == 2, message="committed")
+    assert "observer_store_errors_total" in h.api("/metrics").text
