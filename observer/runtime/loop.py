@@ -660,7 +660,8 @@ class Runtime:
                 exc = again
                 doing = "reconnecting"
         log.error(
-            "stopping while the state store is down: %d batches are not stored and not committed",
+            "stopping while the state store is down (%s): %d batches are not stored and not committed",
+            exc,
             len(redo),
         )
 
