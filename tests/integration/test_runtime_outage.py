@@ -108,3 +108,4 @@ def test_redis_outage_stops_progress_and_recovers(
     h.wait_for(lambda: h.api("/readyz").status_code == 200, message="ready again")
     h.wait_for(lambda: committed_total(h, ["pay", "ship"]) == 2, message="committed")
     assert "observer_store_errors_total" in h.api("/metrics").text
+    h.stop()  # before the private Redis goes away
