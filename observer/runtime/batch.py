@@ -9,7 +9,8 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -18,7 +19,8 @@ from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, Topics
 from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.ids import observer_id
-from observer.engine.state import Event, KeySlot
+from observer.engine.state import Event, InstanceState, KeySlot
+from observer.flows.compiled import CompiledFlow
 from observer.ingest import SourceRecord
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
@@ -47,23 +49,26 @@ class BatchPlan:
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
 
 
-@dataclass(slots=True)
 class _Work:
-    sid: str
-    shard: int
-    original: bytes | None
-    slot: KeySlot | None  # None: unreadable
-    ops: list[tuple[str, Any]] = field(default_factory=list)  # ("apply", Event) | ("fire", wm)
-    history: list[bytes] = field(default_factory=list)
-    dirty: bool = False
-    due_override: int | None = None
+    """One slot in a cycle: its stored bytes (to rebuild from), the live state, what was done."""
+
+    __slots__ = ("dirty", "due_override", "history", "ops", "original", "shard", "sid", "slot")
+
+    def __init__(self, sid: str, shard: int, original: bytes | None, slot: KeySlot | None) -> None:
+        self.sid = sid
+        self.shard = shard
+        self.original = original
+        self.slot = slot  # None: unreadable
+        self.ops: list[tuple[str, Any]] = []  # ("apply", Event) | ("fire", watermark)
+        self.history: list[bytes] = []
+        self.dirty = False
+        self.due_override: int | None = None
 
 
-def safety_ttl_ms(engine: Engine, slot: KeySlot, now: int, slack_ms: int = DAY_MS) -> int:
+def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = DAY_MS) -> int:
     """A TTL for a slot's keys that outlives its logical life (the engine's own retain and
     expire timers delete it first): open until `expire` + `retain`, ended until `retain`,
-    early events until `buffer`; plus `slack_ms`."""
-    flow = engine.flow_of(slot)
+    early events until `buffer`; plus `slack_ms`. `flow` governs the slot."""
     inst = slot.instance
     if inst is None:
         until = max((b.read_at for b in slot.buffer), default=now) + flow.buffer_ms
@@ -148,6 +153,7 @@ class Cycle:
         self._latencies: list[tuple[str, str, int]] = []
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
+        self._flows: dict[tuple[str, int], CompiledFlow] = {}
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -206,7 +212,7 @@ class Cycle:
         w.ops.append(("apply", event))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
-            self._step_latencies(slot, before)
+            self._step_latencies(slot, inst, before)
         self._take(w, effects)
 
     def fire(self, sid: str, watermark: int) -> None:
@@ -239,25 +245,38 @@ class Cycle:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _step_latencies(self, slot: KeySlot, before: int) -> None:
-        inst = slot.instance
-        assert inst is not None
-        flow = self.engine.flow_of(slot)
-        for idx, t in list(inst.observed.items())[before:]:
+    def _flow(self, slot: KeySlot) -> CompiledFlow:
+        """The flow governing the slot (cached per flow and version for this cycle)."""
+        version = slot.instance.version if slot.instance is not None else -1
+        flow = self._flows.get((slot.flow, version))
+        if flow is None:
+            flow = self._flows[(slot.flow, version)] = self.engine.flow_of(slot)
+        return flow
+
+    def _step_latencies(self, slot: KeySlot, inst: InstanceState, before: int) -> None:
+        """Event time from anchor to step, for every step the last event observed."""
+        flow = self._flow(slot)
+        observed = inst.observed
+        for idx in islice(observed, before, None):
             step = flow.steps[idx]
             if step.is_start:
                 continue
             if step.anchors:
-                anchor = max((inst.observed.get(a, -1) for a in step.anchors), default=-1)
-                if any(a not in inst.observed for a in step.anchors):
-                    continue
-            else:
-                got = inst.entries.get(step.path)
-                if got is None:
-                    continue
-                anchor = got
-            if t >= anchor:
-                self._latencies.append((flow.name, step.name, t - anchor))
+                anchor = -1
+                for a in step.anchors:
+                    ta = observed.get(a)
+                    if ta is None:
+                        break
+                    anchor = max(anchor, ta)
+                else:
+                    t = observed[idx]
+                    if t >= anchor:
+                        self._latencies.append((flow.name, step.name, t - anchor))
+                continue
+            entry = inst.entries.get(step.path)
+            t = observed[idx]
+            if entry is not None and t >= entry:
+                self._latencies.append((flow.name, step.name, t - entry))
 
     def _add_record(self, shard: int, p: Publish) -> None:
         rec = to_record(p, self.now, self._seq)
@@ -294,7 +313,7 @@ class Cycle:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            ttl = safety_ttl_ms(self.engine, slot, self.now, self.ttl_slack_ms)
+            ttl = safety_ttl_ms(self._flow(slot), slot, self.now, self.ttl_slack_ms)
             due = w.due_override if w.due_override is not None else self.engine.next_due(slot)
             state = encode_slot(slot)
             states.append((w.sid, slot, state))

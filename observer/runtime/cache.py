@@ -39,10 +39,12 @@ class SlotCache:
         """`slot` is the state `stored` decodes to (the bytes written to the store)."""
         if self.capacity <= 0:
             return
-        self._items[sid] = (slot, stored)
-        self._items.move_to_end(sid)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        items = self._items
+        if sid in items:
+            items.move_to_end(sid)
+        items[sid] = (slot, stored)
+        if len(items) > self.capacity:
+            items.popitem(last=False)
 
     def drop(self, sid: str) -> None:
         self._items.pop(sid, None)

@@ -84,7 +84,7 @@ def serialize_value(p: Publish) -> bytes | None:
 def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
     """Serialise an effect into the record that is stored and published."""
     key = None if p.key is None else _bytes(p.key)
-    headers = tuple((str(k), _bytes(v)) for k, v in p.headers)
+    headers = tuple([(k, _bytes(v)) for k, v in p.headers])
     return OutboxRecord(
         p.observer_id,
         p.category,
@@ -98,27 +98,37 @@ def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
     )
 
 
-def _put(out: list[bytes], b: bytes | None) -> None:
-    if b is None:
-        out.append(_LEN.pack(-1))
-    else:
-        out.append(_LEN.pack(len(b)))
-        out.append(b)
+_NONE = _LEN.pack(-1)
 
 
 def encode_record(r: OutboxRecord) -> bytes:
     """Compact, length-prefixed bytes of a record (what the outbox stores)."""
+    pack = _LEN.pack
     out = [_HEAD.pack(_FORMAT, r.created_at, r.seq)]
-    _put(out, r.observer_id.encode())
-    _put(out, r.category.encode())
-    _put(out, None if r.topic is None else r.topic.encode())
-    _put(out, r.key)
-    _put(out, r.value)
-    _put(out, None if r.webhook is None else r.webhook.encode())
-    out.append(_LEN.pack(len(r.headers)))
+    append = out.append
+    topic = None if r.topic is None else r.topic.encode()
+    hook = None if r.webhook is None else r.webhook.encode()
+    fields: list[bytes | None] = [
+        r.observer_id.encode(),
+        r.category.encode(),
+        topic,
+        r.key,
+        r.value,
+        hook,
+    ]
+    for b in fields:
+        if b is None:
+            append(_NONE)
+        else:
+            append(pack(len(b)))
+            append(b)
+    append(pack(len(r.headers)))
     for name, value in r.headers:
-        _put(out, name.encode())
-        _put(out, value)
+        nb = name.encode()
+        append(pack(len(nb)))
+        append(nb)
+        append(pack(len(value)))
+        append(value)
     return b"".join(out)
 
 

@@ -80,7 +80,7 @@ def test_an_open_instance_is_written_with_its_due_time_and_history(engine: Engin
     assert [orjson.loads(h)["what"] for h in put.history] == ["started"]
     assert plan.write.stats == {"open:shop": 1}
     assert plan.records == [] and plan.slots == 1 and plan.next_seq == 100
-    assert put.ttl_ms == safety_ttl_ms(engine, slot, T0, c.ttl_slack_ms)
+    assert put.ttl_ms == safety_ttl_ms(engine.flow_of(slot), slot, T0, c.ttl_slack_ms)
 
 
 def test_completion_publishes_the_outcome_and_counts_latency(engine: Engine) -> None:
