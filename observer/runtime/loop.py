@@ -221,17 +221,14 @@ class Runtime:
         try:
             self._settle()
         except StoreError as exc:
-            log.error(
-                "revoked %s while the state store failed (%s): not committing", _fmt_tps(tps), exc
-            )
-            self._pending = None
-            self.ledger.lost(tps)
-        else:
-            final = self.ledger.revoke(tps)
-            try:
-                self.source.commit(final, wait=True)
-            except Exception as exc:
-                log.warning("final commit of revoked partitions failed: %s", exc)
+            # Redo what is in flight before giving the partitions up (the batch may hold
+            # records of partitions we keep, whose later offsets must not be committed first).
+            self._recover(exc)
+        final = self.ledger.revoke(tps)
+        try:
+            self.source.commit(final, wait=True)
+        except Exception as exc:
+            log.warning("final commit of revoked partitions failed: %s", exc)
         self.watermarks.revoke(tps)
         self.metrics.forget_partitions(tps)
         log.info("revoked %s", _fmt_tps(tps))
