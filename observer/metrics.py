@@ -140,6 +140,11 @@ class Metrics:
             "Watermark minus the earliest due time still pending (0 when none is overdue).",
             registry=r,
         )
+        self.prefix_conflict = Gauge(
+            "observer_prefix_conflict",
+            "1 while another observer process holds this key prefix (one process per prefix).",
+            registry=r,
+        )
         self.store_errors = Counter(
             "observer_store_errors_total",
             "Failed requests to the state store (retried).",

@@ -15,9 +15,13 @@ outbox and are retried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +114,7 @@ class Runtime:
         self.health = health
         self.clock = clock
         self.deployed = dict(deployed or {})
+        self.store_prefix = config.key_prefix
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
         self.inflight = InFlight(config.retry_backoff_ms, 30_000)
@@ -127,6 +132,9 @@ class Runtime:
         self._next_commit = mono
         self._next_probe = mono
         self._next_stats = mono
+        self._instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._conflict_logged = 0.0
+        self._other_since: tuple[str, float] | None = None
         self._store_backoff_s = 0.1
         self.started = threading.Event()
         self.stopped = threading.Event()
@@ -204,6 +212,8 @@ class Runtime:
         self.source.close()
         self.webhooks.stop(1.0)
         self.sink.close()
+        with contextlib.suppress(StoreError):
+            self.store.release(self._instance_id)
         self.store.close()
         log.info("stopped")
 
@@ -674,8 +684,35 @@ class Runtime:
             self._next_stats = mono + _STATS_EVERY_S
             try:
                 self.metrics.set_open(self.store.stats())
+                self._check_alone()
             except StoreError as exc:
                 self._recover(exc)
+
+    def _check_alone(self) -> None:
+        """Until shards are handed to processes (issue #5), one process per key prefix: a
+        second one would fire deadlines twice and overwrite state the other one changed. A
+        lease held by another id for longer than its TTL means that process is alive."""
+        ttl_ms = int(_STATS_EVERY_S * 3000)
+        other = self.store.claim(self._instance_id, ttl_ms)
+        mono = time.monotonic()
+        if other is None:
+            self._other_since = None
+            self.metrics.prefix_conflict.set(0)
+            return
+        if self._other_since is None or self._other_since[0] != other:
+            self._other_since = (other, mono)
+            return
+        if mono - self._other_since[1] < ttl_ms / 1000.0:
+            return  # maybe a process that just stopped: its lease runs out
+        self.metrics.prefix_conflict.set(1)
+        if mono - self._conflict_logged > 60:
+            self._conflict_logged = mono
+            log.error(
+                "another observer process (%s) runs on key prefix %r: this version supports one "
+                "process per prefix; state may be overwritten and deadlines fire twice",
+                other,
+                self.store_prefix,
+            )
 
 
 def _ctx(rec: SourceRecord) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Layout (P = the configured prefix, s = the shard of a slot, 0 <= s < shards):
                                      silently re-shard
     P:deployed                STRING JSON: the flow files the running observer loaded
     P:stats                   HASH   open:<flow> -> open instances (HINCRBY per batch)
+    P:owner                   STRING id of the process running on this prefix (lease, TTL)
     P:{s}:slot:<flow>:<key>   STRING `encode_slot` bytes of one (flow, key), TTL as safety net
     P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, same TTL
     P:{s}:due                 ZSET   member <flow>:<key>, score = next due time (epoch ms)
@@ -74,6 +75,9 @@ class Keys:
 
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    def owner(self) -> str:
+        return f"{self.prefix}:owner"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""

@@ -230,6 +230,24 @@ class RedisStateStore:
                 if cursor == b"0":
                     break
 
+    def claim(self, owner: str, ttl_ms: int) -> str | None:
+        """Hold the prefix's lease for `ttl_ms`; returns the other holder if someone else has it."""
+        self._drain()
+        key = self.keys.owner()
+        if self._wire.call("SET", key, owner, "NX", "PX", ttl_ms) is not None:
+            return None
+        holder = self._wire.call("GET", key)
+        if holder is None or holder.decode() == owner:
+            self._wire.call("SET", key, owner, "PX", ttl_ms)
+            return None
+        return str(holder.decode())
+
+    def release(self, owner: str) -> None:
+        """Give the prefix's lease up if this owner holds it."""
+        self._drain()
+        if self._wire.call("GET", self.keys.owner()) == owner.encode():
+            self._wire.call("DEL", self.keys.owner())
+
     def stats(self) -> dict[str, int]:
         self._drain()
         raw = self._wire.call("HGETALL", self.keys.stats())
