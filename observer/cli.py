@@ -136,6 +136,7 @@ def build_service(
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
 
+    logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
     if ignored:
         logging.getLogger(__name__).warning(
