@@ -20,10 +20,6 @@ from observer.demo.wire import DemoError
 REPO = Path(__file__).resolve().parents[2]
 CHECKOUT_FLOW = REPO / "flows" / "checkout.yaml"
 
-pytestmark = pytest.mark.skipif(
-    not CHECKOUT_FLOW.exists(), reason="flows/checkout.yaml not written yet"
-)
-
 
 def header() -> Header:
     return Header(

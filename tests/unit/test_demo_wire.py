@@ -61,7 +61,6 @@ def test_what_the_demo_cannot_write_is_refused(spec: SourceSpec) -> None:
         WireFormat({"s": spec})
 
 
-@pytest.mark.skipif(not CHECKOUT_FLOW.exists(), reason="flows/checkout.yaml not written yet")
 def test_every_shop_event_reads_back_through_the_observers_ingest() -> None:
     binding = bind(CHECKOUT_FLOW, CHECKOUT)
     ingest = Ingest(load_registry([CHECKOUT_FLOW]), Topics())
