@@ -73,7 +73,7 @@ def build_service(
     """Wire the concrete adapters into a runnable `Service` (the only place that does)."""
     from prometheus_client import CollectorRegistry
 
-    from observer.adapters.kafka.admin import ensure_topics
+    from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
     from observer.adapters.kafka.consumer import KafkaEventSource
     from observer.adapters.kafka.producer import KafkaRecordSink
     from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
@@ -94,7 +94,11 @@ def build_service(
     redis_url = config.redis_url.get_secret_value()
     keys = Keys(config.key_prefix, config.shards)
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
-    health = Health(config.stall_after_ms)
+    health = Health(
+        config.stall_after_ms,
+        max_overdue_ms=config.max_overdue_ms,
+        max_lag_records=config.max_lag_records,
+    )
     poster = HttpxPoster(config.webhook_timeout_ms / 1000.0)
     webhooks = WebhookDispatcher(
         poster,
@@ -114,8 +118,10 @@ def build_service(
     runtime = Runtime(
         config,
         registry,
-        source=KafkaEventSource(config.consumer_settings()),
+        source=KafkaEventSource(config.keyed_consumer_settings()),
         sink=KafkaRecordSink(config.producer_settings()),
+        router_source=KafkaEventSource(config.consumer_settings()),
+        router_sink=KafkaRecordSink(config.router_producer_settings()),
         store=RedisStateStore(redis_url, keys, history_cap=config.history_cap),
         webhooks=webhooks,
         metrics=metrics,
@@ -135,6 +141,13 @@ def build_service(
     def prepare() -> None:
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
+        ensure_keyed_topic(
+            admin,
+            config.keyed_topic_name(),
+            config.shards,
+            config.keyed_retention_ms,
+            create=config.create_topics,
+        )
 
     logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
@@ -146,7 +159,8 @@ def build_service(
         f"observer run: flows {', '.join(f'{f.name} v{f.version}' for f in registry)}; "
         f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(runtime.ingest.topic_names())}; "
         f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
-        f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards); "
+        f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards, "
+        f"keyed topic {config.keyed_topic_name()}); "
         f"http on {config.http_host}:{http.port}"
     )
     closers = [poster.close, reader.close]

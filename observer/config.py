@@ -95,7 +95,13 @@ class ObserverConfig(BaseModel):
     tick_limit: int = Field(2000, ge=1)
     commit_interval_ms: int = Field(200, ge=0)
     idle_grace_ms: int = Field(500, ge=0)
-    shards: int = Field(16, ge=1, le=4096)
+    shards: int = Field(16, ge=1, le=4096)  # = partitions of the keyed topic
+    keyed_topic: str = ""  # default: "<group_id>.observer-keyed"
+    keyed_retention_ms: int = Field(7 * 86_400_000, ge=60_000)
+    mark_interval_ms: int = Field(50, ge=1)
+    # readiness: /readyz says false while deadlines are this overdue or this many records behind
+    max_overdue_ms: int = Field(60_000, ge=0)  # 0: not checked
+    max_lag_records: int = Field(1_000_000, ge=0)  # 0: not checked
     history_cap: int = Field(100, ge=1)
     slot_cache_size: int = Field(100_000, ge=0)  # decoded slots kept in memory (0: none)
     ttl_slack_ms: int = Field(86_400_000, ge=1)
@@ -195,6 +201,24 @@ class ObserverConfig(BaseModel):
         }
         conf.update(self._common())
         conf.update(_FORCED_CONSUMER)
+        return conf
+
+    def keyed_topic_name(self) -> str:
+        """The keyed topic of this group (valid topic characters only)."""
+        if self.keyed_topic:
+            return self.keyed_topic
+        return re.sub(r"[^a-zA-Z0-9._-]", "_", f"{self.group_id}.observer-keyed")[:249]
+
+    def keyed_consumer_settings(self) -> dict[str, Any]:
+        """The tracker's consumer: the keyed topic, in the group `<group_id>.keyed`."""
+        conf = self.consumer_settings()
+        conf["group.id"] = f"{self.group_id}.keyed"
+        return conf
+
+    def router_producer_settings(self) -> dict[str, Any]:
+        """The router's producer: never gives a record up (a broker restart is waited out)."""
+        conf = self.producer_settings()
+        conf["delivery.timeout.ms"] = 2_147_483_647
         return conf
 
     def producer_settings(self) -> dict[str, Any]:

@@ -140,11 +140,19 @@ class Metrics:
             "Watermark minus the earliest due time still pending (0 when none is overdue).",
             registry=r,
         )
-        self.prefix_conflict = Gauge(
-            "observer_prefix_conflict",
-            "1 while another observer process holds this key prefix (one process per prefix).",
+        self.rebalances = Counter(
+            "observer_rebalances_total",
+            "Partitions assigned, revoked or lost, by stage (router: source topics; tracker: "
+            "the keyed topic, i.e. shards).",
+            ["stage", "kind"],
             registry=r,
         )
+        self.owned_shards = Gauge(
+            "observer_owned_shards",
+            "Shards (keyed-topic partitions) this process owns.",
+            registry=r,
+        )
+        self.ready = Gauge("observer_ready", "1 while /readyz says ready, 0 otherwise.", registry=r)
         self.store_errors = Counter(
             "observer_store_errors_total",
             "Failed requests to the state store (retried).",

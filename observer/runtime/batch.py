@@ -239,9 +239,10 @@ class Cycle:
         """A due member whose state is gone (expired by TTL): drop it."""
         self._stale.append((shard, sid))
 
-    def publish(self, p: Publish) -> None:
-        """A record not tied to a slot (a dead letter)."""
-        self._add_record(self.shard_of(p.observer_id), p)
+    def publish(self, p: Publish, shard: int | None = None) -> None:
+        """A record not tied to a slot (a dead letter), kept in `shard`'s outbox (default: the
+        shard of its observer-id)."""
+        self._add_record(self.shard_of(p.observer_id) if shard is None else shard, p)
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -1,21 +1,26 @@
-"""The consumer loop: poll -> decode -> load state -> engine -> write -> publish -> commit, and
-the deadline ticker between batches.
+"""The consumer loop. Each cycle runs the router (source topics -> keyed topic, `router.py`),
+then the tracker: poll the keyed topic -> load state -> engine -> write -> publish -> commit,
+and the deadline ticker between batches.
 
-One thread runs the loop and owns the consumer, the producer and the store connection. A
+The tracker owns the shards whose keyed partitions the group assigned to this process: their
+state, deadlines and outbox. On assignment it publishes what the shard's outbox still holds
+(a previous owner may have died before publishing); on revocation it finishes the batch in
+hand, flushes the producer, clears the acknowledged outbox entries and commits.
+
+One thread runs the loop and owns the consumers, the producers and the store connection. A
 batch's store write is sent without waiting; the loop reads the next batch and decodes it,
 then reads the write's reply (pipelined with the next load), and only then publishes the
-batch's records and lets its offsets be committed. Every `tick_interval_ms` the ticker fires
-the slots due at or before the watermark and writes them like a batch.
+batch's records and lets its offsets be committed. Every `tick_interval_ms` the ticker fires,
+per owned shard, the slots due at or before the shard's watermark (`keyed.py`).
 
-Failures: a record whose processing raises goes to the dead-letter topic and the loop goes
-on; a store failure stops progress (nothing more is committed) and the batch in hand is
+Failures: a record whose processing raises goes to the dead-letter topic (the original record,
+read again by its coordinates) and the loop goes on; a store failure stops progress (nothing more is committed) and the batch in hand is
 retried with backoff after reconnecting; records the producer could not deliver stay in the
 outbox and are retried.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -38,17 +43,20 @@ from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlan, Cycle, dead_letter
 from observer.runtime.cache import SlotCache
 from observer.runtime.health import Health
+from observer.runtime.keyed import Mark, Routed, ShardClocks, decode_keyed, encode_event
 from observer.runtime.offsets import OffsetLedger, next_offsets
 from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
 from observer.runtime.ports import (
     Clock,
     EventSource,
     Pending,
+    RawSink,
     RecordSink,
     StateStore,
     WebhookSender,
     WriteBatch,
 )
+from observer.runtime.router import Router
 from observer.runtime.shards import shard_of, slot_id, split_slot_id
 from observer.runtime.watermark import TopicPartition, Watermarks
 
@@ -58,6 +66,7 @@ log = logging.getLogger(__name__)
 
 _PROBE_EVERY_S = 5.0
 _STATS_EVERY_S = 5.0
+_SOURCES_EVERY_S = 10.0
 _DEFER_FAILED_TIMER_MS = 60_000
 
 
@@ -65,11 +74,9 @@ _DEFER_FAILED_TIMER_MS = 60_000
 class _Prepared:
     """A decoded batch, ready to be run against the state (and re-run after a store failure)."""
 
-    records: list[SourceRecord]
+    routed: list[Routed | None]  # per keyed record (None: a mark or unreadable)
     items: list[tuple[int, str, Event]]  # record index, slot id, event
     slots: list[tuple[int, str]]  # (shard, slot id), unique, first-seen order
-    dead: list[Publish]
-    outcomes: Counter[tuple[str, str]]
     offsets: dict[TopicPartition, int]
 
 
@@ -78,7 +85,6 @@ class _InWrite:
     reply: Pending[None]
     plan: BatchPlan
     prepared: _Prepared | None  # None for a tick
-    outcomes: Counter[tuple[str, str]]  # records by (topic, outcome)
     acked: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -92,6 +98,8 @@ class Runtime:
         *,
         source: EventSource,
         sink: RecordSink,
+        router_source: EventSource,
+        router_sink: RawSink,
         store: StateStore,
         webhooks: WebhookSender,
         metrics: Metrics,
@@ -106,6 +114,16 @@ class Runtime:
         self.topics = topics
         self.engine = Engine(registry, topics)
         self.ingest = Ingest(registry, topics, avro=avro)
+        self.keyed_topic = config.keyed_topic_name()
+        self.router = Router(
+            config,
+            self.ingest,
+            source=router_source,
+            sink=router_sink,
+            metrics=metrics,
+            clock=clock,
+            keyed_topic=self.keyed_topic,
+        )
         self.source = source
         self.sink = sink
         self.store = store
@@ -121,6 +139,10 @@ class Runtime:
         self.cache = SlotCache(config.slot_cache_size)
         self._stop = threading.Event()
         self._shards = config.shards
+        self.owned: set[int] = set()
+        self.clocks = ShardClocks()
+        self._sources: frozenset[TopicPartition] = frozenset()
+        self._next_sources = 0.0
         self._seq = 0
         self._pending: _InWrite | None = None
         # decoded batches whose write failed before it was sent
@@ -133,8 +155,6 @@ class Runtime:
         self._next_probe = mono
         self._next_stats = mono
         self._instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._conflict_logged = 0.0
-        self._other_since: tuple[str, float] | None = None
         self._store_backoff_s = 0.1
         self.started = threading.Event()
         self.stopped = threading.Event()
@@ -173,20 +193,25 @@ class Runtime:
             try:
                 self.store.open(self._shards, self.deployed)
                 self._store_ok()
-                self._recover_outbox()
                 break
             except StoreError as exc:
                 self._store_failed(exc, "opening the state store")
         else:
             return False
         self.webhooks.start()
-        self.source.subscribe(self.ingest.topic_names(), self)
-        self.health.kafka_ok = self.source.healthy()
+        self.router.start()
+        self.source.subscribe([self.keyed_topic], self)
+        self._refresh_sources()
+        self.health.kafka_ok = self.source.healthy() and self.router.source.healthy()
         self.health.started = True
         return True
 
     def _shutdown(self) -> None:
         log.info("stopping: finishing the batch in hand, flushing, committing")
+        try:
+            self.router.close(self.config.shutdown_timeout_ms / 1000.0)
+        except Exception as exc:
+            log.warning("router: %s", exc)
         try:
             self._settle()
         except StoreError as exc:
@@ -212,21 +237,33 @@ class Runtime:
         self.source.close()
         self.webhooks.stop(1.0)
         self.sink.close()
-        with contextlib.suppress(StoreError):
-            self.store.release(self._instance_id)
         self.store.close()
         log.info("stopped")
 
     # -- rebalance listener (called inside source.poll) ---------------------------------------------
 
     def assigned(self, tps: list[TopicPartition]) -> None:
+        """Keyed partitions assigned: their shards are ours. Publish what their outboxes hold
+        (a previous owner may have died before publishing); their watermarks come back with
+        the marks read from the committed offset on."""
         self.cache.clear()
-        committed = self.source.committed(tps)
-        self.watermarks.assign(tps, committed)
+        shards = [p for _t, p in tps]
+        self.watermarks.assign(tps, self.source.committed(tps))
         self.ledger.assign(tps)
-        log.info("assigned %s", _fmt_tps(tps))
+        for s in shards:
+            self.clocks.reset(s)
+        self.owned.update(shards)
+        self.metrics.rebalances.labels("tracker", "assigned").inc(len(tps))
+        self.metrics.owned_shards.set(len(self.owned))
+        log.info("tracker: assigned shards %s", _fmt_shards(shards))
+        try:
+            self._recover_outbox(shards)
+        except StoreError as exc:
+            self._recover(exc)
 
     def revoked(self, tps: list[TopicPartition]) -> None:
+        """Keyed partitions taken away: finish and store the batch in hand, publish and clear
+        the outbox as far as the broker acknowledges within the shutdown timeout, commit."""
         self.cache.clear()
         try:
             self._settle()
@@ -234,27 +271,41 @@ class Runtime:
             # Redo what is in flight before giving the partitions up (the batch may hold
             # records of partitions we keep, whose later offsets must not be committed first).
             self._recover(exc)
+        self.sink.flush(self.config.shutdown_timeout_ms / 1000.0)
+        try:
+            self._write_acks()
+        except StoreError as exc:
+            log.warning("could not clear delivered records from the outbox (%s)", exc)
         final = self.ledger.revoke(tps)
         try:
             self.source.commit(final, wait=True)
         except Exception as exc:
             log.warning("final commit of revoked partitions failed: %s", exc)
-        self.watermarks.revoke(tps)
-        self.metrics.forget_partitions(tps)
-        log.info("revoked %s", _fmt_tps(tps))
+        self._disown(tps)
+        self.metrics.rebalances.labels("tracker", "revoked").inc(len(tps))
+        log.info("tracker: revoked shards %s", _fmt_shards([p for _t, p in tps]))
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.cache.clear()
         self.ledger.lost(tps)
+        self._disown(tps)
+        self.metrics.rebalances.labels("tracker", "lost").inc(len(tps))
+        log.warning("tracker: lost shards %s (not committing)", _fmt_shards([p for _t, p in tps]))
+
+    def _disown(self, tps: list[TopicPartition]) -> None:
         self.watermarks.revoke(tps)
-        self.metrics.forget_partitions(tps)
-        log.warning("lost %s (not committing)", _fmt_tps(tps))
+        for _t, p in tps:
+            self.owned.discard(p)
+            self.clocks.drop(p)
+        self.metrics.owned_shards.set(len(self.owned))
 
     # -- the cycle ----------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
         self.health.beat()
-        records = self.source.poll(self.config.batch_size, self.config.poll_timeout_ms / 1000.0)
+        half = self.config.poll_timeout_ms / 2000.0
+        routed = self.router.cycle(half)
+        records = self.source.poll(self.config.batch_size, 0.0 if routed else half)
         try:
             if records:
                 self._handle(records)
@@ -290,7 +341,7 @@ class Runtime:
             raise
         # Plan this batch before waiting for the previous write: cached slots need no load,
         # so the engine's work overlaps with Redis applying the previous batch.
-        plan, outcomes = self._plan(prepared, cached, misses, raw)
+        plan = self._plan(prepared, cached, misses, raw)
         try:
             self._settle()
         except StoreError:
@@ -304,46 +355,48 @@ class Runtime:
             self.inflight.restore_acked(acked)
             self._unfinished.append(prepared)
             raise
-        self._pending = _InWrite(reply, plan, prepared, outcomes, acked)
+        self._pending = _InWrite(reply, plan, prepared, acked)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _prepare(self, records: list[SourceRecord]) -> _Prepared:
+        """Decode keyed records: events become items of their shard's slots, marks advance
+        the shard's watermark (they were read after every event they cover)."""
         items: list[tuple[int, str, Event]] = []
-        dead: list[Publish] = []
-        outcomes: Counter[tuple[str, str]] = Counter()
-        seen: dict[str, int] = {}
+        routed: list[Routed | None] = []
+        seen: set[str] = set()
         slots: list[tuple[int, str]] = []
-        observe = self.watermarks.observe
-        decode = self.ingest.decode
-        shards = self._shards
+        owned = self.owned
+        clocks = self.clocks
         for i, rec in enumerate(records):
-            observe(rec.topic, rec.partition, rec.offset, rec.timestamp)
+            shard = rec.partition
+            if shard not in owned:  # a record fetched just before a revocation
+                routed.append(None)
+                continue
             try:
-                d = decode(rec)
-            except Exception as exc:
-                log.exception("cannot decode record", extra=_ctx(rec))
-                dead.append(
-                    dead_letter(rec, f"cannot decode: {type(exc).__name__}: {exc}", self.topics)
+                r = decode_keyed(rec.value)
+            except (ValueError, TypeError) as exc:
+                log.error(
+                    "keyed record %s[%d]@%d is not one the router writes (%s); skipped",
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    exc,
                 )
-                outcomes[(rec.topic, "dead_letter")] += 1
-                self.metrics.processing_errors.labels("decode").inc()
+                self.metrics.processing_errors.labels("keyed").inc()
+                routed.append(None)
                 continue
-            if d.dead_letter is not None:
-                dead.append(d.dead_letter)
-                outcomes[(rec.topic, "dead_letter")] += 1
+            if isinstance(r, Mark):
+                clocks.observe(shard, r)
+                routed.append(None)
                 continue
-            if not d.events:
-                outcomes[(rec.topic, "ignored")] += 1
-                continue
-            outcomes[(rec.topic, "applied")] += 1
-            for flow, ev in d.events:
-                sid = slot_id(flow, ev.key)
-                if sid not in seen:
-                    seen[sid] = len(slots)
-                    slots.append((shard_of(sid, shards), sid))
-                items.append((i, sid, ev))
+            routed.append(r)
+            sid = slot_id(r.flow, r.event.key)
+            if sid not in seen:
+                seen.add(sid)
+                slots.append((shard, sid))
+            items.append((i, sid, r.event))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
-        return _Prepared(records, items, slots, dead, outcomes, offsets)
+        return _Prepared(routed, items, slots, offsets)
 
     def _new_cycle(self, now: int) -> Cycle:
         shards = self._shards
@@ -362,7 +415,7 @@ class Runtime:
         cached: Mapping[str, tuple[KeySlot, bytes]],
         loaded: Sequence[tuple[int, str]],
         raw: Sequence[bytes | None],
-    ) -> tuple[BatchPlan, Counter[tuple[str, str]]]:
+    ) -> BatchPlan:
         cycle = self._new_cycle(self.clock.now_ms())
         for shard, sid in prepared.slots:
             hit = cached.get(sid)
@@ -381,28 +434,42 @@ class Runtime:
             try:
                 cycle.apply(sid, ev)
             except Exception as exc:
-                rec = prepared.records[i]
                 flow, key = split_slot_id(sid)
                 log.exception(
                     "processing %s %s failed; the record goes to the dead-letter topic",
                     ev.type,
                     ev.id,
-                    extra={**_ctx(rec), "flow": flow, "key": key},
+                    extra={"flow": flow, "key": key},
                 )
                 self.metrics.processing_errors.labels("apply").inc()
                 failed.setdefault(i, f"processing failed: {type(exc).__name__}: {exc}")
-        for p in prepared.dead:
-            cycle.publish(p)
-        outcomes = Counter(prepared.outcomes)
         for i, reason in failed.items():
-            rec = prepared.records[i]
-            cycle.publish(dead_letter(rec, reason, self.topics))
-            outcomes[(rec.topic, "applied")] -= 1
-            outcomes[(rec.topic, "dead_letter")] += 1
+            r = prepared.routed[i]
+            assert r is not None
+            cycle.publish(
+                self._dead_letter(r, reason),
+                shard=shard_of(slot_id(r.flow, r.event.key), self._shards),
+            )
         plan = cycle.finish()
         self._seq = plan.next_seq
         self._cache_states(plan)
-        return plan, outcomes
+        return plan
+
+    def _dead_letter(self, r: Routed, reason: str) -> Publish:
+        """The dead letter of an event that failed past routing: its source record read again
+        (or, if that is gone, the event as routed, with the same headers)."""
+        original = self.router.source.fetch(r.topic, r.partition, r.offset)
+        if original is None:
+            original = SourceRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.event.key.encode("utf-8", "surrogatepass"),
+                encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
+                (),
+                r.event.time,
+            )
+        return dead_letter(original, reason, self.topics)
 
     def _cache_states(self, plan: BatchPlan) -> None:
         for sid, slot, stored in plan.states:
@@ -425,7 +492,6 @@ class Runtime:
         self._after_write(pending.plan)
         if pending.prepared is not None:
             self.ledger.written(pending.prepared.offsets)
-            self.metrics.record_events(pending.outcomes)
 
     def _after_write(self, plan: BatchPlan) -> None:
         self._publish(plan.records)
@@ -484,10 +550,11 @@ class Runtime:
                 self.metrics.published.labels(cat).inc(n)
             self._published.clear()
 
-    def _recover_outbox(self) -> None:
-        """Publish again whatever the outbox still holds (a crash, a lost connection)."""
+    def _recover_outbox(self, shards: Sequence[int]) -> None:
+        """Publish again whatever the shards' outboxes still hold (a crash, a lost connection,
+        a previous owner)."""
         found: list[tuple[int, OutboxRecord]] = []
-        for shard, oid, data in self.store.outbox():
+        for shard, oid, data in self.store.outbox(shards):
             if oid in self.inflight:
                 continue
             try:
@@ -533,28 +600,48 @@ class Runtime:
 
     # -- deadlines ----------------------------------------------------------------------------------
 
-    def _watermark(self) -> int | None:
-        now = self.clock.now_ms()
+    def _refresh_sources(self) -> None:
+        """Every partition of every source topic: a shard's watermark needs a mark for each."""
+        self._next_sources = time.monotonic() + _SOURCES_EVERY_S
+        counts = self.router.source.partitions(self.ingest.topic_names())
+        if counts is None:
+            return
+        sources = frozenset((t, p) for t, n in counts.items() for p in range(n))
+        if sources != self._sources:
+            log.info(
+                "source partitions: %s", ", ".join(f"{t}[{n}]" for t, n in sorted(counts.items()))
+            )
+            self._sources = sources
+
+    def _watermarks(self) -> list[tuple[int, int]]:
+        """(shard, watermark) of each owned shard whose watermark is known."""
+        if time.monotonic() >= self._next_sources:
+            self._refresh_sources()
+        sources = self._sources
+        out = []
+        for shard in sorted(self.owned):
+            wm = self.clocks.value(shard, sources)
+            if wm is not None:
+                out.append((shard, wm))
+        low = min((wm for _s, wm in out), default=None)
+        self.health.watermark = low if len(out) == len(self.owned) else None
+        if low is not None:
+            self.metrics.watermark.set(low / 1000.0)
         wms = self.watermarks
-        for tp, (low, high, pos) in self.source.offsets(list(wms.partitions)).items():
-            wms.offsets(tp, low, high, pos)
-        wm = wms.value(now)
-        self.health.watermark = wm
-        self.metrics.set_lag({tp: st.lag() for tp, st in wms.partitions.items()})
-        if wm is not None:
-            self.metrics.watermark.set(wm / 1000.0)
-        return wm
+        for tp, (lo, hi, pos) in self.source.offsets(list(wms.partitions)).items():
+            wms.offsets(tp, lo, hi, pos)
+        return out
 
     def _tick(self) -> None:
         self._next_tick = time.monotonic() + self.config.tick_interval_ms / 1000.0
-        wm = self._watermark()
-        if wm is None:
+        marks = self._watermarks()
+        if not marks:
             self._write_acks()
             return
-        due = self.store.due(wm, self.config.tick_limit)
-        self.metrics.overdue.set(
-            max(0, wm - due.earliest) / 1000.0 if due.earliest is not None else 0
-        )
+        by_shard = dict(marks)
+        due = self.store.due(marks, self.config.tick_limit)
+        self.health.overdue_ms = due.overdue_ms or 0
+        self.metrics.overdue.set((due.overdue_ms or 0) / 1000.0)
         if not due.slots:
             self._write_acks()
             return
@@ -582,6 +669,7 @@ class Runtime:
                 )
                 cycle.forget_due(shard, sid)
                 continue
+            wm = by_shard[shard]
             try:
                 cycle.fire(sid, wm)
             except Exception:
@@ -651,14 +739,13 @@ class Runtime:
             self._store_failed(exc, doing)
             try:
                 self.store.reconnect()
-                self._recover_outbox()
+                self._recover_outbox(sorted(self.owned))
                 for prepared in redo:
                     raw = self.store.load(prepared.slots).result()
-                    plan, outcomes = self._plan(prepared, {}, prepared.slots, raw)
+                    plan = self._plan(prepared, {}, prepared.slots, raw)
                     self.store.write(plan.write).result()
                     self._after_write(plan)
                     self.ledger.written(prepared.offsets)
-                    self.metrics.record_events(outcomes)
                 self._store_ok()
                 log.info("state store is back (%d batches redone)", len(redo))
                 return
@@ -674,50 +761,27 @@ class Runtime:
 
     def _health_checks(self) -> None:
         mono = time.monotonic()
-        healthy = self.source.healthy()
+        healthy = self.source.healthy() and self.router.source.healthy()
         if not healthy and mono >= self._next_probe:
             self._next_probe = mono + _PROBE_EVERY_S
-            healthy = self.source.probe(1.0)
+            healthy = self.source.probe(1.0) and self.router.source.probe(1.0)
         self.health.kafka_ok = healthy
+        self.health.lag = self.router.lag() + sum(
+            st.lag() or 0 for st in self.watermarks.partitions.values()
+        )
         self.metrics.outbox_depth.set(len(self.inflight))
+        self.metrics.ready.set(1 if self.health.report()["ready"] else 0)
         if mono >= self._next_stats:
             self._next_stats = mono + _STATS_EVERY_S
             try:
                 self.metrics.set_open(self.store.stats())
-                self._check_alone()
             except StoreError as exc:
                 self._recover(exc)
-
-    def _check_alone(self) -> None:
-        """Until shards are handed to processes (issue #5), one process per key prefix: a
-        second one would fire deadlines twice and overwrite state the other one changed. A
-        lease held by another id for longer than its TTL means that process is alive."""
-        ttl_ms = int(_STATS_EVERY_S * 3000)
-        other = self.store.claim(self._instance_id, ttl_ms)
-        mono = time.monotonic()
-        if other is None:
-            self._other_since = None
-            self.metrics.prefix_conflict.set(0)
-            return
-        if self._other_since is None or self._other_since[0] != other:
-            self._other_since = (other, mono)
-            return
-        if mono - self._other_since[1] < ttl_ms / 1000.0:
-            return  # maybe a process that just stopped: its lease runs out
-        self.metrics.prefix_conflict.set(1)
-        if mono - self._conflict_logged > 60:
-            self._conflict_logged = mono
-            log.error(
-                "another observer process (%s) runs on key prefix %r: this version supports one "
-                "process per prefix; state may be overwritten and deadlines fire twice",
-                other,
-                self.store_prefix,
-            )
 
 
 def _ctx(rec: SourceRecord) -> dict[str, Any]:
     return {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
 
 
-def _fmt_tps(tps: Sequence[TopicPartition]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
+def _fmt_shards(shards: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in sorted(shards))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from observer.ingest import SourceRecord
 from observer.runtime.outbox import OutboxRecord
@@ -20,6 +20,7 @@ __all__ = [
     "DueSlots",
     "EventSource",
     "Pending",
+    "RawSink",
     "RebalanceListener",
     "RecordSink",
     "SlotPut",
@@ -84,11 +85,12 @@ class WriteBatch:
 
 @dataclass(slots=True)
 class DueSlots:
-    """Slots due at or before a watermark, with their state (None: the state is gone), and the
-    earliest due time of any slot (None: nothing scheduled)."""
+    """Slots due at or before their shard's watermark, with their state (None: the state is
+    gone), and how far the most overdue shard is behind (watermark minus its earliest due
+    time; None: nothing is due)."""
 
     slots: list[tuple[int, str, bytes | None]]
-    earliest: int | None
+    overdue_ms: int | None
 
 
 class Pending(Protocol[T_co]):
@@ -113,19 +115,15 @@ class StateStore(Protocol):
 
     def write(self, batch: WriteBatch) -> Pending[None]: ...
 
-    def due(self, watermark: int, limit: int) -> DueSlots: ...
+    def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
+        """Slots due at or before their shard's watermark, for (shard, watermark) pairs."""
+        ...
 
-    def outbox(self) -> Iterator[tuple[int, str, bytes]]:
-        """Every (shard, observer-id, record) left in the outbox."""
+    def outbox(self, shards: Iterable[int]) -> Iterator[tuple[int, str, bytes]]:
+        """Every (shard, observer-id, record) left in the outbox of these shards."""
         ...
 
     def stats(self) -> dict[str, int]: ...
-
-    def claim(self, owner: str, ttl_ms: int) -> str | None:
-        """Hold a lease on the key prefix; the other holder's id if another process has it."""
-        ...
-
-    def release(self, owner: str) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -187,6 +185,37 @@ class EventSource(Protocol):
     def probe(self, timeout_s: float) -> bool:
         """Ask the cluster for metadata (blocks up to `timeout_s`); True if it answered."""
         ...
+
+    def partitions(self, topics: Sequence[str]) -> dict[str, int] | None:
+        """Partition count of each existing topic among `topics` (network); None if the
+        cluster did not answer."""
+        ...
+
+    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        """One record read again by its coordinates (network, slow: for dead letters only)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RawSink(Protocol):
+    """A producer for records the observer writes as they are (keyed topic, dead letters).
+    `on_done(error)` is called from `poll`/`flush`; None: no report wanted."""
+
+    def produce(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, Any]],
+        timestamp: int | None,
+        on_done: Callable[[str | None], None] | None,
+    ) -> None: ...
+
+    def poll(self, timeout_s: float) -> None: ...
+
+    def flush(self, timeout_s: float) -> int: ...
 
     def close(self) -> None: ...
 

@@ -12,7 +12,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from observer.errors import ConfigError, ObserverError
 
-__all__ = ["ensure_topics", "existing_topics"]
+__all__ = ["ensure_keyed_topic", "ensure_topics", "existing_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +68,58 @@ def ensure_topics(
     if created:
         log.info("created topics %s", ", ".join(sorted(created)))
     return sorted(created)
+
+
+def ensure_keyed_topic(
+    settings: Mapping[str, Any],
+    name: str,
+    partitions: int,
+    retention_ms: int,
+    *,
+    create: bool = True,
+    timeout_s: float = 10.0,
+) -> bool:
+    """The keyed topic exists with exactly `partitions` partitions (one per shard); created if
+    missing (when allowed). Returns True if it was created. Raises ConfigError when it has
+    another partition count: shards cannot change under existing state."""
+    admin = _admin(settings)
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ObserverError(f"Kafka did not answer a metadata request: {exc}") from exc
+    topic = md.topics.get(name)
+    if topic is not None and topic.error is None:
+        have = len(topic.partitions)
+        if have != partitions:
+            raise ConfigError(
+                f"keyed topic '{name}' has {have} partitions but the observer runs {partitions} "
+                f"shards: set OBSERVER_SHARDS={have}, or use another OBSERVER_KEYED_TOPIC and key prefix"
+            )
+        return False
+    if not create:
+        raise ConfigError(
+            f"keyed topic '{name}' does not exist and topic creation is off: create it with "
+            f"{partitions} partitions"
+        )
+    fut = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=-1,
+                config={"retention.ms": str(retention_ms), "cleanup.policy": "delete"},
+            )
+        ],
+        request_timeout=timeout_s,
+    )[name]
+    try:
+        fut.result()
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return ensure_keyed_topic(
+                settings, name, partitions, retention_ms, create=False, timeout_s=timeout_s
+            )
+        raise ObserverError(f"cannot create the keyed topic '{name}': {exc}") from exc
+    log.info("created keyed topic %s (%d partitions)", name, partitions)
+    return True

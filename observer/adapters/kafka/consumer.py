@@ -31,6 +31,7 @@ class KafkaEventSource:
     """A confluent-kafka consumer. Not thread-safe: owned by the consumer loop's thread."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
+        self._settings = dict(settings)
         conf = dict(settings)
         conf["error_cb"] = self._on_error
         conf["on_commit"] = self._on_commit
@@ -188,6 +189,50 @@ class KafkaEventSource:
             log.warning("Kafka: cannot read committed offsets: %s", exc)
             return {}
         return {(x.topic, x.partition): x.offset for x in parts if x.offset >= 0}
+
+    def partitions(self, topics: Sequence[str]) -> dict[str, int] | None:
+        try:
+            md = self._consumer.list_topics(timeout=5.0)
+        except KafkaException:
+            return None
+        out: dict[str, int] = {}
+        for name in topics:
+            t = md.topics.get(name)
+            if t is not None and t.error is None and t.partitions:
+                out[name] = len(t.partitions)
+        return out
+
+    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+        conf = {k: v for k, v in self._settings.items() if not callable(v)}
+        conf["group.id"] = f"{conf.get('group.id', 'observer')}.fetch"
+        conf.pop("partition.assignment.strategy", None)
+        conf.pop("group.protocol", None)
+        conf["enable.auto.commit"] = False
+        reader = Consumer(conf)
+        try:
+            reader.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                m = reader.poll(0.5)
+                if m is None or m.error() is not None:
+                    continue
+                if m.offset() != offset:
+                    return None  # gone (retention) or compacted away
+                return SourceRecord(
+                    topic,
+                    partition,
+                    offset,
+                    m.key(),
+                    m.value(),
+                    m.headers() or (),
+                    m.timestamp()[1],
+                )
+            return None
+        except KafkaException as exc:
+            log.warning("cannot read %s[%d]@%d again: %s", topic, partition, offset, exc)
+            return None
+        finally:
+            reader.close()
 
     def close(self) -> None:
         try:

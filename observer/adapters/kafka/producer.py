@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -65,6 +65,41 @@ class KafkaRecordSink:
                 self._producer.poll(0.05)
             except KafkaException as exc:
                 raise ObserverError(f"cannot produce to {record.topic}: {exc}") from exc
+            if self.fatal is not None:
+                raise ObserverError(f"Kafka producer failed: {self.fatal}")
+
+    def produce(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, Any]],
+        timestamp: int | None,
+        on_done: Callable[[str | None], None] | None,
+    ) -> None:
+        """Hand a record over as it is; `on_done(error)` once acknowledged (or given up)."""
+        kwargs: dict[str, Any] = {}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        if headers:
+            kwargs["headers"] = list(headers)
+        if on_done is not None:
+
+            def delivered(err: KafkaError | None, msg: Message) -> None:
+                on_done(None if err is None else err.str())
+
+            kwargs["on_delivery"] = delivered
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise ObserverError(f"cannot produce to {topic}: {exc}") from exc
             if self.fatal is not None:
                 raise ObserverError(f"Kafka producer failed: {self.fatal}")
 

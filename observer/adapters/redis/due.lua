@@ -1,27 +1,30 @@
--- Slots due at or before a watermark, with their state, in one round trip (nothing is removed:
--- the batch write that follows the firing reschedules or deletes them).
--- ARGV: watermark_ms, limit, n, then per shard: due_key, slot_key_prefix
--- Returns: {earliest_due|false, shard_1, member_1, state_1|false, shard_2, ...}
-local wm, limit, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Slots due at or before their shard's watermark, with their state, in one round trip (nothing
+-- is removed: the batch write that follows the firing reschedules or deletes them).
+-- ARGV: limit, n, then per shard: shard, due_key, slot_key_prefix, watermark_ms
+-- Returns: {overdue_ms|false, shard_1, member_1, state_1|false, shard_2, ...}; overdue_ms is the
+-- largest (watermark - earliest due) over the shards, false when nothing is due.
+local limit, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {false}
-local earliest = nil
+local overdue = nil
 local left = limit
 for s = 0, n - 1 do
-  local due, prefix = ARGV[4 + 2 * s], ARGV[5 + 2 * s]
+  local shard, due, prefix, wm = ARGV[3 + 4 * s], ARGV[4 + 4 * s], ARGV[5 + 4 * s], ARGV[6 + 4 * s]
   local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
   if first[2] then
-    local score = tonumber(first[2])
-    if earliest == nil or score < earliest then earliest = score end
-    if left > 0 and score <= tonumber(wm) then
-      local members = redis.call('ZRANGEBYSCORE', due, '-inf', wm, 'LIMIT', 0, left)
-      for _, m in ipairs(members) do
-        out[#out + 1] = s
-        out[#out + 1] = m
-        out[#out + 1] = redis.call('GET', prefix .. m)
+    local late = tonumber(wm) - tonumber(first[2])
+    if late >= 0 then
+      if overdue == nil or late > overdue then overdue = late end
+      if left > 0 then
+        local members = redis.call('ZRANGEBYSCORE', due, '-inf', wm, 'LIMIT', 0, left)
+        for _, m in ipairs(members) do
+          out[#out + 1] = shard
+          out[#out + 1] = m
+          out[#out + 1] = redis.call('GET', prefix .. m)
+        end
+        left = left - #members
       end
-      left = left - #members
     end
   end
 end
-if earliest ~= nil then out[1] = string.format('%d', earliest) end
+if overdue ~= nil then out[1] = string.format('%d', overdue) end
 return out

@@ -6,14 +6,14 @@ Layout (P = the configured prefix, s = the shard of a slot, 0 <= s < shards):
                                      silently re-shard
     P:deployed                STRING JSON: the flow files the running observer loaded
     P:stats                   HASH   open:<flow> -> open instances (HINCRBY per batch)
-    P:owner                   STRING id of the process running on this prefix (lease, TTL)
     P:{s}:slot:<flow>:<key>   STRING `encode_slot` bytes of one (flow, key), TTL as safety net
     P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, same TTL
     P:{s}:due                 ZSET   member <flow>:<key>, score = next due time (epoch ms)
     P:{s}:outbox              HASH   observer-id -> record to publish until delivery is acked
 
 `{s}` is a Redis Cluster hash tag: everything of one shard lives in one cluster slot, so a
-later owner of a shard can read and write it atomically. A slot id (`<flow>:<key>`) splits at
+later owner of a shard can read and write it atomically. Shard s is owned by the process the
+consumer group assigns partition s of the keyed topic to (`runtime/keyed.py`). A slot id (`<flow>:<key>`) splits at
 the first colon, flow names never contain one.
 """
 
@@ -75,9 +75,6 @@ class Keys:
 
     def stats(self) -> str:
         return f"{self.prefix}:stats"
-
-    def owner(self) -> str:
-        return f"{self.prefix}:owner"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
@@ -78,9 +78,6 @@ class RedisStateStore:
         self._write_sha = hashlib.sha1(self._write_src).hexdigest()
         self._due_sha = hashlib.sha1(self._due_src).hexdigest()
         self._queue: deque[_Reply[Any]] = deque()
-        self._due_args: list[str] = []
-        for s in range(keys.shards):
-            self._due_args += [keys.due(s), keys.slot_prefix(s)]
 
     @property
     def where(self) -> str:
@@ -200,26 +197,26 @@ class RedisStateStore:
 
     # -- synchronous requests ---------------------------------------------------------------------
 
-    def due(self, watermark: int, limit: int) -> DueSlots:
-        """Slots due at or before `watermark` (at most `limit`), with their state."""
+    def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
+        """Slots due at or before their shard's watermark (at most `limit`), with their state."""
         self._drain()
+        args: list[Any] = []
+        for shard, wm in watermarks:
+            args += [shard, self.keys.due(shard), self.keys.slot_prefix(shard), wm]
         raw = self._send(
-            _pack(
-                ("EVALSHA", self._due_sha, 0, watermark, limit, self.keys.shards, *self._due_args)
-            ),
-            _as_list,
+            _pack(("EVALSHA", self._due_sha, 0, limit, len(watermarks), *args)), _as_list
         ).result()
-        earliest = None if raw[0] is None else int(raw[0])
+        overdue = None if raw[0] is None else int(raw[0])
         slots = [
             (int(raw[i]), raw[i + 1].decode("utf-8", "surrogateescape"), raw[i + 2])
             for i in range(1, len(raw), 3)
         ]
-        return DueSlots(slots, earliest)
+        return DueSlots(slots, overdue)
 
-    def outbox(self) -> Iterator[tuple[int, str, bytes]]:
-        """Every entry left in the outbox, shard by shard."""
+    def outbox(self, shards: Iterable[int]) -> Iterator[tuple[int, str, bytes]]:
+        """Every entry left in the outbox of these shards."""
         self._drain()
-        for shard in range(self.keys.shards):
+        for shard in shards:
             cursor = b"0"
             while True:
                 cursor, items = self._wire.call(
@@ -229,24 +226,6 @@ class RedisStateStore:
                     yield shard, items[i].decode(), items[i + 1]
                 if cursor == b"0":
                     break
-
-    def claim(self, owner: str, ttl_ms: int) -> str | None:
-        """Hold the prefix's lease for `ttl_ms`; returns the other holder if someone else has it."""
-        self._drain()
-        key = self.keys.owner()
-        if self._wire.call("SET", key, owner, "NX", "PX", ttl_ms) is not None:
-            return None
-        holder = self._wire.call("GET", key)
-        if holder is None or holder.decode() == owner:
-            self._wire.call("SET", key, owner, "PX", ttl_ms)
-            return None
-        return str(holder.decode())
-
-    def release(self, owner: str) -> None:
-        """Give the prefix's lease up if this owner holds it."""
-        self._drain()
-        if self._wire.call("GET", self.keys.owner()) == owner.encode():
-            self._wire.call("DEL", self.keys.owner())
 
     def stats(self) -> dict[str, int]:
         self._drain()

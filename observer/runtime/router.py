@@ -1,0 +1,264 @@
+"""`Router`, stage one: source topics -> the keyed topic (see `keyed.py` for why).
+
+It reads the source topics in the user's consumer group, decodes each record (`Ingest`),
+writes each (flow, key) event to its shard's keyed partition and each bad record to the
+dead-letter topic, and commits a batch's source offsets once everything it wrote was
+acknowledged. Every `mark_interval_ms` it sends the watermark of each source partition it reads
+to every keyed partition. The producer retries for as long as it takes (a broker restart is
+waited out); a record it could not write at all is a fatal error, since going on would let
+deadlines fire without it.
+
+Owned by the loop's thread, like everything it holds; `cycle` is called between the tracker's
+batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from observer.config import ObserverConfig
+from observer.engine.effects import Publish
+from observer.errors import ObserverError
+from observer.ingest import Ingest, SourceRecord
+from observer.metrics import Metrics
+from observer.runtime.batch import dead_letter
+from observer.runtime.keyed import encode_event, encode_mark
+from observer.runtime.offsets import OffsetLedger, next_offsets
+from observer.runtime.outbox import serialize_value
+from observer.runtime.ports import Clock, EventSource, RawSink
+from observer.runtime.shards import shard_of, slot_id
+from observer.runtime.watermark import TopicPartition, Watermarks
+
+__all__ = ["Router"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Source records routed together: committable once nothing of theirs is unacknowledged."""
+
+    offsets: dict[TopicPartition, int]
+    outstanding: int
+    closed: bool = False
+
+
+class Router:
+    """Routes source records to the keyed topic. A rebalance listener of its source."""
+
+    def __init__(
+        self,
+        config: ObserverConfig,
+        ingest: Ingest,
+        *,
+        source: EventSource,
+        sink: RawSink,
+        metrics: Metrics,
+        clock: Clock,
+        keyed_topic: str,
+    ) -> None:
+        self.config = config
+        self.ingest = ingest
+        self.topics = config.topics()
+        self.source = source
+        self.sink = sink
+        self.metrics = metrics
+        self.clock = clock
+        self.keyed_topic = keyed_topic
+        self.shards = config.shards
+        self.watermarks = Watermarks(config.idle_grace_ms)
+        self.ledger = OffsetLedger()
+        self._batches: deque[_Batch] = deque()
+        self._failed: str | None = None
+        self._next_mark = 0.0
+        self._next_commit = 0.0
+        self.rebalances = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.source.subscribe(self.ingest.topic_names(), self)
+
+    def close(self, timeout_s: float) -> None:
+        """Flush what was routed, commit it, leave the group."""
+        remaining = self.sink.flush(timeout_s)
+        if remaining:
+            log.warning("%d routed records not acknowledged at shutdown; not committed", remaining)
+        self._settle()
+        self._commit(wait=True)
+        self.source.close()
+        self.sink.close()
+
+    # -- rebalance listener ---------------------------------------------------------------------------
+
+    def assigned(self, tps: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self.metrics.rebalances.labels("router", "assigned").inc()
+        committed = self.source.committed(tps)
+        self.watermarks.assign(tps, committed)
+        self.ledger.assign(tps)
+        log.info("router: assigned %s", _fmt(tps))
+
+    def revoked(self, tps: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self.metrics.rebalances.labels("router", "revoked").inc()
+        # Everything routed from them must be acknowledged before their offsets are committed.
+        remaining = self.sink.flush(self.config.shutdown_timeout_ms / 1000.0)
+        self._settle()
+        if remaining:
+            log.warning("router: %d routed records unacknowledged at revocation", remaining)
+        final = self.ledger.revoke(tps)
+        try:
+            self.source.commit(final, wait=True)
+        except Exception as exc:
+            log.warning("router: final commit of revoked partitions failed: %s", exc)
+        self.watermarks.revoke(tps)
+        self.metrics.forget_partitions(tps)
+        log.info("router: revoked %s", _fmt(tps))
+
+    def lost(self, tps: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self.metrics.rebalances.labels("router", "lost").inc()
+        self.ledger.lost(tps)
+        self.watermarks.revoke(tps)
+        self.metrics.forget_partitions(tps)
+        log.warning("router: lost %s (not committing)", _fmt(tps))
+
+    def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
+        if error is not None:
+            self.ledger.commit_failed(offsets)
+            log.warning("router: commit failed: %s", error)
+
+    # -- the cycle ----------------------------------------------------------------------------------
+
+    def cycle(self, timeout_s: float) -> int:
+        """Read and route one batch, send marks when due, commit what is acknowledged.
+        Returns how many source records were read."""
+        records = self.source.poll(self.config.batch_size, timeout_s)
+        if records:
+            self._route(records)
+        self.sink.poll(0)
+        if self._failed is not None:
+            raise ObserverError(
+                f"cannot write to the keyed topic {self.keyed_topic}: {self._failed}"
+            )
+        self._settle()
+        mono = time.monotonic()
+        if mono >= self._next_mark:
+            self._next_mark = mono + self.config.mark_interval_ms / 1000.0
+            self._send_marks()
+        if mono >= self._next_commit:
+            self._next_commit = mono + self.config.commit_interval_ms / 1000.0
+            self._commit(wait=False)
+        return len(records)
+
+    def _route(self, records: Sequence[SourceRecord]) -> None:
+        batch = _Batch(next_offsets((r.topic, r.partition, r.offset) for r in records), 0)
+        self._batches.append(batch)
+        done = partial(self._delivered, batch)
+        produce = self.sink.produce
+        keyed = self.keyed_topic
+        shards = self.shards
+        observe = self.watermarks.observe
+        decode = self.ingest.decode
+        outcomes: Counter[tuple[str, str]] = Counter()
+        for rec in records:
+            observe(rec.topic, rec.partition, rec.offset, rec.timestamp)
+            try:
+                d = decode(rec)
+            except Exception as exc:
+                log.exception(
+                    "cannot decode record",
+                    extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+                )
+                self.metrics.processing_errors.labels("decode").inc()
+                self._dead(
+                    batch,
+                    dead_letter(rec, f"cannot decode: {type(exc).__name__}: {exc}", self.topics),
+                )
+                outcomes[(rec.topic, "dead_letter")] += 1
+                continue
+            if d.dead_letter is not None:
+                self._dead(batch, d.dead_letter)
+                outcomes[(rec.topic, "dead_letter")] += 1
+                continue
+            if not d.events:
+                outcomes[(rec.topic, "ignored")] += 1
+                continue
+            outcomes[(rec.topic, "applied")] += 1
+            ts = rec.timestamp if rec.timestamp >= 0 else None
+            for flow, ev in d.events:
+                value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
+                batch.outstanding += 1
+                produce(keyed, shard_of(slot_id(flow, ev.key), shards), None, value, (), ts, done)
+        batch.closed = True
+        self.metrics.record_events(outcomes)
+
+    def _dead(self, batch: _Batch, p: Publish) -> None:
+        batch.outstanding += 1
+        self.sink.produce(
+            p.topic or self.topics.dlq,
+            None,
+            p.key if isinstance(p.key, bytes) or p.key is None else str(p.key).encode(),
+            serialize_value(p),
+            p.headers,
+            None,
+            partial(self._delivered, batch),
+        )
+
+    def _delivered(self, batch: _Batch, error: str | None) -> None:
+        if error is not None:
+            self._failed = error
+            return
+        batch.outstanding -= 1
+
+    def _settle(self) -> None:
+        """Batches fully acknowledged, oldest first, make their offsets committable."""
+        batches = self._batches
+        while batches and batches[0].closed and batches[0].outstanding == 0:
+            self.ledger.written(batches.popleft().offsets)
+
+    def _commit(self, wait: bool) -> None:
+        offsets = self.ledger.to_commit()
+        if not offsets:
+            return
+        self.ledger.committing(offsets)
+        try:
+            self.source.commit(offsets, wait=wait)
+        except Exception as exc:
+            self.ledger.commit_failed(offsets)
+            log.warning("router: commit failed: %s", exc)
+
+    # -- watermarks ---------------------------------------------------------------------------------
+
+    def _send_marks(self) -> None:
+        wms = self.watermarks
+        if not wms.partitions:
+            return
+        for tp, (low, high, pos) in self.source.offsets(list(wms.partitions)).items():
+            wms.offsets(tp, low, high, pos)
+        now = self.clock.now_ms()
+        known = []
+        for tp in wms.partitions:
+            wm = wms.partition_watermark(tp, now)
+            if wm is not None:
+                known.append((tp[0], tp[1], wm))
+        self.metrics.set_lag({tp: st.lag() for tp, st in wms.partitions.items()})
+        if not known:
+            return
+        value = encode_mark(known)
+        for shard in range(self.shards):
+            self.sink.produce(self.keyed_topic, shard, None, value, (), None, None)
+
+    def lag(self) -> int:
+        """Records not read yet on the assigned source partitions (as last fetched)."""
+        return sum(st.lag() or 0 for st in self.watermarks.partitions.values())
+
+
+def _fmt(tps: Sequence[TopicPartition]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
