@@ -1,0 +1,205 @@
+"""The router's bookkeeping with in-memory ports: where each event goes, what is committed when,
+and the marks. The Kafka side of the same behaviour runs in tests/integration and tests/e2e."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from observer.config import ObserverConfig
+from observer.engine.core import Topics
+from observer.flows.compiler import load_registry
+from observer.ingest import Ingest, SourceRecord
+from observer.metrics import Metrics
+from observer.runtime.keyed import Mark, Routed, decode_keyed
+from observer.runtime.ports import RebalanceListener
+from observer.runtime.router import Router
+from observer.runtime.shards import shard_of, slot_id
+from observer.runtime.watermark import TopicPartition
+
+FLOW = """
+flow: shop
+version: 1
+sources:
+  orders: {topic: orders, type: value.type, key: value.id}
+  pay: {topic: pay, type: value.type, key: value.order}
+steps:
+  - step: placed
+    on: orders.Placed
+  - step: paid
+    on: pay.Paid
+    within: 10s
+"""
+T0 = 1_767_225_600_000
+
+
+class Source:
+    def __init__(self) -> None:
+        self.batches: list[list[SourceRecord]] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.ends: dict[TopicPartition, int] = {}
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self.topics = list(topics)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, offsets: Mapping[TopicPartition, int], wait: bool) -> None:
+        self.commits.append(dict(offsets))
+
+    def offsets(
+        self, tps: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, int | None, int | None]]:
+        return {tp: (0, self.ends.get(tp, 1_000), None) for tp in tps}
+
+    def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {}
+
+    def healthy(self) -> bool:
+        return True
+
+
+class Sink:
+    """Holds records until `ack()`."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None, bytes | None]] = []
+        self.waiting: list[Callable[[str | None], None]] = []
+
+    def produce(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, Any]],
+        timestamp: int | None,
+        on_done: Callable[[str | None], None] | None,
+    ) -> None:
+        self.sent.append((topic, partition, value))
+        if on_done is not None:
+            self.waiting.append(on_done)
+
+    def ack(self, error: str | None = None) -> None:
+        for done in self.waiting:
+            done(error)
+        self.waiting.clear()
+
+    def poll(self, timeout_s: float) -> None: ...
+
+    def flush(self, timeout_s: float) -> int:
+        self.ack()
+        return 0
+
+    def close(self) -> None: ...
+
+
+class Clock:
+    def now_ms(self) -> int:
+        return T0 + 60_000
+
+
+def rec(topic: str, partition: int, offset: int, value: bytes, ts: int) -> SourceRecord:
+    return SourceRecord(topic, partition, offset, b"some-other-key", value, (), ts)
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> tuple[Router, Source, Sink]:
+    (tmp_path / "flow.yaml").write_text(FLOW)
+    registry = load_registry([tmp_path / "flow.yaml"])
+    config = ObserverConfig(shards=4, mark_interval_ms=1, commit_interval_ms=0, idle_grace_ms=0)
+    source, sink = Source(), Sink()
+    r = Router(
+        config,
+        Ingest(registry, Topics(dlq="dlq")),
+        source=source,  # type: ignore[arg-type]
+        sink=sink,
+        metrics=Metrics(CollectorRegistry()),
+        clock=Clock(),
+        keyed_topic="keyed",
+    )
+    r.start()
+    r.assigned([("orders", 0), ("pay", 1)])
+    return r, source, sink
+
+
+def test_events_go_to_their_shard_and_offsets_wait_for_the_acknowledgements(
+    router: tuple[Router, Source, Sink],
+) -> None:
+    r, source, sink = router
+    source.batches.append(
+        [
+            rec("orders", 0, 7, b'{"type": "Placed", "id": "o-1"}', T0),
+            rec("pay", 1, 3, b'{"type": "Paid", "order": "o-1"}', T0 + 5),
+            rec("pay", 1, 4, b"{not json", T0 + 6),
+            rec("orders", 0, 8, b'{"type": "Unknown", "id": "o-2"}', T0 + 7),
+        ]
+    )
+    assert r.cycle(0) == 4
+    events = [(p, decode_keyed(v)) for t, p, v in sink.sent if t == "keyed" and v and v[:1] == b"["]
+    shard = shard_of(slot_id("shop", "o-1"), 4)
+    assert [(p, x.event.type, x.topic, x.offset) for p, x in events if isinstance(x, Routed)] == [
+        (shard, "Placed", "orders", 7),
+        (shard, "Paid", "pay", 3),
+    ]
+    assert [(t, v) for t, _p, v in sink.sent if t == "dlq"] == [("dlq", b"{not json")]
+    assert source.commits == []  # nothing acknowledged yet
+    sink.ack()
+    r.cycle(0)
+    assert source.commits[-1] == {("orders", 0): 9, ("pay", 1): 5}
+
+
+def test_a_batch_is_committed_only_after_every_earlier_batch(
+    router: tuple[Router, Source, Sink],
+) -> None:
+    r, source, sink = router
+    source.batches.append([rec("orders", 0, 0, b'{"type": "Placed", "id": "a"}', T0)])
+    r.cycle(0)
+    first = list(sink.waiting)
+    sink.waiting.clear()
+    source.batches.append([rec("orders", 0, 1, b'{"type": "Placed", "id": "b"}', T0)])
+    r.cycle(0)
+    sink.ack()  # the second batch is acknowledged first
+    r.cycle(0)
+    assert all(("orders", 0) not in c for c in source.commits)
+    for done in first:
+        done(None)
+    r.cycle(0)
+    assert source.commits[-1] == {("orders", 0): 2}
+
+
+def test_marks_carry_each_partition_watermark_to_every_shard_after_the_events(
+    router: tuple[Router, Source, Sink],
+) -> None:
+    r, source, sink = router
+    source.ends = {("orders", 0): 10, ("pay", 1): 10}  # more to read: watermark = last read
+    source.batches.append(
+        [
+            rec("orders", 0, 0, b'{"type": "Placed", "id": "a"}', T0 + 100),
+            rec("pay", 1, 0, b'{"type": "Paid", "order": "a"}', T0 + 50),
+        ]
+    )
+    r.cycle(0)
+    marks = [(p, decode_keyed(v)) for t, p, v in sink.sent if v and v[:1] == b"{"]
+    assert sorted(p for p, _m in marks) == [0, 1, 2, 3]
+    assert {m for _p, m in marks} == {Mark((("orders", 0, T0 + 100), ("pay", 1, T0 + 50)))}
+    last_event = max(i for i, (_t, _p, v) in enumerate(sink.sent) if v and v[:1] == b"[")
+    first_mark = min(i for i, (_t, _p, v) in enumerate(sink.sent) if v and v[:1] == b"{")
+    assert last_event < first_mark
+
+
+def test_a_record_the_producer_gave_up_on_stops_the_router(
+    router: tuple[Router, Source, Sink],
+) -> None:
+    r, source, sink = router
+    source.batches.append([rec("orders", 0, 0, b'{"type": "Placed", "id": "a"}', T0)])
+    r.cycle(0)
+    sink.ack("Local: Message timed out")
+    with pytest.raises(Exception, match="cannot write to the keyed topic"):
+        r.cycle(0)
+    assert source.commits == []
