@@ -133,6 +133,9 @@ _counter = itertools.count(1)
 _run_token = secrets.token_hex(2)  # tells apart runs whose pids repeat, on a broker that persists
 
 
+_UNIQUE = re.compile(r"t\d+_[A-Za-z0-9]+_\d+_")
+
+
 @pytest.fixture
 def unique(request: pytest.FixtureRequest) -> str:
     """`t<pid>_<run>_<n>_<test name>`: safe in Kafka topic names, group ids and Redis keys."""
@@ -183,6 +186,15 @@ def create_topics(admin: AdminClient) -> Iterator[CreateTopics]:
 
     yield create
     if created:
+        # The observer's keyed topics (`<group>.observer-keyed`) of groups named after the
+        # test go too.
+        prefixes = tuple({m.group(0) for n in created if (m := _UNIQUE.match(n))})
+        with contextlib.suppress(KafkaException):
+            created += [
+                t
+                for t in admin.list_topics(timeout=10).topics
+                if t.endswith(".observer-keyed") and t.startswith(prefixes)
+            ]
         for future in admin.delete_topics(created, operation_timeout=30).values():
             # Already gone, or the test restarted the broker: nothing left to clean.
             with contextlib.suppress(KafkaException):

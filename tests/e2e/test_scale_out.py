@@ -1,0 +1,179 @@
+"""Several `observer run` processes in one group share the work (spec section 5): the source
+topics are keyed by something else than the correlation key, so every instance's events are
+spread over partitions read by different processes; the keyed topic brings them together.
+A process joins and another leaves mid-stream (orderly rebalances): every deadline fires
+exactly once across the group, and no step that came is reported missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from tests.e2e.conftest import ObserverProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+FLOW = """
+flow: scale
+version: 1
+sources:
+  orders: {{topic: {p}-orders, type: value.type, key: value.id}}
+  pay: {{topic: {p}-pay, type: value.type, key: value.id}}
+steps:
+  - step: placed
+    on: orders.Placed
+  - step: paid
+    on: pay.Paid
+    within: 2s
+retain: 1s
+expire: 1m
+"""
+ORDERS = 600
+UNPAID_EVERY = 7  # every 7th order never pays: its `paid` deadline fires
+
+
+def metric(p: ObserverProcess, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{p.port}/metrics", timeout=5).text
+    total = 0.0
+    for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M):
+        total += float(m.group(1))
+    return total
+
+
+def produce_orders(bootstrap: str, prefix: str, first: int, last: int) -> None:
+    """Placed now, Paid 300 ms of event time later; record keys are random, not the order id."""
+    prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(first, last):
+        t = int(time.time() * 1000)
+        oid = f"o-{i}"
+        prod.produce(
+            f"{prefix}-orders",
+            orjson.dumps({"type": "Placed", "id": oid}),
+            uuid.uuid4().hex.encode(),
+            timestamp=t,
+        )
+        if i % UNPAID_EVERY:
+            prod.produce(
+                f"{prefix}-pay",
+                orjson.dumps({"type": "Paid", "id": oid}),
+                uuid.uuid4().hex.encode(),
+                timestamp=t + 300,
+            )
+        if i % 50 == 0:
+            prod.poll(0)
+            time.sleep(0.05)
+    assert prod.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, quiet_s: float = 6.0) -> list[Any]:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    c.subscribe([topic])
+    out: list[Any] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s:
+            m = c.poll(0.2)
+            if m is None or m.error() is not None:
+                continue
+            out.append(m)
+            last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def test_two_processes_share_the_work_and_each_deadline_fires_once(
+    stack: Any,
+    unique: str,
+    create_topics: Any,
+    observer_procs: list[ObserverProcess],
+    tmp_path: Path,
+    figures: list[str],
+) -> None:
+    create_topics([f"{unique}-orders", f"{unique}-pay"], partitions=4)
+    create_topics([f"{unique}-alerts", f"{unique}-outcomes", f"{unique}-dlq"], partitions=1)
+    flow = tmp_path / "scale.yaml"
+    flow.write_text(FLOW.format(p=unique))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
+    env.update(
+        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
+        OBSERVER_REDIS_URL=stack.redis_url,
+        OBSERVER_KEY_PREFIX=f"{unique}:state",
+        OBSERVER_GROUP_ID=f"{unique}-observer",
+        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
+        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
+        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
+        OBSERVER_HTTP_HOST="127.0.0.1",
+        OBSERVER_SHARDS="8",
+        OBSERVER_IDLE_GRACE_MS="300",
+        OBSERVER_TICK_INTERVAL_MS="20",
+        OBSERVER_COMMIT_INTERVAL_MS="50",
+        OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
+    )
+    a = ObserverProcess("a", flow, env)
+    observer_procs.append(a)
+    a.wait_ready()
+    produce_orders(stack.bootstrap_servers, unique, 0, ORDERS // 3)
+    b = ObserverProcess("b", flow, env)
+    observer_procs.append(b)
+    b.wait_ready()
+    produce_orders(stack.bootstrap_servers, unique, ORDERS // 3, 2 * ORDERS // 3)
+    deadline = time.monotonic() + 60
+    while (
+        metric(a, "observer_owned_shards") + metric(b, "observer_owned_shards") != 8
+        or min(metric(a, "observer_owned_shards"), metric(b, "observer_owned_shards")) == 0
+    ):
+        assert time.monotonic() < deadline, "the shards were never split between a and b"
+        time.sleep(0.2)
+    shared = (metric(a, "observer_owned_shards"), metric(b, "observer_owned_shards"))
+    assert b.stop() == 0, b.tail()  # b leaves in an orderly way; a takes every shard back
+    produce_orders(stack.bootstrap_servers, unique, 2 * ORDERS // 3, ORDERS)
+    unpaid = {f"o-{i}" for i in range(ORDERS) if i % UNPAID_EVERY == 0}
+
+    def missing_alerts() -> list[Any]:
+        return [
+            m
+            for m in read_all(stack.bootstrap_servers, f"{unique}-alerts", quiet_s=3.0)
+            if orjson.loads(m.value())["kind"] == "missing"
+        ]
+
+    deadline = time.monotonic() + 90
+    alerts = missing_alerts()
+    while {orjson.loads(m.value())["key"] for m in alerts} != unpaid:
+        assert time.monotonic() < deadline, (
+            f"{len(alerts)} missing alerts, {len(unpaid)} expected; a: {a.tail(10)}"
+        )
+        alerts = missing_alerts()
+    alerts = missing_alerts()  # anything fired twice would show up by now
+    ids = Counter(dict(m.headers())["observer-id"] for m in alerts)
+    keys = Counter(orjson.loads(m.value())["key"] for m in alerts)
+    outcomes = read_all(stack.bootstrap_servers, f"{unique}-outcomes", quiet_s=2.0)
+    figures.append(
+        f"orders {ORDERS}, unpaid {len(unpaid)}, shards split {shared[0]:.0f}/{shared[1]:.0f}, "
+        f"missing alerts {len(alerts)} ({len(ids)} distinct ids), outcomes {len(outcomes)}"
+    )
+    assert set(keys) == unpaid and max(keys.values()) == 1, keys.most_common(3)
+    assert max(ids.values()) == 1, ids.most_common(3)
+    completed = {
+        orjson.loads(m.value())["key"]
+        for m in outcomes
+        if orjson.loads(m.value())["outcome"] == "completed"
+    }
+    assert completed == {f"o-{i}" for i in range(ORDERS)} - unpaid
+    assert "Traceback" not in a.log + b.log
