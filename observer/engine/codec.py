@@ -1,14 +1,21 @@
 """Compact, versioned bytes of a `KeySlot` for the state store.
 
 A flat orjson array: times relative to the start, steps as small integers, no field names.
-The flow and key are not stored (they are in the store's key). Format 1:
+The flow and key are not stored (they are in the store's key). Format 2 (written):
 
-    [1, version, started_at, path, sla_bits, outcome|null, ended_rel|null,
-     [path, entry_rel, ...], [step, time_rel, ...], [step, flags, ...], [step, id_hash, ...],
-     [error_id_hash, ...], [kind, step, ...], [[step, {selector: value}], ...], buffer|null]
+    [2, version, started_at, [step, time_rel, ...], [step, [value, ...], ...],
+     [step, flags, ...], [kind, step, ...], path, sla_bits, outcome|null, ended_rel|null,
+     entries, [step, id_hash, ...], [error_id_hash, ...], buffer|null]
 
-or `[1, null, ..., buffer]` when only early events are held. A buffered event is
-`[source, type, id, time, read_at, seq, {selector: value}]` (its key is the slot's).
+with trailing fields left out while they hold their default (empty, 0, null). Captured values
+are positional, in the order of the step's `capture` list (a flow that changes what a step
+captures needs a new version anyway). `entries` is `[path, entry_rel, ...]`, or null for the
+usual {main path: started_at}. `[2, null, buffer]` holds only early events. A buffered event
+is `[source, type, id, time, read_at, seq, {selector: value}]` (its key is the slot's).
+
+Format 1 (read only): `[1, version, started_at, path, sla_bits, outcome|null, ended_rel|null,
+[path, entry_rel, ...], [step, time_rel, ...], [step, flags, ...], [step, id_hash, ...],
+[error_id_hash, ...], [kind, step, ...], [[step, {selector: value}], ...], buffer|null]`.
 """
 
 from __future__ import annotations
@@ -21,14 +28,21 @@ from observer.engine.state import BufferedEvent, Event, InstanceState, KeySlot
 
 __all__ = ["FORMAT", "decode_slot", "encode_slot"]
 
-FORMAT = 1
+FORMAT = 2
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+
+# what a trailing field of format 2 holds when it is left out
+_DEFAULTS_2: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None, [], [], None]
 
 
 def _flat(d: dict[int, int], base: int = 0) -> list[int]:
     out: list[int] = []
+    append = out.append
     for k, v in d.items():
-        out.append(k)
-        out.append(v - base)
+        append(k)
+        append(v - base)
     return out
 
 
@@ -36,63 +50,133 @@ def _unflat(items: list[int], base: int = 0) -> dict[int, int]:
     return {items[i]: items[i + 1] + base for i in range(0, len(items), 2)}
 
 
-def encode_slot(slot: KeySlot) -> bytes:
-    """Serialise a slot (instance and/or early events) to compact bytes."""
-    buf: list[Any] | None = None
-    if slot.buffer:
-        buf = [
-            [
-                b.event.source,
-                b.event.type,
-                b.event.id,
-                b.event.time,
-                b.read_at,
-                b.seq,
-                dict(b.event.captures),
-            ]
-            for b in slot.buffer
+def _buffer(slot: KeySlot) -> list[Any] | None:
+    if not slot.buffer:
+        return None
+    return [
+        [
+            b.event.source,
+            b.event.type,
+            b.event.id,
+            b.event.time,
+            b.read_at,
+            b.seq,
+            dict(b.event.captures),
         ]
+        for b in slot.buffer
+    ]
+
+
+def encode_slot(slot: KeySlot) -> bytes:
+    """Serialise a slot (instance and/or early events) to compact bytes (format 2)."""
     inst = slot.instance
     if inst is None:
-        return orjson.dumps([FORMAT, None, buf])
+        return _dumps([FORMAT, None, _buffer(slot)])
     s = inst.started_at
+    caps: list[Any] = []
+    for k, v in inst.captured.items():
+        caps.append(k)
+        caps.append(v)
     devs: list[int] = []
     for kind, step in inst.deviations:
         devs.append(kind)
         devs.append(step)
-    return orjson.dumps(
-        [
-            FORMAT,
-            inst.version,
-            s,
-            inst.path,
-            inst.sla,
-            inst.outcome,
-            None if inst.ended_at is None else inst.ended_at - s,
-            _flat(inst.entries, s),
-            _flat(inst.observed, s),
-            _flat(inst.flags),
-            _flat(inst.ids),
-            inst.error_ids,
-            devs,
-            [[k, v] for k, v in inst.captured.items()],
-            buf,
-        ]
-    )
+    entries = inst.entries
+    arr: list[Any] = [
+        FORMAT,
+        inst.version,
+        s,
+        _flat(inst.observed, s),
+        caps,
+        _flat(inst.flags),
+        devs,
+        inst.path,
+        inst.sla,
+        inst.outcome,
+        None if inst.ended_at is None else inst.ended_at - s,
+        None if len(entries) == 1 and entries.get(0) == s else _flat(entries, s),
+        _flat(inst.ids),
+        inst.error_ids,
+        _buffer(slot),
+    ]
+    n = len(arr)
+    defaults = _DEFAULTS_2
+    while n > 4 and arr[n - 1] == defaults[n - 1]:
+        n -= 1
+    return _dumps(arr if n == len(arr) else arr[:n])
 
 
 def decode_slot(flow: str, key: str, data: bytes) -> KeySlot:
-    """Rebuild a slot from `encode_slot` bytes. Raises ValueError on an unknown format."""
-    arr = orjson.loads(data)
-    if not isinstance(arr, list) or not arr or arr[0] != FORMAT:
+    """Rebuild a slot from `encode_slot` bytes (format 2, or format 1 as written before).
+    Raises ValueError on an unknown format."""
+    arr = _loads(data)
+    if not isinstance(arr, list) or not arr:
         raise ValueError(f"unknown state format for {flow}/{key}")
+    if arr[0] == FORMAT:
+        return _decode_2(flow, key, arr)
+    if arr[0] == 1:
+        return _decode_1(flow, key, arr)
+    raise ValueError(f"unknown state format for {flow}/{key}")
+
+
+def _events(key: str, raw_buf: list[Any]) -> list[BufferedEvent]:
+    return [
+        BufferedEvent(Event(src, typ, key, eid, t, caps or {}), read_at, seq)
+        for src, typ, eid, t, read_at, seq, caps in raw_buf
+    ]
+
+
+def _decode_2(flow: str, key: str, arr: list[Any]) -> KeySlot:
+    slot = KeySlot(flow, key)
+    if arr[1] is None:
+        if len(arr) > 2 and arr[2]:
+            slot.buffer = _events(key, arr[2])
+        return slot
+    n = len(arr)
+    if n < 15:
+        arr = arr + _DEFAULTS_2[n:]
+    (
+        _,
+        version,
+        s,
+        observed,
+        caps,
+        flags,
+        devs,
+        path,
+        sla,
+        outcome,
+        ended_rel,
+        entries,
+        ids,
+        errs,
+        raw_buf,
+    ) = arr
+    slot.instance = InstanceState(
+        version=version,
+        started_at=s,
+        path=path,
+        entries={0: s} if entries is None else _unflat(entries, s),
+        observed=_unflat(observed, s),
+        ids=_unflat(ids) if ids else {},
+        flags=_unflat(flags) if flags else {},
+        captured={caps[i]: caps[i + 1] for i in range(0, len(caps), 2)},
+        error_ids=list(errs),
+        sla=sla,
+        deviations=[(devs[i], devs[i + 1]) for i in range(0, len(devs), 2)],
+        outcome=outcome,
+        ended_at=None if ended_rel is None else s + ended_rel,
+    )
+    if raw_buf:
+        slot.buffer = _events(key, raw_buf)
+    return slot
+
+
+def _decode_1(flow: str, key: str, arr: list[Any]) -> KeySlot:
     slot = KeySlot(flow, key)
     raw_buf = arr[-1]
     if raw_buf:
-        slot.buffer = [
-            BufferedEvent(Event(src, typ, key, eid, t, caps or {}), read_at, seq)
-            for src, typ, eid, t, read_at, seq, caps in raw_buf
-        ]
+        slot.buffer = _events(key, raw_buf)
     if arr[1] is None:
         return slot
     (

@@ -6,7 +6,7 @@ the same state and the same effects, ids included. Times are epoch ms; "now" is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,10 +122,10 @@ class Engine:
         time order. `now` (default: the watermark) is recorded as `detected_at`."""
         out: list[Effect] = []
         while True:
-            timers = self.timers(slot)
-            if not timers or timers[0].due > watermark:
+            t = self._next_timer(slot, True)
+            if t is None or t[0] > watermark:
                 return out
-            self._fire(slot, timers[0], watermark if now is None else now, out)
+            self._fire(slot, Timer(*t), watermark if now is None else now, out)
 
     def timers(self, slot: KeySlot) -> list[Timer]:
         """Pending timers of the slot, soonest first (ties in declaration order)."""
@@ -167,10 +167,81 @@ class Engine:
     def next_due(self, slot: KeySlot, lifecycle: bool = True) -> int | None:
         """When the slot next needs `fire` (None: never); without `lifecycle`, ignoring
         expire and retain."""
-        for t in self.timers(slot):
-            if lifecycle or t.kind not in LIFECYCLE:
-                return t.due
-        return None
+        t = self._next_timer(slot, lifecycle)
+        return None if t is None else t[0]
+
+    def _next_timer(self, slot: KeySlot, lifecycle: bool) -> tuple[int, int, int, int] | None:
+        """The first of `timers(slot)` (as a tuple: due, rank, kind, step), without building
+        and sorting the list: this runs for every slot written."""
+        inst = slot.instance
+        if inst is None:
+            if not slot.buffer:
+                return None
+            first = min(slot.buffer, key=_read_order)
+            flow = self.registry.newest(slot.flow)
+            return (first.read_at + flow.buffer_ms, first.seq, T_ORPHAN, -1)
+        flow = self._flow_of(slot, inst)
+        if inst.outcome is not None:
+            if not lifecycle:
+                return None
+            assert inst.ended_at is not None
+            return (inst.ended_at + flow.retain_ms, 0, T_RETAIN, -1)
+        # ranks are unique per timer, so (due, rank) orders timers exactly like Timer does
+        best_due = best_rank = best_kind = best_step = -1
+        found = False
+        observed = inst.observed
+        flags = inst.flags
+        entry = inst.entries.get(inst.path)
+        for idx, anchors, within, warn in flow.timed[inst.path]:
+            if idx in observed:
+                continue
+            if anchors:
+                latest: int | None = None
+                for a in anchors:
+                    ta = observed.get(a)
+                    if ta is None:
+                        latest = None
+                        break
+                    if latest is None or ta > latest:
+                        latest = ta
+                if latest is None:
+                    continue
+                anchor = latest
+            elif entry is None:
+                continue
+            else:
+                anchor = entry
+            f = flags.get(idx, 0)
+            if warn is not None and not f & F_WARNED:
+                due = anchor + warn
+                if not found or due < best_due or (due == best_due and idx * 2 < best_rank):
+                    best_due, best_rank, best_kind, best_step = due, idx * 2, T_WARN, idx
+                    found = True
+            if not f & F_MISSING:
+                due = anchor + within
+                rank = idx * 2 + 1
+                if not found or due < best_due or (due == best_due and rank < best_rank):
+                    best_due, best_rank, best_kind, best_step = due, rank, T_MISSING, idx
+                    found = True
+        n = len(flow.steps) * 2
+        sla = flow.sla
+        if sla is not None:
+            if sla.warn_ms is not None and not inst.sla & (SLA_WARNED | SLA_BREACHED):
+                due = inst.started_at + sla.warn_ms
+                if not found or due < best_due or (due == best_due and n < best_rank):
+                    best_due, best_rank, best_kind, best_step = due, n, T_SLA_WARN, -1
+                    found = True
+            if not inst.sla & SLA_BREACHED:
+                due = inst.started_at + sla.within_ms
+                if not found or due < best_due or (due == best_due and n + 1 < best_rank):
+                    best_due, best_rank, best_kind, best_step = due, n + 1, T_SLA_BREACH, -1
+                    found = True
+        if lifecycle:
+            due = inst.started_at + flow.expire_ms
+            if not found or due < best_due or (due == best_due and n + 2 < best_rank):
+                best_due, best_rank, best_kind, best_step = due, n + 2, T_EXPIRE, -1
+                found = True
+        return (best_due, best_rank, best_kind, best_step) if found else None
 
     # -- state queries ----------------------------------------------------------------------------
 
@@ -351,7 +422,7 @@ class Engine:
             inst.ids[idx] = event_hash(event.id)
         if step.captures:
             caps = event.captures
-            inst.captured[idx] = {sel: caps.get(sel) for sel, _ in step.captures}
+            inst.captured[idx] = [caps.get(sel) for sel in step.capture_names]
 
     def _observe_and_judge(
         self,
@@ -720,11 +791,18 @@ class Engine:
     ) -> dict[str, Any]:
         steps: dict[str, Any] = {}
         if inst is not None:
+            captured = inst.captured
             for idx, t in inst.observed.items():
                 data: dict[str, Any] = {"time": format_time(t)}
-                for sel, value in inst.captured.get(idx, {}).items():
-                    _nest(data, sel.split("."), value)
-                steps[flow.steps[idx].name] = data
+                step = flow.steps[idx]
+                values = captured.get(idx)
+                if isinstance(values, dict):  # state decoded from format 1
+                    for sel, value in values.items():
+                        _nest(data, sel.split("."), value)
+                elif values:
+                    for parts, value in zip(step.capture_parts, values, strict=False):
+                        _nest(data, parts, value)
+                steps[step.name] = data
         ctx: dict[str, Any] = {
             "key": key,
             "flow": flow.name,
@@ -738,7 +816,11 @@ class Engine:
         return ctx
 
 
-def _nest(target: dict[str, Any], parts: list[str], value: Any) -> None:
+def _read_order(b: BufferedEvent) -> tuple[int, int]:
+    return (b.read_at, b.seq)
+
+
+def _nest(target: dict[str, Any], parts: Sequence[str], value: Any) -> None:
     node = target
     for p in parts[:-1]:
         nxt = node.get(p)

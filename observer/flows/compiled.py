@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 Renderer = Callable[[Mapping[str, Any]], Any]
+TimedStep = tuple[int, tuple[int, ...], int, int | None]
 Severity = Literal["info", "warning", "critical"]
 MAIN_PATH = 0
 
@@ -98,6 +99,14 @@ class CompiledStep:
     is_start: bool = False
     shares_on: bool = False  # another step (of another path) expects one of the same events
     dependents: tuple[int, ...] = ()  # steps anchored at this one
+    # derived, for the hot path: the captured selectors' names and their dotted parts, in order
+    capture_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    capture_parts: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(sel for sel, _ in self.captures)
+        object.__setattr__(self, "capture_names", names)
+        object.__setattr__(self, "capture_parts", tuple(tuple(n.split(".")) for n in names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,21 @@ class CompiledFlow:
     # (source, type) -> step indices / error indices it matches
     step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # derived, for the hot path: per path index, the steps that can time out (required, with a
+    # window) as (step index, anchors, within_ms, warn_ms | None), in declaration order
+    timed: tuple[tuple[TimedStep, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        timed = []
+        for path in self.paths:
+            timed.append(
+                tuple(
+                    (i, s.anchors, s.within_ms, s.warn_ms)
+                    for i in path.steps
+                    if not (s := self.steps[i]).optional and s.within_ms is not None
+                )
+            )
+        object.__setattr__(self, "timed", tuple(timed))
 
     @property
     def start(self) -> CompiledStep:
