@@ -94,6 +94,9 @@ class ObserverConfig(BaseModel):
     tick_interval_ms: int = Field(50, ge=1)
     tick_limit: int = Field(2000, ge=1)
     commit_interval_ms: int = Field(200, ge=0)
+    # offsets are committed only once their state write is this old: Redis with AOF `everysec`
+    # may lose the last second in a crash, and then those records are read again
+    commit_delay_ms: int = Field(2_000, ge=0)
     idle_grace_ms: int = Field(500, ge=0)
     shards: int = Field(16, ge=1, le=4096)  # = partitions of the keyed topic
     keyed_topic: str = ""  # default: "<group_id>.observer-keyed"

@@ -14,20 +14,18 @@ batch's records and lets its offsets be committed. Every `tick_interval_ms` the 
 per owned shard, the slots due at or before the shard's watermark (`keyed.py`).
 
 Failures: a record whose processing raises goes to the dead-letter topic (the original record,
-read again by its coordinates) and the loop goes on; a store failure stops progress (nothing more is committed) and the batch in hand is
-retried with backoff after reconnecting; records the producer could not deliver stay in the
+read again by its coordinates) and the loop goes on; a store failure stops progress (nothing
+more is committed) and, once Redis answers again, the owned partitions are read again from
+their committed offsets (`_recover`); records the producer could not deliver stay in the
 outbox and are retried.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +144,8 @@ class Runtime:
         self._seq = 0
         self._pending: _InWrite | None = None
         # decoded batches whose write failed before it was sent
-        self._unfinished: list[_Prepared] = []
+        # offsets of stored batches, committable once Redis has surely written them to disk
+        self._durable: deque[tuple[float, dict[TopicPartition, int]]] = deque()
         self._published: Counter[str] = Counter()
         self._commit_requests: list[tuple[float, dict[TopicPartition, int]]] = []
         mono = time.monotonic()
@@ -154,7 +153,6 @@ class Runtime:
         self._next_commit = mono
         self._next_probe = mono
         self._next_stats = mono
-        self._instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store_backoff_s = 0.1
         self.started = threading.Event()
         self.stopped = threading.Event()
@@ -268,14 +266,15 @@ class Runtime:
         try:
             self._settle()
         except StoreError as exc:
-            # Redo what is in flight before giving the partitions up (the batch may hold
-            # records of partitions we keep, whose later offsets must not be committed first).
+            # What was in flight is read again from the committed offsets (partitions we keep
+            # included), so nothing of it is committed by mistake below.
             self._recover(exc)
         self.sink.flush(self.config.shutdown_timeout_ms / 1000.0)
         try:
             self._write_acks()
         except StoreError as exc:
             log.warning("could not clear delivered records from the outbox (%s)", exc)
+        self._release_durable(all_=True)
         final = self.ledger.revoke(tps)
         try:
             self.source.commit(final, wait=True)
@@ -333,27 +332,18 @@ class Runtime:
                 misses.append((shard, sid))
             else:
                 cached[sid] = hit
-        try:
-            # answered after the previous batch's write (one connection, in order)
-            raw = self.store.load(misses).result() if misses else []
-        except StoreError:
-            self._unfinished.append(prepared)
-            raise
+        # answered after the previous batch's write (one connection, in order)
+        raw = self.store.load(misses).result() if misses else []
         # Plan this batch before waiting for the previous write: cached slots need no load,
         # so the engine's work overlaps with Redis applying the previous batch.
         plan = self._plan(prepared, cached, misses, raw)
-        try:
-            self._settle()
-        except StoreError:
-            self._unfinished.append(prepared)
-            raise
+        self._settle()
         acked = self.inflight.take_acked()
         plan.write.outbox_dels.extend(acked)
         try:
             reply = self.store.write(plan.write)
         except StoreError:
             self.inflight.restore_acked(acked)
-            self._unfinished.append(prepared)
             raise
         self._pending = _InWrite(reply, plan, prepared, acked)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -491,7 +481,9 @@ class Runtime:
         self._pending = None
         self._after_write(pending.plan)
         if pending.prepared is not None:
-            self.ledger.written(pending.prepared.offsets)
+            self._durable.append(
+                (time.monotonic() + self.config.commit_delay_ms / 1000.0, pending.prepared.offsets)
+            )
 
     def _after_write(self, plan: BatchPlan) -> None:
         self._publish(plan.records)
@@ -568,8 +560,19 @@ class Runtime:
 
     # -- commits ------------------------------------------------------------------------------------
 
+    def _release_durable(self, all_: bool = False) -> None:
+        """Offsets whose write is `commit_delay_ms` old become committable (`all_`: wait until
+        the newest is, for a final commit)."""
+        durable = self._durable
+        if all_ and durable:
+            self.sleep(max(0.0, durable[-1][0] - time.monotonic()))
+        now = time.monotonic()
+        while durable and (all_ or durable[0][0] <= now):
+            self.ledger.written(durable.popleft()[1])
+
     def _commit(self, wait: bool) -> None:
         self._next_commit = time.monotonic() + self.config.commit_interval_ms / 1000.0
+        self._release_durable(all_=wait)
         offsets = self.ledger.to_commit()
         if not offsets:
             return
@@ -723,41 +726,46 @@ class Runtime:
         self._store_backoff_s = min(self._store_backoff_s * 2, 5.0)
 
     def _recover(self, exc: StoreError) -> None:
-        """The store failed mid-batch: reconnect, republish the outbox, redo the batches whose
-        write was not confirmed, synchronously. Nothing is committed until they are stored."""
+        """The store failed: reconnect (with backoff), then read the owned partitions again
+        from their committed offsets and republish the owned shards' outboxes.
+
+        Re-reading covers every batch whose write was lost, including writes Redis confirmed
+        but lost in a crash (AOF `everysec`): offsets are committed only `commit_delay_ms`
+        after their write, so the committed offsets never run ahead of what Redis kept.
+        Events read again are recognised by the engine and change nothing twice."""
         self.cache.clear()  # the store may not hold what the cache does
-        redo: list[_Prepared] = []
         if self._pending is not None:
             self.inflight.restore_acked(self._pending.acked)
-            if self._pending.prepared is not None:
-                redo.append(self._pending.prepared)
             self._pending = None
-        redo.extend(self._unfinished)
-        self._unfinished = []
         doing = "writing a batch"
         while not self._stop.is_set():
             self._store_failed(exc, doing)
             try:
                 self.store.reconnect()
+                self._rewind()
                 self._recover_outbox(sorted(self.owned))
-                for prepared in redo:
-                    raw = self.store.load(prepared.slots).result()
-                    plan = self._plan(prepared, {}, prepared.slots, raw)
-                    self.store.write(plan.write).result()
-                    self._after_write(plan)
-                    self.ledger.written(prepared.offsets)
                 self._store_ok()
-                log.info("state store is back (%d batches redone)", len(redo))
+                log.info("state store is back; reading again from the committed offsets")
                 return
             except StoreError as again:
                 self.cache.clear()
                 exc = again
                 doing = "reconnecting"
-        log.error(
-            "stopping while the state store is down (%s): %d batches are not stored and not committed",
-            exc,
-            len(redo),
-        )
+        log.error("stopping while the state store is down (%s): nothing more is committed", exc)
+
+    def _rewind(self) -> None:
+        """Seek every owned partition back to its committed offset; forget what was processed
+        since, and the shards' watermarks (they come back with the marks read again)."""
+        tps = sorted(self.ledger.assigned)
+        self._durable.clear()
+        if not tps:
+            return
+        committed = self.source.committed(tps)
+        self.source.seek({tp: committed.get(tp, -2) for tp in tps})
+        self.ledger.lost(tps)
+        self.ledger.assign(tps)
+        for _t, shard in tps:
+            self.clocks.reset(shard)
 
     def _health_checks(self) -> None:
         mono = time.monotonic()

@@ -178,6 +178,10 @@ class EventSource(Protocol):
         """Committed offsets (network); partitions with none are left out."""
         ...
 
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read assigned partitions again from these offsets (-2: the beginning)."""
+        ...
+
     def healthy(self) -> bool:
         """False since the client reported every broker down, until it reads again."""
         ...

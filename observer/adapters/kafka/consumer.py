@@ -190,6 +190,13 @@ class KafkaEventSource:
             return {}
         return {(x.topic, x.partition): x.offset for x in parts if x.offset >= 0}
 
+    def seek(self, offsets: Mapping[TP, int]) -> None:
+        for (topic, partition), offset in offsets.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("cannot seek %s[%d] to %d: %s", topic, partition, offset, exc)
+
     def partitions(self, topics: Sequence[str]) -> dict[str, int] | None:
         try:
             md = self._consumer.list_topics(timeout=5.0)
