@@ -108,12 +108,15 @@ def keyed_committed(h: Harness, shards: int = 16) -> int:
         deadline = time.monotonic() + 20
         while left and time.monotonic() < deadline:
             m = reader.poll(0.5)
-            if m is None or m.error() is not None or m.partition() not in left:
+            if m is None or m.error() is not None:
                 continue
-            if m.offset() < left[m.partition()]:
+            part, off = m.partition() or 0, m.offset() or 0
+            if part not in left:
+                continue
+            if off < left[part]:
                 events += (m.value() or b"")[:1] == b"["
-            if m.offset() + 1 >= left[m.partition()]:
-                del left[m.partition()]
+            if off + 1 >= left[part]:
+                del left[part]
         reader.close()
         return events
     finally:
