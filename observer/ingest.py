@@ -24,7 +24,7 @@ from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import MISSING, RecordView, Selector
 from observer.timefmt import parse_time
 
-__all__ = ["Decoded", "Ingest", "SourceRecord"]
+__all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
 
 Headers = Sequence[tuple[str, Any]] | Mapping[str, Any]
 
@@ -114,43 +114,71 @@ class Ingest:
         if not readers:
             return out
         headers = rec.headers if isinstance(rec.headers, Mapping) else dict(rec.headers)
-        values: dict[str, Any] = {}
+        view: RecordView | None = None
+        view_fmt = ""
+        views: dict[str, RecordView] | None = None
         for r in readers:
-            fmt = r.source.format
-            if fmt not in values:
+            source = r.source
+            fmt = source.format
+            if view is None:
                 try:
-                    values[fmt] = self._decode_value(rec.value, r.source)
+                    value = self._decode_value(rec.value, source)
                 except Exception as exc:
                     return self._dead(rec, f"cannot decode {fmt} value: {exc}")
-            view = RecordView(values[fmt], headers, rec.key, rec.timestamp)
-            etype = r.source.type(view)
-            if etype is MISSING or etype is None or isinstance(etype, dict | list) or etype == "":
-                return self._dead(rec, f"no event type at {r.source.type_text}")
-            etype = str(etype)
+                view = RecordView(value, headers, rec.key, rec.timestamp)
+                view_fmt = fmt
+            elif fmt != view_fmt:  # another flow reads this topic in another format
+                if views is None:
+                    views = {view_fmt: view}
+                other = views.get(fmt)
+                if other is None:
+                    try:
+                        value = self._decode_value(rec.value, source)
+                    except Exception as exc:
+                        return self._dead(rec, f"cannot decode {fmt} value: {exc}")
+                    other = views[fmt] = RecordView(value, headers, rec.key, rec.timestamp)
+                view, view_fmt = other, fmt
+            etype = source.type(view)
+            if type(etype) is str:  # the usual case, checked first
+                if etype == "":
+                    return self._dead(rec, f"no event type at {source.type_text}")
+            elif etype is MISSING or etype is None or isinstance(etype, dict | list):
+                return self._dead(rec, f"no event type at {source.type_text}")
+            else:
+                etype = str(etype)
             if etype not in r.wanted:
                 continue
-            key = r.source.key(view)
-            if key is MISSING or key is None or isinstance(key, dict | list | bool) or key == "":
-                return self._dead(rec, f"no correlation key at {r.source.key_text}")
-            raw_time = r.source.time(view)
-            if raw_time is MISSING:
-                return self._dead(rec, f"no event time at {r.source.time_text}")
-            try:
-                time = parse_time(raw_time)
-            except ValueError as exc:
-                return self._dead(rec, f"bad event time at {r.source.time_text}: {exc}")
-            eid: Any = MISSING
-            if r.source.id is not None:
-                eid = r.source.id(view)
-            if eid is MISSING or eid is None or isinstance(eid, dict | list):
-                eid = f"{rec.topic}/{rec.partition}/{rec.offset}"
-            captures = {}
-            for sel, fn in r.captures.get(etype, ()):
-                v = fn(view)
-                captures[sel] = None if v is MISSING else v
-            out.events.append(
-                (r.flow, Event(r.source.name, etype, str(key), str(eid), time, captures))
-            )
+            key = source.key(view)
+            if type(key) is str:
+                if key == "":
+                    return self._dead(rec, f"no correlation key at {source.key_text}")
+            elif key is MISSING or key is None or isinstance(key, dict | list | bool):
+                return self._dead(rec, f"no correlation key at {source.key_text}")
+            else:
+                key = str(key)
+            raw_time = source.time(view)
+            if type(raw_time) is int:
+                time = raw_time
+            else:
+                if raw_time is MISSING:
+                    return self._dead(rec, f"no event time at {source.time_text}")
+                try:
+                    time = parse_time(raw_time)
+                except ValueError as exc:
+                    return self._dead(rec, f"bad event time at {source.time_text}: {exc}")
+            eid: Any = MISSING if source.id is None else source.id(view)
+            if type(eid) is not str:
+                if eid is MISSING or eid is None or isinstance(eid, dict | list):
+                    eid = f"{rec.topic}/{rec.partition}/{rec.offset}"
+                else:
+                    eid = str(eid)
+            sels = r.captures.get(etype)
+            captures: dict[str, Any] = {}
+            if sels:
+                for sel, fn in sels:
+                    v = fn(view)
+                    captures[sel] = None if v is MISSING else v
+            out.events.append((r.flow, Event(source.name, etype, key, eid, time, captures)))
         return out
 
     def _decode_value(self, value: Any, source: CompiledSource) -> Any:
@@ -164,19 +192,27 @@ class Ingest:
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
         return self.avro(bytes(value), source)
 
+    def dead_letter(self, rec: SourceRecord, reason: str) -> Publish:
+        """The dead letter of `rec` (to this ingest's dead-letter topic), for records that
+        fail here or later (while being applied)."""
+        return dead_letter(rec, reason, self.topics)
+
     def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
-        where = f"{rec.topic}/{rec.partition}/{rec.offset}"
-        oid = observer_id("", 0, "", where, None, "dlq")
-        original = (
-            list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
-        )
-        headers = (
-            *tuple((str(k), v) for k, v in original),
-            ("observer-error", reason),
-            ("observer-source-topic", rec.topic),
-            ("observer-source-partition", str(rec.partition)),
-            ("observer-source-offset", str(rec.offset)),
-            ("observer-id", oid),
-        )
-        dl = Publish("dlq", self.topics.dlq, rec.key, rec.value, headers, oid)
-        return Decoded([], dl, reason)
+        return Decoded([], dead_letter(rec, reason, self.topics), reason)
+
+
+def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:
+    """The dead letter of a record: its original key, value and headers, plus the observer's
+    headers (the reason and where it was read); its observer-id depends only on where."""
+    where = f"{rec.topic}/{rec.partition}/{rec.offset}"
+    oid = observer_id("", 0, "", where, None, "dlq")
+    original = list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
+    headers = (
+        *tuple((str(k), v) for k, v in original),
+        ("observer-error", reason),
+        ("observer-source-topic", rec.topic),
+        ("observer-source-partition", str(rec.partition)),
+        ("observer-source-offset", str(rec.offset)),
+        ("observer-id", oid),
+    )
+    return Publish("dlq", topics.dlq, rec.key, rec.value, headers, oid)

@@ -7,8 +7,10 @@ here. Names: `observer_<what>_total` for counters, `observer_<what>_seconds` for
 from __future__ import annotations
 
 import contextlib
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -45,6 +47,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # labelled children of the counters and histograms below (never removed, unlike lag)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = registry
         self.events = Counter(
             "observer_events_total",
@@ -164,30 +168,70 @@ class Metrics:
     def record_events(self, outcomes: Mapping[tuple[str, str], int]) -> None:
         """(topic, outcome) -> count for one batch."""
         for (topic, outcome), n in outcomes.items():
-            self.events.labels(topic, outcome).inc(n)
+            self._child(self.events, (topic, outcome)).inc(n)
             if outcome == "dead_letter":
-                self.dead_letters.labels(topic).inc(n)
+                self._child(self.dead_letters, (topic,)).inc(n)
 
     def record_signals(self, signals: Iterable[Signal]) -> None:
-        tally: Tally[tuple[str, ...]] = Tally()
+        """Started, ended and deviation signals of one batch, counted per label set first."""
+        tally: dict[tuple[str, ...], int] = {}
+        get = tally.get
         for s in signals:
-            if s.what == "started":
-                tally[("started", s.flow)] += 1
-            elif s.what == "ended":
-                tally[("ended", s.flow, s.detail)] += 1
-            elif s.what == "deviation":
-                tally[("deviation", s.flow, s.step or "", s.detail)] += 1
+            what = s.what
+            if what == "started":
+                key: tuple[str, ...] = ("started", s.flow)
+            elif what == "ended":
+                key = ("ended", s.flow, s.detail)
+            elif what == "deviation":
+                key = ("deviation", s.flow, s.step or "", s.detail)
+            else:
+                continue
+            tally[key] = get(key, 0) + 1
         for key, n in tally.items():
             if key[0] == "started":
-                self.started.labels(key[1]).inc(n)
+                self._child(self.started, key[1:]).inc(n)
             elif key[0] == "ended":
-                self.ended.labels(key[1], key[2]).inc(n)
+                self._child(self.ended, key[1:]).inc(n)
             else:
-                self.deviations.labels(key[1], key[2], key[3]).inc(n)
+                self._child(self.deviations, key[1:]).inc(n)
 
     def record_latencies(self, latencies: Iterable[tuple[str, str, int]]) -> None:
+        """Step latencies (flow, step, ms) of one batch: bucketed here, then added to each
+        histogram child once per bucket (not one locked `observe` per value)."""
+        per_child: dict[tuple[str, str], list[int]] = {}
         for flow, step, ms in latencies:
-            self.step_latency.labels(flow, step).observe(ms / 1000.0)
+            values = per_child.get((flow, step))
+            if values is None:
+                per_child[(flow, step)] = [ms]
+            else:
+                values.append(ms)
+        bounds = _LATENCY_BUCKETS
+        for labels, values in per_child.items():
+            child = self._child(self.step_latency, labels)
+            buckets = getattr(child, "_buckets", None)
+            total = getattr(child, "_sum", None)
+            if buckets is None or total is None or len(buckets) != len(bounds):
+                for ms in values:  # prometheus_client's internals changed: the public way
+                    child.observe(ms / 1000.0)
+                continue
+            counts = [0] * len(bounds)
+            seconds = 0.0
+            for ms in values:
+                amount = ms / 1000.0
+                seconds += amount
+                counts[bisect_left(bounds, amount)] += 1  # Histogram.observe: amount <= bound
+            for i, n in enumerate(counts):
+                if n:
+                    buckets[i].inc(n)
+            total.inc(seconds)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, cached (labels() validates and locks on every call)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def record_published(self, records: Iterable[OutboxRecord]) -> None:
         tally: Tally[str] = Tally(r.category for r in records)

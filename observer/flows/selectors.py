@@ -47,6 +47,11 @@ def _step(node: Any, part: str) -> Any:
 
 
 def _text(raw: Any) -> Any:
+    if type(raw) is bytes:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return MISSING
     if isinstance(raw, bytes | bytearray | memoryview):
         try:
             return bytes(raw).decode("utf-8")
@@ -56,7 +61,10 @@ def _text(raw: Any) -> Any:
 
 
 def compile_selector(text: str) -> Selector:
-    """Compile a validated selector into a function `RecordView -> value | MISSING`."""
+    """Compile a validated selector into a function `RecordView -> value | MISSING`.
+
+    The functions test `type(node) is dict` first: decoded JSON is plain dicts, and that test
+    is much cheaper than `isinstance(node, Mapping)` (which `_step` does for anything else)."""
     if text == "key":
         return lambda r: MISSING if r.key is None else _text(r.key)
     if text == "timestamp":
@@ -69,15 +77,26 @@ def compile_selector(text: str) -> Selector:
         return lambda r: r.value
     if len(parts) == 1:
         (p0,) = parts
-        return lambda r: _step(r.value, p0)
+
+        def one(r: RecordView) -> Any:
+            v = r.value
+            return v.get(p0, MISSING) if type(v) is dict else _step(v, p0)
+
+        return one
     if len(parts) == 2:
         p0, p1 = parts
-        return lambda r: _step(_step(r.value, p0), p1)
+
+        def two(r: RecordView) -> Any:
+            v = r.value
+            v = v.get(p0, MISSING) if type(v) is dict else _step(v, p0)
+            return v.get(p1, MISSING) if type(v) is dict else _step(v, p1)
+
+        return two
 
     def deep(r: RecordView) -> Any:
         node = r.value
         for part in parts:
-            node = _step(node, part)
+            node = node.get(part, MISSING) if type(node) is dict else _step(node, part)
             if node is MISSING:
                 return MISSING
         return node

@@ -8,7 +8,7 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -16,12 +16,11 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot, encode_slot
-from observer.engine.core import Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.effects import Effect, Publish, Signal
-from observer.engine.ids import observer_id
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
-from observer.ingest import SourceRecord
+from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
@@ -52,7 +51,7 @@ class BatchPlan:
 class _Work:
     """One slot in a cycle: its stored bytes (to rebuild from), the live state, what was done."""
 
-    __slots__ = ("dirty", "due_override", "history", "ops", "original", "shard", "sid", "slot")
+    __slots__ = ("dirty", "due_override", "effects", "ops", "original", "shard", "sid", "slot")
 
     def __init__(self, sid: str, shard: int, original: bytes | None, slot: KeySlot | None) -> None:
         self.sid = sid
@@ -60,7 +59,7 @@ class _Work:
         self.original = original
         self.slot = slot  # None: unreadable
         self.ops: list[tuple[str, Any]] = []  # ("apply", Event) | ("fire", watermark)
-        self.history: list[bytes] = []
+        self.effects: list[Effect] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
 
@@ -77,23 +76,6 @@ def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = D
     else:
         until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
     return max(until - now, 0) + max(slack_ms, 1)
-
-
-def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:
-    """The dead letter of a record that failed past decoding (same shape and id as Ingest's):
-    the original key, value and headers, plus the observer's headers."""
-    where = f"{rec.topic}/{rec.partition}/{rec.offset}"
-    oid = observer_id("", 0, "", where, None, "dlq")
-    original = list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
-    headers = (
-        *tuple((str(k), v) for k, v in original),
-        ("observer-error", reason),
-        ("observer-source-topic", rec.topic),
-        ("observer-source-partition", str(rec.partition)),
-        ("observer-source-offset", str(rec.offset)),
-        ("observer-id", oid),
-    )
-    return Publish("dlq", topics.dlq, rec.key, rec.value, headers, oid)
 
 
 def history_entry(eff: Effect, now: int) -> bytes:
@@ -141,6 +123,8 @@ class Cycle:
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
     ) -> None:
+        """`history_cap`: history entries written per slot and cycle at most (the newest);
+        0 writes no history (and renders none)."""
         self.engine = engine
         self.shard_of = shard_of
         self.now = now
@@ -286,16 +270,24 @@ class Cycle:
 
     def _take(self, w: _Work, effects: list[Effect]) -> None:
         w.dirty = True
+        if not effects:
+            return
+        keep = self.history_cap > 0
         for eff in effects:
-            if isinstance(eff, Publish):
+            if type(eff) is Publish:
                 self._add_record(w.shard, eff)
             else:
+                assert isinstance(eff, Signal)
                 self._signals.append(eff)
-                if eff.what == "started":
-                    self._stats[f"open:{eff.flow}"] = self._stats.get(f"open:{eff.flow}", 0) + 1
-                elif eff.what == "ended":
-                    self._stats[f"open:{eff.flow}"] = self._stats.get(f"open:{eff.flow}", 0) - 1
-            w.history.append(history_entry(eff, self.now))
+                what = eff.what
+                if what == "started":
+                    name = "open:" + eff.flow
+                    self._stats[name] = self._stats.get(name, 0) + 1
+                elif what == "ended":
+                    name = "open:" + eff.flow
+                    self._stats[name] = self._stats.get(name, 0) - 1
+        if keep:
+            w.effects += effects
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -303,6 +295,11 @@ class Cycle:
         """The write and the records of everything done in this cycle."""
         batch = WriteBatch()
         states: list[tuple[str, KeySlot | None, bytes | None]] = []
+        puts = batch.puts
+        now = self.now
+        slack = self.ttl_slack_ms
+        cap = self.history_cap
+        next_due = self.engine.next_due
         for w in self._works.values():
             slot = w.slot
             if slot is None:
@@ -314,13 +311,15 @@ class Cycle:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            ttl = safety_ttl_ms(self._flow(slot), slot, self.now, self.ttl_slack_ms)
-            due = w.due_override if w.due_override is not None else self.engine.next_due(slot)
+            ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            due = w.due_override if w.due_override is not None else next_due(slot)
             state = encode_slot(slot)
             states.append((w.sid, slot, state))
-            batch.puts.append(
-                SlotPut(w.shard, w.sid, state, ttl, due, w.history[-self.history_cap :])
+            # history entries are rendered here, and only those the capped list keeps
+            history = (
+                [history_entry(e, now) for e in w.effects[-cap:]] if cap > 0 and w.effects else []
             )
+            puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
         for shard, rec in self._records:
             batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
