@@ -1,0 +1,183 @@
+"""Fixtures for tests that run real `observer run` processes against the real stack.
+
+The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`) are the
+integration ones, imported from tests/integration/conftest.py (see there). Here:
+
+- `ObserverProcess`: one `observer run` subprocess, its stderr collected by a thread, its ops
+  API port read from the start-up line.
+- `observer_procs` (function): a list the test appends its processes to; every one still
+  running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test fails.
+- `figures` (function): lines a test records; they are printed in pytest's terminal summary
+  (section "e2e figures"), so a passing run shows them too.
+
+Every test collected under tests/e2e/ gets the `e2e` and `integration` markers (it needs the
+stack; `-m "not integration"` leaves it out like the other stack tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import admin, create_topics, redis_client, stack, unique
+
+__all__ = [
+    "OBSERVER",
+    "ObserverProcess",
+    "admin",
+    "create_topics",
+    "figures",
+    "observer_procs",
+    "redis_client",
+    "stack",
+    "unique",
+]
+
+HERE = Path(__file__).resolve().parent
+OBSERVER = str(Path(sys.executable).with_name("observer"))
+_FIGURES = pytest.StashKey[list[tuple[str, list[str]]]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items, not only this directory's.
+    for item in items:
+        if item.path.resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    recorded = terminalreporter.config.stash.get(_FIGURES, [])
+    if not any(lines for _, lines in recorded):
+        return
+    terminalreporter.section("e2e figures")
+    for nodeid, lines in recorded:
+        if not lines:
+            continue
+        terminalreporter.write_line(nodeid)
+        for line in lines:
+            terminalreporter.write_line(f"  {line}")
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> list[str]:
+    """Lines to show in the terminal summary (append to the list; printed even on success)."""
+    lines: list[str] = []
+    request.config.stash.setdefault(_FIGURES, []).append((request.node.nodeid, lines))
+    return lines
+
+
+class ObserverProcess:
+    """A running `observer run FLOW --http-port 0 ARGS` with `env` as its whole environment."""
+
+    def __init__(self, name: str, flow: Path, env: dict[str, str], *args: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [OBSERVER, "run", str(flow), "--http-port", "0", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"{name}-stderr")
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until the start-up line names the port and GET /readyz answers 200; raises with the
+        log otherwise."""
+        deadline = time.monotonic() + timeout
+        while self.port is None:
+            for line in list(self.lines):
+                m = re.search(r"observer run: .* http on [0-9.]+:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    break
+            else:
+                if not self.running():
+                    raise AssertionError(
+                        f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.name} did not start in {timeout}s:\n{self.tail()}")
+                time.sleep(0.05)
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if not self.running():
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} never became ready:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def kill(self) -> int:
+        """SIGKILL by pid; returns the exit status once reaped."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        rc = self.proc.wait(30)
+        self._reader.join(5)
+        return rc
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM by pid, SIGKILL after `timeout` s; returns the exit status."""
+        if self.running():
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self._reader.join(5)
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.lines[-n:])
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def observer_procs(create_topics: object, redis_client: object) -> Iterator[list[ObserverProcess]]:
+    """Processes to stop at the end (set up after the topics and the Redis cleanup, so stopped
+    before those are torn down)."""
+    started: list[ObserverProcess] = []
+    yield started
+    for p in started:
+        if p.running():
+            os.kill(p.pid, signal.SIGTERM)
+    for p in started:
+        try:
+            p.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.proc.wait(15)

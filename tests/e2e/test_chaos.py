@@ -1,0 +1,712 @@
+"""Chaos (issue 5): real `observer run` processes sharing one consumer group and key prefix,
+killed, restarted, scaled 1 -> 3 -> 1, with Redis and the broker restarted under them, must
+publish what `observer replay` publishes for the same records — at least once, by observer-id.
+
+The workload: ORDERS orders of the flow in chaos.flow.yaml, seeded, with a known mix of
+deviations (missing steps, a late optional step, out-of-order steps, error events with and
+without the compensation that follows, duplicate events), on three source topics of PARTITIONS
+partitions. Event time = record timestamp, from "now" on, one order every ORDER_GAP_MS; the
+records are produced in global event-time order (every partition in time order), keyed by the
+order id, in WAVES waves while the processes run, with a chaos action after each wave.
+
+Time. The watermark is the minimum over the source partitions of the largest timestamp read;
+a fully read partition counts as the wall clock minus OBSERVER_IDLE_GRACE_MS, set to 10 days
+here, so only records move the watermark and nothing depends on how fast anything runs. At the
+end one "tick" record per source partition (an event type the flow ignores) at TICK time, far
+past every deadline, SLA point, expiry and retention of the workload, moves the watermark there.
+`observer replay --until TICK` on the records read back from the source topics (time order)
+gives the expected records.
+
+Every deviation of the workload is decided the same whatever order the observer reads the
+topics in (see the comment in chaos.flow.yaml), so the comparison is exact: every expected
+observer-id is published, no other id is, and repeats of an id are allowed (at least once) and
+counted. The figures are printed in the terminal summary.
+
+The chaos, one action after each wave: start 1 process | scale to 3 | SIGKILL a random process
+and start another | again | restart Redis | SIGKILL + start | restart the broker | SIGKILL +
+start | scale to 1 (SIGTERM two) | the last waves and the ticks. Then the test waits until the
+group has committed every source record and the published records stop growing, stops the
+last process, and reads every output topic to its end. A process that exits by itself fails
+the test (it is replaced meanwhile, so the figures still come). Process logs are kept under the
+test's tmp_path (logs/).
+
+CHAOS_SEED=<int> changes the workload and the choice of processes killed (default 5).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from tests.e2e.conftest import OBSERVER, ObserverProcess
+from tests.integration.conftest import CreateTopics, Stack
+from tests.integration.kafka_helpers import Record, consume_all
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+HERE = Path(__file__).resolve().parent
+FLOW_TEMPLATE = HERE / "chaos.flow.yaml"
+
+ORDERS = 20_000
+PARTITIONS = 4
+WAVES = 10
+ORDER_GAP_MS = 10  # event time between two order starts: 20k orders span 200 s of event time
+SOURCES = ("orders", "pay", "ship")
+OUTPUTS = ("alerts", "outcomes", "cmds", "dlq")
+IDLE_GRACE_MS = 10 * 24 * 3600 * 1000  # fully read partitions never move the watermark
+TICK_AFTER_MS = 2 * 3600 * 1000  # ticks: this long after the last order start (buffer is 1h)
+SEED = int(os.environ.get("CHAOS_SEED", "5"))
+
+# The known mix: kind -> share of the orders (the rest are happy).
+MIX = {
+    "missing_paid": 0.02,  # Paid never comes: missing + cancel, sla_breach + escalate, expired
+    "missing_packed": 0.015,  # Packed never comes: missing, sla_breach + escalate, expired
+    "late_label": 0.02,  # the optional Labelled comes after its window: late (info alert)
+    "out_of_order": 0.02,  # Shipped before Packed: out_of_order + audit, completed
+    "error": 0.02,  # Failed then Refunded: error + refund, compensated
+    "error_unrefunded": 0.01,  # Failed, no Refunded: error + refund, missing, sla..., expired
+    "duplicates": 0.015,  # Paid and Shipped sent twice (same event id): completed
+}
+
+# Per kind, what one order publishes: (output, label) -> count; label = alert kind, outcome, or
+# command type. A self-check of the workload against the replay (not of the observer).
+_EXPIRED = {("outcomes", "expired"): 1, ("alerts", "sla_breach"): 1, ("cmds", "Escalate"): 1}
+PER_KIND: dict[str, dict[tuple[str, str], int]] = {
+    "happy": {("outcomes", "completed"): 1},
+    "duplicates": {("outcomes", "completed"): 1},
+    "missing_paid": {("alerts", "missing"): 1, ("cmds", "Cancel"): 1, **_EXPIRED},
+    "missing_packed": {("alerts", "missing"): 1, **_EXPIRED},
+    "late_label": {("alerts", "late"): 1, ("outcomes", "completed"): 1},
+    "out_of_order": {
+        ("alerts", "out_of_order"): 1,
+        ("cmds", "Audit"): 1,
+        ("outcomes", "completed"): 1,
+    },
+    "error": {("alerts", "error"): 1, ("cmds", "Refund"): 1, ("outcomes", "compensated"): 1},
+    "error_unrefunded": {
+        ("alerts", "error"): 1,
+        ("cmds", "Refund"): 1,
+        ("alerts", "missing"): 1,
+        **_EXPIRED,
+    },
+}
+
+
+# -- the workload ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Ev:
+    """One source event; ordered by event time, then generation order."""
+
+    at: int
+    seq: int
+    source: str = field(compare=False)
+    type: str = field(compare=False)
+    key: str = field(compare=False)
+    eid: str = field(compare=False)
+    extra: tuple[tuple[str, Any], ...] = field(compare=False, default=())
+
+    def value(self) -> bytes:
+        return orjson.dumps({"type": self.type, "id": self.key, **dict(self.extra)})
+
+
+@dataclass
+class Workload:
+    events: list[Ev]  # in global event-time order
+    kinds: dict[str, list[str]]  # kind -> order ids
+    first: int
+    last: int  # latest event time
+
+
+def order_kinds(orders: int, rng: random.Random) -> list[str]:
+    """Exactly round(share * orders) orders of each kind of MIX, the rest happy, shuffled."""
+    kinds: list[str] = []
+    for kind, share in MIX.items():
+        kinds += [kind] * round(share * orders)
+    kinds += ["happy"] * (orders - len(kinds))
+    rng.shuffle(kinds)
+    return kinds
+
+
+def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, str, str]]:
+    """(event time, source, type) of one order. On-time steps come 0.3-3 s after their anchor
+    (windows: 4 s; Labelled 2 s), late ones 0.3-3 s after their deadline: never at a deadline."""
+
+    def d() -> int:
+        return rng.randint(300, 3000)
+
+    placed = start
+    out = [(placed, "orders", "Placed")]
+    if kind in ("error", "error_unrefunded"):
+        failed = placed + d()
+        out.append((failed, "pay", "Failed"))
+        if kind == "error":
+            out.append((failed + d(), "pay", "Refunded"))
+        return out
+    if kind == "missing_paid":
+        return out
+    paid = placed + d()
+    out.append((paid, "pay", "Paid"))
+    if kind == "missing_packed":
+        return out
+    if kind == "out_of_order":
+        shipped = paid + rng.randint(300, 1000)
+        packed = shipped + rng.randint(200, 1500)  # still inside packed's own window
+        return [*out, (shipped, "ship", "Shipped"), (packed, "ship", "Packed")]
+    packed = paid + d()
+    shipped = packed + d()
+    out += [(packed, "ship", "Packed"), (shipped, "ship", "Shipped")]
+    if kind == "late_label":
+        out.append((packed + 2000 + d(), "ship", "Labelled"))
+    elif rng.random() < 0.5:
+        out.append((packed + rng.randint(100, 1900), "ship", "Labelled"))
+    return out
+
+
+def make_workload(orders: int, base: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    kinds_of = order_kinds(orders, rng)
+    kinds: dict[str, list[str]] = defaultdict(list)
+    events: list[Ev] = []
+    seq = 0
+    for i, kind in enumerate(kinds_of):
+        key = f"o-{i:05d}"
+        kinds[kind].append(key)
+        seen: set[int] = set()
+        for n, (at, source, etype) in enumerate(order_events(kind, base + i * ORDER_GAP_MS, rng)):
+            t = distinct(at, seen)
+            extra: tuple[tuple[str, Any], ...] = ()
+            if etype == "Placed":
+                extra = (("total", round(10 + rng.random() * 490, 2)),)
+            ev = Ev(t, seq, source, etype, key, f"{key}/{n}", extra)
+            seq += 1
+            events.append(ev)
+            if kind == "duplicates" and etype in ("Paid", "Shipped"):
+                # the same event again (same id) a little later: changes nothing
+                events.append(Ev(distinct(t + 150, seen), seq, source, etype, key, ev.eid, extra))
+                seq += 1
+    events.sort()
+    return Workload(events, dict(kinds), base, max(e.at for e in events))
+
+
+def distinct(t: int, seen: set[int]) -> int:
+    """One order's events at distinct times (the margins to deadlines are >= 100 ms)."""
+    while t in seen:
+        t += 1
+    seen.add(t)
+    return t
+
+
+def expected_by_mix(kinds: dict[str, list[str]]) -> Counter[tuple[str, str]]:
+    total: Counter[tuple[str, str]] = Counter()
+    for kind, keys in kinds.items():
+        for what, n in PER_KIND[kind].items():
+            total[what] += n * len(keys)
+    return total
+
+
+# -- Kafka ----------------------------------------------------------------------------------------
+
+
+class WaveProducer:
+    """One idempotent producer for the whole run (it rides out the broker restart)."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
+        self.topics = topics
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 500_000,
+                "message.timeout.ms": 300_000,
+                "log_level": 2,  # the broker restart is expected: no connection errors on stderr
+            }
+        )
+        self.errors: list[str] = []
+        self.sent = 0
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def _produce(self, topic: str, **kwargs: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, on_delivery=self._on_delivery, **kwargs)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+        self.sent += 1
+
+    def send(self, events: Iterable[Ev]) -> None:
+        for e in events:
+            self._produce(
+                self.topics[e.source],
+                key=e.key.encode(),
+                value=e.value(),
+                headers=[("eid", e.eid.encode())],
+                timestamp=e.at,
+            )
+        self.flush()
+
+    def ticks(self, at: int, partitions: int) -> int:
+        """One record per source partition at `at`, of a type the flow ignores."""
+        n = 0
+        for source, topic in self.topics.items():
+            for p in range(partitions):
+                eid = f"tick/{source}/{p}"
+                body = orjson.dumps({"type": "Tick", "id": "tick"})
+                headers = [("eid", eid.encode())]
+                self._produce(
+                    topic, key=b"tick", value=body, headers=headers, timestamp=at, partition=p
+                )
+                n += 1
+        self.flush()
+        return n
+
+    def flush(self) -> None:
+        remaining = self.producer.flush(300)
+        if remaining or self.errors:
+            raise AssertionError(f"{remaining} records not delivered; errors: {self.errors[:3]}")
+
+
+class OutputWatch:
+    """Reads the output topics from the beginning in a thread: observer-ids seen so far."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"chaos-watch-{os.getpid()}-{time.monotonic_ns()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "log_level": 2,
+            }
+        )
+        self.consumer.assign(
+            [KafkaTopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(partitions)]
+        )
+        self.ids: set[str] = set()
+        self.records = 0
+        self.last_growth = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="chaos-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msgs = self.consumer.consume(1000, 0.2)
+            if not msgs:
+                continue
+            with self._lock:
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    oid = dict(m.headers() or []).get("observer-id")
+                    self.records += 1
+                    if isinstance(oid, bytes):
+                        oid = oid.decode()
+                    self.ids.add(oid or "<none>")
+                self.last_growth = time.monotonic()
+
+    def snapshot(self) -> tuple[set[str], int, float]:
+        """(ids, records, seconds since the last record)."""
+        with self._lock:
+            return set(self.ids), self.records, time.monotonic() - self.last_growth
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.consumer.close()
+
+
+def group_progress(bootstrap: str, group: str, topics: Sequence[str], partitions: int) -> int:
+    """Records of the source topics not yet committed by the group (-1: could not tell)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 2})
+    try:
+        parts = [KafkaTopicPartition(t, p) for t in topics for p in range(partitions)]
+        done = c.committed(parts, timeout=10)
+        behind = 0
+        for tp in done:
+            if tp.error is not None:
+                return -1
+            _low, high = c.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition), 10)
+            behind += high - max(tp.offset, 0)  # no commit yet: a negative offset
+        return behind
+    except KafkaException:
+        return -1
+    finally:
+        c.close()
+
+
+# -- replay ---------------------------------------------------------------------------------------
+
+
+def replay_lines(records: list[Record]) -> list[bytes]:
+    """The source records as `observer replay` events, in event-time order (ties: topic,
+    partition, offset — one key's records of one topic keep their partition order)."""
+    out = []
+    for r in sorted(records, key=lambda r: (r.timestamp_ms, r.topic, r.partition, r.offset)):
+        headers = {k: (v or b"").decode() for k, v in r.headers}
+        line = {
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key.decode() if r.key is not None else None,
+            "value": orjson.loads(r.value or b"null"),
+            "headers": headers,
+            "timestamp": r.timestamp_ms,
+        }
+        out.append(orjson.dumps(line))
+    return out
+
+
+@dataclass(frozen=True)
+class Published:
+    topic: str
+    key: str | None
+    label: str  # alert kind, outcome, command type
+
+
+def label_of(output: str, value: Any) -> str:
+    if not isinstance(value, dict):
+        return "?"
+    if output == "alerts":
+        return str(value.get("kind"))
+    if output == "outcomes":
+        return str(value.get("outcome"))
+    return str(value.get("type"))
+
+
+# -- the processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Chaos:
+    """The processes of the run and what happened to them."""
+
+    flow: Path
+    env: dict[str, str]
+    group: str
+    procs: list[ObserverProcess]
+    rng: random.Random
+    log: Callable[[str], None]
+    alive: list[ObserverProcess] = field(default_factory=list)
+    started: int = 0
+    kills: int = 0
+    restarts: int = 0  # processes started again after a SIGKILL or a crash
+    stops: list[int] = field(default_factory=list)  # exit codes of SIGTERM stops
+    crashed: list[str] = field(default_factory=list)
+    redis_restarts: int = 0
+    broker_restarts: int = 0
+
+    def start(self) -> ObserverProcess:
+        self.started += 1
+        name = f"observer-{self.started}"
+        p = ObserverProcess(name, self.flow, self.env, "--group-id", self.group)
+        self.procs.append(p)
+        p.wait_ready()
+        self.alive.append(p)
+        self.log(f"started {p.name} (pid {p.pid}, port {p.port}); running: {self.names()}")
+        return p
+
+    def names(self) -> str:
+        return ", ".join(p.name for p in self.alive)
+
+    def check_crashes(self) -> None:
+        """A process that exited by itself is recorded (the test fails on it) and replaced, so
+        the run still ends with its figures."""
+        for p in list(self.alive):
+            if not p.running():
+                self.alive.remove(p)
+                self.crashed.append(f"{p.name} exited {p.proc.returncode}:\n{p.tail(30)}")
+                self.log(f"CRASHED: {p.name} exited {p.proc.returncode}; starting another")
+                self.restarts += 1
+                self.start()
+
+    def scale(self, n: int) -> None:
+        while len(self.alive) < n:
+            self.start()
+        while len(self.alive) > n:
+            self.stop(self.rng.choice(self.alive))
+
+    def stop(self, p: ObserverProcess) -> None:
+        self.alive.remove(p)
+        rc = p.stop()
+        self.stops.append(rc)
+        self.log(f"stopped {p.name} with SIGTERM: exit {rc}; running: {self.names() or '-'}")
+
+    def kill_and_restart(self) -> None:
+        p = self.rng.choice(self.alive)
+        self.alive.remove(p)
+        rc = p.kill()
+        self.kills += 1
+        self.log(f"SIGKILL {p.name} (pid {p.pid}): exit {rc}")
+        self.restarts += 1
+        self.start()
+
+    def restart_service(self, stack: Stack, service: str) -> None:
+        t = time.monotonic()
+        stack.ops_stack(f"restart-{service}", timeout=300)
+        if service == "redis":
+            self.redis_restarts += 1
+        else:
+            self.broker_restarts += 1
+        self.log(f"restarted {service} in {time.monotonic() - t:.1f}s")
+
+    def save_logs(self, folder: Path) -> int:
+        """Every process's stderr to `folder`/<name>.log; returns how many logged a traceback."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tracebacks = 0
+        for p in self.procs:
+            (folder / f"{p.name}.log").write_text(p.log)
+            tracebacks += "Traceback" in p.log
+        return tracebacks
+
+
+# -- the test -------------------------------------------------------------------------------------
+
+
+def observer_env(stack: Stack, unique: str, topics: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
+    env.update(
+        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
+        OBSERVER_REDIS_URL=stack.redis_url,
+        OBSERVER_KEY_PREFIX=f"{unique}:obs",  # removed after the test by `redis_client`
+        OBSERVER_ALERTS_TOPIC=topics["alerts"],
+        OBSERVER_OUTCOMES_TOPIC=topics["outcomes"],
+        OBSERVER_DLQ_TOPIC=topics["dlq"],
+        OBSERVER_HTTP_HOST="127.0.0.1",
+        OBSERVER_IDLE_GRACE_MS=str(IDLE_GRACE_MS),
+        OBSERVER_TICK_INTERVAL_MS="50",
+        OBSERVER_COMMIT_INTERVAL_MS="100",
+        OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
+        OBSERVER_KAFKA_HEARTBEAT_INTERVAL_MS="500",
+    )
+    return env
+
+
+def expected_records(
+    bootstrap: str, flow: Path, topics: dict[str, str], env: dict[str, str], until: int, tmp: Path
+) -> tuple[int, dict[str, Published]]:
+    """`observer replay --until` of what the source topics hold: (records read, id -> record)."""
+    sources = [r for s in SOURCES for r in consume_all(bootstrap, topics[s], timeout=120)]
+    events = tmp / "events.jsonl"
+    events.write_bytes(b"\n".join(replay_lines(sources)) + b"\n")
+    done = subprocess.run(
+        [OBSERVER, "replay", str(flow), "--events", str(events), "--until", str(until)],
+        env={**env, "OBSERVER_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    expected: dict[str, Published] = {}
+    for raw in done.stdout.splitlines():
+        line = orjson.loads(raw)
+        oid = line["headers"]["observer-id"]
+        output = next((o for o in OUTPUTS if topics[o] == line["topic"]), str(line["topic"]))
+        assert oid not in expected, f"replay published {oid} twice"
+        expected[oid] = Published(line["topic"], line["key"], label_of(output, line["value"]))
+    return len(sources), expected
+
+
+def published_records(
+    bootstrap: str, topics: dict[str, str]
+) -> tuple[int, int, dict[str, list[Published]]]:
+    """Every output topic read to its end: (records, records without an id, id -> copies)."""
+    found: dict[str, list[Published]] = defaultdict(list)
+    total = no_id = 0
+    for o in OUTPUTS:
+        for r in consume_all(bootstrap, topics[o], timeout=120):
+            total += 1
+            oid = r.header("observer-id")
+            if oid is None:
+                no_id += 1
+                continue
+            value = orjson.loads(r.value) if r.value else None
+            key = r.key.decode() if r.key is not None else None
+            found[oid.decode()].append(Published(r.topic, key, label_of(o, value)))
+    return total, no_id, found
+
+
+def examples(ids: Sequence[str], where: dict[str, Published]) -> str:
+    return "\n".join(f"  {i}: {where[i]}" for i in ids[:5])
+
+
+def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_nothing(
+    stack: Stack,
+    unique: str,
+    create_topics: CreateTopics,
+    observer_procs: list[ObserverProcess],
+    figures: list[str],
+    tmp_path: Path,
+) -> None:
+    if not (stack.kafka_managed and stack.redis_managed):
+        pytest.skip("the chaos test restarts Kafka and Redis: it needs the ops/stack services")
+    t_begin = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[chaos {time.monotonic() - t_begin:6.1f}s] {msg}", flush=True)
+
+    topics = {name: f"{unique}.{name}" for name in (*SOURCES, *OUTPUTS)}
+    # the ticks lie hours ahead of the wall clock; brokers refuse more than 1 h by default
+    ahead = {"message.timestamp.after.max.ms": str(7 * 24 * 3600 * 1000)}
+    create_topics([topics[s] for s in SOURCES], PARTITIONS, ahead)
+    create_topics([topics[o] for o in OUTPUTS], PARTITIONS)
+    flow = tmp_path / "chaos.flow.yaml"
+    flow.write_text(FLOW_TEMPLATE.read_text().replace("CHAOS.", f"{unique}."))
+    group = f"{unique}-observer"
+    env = observer_env(stack, unique, topics)
+
+    base = time.time_ns() // 1_000_000
+    base -= base % 1000
+    work = make_workload(ORDERS, base, SEED)
+    tick_at = work.first + ORDERS * ORDER_GAP_MS + TICK_AFTER_MS
+    assert tick_at > work.last + 3_600_000
+    n = len(work.events)
+    waves = [work.events[i * n // WAVES : (i + 1) * n // WAVES] for i in range(WAVES)]
+    mix = ", ".join(f"{k} {len(v)}" for k, v in sorted(work.kinds.items()))
+    log(f"seed {SEED}: {ORDERS} orders ({mix}), {n} events in {WAVES} waves")
+
+    chaos = Chaos(flow, env, group, observer_procs, random.Random(SEED), log)
+    producer = WaveProducer(stack.bootstrap_servers, {s: topics[s] for s in SOURCES})
+    watch = OutputWatch(stack.bootstrap_servers, [topics[o] for o in OUTPUTS], PARTITIONS)
+    # after wave i, action i; the last waves are read by one process
+    actions: list[tuple[str, Callable[[], None]]] = [
+        ("scale 1 -> 3", lambda: chaos.scale(3)),
+        ("SIGKILL + restart", chaos.kill_and_restart),
+        ("SIGKILL + restart", chaos.kill_and_restart),
+        ("restart Redis", lambda: chaos.restart_service(stack, "redis")),
+        ("SIGKILL + restart", chaos.kill_and_restart),
+        ("restart the broker", lambda: chaos.restart_service(stack, "kafka")),
+        ("SIGKILL + restart", chaos.kill_and_restart),
+        ("scale 3 -> 1", lambda: chaos.scale(1)),
+    ]
+    try:
+        chaos.scale(1)
+        t_produce = time.monotonic()
+        for i, wave in enumerate(waves):
+            producer.send(wave)
+            upto = (wave[-1].at - base) / 1000
+            log(f"wave {i + 1}/{WAVES}: {len(wave)} events (event time up to +{upto:.0f}s)")
+            chaos.check_crashes()
+            if i < len(actions):
+                name, act = actions[i]
+                log(f"chaos: {name}")
+                act()
+        ticks = producer.ticks(tick_at, PARTITIONS)
+        took = time.monotonic() - t_produce
+        log(f"{ticks} ticks at +{(tick_at - base) / 1000:.0f}s; waves and chaos took {took:.1f}s")
+
+        # what `observer replay` publishes for exactly the records the topics hold
+        t_replay = time.monotonic()
+        read, expected = expected_records(
+            stack.bootstrap_servers, flow, topics, env, tick_at, tmp_path
+        )
+        took = time.monotonic() - t_replay
+        log(f"replay of {read} records: {len(expected)} records expected ({took:.1f}s)")
+        assert read == n + ticks, f"read back {read} source records, produced {n} + {ticks}"
+        # the workload does what it says (a check of the test, not of the observer)
+        by_mix = expected_by_mix(work.kinds)
+        by_replay = Counter(
+            (next(o for o in OUTPUTS if topics[o] == p.topic), p.label) for p in expected.values()
+        )
+        assert by_replay == by_mix, (
+            f"the workload's expectations and the replay differ (a bug of the test): "
+            f"replay - mix {dict(by_replay - by_mix)}, mix - replay {dict(by_mix - by_replay)}"
+        )
+
+        # wait: every source record committed by the group, and every expected id published
+        # (then 3 s more for extras), or nothing new for 30 s; at most 300 s
+        t_wait = time.monotonic()
+        want = set(expected)
+        behind = -1
+        while time.monotonic() < t_wait + 300:
+            chaos.check_crashes()
+            source_topics = [topics[s] for s in SOURCES]
+            behind = group_progress(stack.bootstrap_servers, group, source_topics, PARTITIONS)
+            ids, _, quiet = watch.snapshot()
+            if behind == 0 and ((want <= ids and quiet > 3) or quiet > 30):
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - t_wait
+        log(f"waited {took:.1f}s after the replay (source records not committed: {behind})")
+    finally:
+        watch.close()
+    for p in list(chaos.alive):
+        chaos.stop(p)
+    tracebacks = chaos.save_logs(tmp_path / "logs")
+
+    total, no_id, found = published_records(stack.bootstrap_servers, topics)
+    first = {oid: copies[0] for oid, copies in found.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misplaced = sorted(
+        oid
+        for oid in set(found) & set(expected)
+        if any((p.topic, p.key) != (expected[oid].topic, expected[oid].key) for p in found[oid])
+    )
+    duplicates = sum(len(copies) - 1 for copies in found.values())
+    duplicated = sum(1 for copies in found.values() if len(copies) > 1)
+    alerts = topics["alerts"]
+    missing_expected = {
+        o for o, p in expected.items() if p.topic == alerts and p.label == "missing"
+    }
+    missing_found = {
+        o for o, ps in found.items() if any(p.topic == alerts and p.label == "missing" for p in ps)
+    }
+    false_missing = sorted(missing_found - missing_expected)
+    by_label = Counter(p.label for p in expected.values())
+    exp_by = ", ".join(f"{k} {v}" for k, v in sorted(by_label.items()))
+
+    figures += [
+        f"seed {SEED}; orders {ORDERS}: {mix}",
+        f"events {n} (+{ticks} ticks) on {len(SOURCES)} topics x {PARTITIONS} partitions, "
+        f"{WAVES} waves",
+        f"processes started {chaos.started}; SIGKILLs {chaos.kills}; restarts {chaos.restarts}; "
+        f"SIGTERM stops {len(chaos.stops)} (exit codes {chaos.stops}); crashed {len(chaos.crashed)}; "
+        f"logs with a traceback {tracebacks}; Redis restarts {chaos.redis_restarts}; "
+        f"broker restarts {chaos.broker_restarts}",
+        f"records expected {len(expected)} ({exp_by})",
+        f"records found {total}, distinct ids {len(found)}, duplicates by id {duplicates} "
+        f"(on {duplicated} ids), without observer-id {no_id}",
+        f"missing {len(missing)}, unexpected {len(unexpected)}, wrong topic/key {len(misplaced)}; "
+        f"`missing` alerts expected {len(missing_expected)}, found {len(missing_found)}, "
+        f"false {len(false_missing)}",
+        f"took {time.monotonic() - t_begin:.0f}s; process logs in {tmp_path / 'logs'}",
+    ]
+    for line in figures:
+        log(line)
+
+    assert not missing, (
+        f"{len(missing)} expected records never published, e.g.\n{examples(missing, expected)}"
+    )
+    assert not unexpected, (
+        f"{len(unexpected)} published records replay does not publish, e.g.\n"
+        f"{examples(unexpected, first)}"
+    )
+    assert not false_missing, f"false `missing` alerts:\n{examples(false_missing, first)}"
+    assert len(missing_found) == len(missing_expected)
+    assert not misplaced, (
+        f"records on another topic or key than in replay:\n{examples(misplaced, first)}"
+    )
+    assert no_id == 0, f"{no_id} published records without an observer-id header"
+    assert not chaos.crashed, "processes exited by themselves:\n" + "\n".join(chaos.crashed)
