@@ -77,11 +77,25 @@ def encode_slot(slot: KeySlot) -> bytes:
     for k, v in inst.captured.items():
         caps.append(k)
         caps.append(v)
+    entries = inst.entries
+    if (
+        not inst.flags
+        and not inst.deviations
+        and not inst.path
+        and not inst.sla
+        and inst.outcome is None
+        and inst.ended_at is None
+        and len(entries) == 1
+        and entries.get(0) == s
+        and not inst.ids
+        and not inst.error_ids
+        and not slot.buffer
+    ):  # an open instance on its main path with no deviation yet: the usual slot
+        return _dumps([FORMAT, inst.version, s, _flat(inst.observed, s), caps])
     devs: list[int] = []
     for kind, step in inst.deviations:
         devs.append(kind)
         devs.append(step)
-    entries = inst.entries
     arr: list[Any] = [
         FORMAT,
         inst.version,

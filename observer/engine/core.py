@@ -284,8 +284,7 @@ class Engine:
     def _start(
         self, slot: KeySlot, flow: CompiledFlow, event: Event, now: int, out: list[Effect]
     ) -> None:
-        inst = InstanceState(version=flow.version, started_at=event.time)
-        inst.entries[0] = event.time
+        inst = InstanceState(flow.version, event.time, 0, {0: event.time})
         slot.instance = inst
         self._observe(flow, inst, flow.start, event)
         out.append(Signal("started", flow.name, flow.version, slot.key, "", flow.start.name, now))

@@ -71,25 +71,57 @@ class BufferedEvent:
     seq: int  # reading order, to keep ties stable
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class InstanceState:
     """One process instance. Times are epoch ms of event time; step keys are step indices."""
 
     version: int
     started_at: int
-    path: int = 0
-    entries: dict[int, int] = field(default_factory=dict)  # path -> entry time
-    observed: dict[int, int] = field(default_factory=dict)  # step -> event time
-    ids: dict[int, int] = field(default_factory=dict)  # step -> crc32 of event id
-    flags: dict[int, int] = field(default_factory=dict)  # step -> F_* bits
+    path: int
+    entries: dict[int, int]  # path -> entry time
+    observed: dict[int, int]  # step -> event time
+    ids: dict[int, int]  # step -> crc32 of event id
+    flags: dict[int, int]  # step -> F_* bits
     # step -> captured values in the order of the step's `capture_names` (state decoded from
     # format 1 holds {selector: value} instead; the engine reads both)
-    captured: dict[int, list[Any] | dict[str, Any]] = field(default_factory=dict)
-    error_ids: list[int] = field(default_factory=list)  # crc32 of applied error event ids
-    sla: int = 0  # SLA_* bits
-    deviations: list[tuple[int, int]] = field(default_factory=list)  # (kind index, step or -1)
-    outcome: str | None = None
-    ended_at: int | None = None
+    captured: dict[int, list[Any] | dict[str, Any]]
+    error_ids: list[int]  # crc32 of applied error event ids
+    sla: int  # SLA_* bits
+    deviations: list[tuple[int, int]]  # (kind index, step or -1)
+    outcome: str | None
+    ended_at: int | None
+
+    def __init__(
+        self,
+        version: int,
+        started_at: int,
+        path: int = 0,
+        entries: dict[int, int] | None = None,
+        observed: dict[int, int] | None = None,
+        ids: dict[int, int] | None = None,
+        flags: dict[int, int] | None = None,
+        captured: dict[int, list[Any] | dict[str, Any]] | None = None,
+        error_ids: list[int] | None = None,
+        sla: int = 0,
+        deviations: list[tuple[int, int]] | None = None,
+        outcome: str | None = None,
+        ended_at: int | None = None,
+    ) -> None:
+        # written out: the generated __init__ with seven default factories costs 3x as much,
+        # once per instance started or decoded
+        self.version = version
+        self.started_at = started_at
+        self.path = path
+        self.entries = {} if entries is None else entries
+        self.observed = {} if observed is None else observed
+        self.ids = {} if ids is None else ids
+        self.flags = {} if flags is None else flags
+        self.captured = {} if captured is None else captured
+        self.error_ids = [] if error_ids is None else error_ids
+        self.sla = sla
+        self.deviations = [] if deviations is None else deviations
+        self.outcome = outcome
+        self.ended_at = ended_at
 
     @property
     def open(self) -> bool:

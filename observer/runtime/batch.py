@@ -239,29 +239,34 @@ class Cycle:
         return flow
 
     def _step_latencies(self, slot: KeySlot, inst: InstanceState, before: int) -> None:
-        """Event time from anchor to step, for every step the last event observed."""
+        """Event time from anchor to step, for every step the last event observed (steps are
+        only ever added to `observed`, so the new ones are its last entries)."""
         flow = self._flow(slot)
         observed = inst.observed
-        for idx in islice(observed, before, None):
-            step = flow.steps[idx]
+        if len(observed) == before + 1:
+            new: Any = (next(reversed(observed)),)
+        else:
+            new = islice(observed, before, None)
+        steps = flow.steps
+        for idx in new:
+            step = steps[idx]
             if step.is_start:
                 continue
-            if step.anchors:
-                anchor = -1
-                for a in step.anchors:
+            t = observed[idx]
+            anchors = step.anchors
+            if anchors:
+                anchor = None
+                for a in anchors:
                     ta = observed.get(a)
                     if ta is None:
+                        anchor = None
                         break
-                    anchor = max(anchor, ta)
-                else:
-                    t = observed[idx]
-                    if t >= anchor:
-                        self._latencies.append((flow.name, step.name, t - anchor))
-                continue
-            entry = inst.entries.get(step.path)
-            t = observed[idx]
-            if entry is not None and t >= entry:
-                self._latencies.append((flow.name, step.name, t - entry))
+                    if anchor is None or ta > anchor:
+                        anchor = ta
+            else:
+                anchor = inst.entries.get(step.path)
+            if anchor is not None and t >= anchor:
+                self._latencies.append((flow.name, step.name, t - anchor))
 
     def _add_record(self, shard: int, p: Publish) -> None:
         rec = to_record(p, self.now, self._seq)
