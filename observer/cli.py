@@ -118,7 +118,7 @@ def build_service(
     runtime = Runtime(
         config,
         registry,
-        source=KafkaEventSource(config.keyed_consumer_settings()),
+        source=KafkaEventSource(config.keyed_consumer_settings(), values_only=True),
         sink=KafkaRecordSink(config.producer_settings()),
         router_source=KafkaEventSource(config.consumer_settings()),
         router_sink=KafkaRecordSink(config.router_producer_settings()),

@@ -357,6 +357,7 @@ class Runtime:
         slots: list[tuple[int, str]] = []
         owned = self.owned
         clocks = self.clocks
+        shards = self._shards
         for i, rec in enumerate(records):
             shard = rec.partition
             if shard not in owned:  # a record fetched just before a revocation
@@ -379,8 +380,19 @@ class Runtime:
                 clocks.observe(shard, r)
                 routed.append(None)
                 continue
-            routed.append(r)
             sid = slot_id(r.flow, r.event.key)
+            if shard_of(sid, shards) != shard:
+                log.error(
+                    "keyed record %s[%d]@%d belongs to shard %d; skipped",
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    shard_of(sid, shards),
+                )
+                self.metrics.processing_errors.labels("keyed").inc()
+                routed.append(None)
+                continue
+            routed.append(r)
             if sid not in seen:
                 seen.add(sid)
                 slots.append((shard, sid))

@@ -217,6 +217,14 @@ class RawSink(Protocol):
         on_done: Callable[[str | None], None] | None,
     ) -> None: ...
 
+    def produce_values(
+        self,
+        topic: str,
+        records: Sequence[tuple[int, bytes, Callable[[str | None], None] | None]],
+    ) -> None:
+        """(partition, value, on_done) records, no key, headers or timestamp; order kept."""
+        ...
+
     def poll(self, timeout_s: float) -> None: ...
 
     def flush(self, timeout_s: float) -> int: ...

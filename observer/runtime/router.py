@@ -3,7 +3,8 @@
 It reads the source topics in the user's consumer group, decodes each record (`Ingest`),
 writes each (flow, key) event to its shard's keyed partition and each bad record to the
 dead-letter topic, and commits a batch's source offsets once everything it wrote was
-acknowledged. Every `mark_interval_ms` it sends the watermark of each source partition it reads
+acknowledged. Keyed records carry no timestamp of their own (the broker stamps them, which is
+what the keyed topic's retention should go by); event time travels inside them. Every `mark_interval_ms` it sends the watermark of each source partition it reads
 to every keyed partition. The producer retries for as long as it takes (a broker restart is
 waited out); a record it could not write at all is a fatal error, since going on would let
 deadlines fire without it.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -37,6 +38,9 @@ from observer.runtime.watermark import TopicPartition, Watermarks
 __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
+
+# keyed records stay well under the broker's default message.max.bytes (1 MB)
+_MAX_KEYED_BYTES = 900_000
 
 
 @dataclass(slots=True)
@@ -158,15 +162,18 @@ class Router:
         return len(records)
 
     def _route(self, records: Sequence[SourceRecord]) -> None:
+        """Route one batch. Only the last record of each keyed partition asks for a delivery
+        report: the idempotent producer acknowledges a partition's records in order, so that
+        one stands for all before it (a Python callback per record would cost more than the
+        rest of routing)."""
         batch = _Batch(next_offsets((r.topic, r.partition, r.offset) for r in records), 0)
         self._batches.append(batch)
-        done = partial(self._delivered, batch)
-        produce = self.sink.produce
-        keyed = self.keyed_topic
         shards = self.shards
         observe = self.watermarks.observe
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
+        routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
+        last: dict[int, int] = {}
         for rec in records:
             observe(rec.topic, rec.partition, rec.offset, rec.timestamp)
             try:
@@ -177,10 +184,8 @@ class Router:
                     extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
                 )
                 self.metrics.processing_errors.labels("decode").inc()
-                self._dead(
-                    batch,
-                    dead_letter(rec, f"cannot decode: {type(exc).__name__}: {exc}", self.topics),
-                )
+                reason = f"cannot decode: {type(exc).__name__}: {exc}"
+                self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
                 continue
             if d.dead_letter is not None:
@@ -190,12 +195,25 @@ class Router:
             if not d.events:
                 outcomes[(rec.topic, "ignored")] += 1
                 continue
-            outcomes[(rec.topic, "applied")] += 1
-            ts = rec.timestamp if rec.timestamp >= 0 else None
+            values = []
             for flow, ev in d.events:
                 value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
-                batch.outstanding += 1
-                produce(keyed, shard_of(slot_id(flow, ev.key), shards), None, value, (), ts, done)
+                values.append((shard_of(slot_id(flow, ev.key), shards), value))
+            if any(len(v) > _MAX_KEYED_BYTES for _p, v in values):
+                reason = f"the event is larger than {_MAX_KEYED_BYTES} bytes once decoded"
+                self._dead(batch, dead_letter(rec, reason, self.topics))
+                outcomes[(rec.topic, "dead_letter")] += 1
+                continue
+            outcomes[(rec.topic, "applied")] += 1
+            for shard, value in values:
+                last[shard] = len(routed)
+                routed.append((shard, value, None))
+        if routed:
+            done = partial(self._delivered, batch)
+            for i in last.values():
+                routed[i] = (routed[i][0], routed[i][1], done)
+            batch.outstanding += len(last)
+            self.sink.produce_values(self.keyed_topic, routed)
         batch.closed = True
         self.metrics.record_events(outcomes)
 
@@ -252,8 +270,7 @@ class Router:
         if not known:
             return
         value = encode_mark(known)
-        for shard in range(self.shards):
-            self.sink.produce(self.keyed_topic, shard, None, value, (), None, None)
+        self.sink.produce_values(self.keyed_topic, [(s, value, None) for s in range(self.shards)])
 
     def lag(self) -> int:
         """Records not read yet on the assigned source partitions (as last fetched)."""

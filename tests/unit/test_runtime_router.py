@@ -70,6 +70,7 @@ class Sink:
     def __init__(self) -> None:
         self.sent: list[tuple[str, int | None, bytes | None]] = []
         self.waiting: list[Callable[[str | None], None]] = []
+        self.reports = 0
 
     def produce(
         self,
@@ -84,6 +85,15 @@ class Sink:
         self.sent.append((topic, partition, value))
         if on_done is not None:
             self.waiting.append(on_done)
+
+    def produce_values(
+        self,
+        topic: str,
+        records: Sequence[tuple[int, bytes, Callable[[str | None], None] | None]],
+    ) -> None:
+        for partition, value, on_done in records:
+            self.produce(topic, partition, None, value, (), None, on_done)
+        self.reports += sum(1 for *_x, d in records if d is not None)
 
     def ack(self, error: str | None = None) -> None:
         for done in self.waiting:
@@ -148,6 +158,7 @@ def test_events_go_to_their_shard_and_offsets_wait_for_the_acknowledgements(
         (shard, "Paid", "pay", 3),
     ]
     assert [(t, v) for t, _p, v in sink.sent if t == "dlq"] == [("dlq", b"{not json")]
+    assert sink.reports == 1  # one delivery report per keyed partition of the batch
     assert source.commits == []  # nothing acknowledged yet
     sink.ack()
     r.cycle(0)

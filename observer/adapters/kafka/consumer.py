@@ -30,7 +30,10 @@ _QUIET = {KafkaError._PARTITION_EOF}
 class KafkaEventSource:
     """A confluent-kafka consumer. Not thread-safe: owned by the consumer loop's thread."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], *, values_only: bool = False) -> None:
+        """`values_only`: records carry topic, partition, offset and value only (the keyed
+        topic, whose key, headers and timestamp the tracker does not read)."""
+        self._values_only = values_only
         self._settings = dict(settings)
         conf = dict(settings)
         conf["error_cb"] = self._on_error
@@ -112,6 +115,16 @@ class KafkaEventSource:
             raise ObserverError(f"Kafka consume failed: {exc}") from exc
         out: list[SourceRecord] = []
         append = out.append
+        if self._values_only:
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    self._message_error(err, m)
+                    continue
+                append(SourceRecord(m.topic(), m.partition(), m.offset(), None, m.value(), (), -1))
+            if out and self._down_since is not None:
+                self._down_since = None
+            return out
         for m in msgs:
             err = m.error()
             if err is not None:

@@ -103,6 +103,46 @@ class KafkaRecordSink:
             if self.fatal is not None:
                 raise ObserverError(f"Kafka producer failed: {self.fatal}")
 
+    def produce_values(
+        self,
+        topic: str,
+        records: Sequence[tuple[int, bytes, Callable[[str | None], None] | None]],
+    ) -> None:
+        """(partition, value, on_done) records without key, headers or timestamp (the broker
+        stamps them), handed over with one `produce_batch` per partition; order is kept per
+        partition. (`produce_batch` ignores a per-message partition: confluent-kafka 2.16.)"""
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for partition, value, on_done in records:
+            msgs = by_partition.get(partition)
+            if msgs is None:
+                msgs = by_partition[partition] = []
+            if on_done is None:
+                msgs.append({"value": value})
+            else:
+                msgs.append({"value": value, "callback": _report(on_done)})
+        for partition, msgs in by_partition.items():
+            self._produce_batch(topic, partition, msgs)
+
+    def _produce_batch(self, topic: str, partition: int, msgs: list[dict[str, Any]]) -> None:
+        while msgs:
+            try:
+                self._producer.produce_batch(topic, msgs, partition=partition)
+            except BufferError:
+                pass
+            except KafkaException as exc:
+                raise ObserverError(f"cannot produce to {topic}: {exc}") from exc
+            failed = [m for m in msgs if "_error" in m]
+            if not failed:
+                return
+            if self.fatal is not None:
+                raise ObserverError(f"Kafka producer failed: {self.fatal}")
+            if any(m["_error"].code() != KafkaError._QUEUE_FULL for m in failed):
+                raise ObserverError(f"cannot produce to {topic}: {failed[0]['_error']}")
+            msgs = failed  # the local queue is full: serve deliveries, then the rest, in order
+            for m in msgs:
+                del m["_error"]
+            self._producer.poll(0.05)
+
     def poll(self, timeout_s: float) -> None:
         self._producer.poll(timeout_s)
 
@@ -115,3 +155,10 @@ class KafkaRecordSink:
 
     def close(self) -> None:
         self._producer.flush(0)
+
+
+def _report(on_done: Callable[[str | None], None]) -> Callable[[KafkaError | None, Message], None]:
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        on_done(None if err is None else err.str())
+
+    return delivered
