@@ -340,7 +340,12 @@ class Engine:
             if handler.then is not None:
                 self._switch(slot, flow, inst, handler.then, event.time, event.id, now, out)
             return
-        step = self._pick_step(flow, inst, ref, event)
+        candidates = flow.step_index.get(ref)
+        if candidates is not None and len(candidates) == 1:  # the usual case, inlined
+            idx = candidates[0]
+            step = None if idx in inst.observed else flow.steps[idx]
+        else:
+            step = self._pick_step(flow, inst, ref, event)
         if step is None:
             note = f"{event.type} {event.id}: step already observed"
             out.append(Signal("recorded", flow.name, inst.version, slot.key, note, None, now))
@@ -433,15 +438,38 @@ class Engine:
         now: int,
         out: list[Effect],
     ) -> None:
-        self._observe(flow, inst, step, event)
+        # _observe, inlined: this runs for nearly every event
+        idx = step.index
+        observed = inst.observed
         t = event.time
-        current = step.path == inst.path
-        # late: its own deadline, if known now
-        self._judge_late(slot, flow, inst, step, event.id, now, out)
+        observed[idx] = t
+        if step.shares_on:
+            inst.ids[idx] = event_hash(event.id)
+        if step.captures:
+            caps = event.captures
+            inst.captured[idx] = [caps.get(sel) for sel in step.capture_names]
+        anchors = step.anchors
+        current = step.path == inst.path  # before a late handler may switch paths
+        # late: its own deadline, if known now (_judge_late decides once it may be late)
+        within = step.within_ms
+        if within is not None:
+            anchor: int | None = None
+            if anchors:
+                for a in anchors:
+                    ta = observed.get(a)
+                    if ta is None:
+                        anchor = None
+                        break
+                    if anchor is None or ta > anchor:
+                        anchor = ta
+            else:
+                anchor = inst.entries.get(step.path)
+            if anchor is not None and t > anchor + within:
+                self._judge_late(slot, flow, inst, step, event.id, now, out)
         # out of order against its own anchors
-        if current and step.anchors:
-            for a in step.anchors:
-                ta = inst.observed.get(a)
+        if current and anchors:
+            for a in anchors:
+                ta = observed.get(a)
                 if ta is not None and t < ta:
                     self._out_of_order(slot, flow, inst, step, flow.steps[a], event.id, now, out)
                     break
@@ -624,6 +652,8 @@ class Engine:
             return
         path = flow.paths[inst.path]
         observed = inst.observed
+        if len(observed) < len(path.required):
+            return  # cannot hold every required step yet
         for idx in path.required:
             if idx not in observed:
                 return
