@@ -11,6 +11,13 @@ is used by default when it exists, because quixstreams pins older confluent-kafk
 Prints a table and writes every figure to benchmarks/results/<timestamp>.json; process logs
 and the workload files go to benchmarks/results/<timestamp>/. docs/benchmarks.md says what
 each figure means and how it is measured.
+
+The observer's throughput runs until its state is durable: its source group `<group>` has
+committed every record AND its tracker's group `<group>.keyed` has committed the keyed topic
+`<group>.observer-keyed` up to where it ended when routing finished (those commits come
+OBSERVER_COMMIT_DELAY_MS, default 2 s, after the Redis write; the delay is included and shown
+as `tail s`). At the end the run's topics (keyed topics included), consumer groups (both of
+each measurement) and Redis keys are deleted unless --keep.
 """
 
 from __future__ import annotations
@@ -35,16 +42,19 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from confluent_kafka import KafkaException
+
 from benchmarks import workload as wl
 from benchmarks.common import (
     REPO,
     CommitWatch,
+    DurableWatch,
     ProcSampler,
     create_topics,
     delete_groups,
@@ -58,6 +68,7 @@ from benchmarks.common import (
     redis_delete_prefix,
     topics_matching,
 )
+from observer.config import ObserverConfig
 
 PARTS = ("observer", "faust", "quix", "latency", "memory")
 TARGETS = {
@@ -109,15 +120,33 @@ def webhook_sink(port: int) -> Iterator[type[_Sink]]:
         server.server_close()
 
 
+@dataclass
+class Record:
+    """A record read back from a topic: decoded value, timestamp, partition, headers."""
+
+    value: Any
+    ts: int
+    partition: int
+    headers: dict[str, bytes]
+
+
+def _headers(raw: Any) -> dict[str, bytes]:
+    """A record's headers (a list of (name, value) pairs, or None) as a dict."""
+    out: dict[str, bytes] = {}
+    for k, v in raw or ():
+        out[str(k)] = v.encode() if isinstance(v, str) else bytes(v or b"")
+    return out
+
+
 def count_records(
     bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads
-) -> list[tuple[Any, int, int]]:
-    """Every record of a topic now: (decoded value, broker/record timestamp, partition)."""
+) -> list[Record]:
+    """Every record of a topic now."""
     from confluent_kafka import Consumer, TopicPartition
 
     ends = end_offsets(bootstrap, [topic])
     todo = {tp: hi for tp, (lo, hi) in ends.items() if hi > lo}
-    out: list[tuple[Any, int, int]] = []
+    out: list[Record] = []
     if not todo:
         return out
     c = Consumer(kafka_conf(bootstrap, **{"group.id": "bench-reader", "enable.auto.commit": False}))
@@ -128,7 +157,8 @@ def count_records(
             if m.error():
                 continue
             tp = (str(m.topic()), int(m.partition() or 0))
-            out.append((decode(m.value() or b"null"), m.timestamp()[1], tp[1]))
+            headers = _headers(m.headers())
+            out.append(Record(decode(m.value() or b"null"), m.timestamp()[1], tp[1], headers))
             if tp in todo and int(m.offset() or 0) + 1 >= todo[tp]:
                 del todo[tp]
     c.close()
@@ -208,6 +238,7 @@ class Run:
     topics_made: set[str] = field(default_factory=set)
     groups_made: set[str] = field(default_factory=set)
     prefixes_made: list[str] = field(default_factory=list)
+    key_prefixes_made: set[str] = field(default_factory=set)  # Redis
 
     @property
     def bs(self) -> str:
@@ -250,6 +281,16 @@ class Run:
             env[k] = v
         return env
 
+    def observer_settings(self, group: str, key_prefix: str, env: dict[str, str]) -> ObserverConfig:
+        """The settings the observer processes of `group` run with (read from the same
+        environment). Registers what they create for deletion at the end: the consumer groups
+        `<group>` (source topics) and `<group>.keyed`, the keyed topic, the Redis keys."""
+        cfg = ObserverConfig.load({"group_id": group, "key_prefix": key_prefix}, env)
+        self.groups_made.update([group, keyed_group(group)])
+        self.topics_made.add(cfg.keyed_topic_name())
+        self.key_prefixes_made.add(key_prefix)
+        return cfg
+
     def make_runtime_topics(self, topics: Any) -> None:
         # alerts carry the broker's append time: that is when an alert was acknowledged
         create_topics(
@@ -265,14 +306,70 @@ class Run:
 # -- throughput ---------------------------------------------------------------------------------
 
 
+def keyed_group(group: str) -> str:
+    """The consumer group of the observer's tracker (the keyed topic) for source group `group`."""
+    return f"{group}.keyed"
+
+
+class Watch(Protocol):
+    """What the measurement loop needs of a commit watcher (CommitWatch, DurableWatch)."""
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    def sample(self) -> int: ...
+
+    def progress(self) -> str: ...
+
+    def first(self) -> tuple[float, int] | None: ...
+
+    def rate(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Launch:
+    """One process of a measurement."""
+
+    cmd: list[str]
+    log: str  # log file name (logs/<log>.log)
+    env: dict[str, str] | None = None
+    port: int | None = None  # the observer's ops API: /metrics is scraped before it stops
+
+
+@dataclass
+class Measured:
+    """What `measure_processes` saw."""
+
+    stopped: str  # complete | a process exited | timeout
+    rate: dict[str, Any]
+    startup_s: float | None  # launch to the first commit
+    sampler: ProcSampler
+    exit_codes: list[int | None]
+    metrics: list[dict[str, float]]  # per process with a port
+    extra: dict[str, Any]  # what `before_stop` returned
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "stopped": self.stopped,
+            **self.rate,
+            "startup_s": self.startup_s,
+            **self.sampler.summary(),
+            "events_per_cpu_s": _per_cpu(self.rate, self.sampler),
+            "exit_codes": self.exit_codes,
+        }
+
+
 def watch_until_done(
     run: Run,
-    watch: CommitWatch,
+    watch: Watch,
     procs: Sequence[subprocess.Popen[bytes]],
     sampler: ProcSampler,
 ) -> str:
-    """Sample commits (every 0.1 s) and processes (every 0.5 s) until every record is
-    committed, a process dies, or the timeout. Returns why it stopped."""
+    """Sample commits (every 0.1 s) and processes (every 0.5 s) until the watch is complete, a
+    process dies, or the timeout. Returns why it stopped."""
     t_end = time.monotonic() + run.args.timeout
     next_proc = 0.0
     last_log = time.monotonic()
@@ -284,7 +381,7 @@ def watch_until_done(
             next_proc = now + 0.5
             if n > 0 and sampler.cpu_at_first is None:
                 sampler.cpu_at_first = sum(sampler.cpu_s.values())
-        if n >= watch.total:
+        if watch.complete:
             sampler.sample()
             sampler.cpu_at_done = sum(sampler.cpu_s.values())
             return "complete"
@@ -293,29 +390,146 @@ def watch_until_done(
         if now > t_end:
             return "timeout"
         if now - last_log > 10:
-            log(f"  {n:,}/{watch.total:,} committed")
+            log(f"  {watch.progress()}")
             last_log = now
         time.sleep(0.1)
 
 
-def summarise_alerts(records: list[tuple[Any, int, int]]) -> dict[str, int]:
-    c: Counter[str] = Counter()
-    for v, _, _ in records:
-        if isinstance(v, dict):
-            c[str(v.get("kind"))] += 1
-    return dict(sorted(c.items()))
+def measure_processes(
+    run: Run,
+    watch: Watch,
+    launches: Sequence[Launch],
+    settle_s: float,
+    before_stop: Callable[[], dict[str, Any]] | None = None,
+) -> Measured:
+    """The measurement loop every throughput-like part shares: start the processes, follow
+    the watch until complete (or a process exits, or the timeout), wait `settle_s` (the
+    deadline tail), sample the processes, scrape /metrics, run `before_stop`, stop them."""
+    t_launch = time.monotonic()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for launch in launches:
+            f = run.logfile(launch.log)
+            logs.append(f)
+            procs.append(
+                subprocess.Popen(
+                    launch.cmd, stdout=subprocess.DEVNULL, stderr=f, env=launch.env, cwd=REPO
+                )
+            )
+        sampler = ProcSampler([p.pid for p in procs])
+        why = watch_until_done(run, watch, procs, sampler)
+        time.sleep(settle_s)
+        sampler.sample()
+        metrics = [scrape_metrics(x.port) for x in launches if x.port is not None]
+        extra = before_stop() if before_stop is not None else {}
+    finally:
+        codes = stop_processes(procs)
+        for f in logs:
+            f.close()
+    first = watch.first()
+    return Measured(
+        stopped=why,
+        rate=watch.rate(),
+        startup_s=(first[0] - t_launch) if first is not None else None,
+        sampler=sampler,
+        exit_codes=codes,
+        metrics=metrics,
+        extra=extra,
+    )
 
 
-def check_alerts(got: dict[str, int], expected: dict[str, Any]) -> dict[str, Any]:
-    """Per kind: expected range (from replay templates) vs got."""
-    lo, hi = expected["alerts_min"], expected["alerts_max"]
-    kinds = sorted(set(lo) | set(hi) | set(got))
-    bad = {
-        k: [lo.get(k, 0), hi.get(k, 0), got.get(k, 0)]
-        for k in kinds
-        if not lo.get(k, 0) <= got.get(k, 0) <= hi.get(k, 0)
+def check_alerts(
+    records: Sequence[Record], expected: dict[str, Any], ranges: bool = True
+) -> dict[str, Any]:
+    """Alerts read back against what the replay expects of the workload (`expected.json`).
+
+    - `repeats`: records whose `observer-id` header came before (at-least-once delivery allows
+      them; consumers drop them by id): counted, then left out of everything below;
+    - per order (its kind from `fault_orders`, else `ok`): an alert that is not one of its
+      kind's template alerts (certain or possible) is `unexpected`; the same (kind, step)
+      raised again for an order under another id is a `duplicate`; a certain template alert
+      not raised is `absent`;
+    - with `ranges`, the counts by kind against `alerts_min`/`alerts_max` (`out_of_range`:
+      kind -> [min, max, got]).
+    `ok` when all of these are clean (repeats are reported, not failed).
+    """
+    templates = expected["templates"]
+    kind_of = {key: k for k, keys in expected["fault_orders"].items() for key in keys}
+    allowed = {
+        k: {(str(a), None if s is None else str(s)) for a, s in t["certain"] + t["possible"]}
+        for k, t in templates.items()
     }
-    return {"ok": not bad, "out_of_range": bad}
+    seen_ids: set[bytes] = set()
+    repeats = 0
+    raised: dict[str, Counter[tuple[str, str | None]]] = {}
+    for r in records:
+        oid = r.headers.get("observer-id")
+        if oid is not None:
+            if oid in seen_ids:
+                repeats += 1
+                continue
+            seen_ids.add(oid)
+        v = r.value if isinstance(r.value, dict) else {}
+        step = v.get("step")
+        alert = (str(v.get("kind")), None if step is None else str(step))
+        raised.setdefault(str(v.get("key")), Counter())[alert] += 1
+    counts: Counter[str] = Counter()
+    unexpected: Counter[str] = Counter()
+    duplicates: Counter[str] = Counter()
+    absent: Counter[str] = Counter()
+    examples: list[str] = []
+    for key, got in raised.items():
+        okind = kind_of.get(key, "ok")
+        for (akind, step), c in got.items():
+            counts[akind] += c
+            label = f"{okind} order: {akind} {step}"
+            if (akind, step) not in allowed.get(okind, set()):
+                unexpected[label] += c
+                if len(examples) < 5:
+                    examples.append(f"{key}: {akind} {step}")
+            elif c > 1:
+                duplicates[label] += c - 1
+                if len(examples) < 5:
+                    examples.append(f"{key}: {akind} {step} x{c}")
+    for okind, keys in expected["fault_orders"].items():
+        for akind, step in templates[okind]["certain"]:
+            alert = (str(akind), None if step is None else str(step))
+            n = sum(1 for key in keys if raised.get(key, Counter())[alert] == 0)
+            if n:
+                absent[f"{okind} order: {akind} {step}"] += n
+    out_of_range: dict[str, list[int]] = {}
+    if ranges:
+        lo, hi = expected["alerts_min"], expected["alerts_max"]
+        for k in sorted(set(lo) | set(hi) | set(counts)):
+            if not lo.get(k, 0) <= counts.get(k, 0) <= hi.get(k, 0):
+                out_of_range[k] = [lo.get(k, 0), hi.get(k, 0), counts.get(k, 0)]
+    return {
+        "ok": not (out_of_range or unexpected or duplicates or absent),
+        "records": len(records),
+        "repeats": repeats,
+        "counts": dict(sorted(counts.items())),
+        "out_of_range": out_of_range,
+        "unexpected": dict(unexpected),
+        "duplicates": dict(duplicates),
+        "absent": dict(absent),
+        "examples": examples,
+    }
+
+
+def distinct_outcomes(records: Sequence[Record]) -> dict[str, int]:
+    """Outcomes by kind, repeats of an `observer-id` counted once."""
+    seen: set[bytes] = set()
+    c: Counter[str] = Counter()
+    for r in records:
+        oid = r.headers.get("observer-id")
+        if oid is not None:
+            if oid in seen:
+                continue
+            seen.add(oid)
+        if isinstance(r.value, dict):
+            c[str(r.value.get("outcome"))] += 1
+    return dict(sorted(c.items()))
 
 
 def measure_observer(
@@ -325,60 +539,56 @@ def measure_observer(
     prefix = manifest["prefix"]
     label = f"obs{n}"
     group = key_prefix = f"{prefix}-{label}"
-    files_topics = wl.runtime_topics(prefix, label)
-    run.make_runtime_topics(files_topics)
+    topics = wl.runtime_topics(prefix, label)
+    run.make_runtime_topics(topics)
+    env = run.observer_env(topics)
+    cfg = run.observer_settings(group, key_prefix, env)
     ends = end_offsets(run.bs, manifest["source_topics"].values())
-    watch = CommitWatch(run.bs, group, ends)
-    run.groups_made.add(group)
+    watch = DurableWatch(
+        CommitWatch(run.bs, group, ends), cfg.keyed_topic_name(), keyed_group(group)
+    )
     mem_before = redis_used_memory(args.redis_url)
-    log(f"observer x{n}: {watch.total:,} events, group {group}")
-    procs = []
+    log(
+        f"observer x{n}: {watch.total:,} events, groups {group} and {keyed_group(group)}, {cfg.shards} shards, commit delay {cfg.commit_delay_ms} ms"
+    )
     ports = [args.http_port_base + i for i in range(n)]
-    t_launch = time.monotonic()
-    for i, port in enumerate(ports):
-        cmd = run.observer_cmd(Path(manifest["flow_dir"]), group, port, key_prefix)
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                stdout=subprocess.DEVNULL,
-                stderr=run.logfile(f"{label}-{i}"),
-                env=run.observer_env(files_topics),
-                cwd=REPO,
-            )
-        )
-    sampler = ProcSampler([p.pid for p in procs])
-    why = watch_until_done(run, watch, procs, sampler)
-    rate = watch.rate()
-    first = next((t for t, c in watch.samples if c > 0), None)
-    time.sleep(args.settle)  # the deadline tail: the watermark reaches the wall clock
-    sampler.sample()
-    metrics = [scrape_metrics(p) for p in ports]
-    codes = stop_processes(procs)
+    flow_dir = Path(manifest["flow_dir"])
+    m = measure_processes(
+        run,
+        watch,
+        [
+            Launch(run.observer_cmd(flow_dir, group, port, key_prefix), f"{label}-{i}", env, port)
+            for i, port in enumerate(ports)
+        ],
+        args.settle,
+    )
     mem_after = redis_used_memory(args.redis_url)
-    alerts = summarise_alerts(count_records(run.bs, files_topics.alerts))
-    outcomes: Counter[str] = Counter()
-    for v, _, _ in count_records(run.bs, files_topics.outcomes):
-        outcomes[str(v.get("outcome"))] += 1
+    check = check_alerts(count_records(run.bs, topics.alerts), expected)
     res = {
         "processes": n,
         "group": group,
-        "stopped": why,
-        **rate,
-        "startup_s": (first - t_launch) if first is not None else None,
-        **sampler.summary(),
-        "exit_codes": codes,
-        "alerts": alerts,
-        "alerts_check": check_alerts(alerts, expected),
-        "outcomes": dict(sorted(outcomes.items())),
+        **m.figures(),
+        "commit_delay_ms": cfg.commit_delay_ms,
+        "shards": cfg.shards,
+        "alerts": check["counts"],
+        "alerts_check": check,
+        "outcomes": distinct_outcomes(count_records(run.bs, topics.outcomes)),
         "outcomes_expected_at_least": expected["outcomes_certain"],
         "redis_used_memory_delta": mem_after - mem_before,
-        "metrics": _merge_metrics(metrics),
+        "metrics": _merge_metrics(m.metrics),
+        "metrics_per_process": [
+            {k: v for k, v in pm.items() if k in _PER_PROCESS} for pm in m.metrics
+        ],
     }
-    res["events_per_cpu_s"] = _per_cpu(rate, sampler)
     if not args.keep:
         redis_delete_prefix(args.redis_url, key_prefix)
-    log(f"observer x{n}: {fmt_rate(res['events_per_s'])} events/s ({why}), alerts {alerts}")
+    log(
+        f"observer x{n}: {fmt_rate(res['events_per_s'])} events/s ({m.stopped}), alerts {check['counts']}, check {_ok(check['ok'])}"
+    )
     return res
+
+
+_PER_PROCESS = ("observer_events_total", "observer_owned_shards", "observer_rebalances_total")
 
 
 def _merge_metrics(ms: list[dict[str, float]]) -> dict[str, float]:
@@ -392,6 +602,7 @@ def _merge_metrics(ms: list[dict[str, float]]) -> dict[str, float]:
         "observer_processing_errors_total",
         "observer_publish_failures_total",
         "observer_store_errors_total",
+        "observer_rebalances_total",
         "observer_batch_duration_seconds_sum",
         "observer_batch_duration_seconds_count",
     )
@@ -404,8 +615,8 @@ def _merge_metrics(ms: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _per_cpu(rate: dict[str, Any], sampler: ProcSampler) -> float | None:
-    """Events per CPU second of the measured processes, from the first commit on (startup
-    and the settle time after the last commit are left out)."""
+    """Events per CPU second of the measured processes, from the first commit to completion
+    (startup and the settle time after it are left out)."""
     if sampler.cpu_at_first is None or sampler.cpu_at_done is None:
         return None
     cpu = sampler.cpu_at_done - sampler.cpu_at_first
@@ -440,30 +651,20 @@ def measure_peer(
     ]
     cmd += ["--data-dir" if kind == "faust" else "--state-dir", str(state)]
     log(f"{kind}: {watch.total:,} events, group {group}")
-    t_launch = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=run.logfile(kind), cwd=REPO)
-    sampler = ProcSampler([proc.pid])
-    why = watch_until_done(run, watch, [proc], sampler)
-    rate = watch.rate()
-    first = next((t for t, c in watch.samples if c > 0), None)
-    time.sleep(min(args.settle, 3))
-    sampler.sample()
-    codes = stop_processes([proc])
-    alerts = summarise_alerts(count_records(run.bs, alerts_topic))
+    m = measure_processes(run, watch, [Launch(cmd, kind)], min(args.settle, 3))
+    # the peers model missing/late/error of the main path only: no warnings, so only the
+    # per-order part of the check applies
+    check = check_alerts(count_records(run.bs, alerts_topic), expected, ranges=False)
     shutil.rmtree(state, ignore_errors=True)
     res = {
         "processes": 1,
         "group": group,
-        "stopped": why,
-        **rate,
-        "startup_s": (first - t_launch) if first is not None else None,
-        **sampler.summary(),
-        "exit_codes": codes,
-        "alerts": alerts,
+        **m.figures(),
+        "alerts": check["counts"],
+        "alerts_check": check,
         "note": "peers model missing/late/error of the main path only (see benchmarks/peers/checkout.py)",
     }
-    res["events_per_cpu_s"] = _per_cpu(rate, sampler)
-    log(f"{kind}: {fmt_rate(res['events_per_s'])} events/s ({why}), alerts {alerts}")
+    log(f"{kind}: {fmt_rate(res['events_per_s'])} events/s ({m.stopped}), alerts {check['counts']}")
     return res
 
 
@@ -554,13 +755,14 @@ def measure_latency(run: Run) -> dict[str, Any]:
     assert mstep.within_ms is not None
 
     group = key_prefix = f"{prefix}-obs"
-    run.groups_made.add(group)
+    env = run.observer_env(topics)
+    run.observer_settings(group, key_prefix, env)
     port = args.http_port_base + 10
     proc = subprocess.Popen(
         run.observer_cmd(files.flow_dir, group, port, key_prefix),
         stdout=subprocess.DEVNULL,
         stderr=run.logfile("latency-observer"),
-        env=run.observer_env(topics),
+        env=env,
         cwd=REPO,
     )
     try:
@@ -734,28 +936,38 @@ def measure_memory(run: Run) -> dict[str, Any]:
         f"memory: {n:,} orders mid-flight ({produced:,} events, steps {sorted(files.flow.steps[i].name for i in first_half)})"
     )
     group = key_prefix = f"{prefix}-obs"
+    env = run.observer_env(topics)
+    cfg = run.observer_settings(group, key_prefix, env)
     ends = end_offsets(run.bs, files.source_topics.values())
-    watch = CommitWatch(run.bs, group, ends)
-    run.groups_made.add(group)
+    watch = DurableWatch(
+        CommitWatch(run.bs, group, ends), cfg.keyed_topic_name(), keyed_group(group)
+    )
     mem_before = redis_used_memory(args.redis_url)
     port = args.http_port_base + 20
-    proc = subprocess.Popen(
-        run.observer_cmd(files.flow_dir, group, port, key_prefix),
-        stdout=subprocess.DEVNULL,
-        stderr=run.logfile("memory-observer"),
-        env=run.observer_env(topics),
-        cwd=REPO,
+
+    def look() -> dict[str, Any]:
+        return {
+            "mem_after": redis_used_memory(args.redis_url),
+            "usage": redis_key_usage(args.redis_url, key_prefix, args.memory_sample),
+        }
+
+    m = measure_processes(
+        run,
+        watch,
+        [
+            Launch(
+                run.observer_cmd(files.flow_dir, group, port, key_prefix),
+                "memory-observer",
+                env,
+                port,
+            )
+        ],
+        args.settle,
+        look,
     )
-    sampler = ProcSampler([proc.pid])
-    try:
-        why = watch_until_done(run, watch, [proc], sampler)
-        time.sleep(args.settle)
-        sampler.sample()
-        metrics = scrape_metrics(port)
-        mem_after = redis_used_memory(args.redis_url)
-        usage = redis_key_usage(args.redis_url, key_prefix, args.memory_sample)
-    finally:
-        codes = stop_processes([proc])
+    metrics = m.metrics[0] if m.metrics else {}
+    mem_after, usage = m.extra["mem_after"], m.extra["usage"]
+    why, sampler, codes = m.stopped, m.sampler, m.exit_codes
     open_n = usage["open_instances"] or metrics.get("observer_open_instances") or 0
     res = {
         "orders": n,
@@ -849,7 +1061,10 @@ def report(res: dict[str, Any]) -> str:
     base = obs.get("1", {}).get("events_per_s")
     for n, r in sorted(obs.items(), key=lambda kv: int(kv[0])):
         scale = r["events_per_s"] / base if base and r.get("events_per_s") else None
-        rows.append((f"observer x{n}", r, f"x{scale:.2f} of 1 proc" if scale else ""))
+        note = f"x{scale:.2f} of 1 proc; " if scale else ""
+        if r.get("routed_events_per_s"):
+            note += f"router alone {fmt_rate(r['routed_events_per_s'])}/s, keyed backlog then {r.get('keyed_backlog_at_routed') or 0:,}"
+        rows.append((f"observer x{n}", r, note))
     for kind in ("faust", "quix"):
         r = res.get(kind)
         if r:
@@ -865,19 +1080,42 @@ def report(res: dict[str, Any]) -> str:
     if rows:
         lines.append("")
         lines.append(
-            f"{'throughput':<14}{'events/s':>11}{'events':>11}{'seconds':>9}{'cpu s':>8}{'ev/cpu-s':>10}{'peak RSS MB':>13}  {'alerts by kind':<44} note"
+            f"{'throughput':<14}{'events/s':>11}{'events':>11}{'seconds':>9}{'tail s':>8}{'cpu s':>8}{'ev/cpu-s':>10}{'peak RSS MB':>13}  {'alerts':<7}{'by kind':<44} note"
         )
         for name, r, note in rows:
             secs = r.get("seconds")
+            tail = r.get("durable_tail_s")
+            check = r.get("alerts_check") or {}
             lines.append(
-                f"{name:<14}{fmt_rate(r.get('events_per_s')):>11}{r.get('events', 0):>11,}{(secs or 0):>9.2f}{sum(r.get('cpu_s', [])):>8.1f}{fmt_rate(r.get('events_per_cpu_s')):>10}{max(r.get('peak_rss_mb', [0])):>13.0f}  {json.dumps(r.get('alerts', {})):<44} {note}{'' if r.get('complete') else ' (INCOMPLETE: ' + str(r.get('stopped')) + ')'}"
+                f"{name:<14}{fmt_rate(r.get('events_per_s')):>11}{r.get('events', 0):>11,}{(secs or 0):>9.2f}{'-' if tail is None else f'{tail:.2f}':>8}{sum(r.get('cpu_s', [])):>8.1f}{fmt_rate(r.get('events_per_cpu_s')):>10}{max(r.get('peak_rss_mb', [0])):>13.0f}  {_ok(check.get('ok')):<7}{json.dumps(r.get('alerts', {})):<44} {note}{'' if r.get('complete') else ' (INCOMPLETE: ' + str(r.get('stopped')) + ')'}"
             )
-        checks = [r.get("alerts_check") for _, r, _ in rows if r.get("alerts_check")]
-        if checks:
-            bad = [c["out_of_range"] for c in checks if not c["ok"]]
+        one = obs.get("1") or next(iter(obs.values()), None)
+        if one:
             lines.append(
-                f"observer alerts within the replay's expected range: {_ok(not bad)}"
-                + (f" {bad}" if bad else "")
+                f"observer: seconds = first source commit -> state durable (group <group>.keyed committed all routed, source group all); it includes `tail s` = routed -> durable, of which the commit delay is {one.get('commit_delay_ms')} ms"
+            )
+        for name, r, _ in rows:
+            check = r.get("alerts_check")
+            if not check:
+                continue
+            problems = {
+                k: check[k]
+                for k in ("out_of_range", "unexpected", "duplicates", "absent")
+                if check.get(k)
+            }
+            if problems or check.get("repeats"):
+                lines.append(
+                    f"{name} alerts: {json.dumps(problems)}; repeats of an observer-id (allowed, dropped): {check.get('repeats', 0)}; e.g. {check.get('examples', [])[:3]}"
+                )
+        checks = [
+            r["alerts_check"]
+            for n, r, _ in rows
+            if n.startswith("observer") and r.get("alerts_check")
+        ]
+        if checks:
+            lines.append(
+                "observer alerts per order and within the replay's expected range: "
+                + _ok(all(c["ok"] for c in checks))
             )
     lat = res.get("latency")
     if lat:
@@ -896,7 +1134,7 @@ def report(res: dict[str, Any]) -> str:
             f"  alerts matched {lat['alerts_matched']}/{lat['deadlines']}, unexpected {lat['unexpected_alerts'] or 0}"
         )
     mem = res.get("memory")
-    if mem:
+    if mem and mem.get("open_instances") is not None:
         lines.append("")
         b = mem.get("bytes_per_open_instance")
         lines.append(
@@ -1015,6 +1253,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def cleanup(run: Run, wait_s: float = 120) -> None:
+    """Delete the run's topics (the observers' keyed topics included) and consumer groups
+    (`<group>` and `<group>.keyed`), retrying for up to `wait_s` (a broker restarting, a group
+    still settling); what is left is named in the log."""
+    topics, groups = set(run.topics_made), set(run.groups_made)
+    n_topics, n_groups = len(topics), len(groups)
+    listed = False
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if not listed:
+                for p in run.prefixes_made:
+                    topics.update(topics_matching(run.bs, p))
+                n_topics, listed = len(topics), True
+            groups -= delete_groups(run.bs, groups)
+            topics -= delete_topics(run.bs, topics)
+        except KafkaException as exc:
+            log(f"cleanup: {exc}")
+        if (listed and not topics and not groups) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    with contextlib.suppress(Exception):  # what a measurement cut short left
+        for prefix in sorted(run.key_prefixes_made):
+            redis_delete_prefix(run.args.redis_url, prefix)
+    log(
+        f"deleted {n_topics - len(topics)}/{n_topics} topics (keyed topics included) and {n_groups - len(groups)}/{n_groups} consumer groups (<group>, <group>.keyed); --keep keeps them"
+        + (
+            f"; NOT deleted: topics {sorted(topics)} groups {sorted(groups)}"
+            if topics or groups
+            else ""
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -1076,12 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             path = REPO / "benchmarks" / "results" / f"{stamp}.json"
             path.write_text(json.dumps(res, indent=2, default=str) + "\n")
             if not args.keep:
-                names = set(run.topics_made)
-                for p in run.prefixes_made:
-                    names.update(topics_matching(run.bs, p))
-                n = delete_topics(run.bs, names)
-                g = delete_groups(run.bs, run.groups_made)
-                log(f"deleted {n} topics and {g} consumer groups (use --keep to keep them)")
+                cleanup(run)
     print(report(res))
     print(f"\nfigures: {path}")
 

@@ -951,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.delete:
         names = topics_matching(args.bootstrap_servers, args.delete)
-        print(f"deleted {delete_topics(args.bootstrap_servers, names)} of {len(names)} topics")
+        print(f"deleted {len(delete_topics(args.bootstrap_servers, names))} of {len(names)} topics")
         return
     m = build_workload(args)
     print(

@@ -1,0 +1,1 @@
+"""Benchmark scripts (not part of the observer package; see docs/benchmarks.md)."""
