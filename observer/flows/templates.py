@@ -151,6 +151,58 @@ def _plain_json(value: Any) -> Any:
     return value
 
 
+def _attribute_path(expr: str) -> tuple[str, ...] | None:
+    """`steps.placed.value.total` -> its names, when the expression is nothing but a name and
+    attributes (no filter, call, index or operator); None otherwise."""
+    try:
+        ast = _ENV.env.parse("{{" + expr + "}}")
+    except TemplateSyntaxError:
+        return None
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return None
+    out = ast.body[0].nodes
+    if len(out) != 1:
+        return None
+    node = out[0]
+    names: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        names.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    names.append(node.name)
+    return tuple(reversed(names))
+
+
+def _fast_path(
+    path: tuple[str, ...], slow: Callable[[Mapping[str, Any]], Any]
+) -> Callable[[Mapping[str, Any]], Any]:
+    """Render `name.a.b` by walking plain dicts, as the sandbox does for mappings (a key that
+    is absent is undefined: None); anything else (a list, an object, a missing root name)
+    goes through Jinja (`slow`), so the result is always Jinja's."""
+    root, rest = path[0], path[1:]
+
+    def render(c: Mapping[str, Any]) -> Any:
+        if type(c) is not dict or root not in c:
+            return slow(c)
+        node = c[root]
+        for name in rest:
+            if type(node) is not dict:
+                return slow(c)
+            if name not in node:
+                return None
+            node = node[name]
+        if type(node) is tuple:
+            return _plain_json(node)
+        return node if type(node) in _PLAIN else slow(c)
+
+    return render
+
+
+# values a dict walk may return as they are (Jinja returns them unchanged too)
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
+
+
 def compile_template(source: str, ctx: TemplateContextSpec) -> tuple[Template | None, list[str]]:
     """Compile one template string; returns (template or None, problems in plain words)."""
     env = _ENV.env
@@ -187,7 +239,14 @@ def compile_template(source: str, ctx: TemplateContextSpec) -> tuple[Template | 
     single = _SINGLE.match(source)
     if single and "{{" not in single.group("expr") and "{%" not in source:
         expr = env.compile_expression(single.group("expr"), undefined_to_none=True)
-        return Template(source, lambda c: _plain_json(expr(**c))), []
+
+        def slow(c: Mapping[str, Any]) -> Any:
+            return _plain_json(expr(**c))
+
+        path = _attribute_path(single.group("expr"))
+        if path is not None:
+            return Template(source, _fast_path(path, slow)), []
+        return Template(source, slow), []
     tpl = env.from_string(source)
     return Template(source, lambda c: tpl.render(c)), []
 
