@@ -113,7 +113,14 @@ class Ingest:
         readers = self._readers.get(rec.topic)
         if not readers:
             return out
-        headers = rec.headers if isinstance(rec.headers, Mapping) else dict(rec.headers)
+        raw_headers = rec.headers
+        kind = type(raw_headers)
+        if kind is list or kind is tuple:  # confluent-kafka's [(name, bytes), ...]
+            headers: Mapping[str, Any] = dict(raw_headers)
+        elif kind is dict or isinstance(raw_headers, Mapping):  # no ABC check for a dict
+            headers = raw_headers  # type: ignore[assignment]
+        else:
+            headers = dict(raw_headers)
         view: RecordView | None = None
         view_fmt = ""
         views: dict[str, RecordView] | None = None
@@ -183,7 +190,7 @@ class Ingest:
 
     def _decode_value(self, value: Any, source: CompiledSource) -> Any:
         if source.format == "json":
-            if isinstance(value, bytes | bytearray | memoryview | str):
+            if type(value) is bytes or isinstance(value, bytes | bytearray | memoryview | str):
                 return orjson.loads(value)
             return value
         if isinstance(value, str):

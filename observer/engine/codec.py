@@ -38,11 +38,10 @@ _DEFAULTS_2: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None,
 
 
 def _flat(d: dict[int, int], base: int = 0) -> list[int]:
-    out: list[int] = []
-    append = out.append
-    for k, v in d.items():
-        append(k)
-        append(v - base)
+    """{k: v} -> [k, v - base, ...] (slice assignment: fewer bytecodes than a loop)."""
+    out = [0] * (2 * len(d))
+    out[0::2] = d
+    out[1::2] = [v - base for v in d.values()] if base else d.values()
     return out
 
 
