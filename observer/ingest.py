@@ -22,7 +22,7 @@ from observer.engine.state import Event
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import MISSING, RecordView, Selector
-from observer.timefmt import parse_time
+from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 
 __all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
 
@@ -164,7 +164,7 @@ class Ingest:
             else:
                 key = str(key)
             raw_time = source.time(view)
-            if type(raw_time) is int:
+            if type(raw_time) is int and MIN_TIME_MS <= raw_time < MAX_TIME_MS:
                 time = raw_time
             else:
                 if raw_time is MISSING:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-__all__ = ["format_duration", "format_time", "parse_duration", "parse_time"]
+__all__ = ["MAX_TIME_MS", "MIN_TIME_MS", "format_duration", "format_time", "parse_duration", "parse_time"]
 
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _SHORT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -62,7 +62,8 @@ def format_duration(ms: int) -> str:
 
 @lru_cache(maxsize=4096)
 def _day(days: int) -> str:
-    return (_EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
+    d = (_EPOCH + timedelta(days=days)).date()
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"  # strftime drops the zeros of year 1
 
 
 @lru_cache(maxsize=65536)
@@ -81,11 +82,25 @@ def format_time(ms: int) -> str:
     return _second(sec) + "Z"
 
 
+# Event times the observer accepts: years 1 to 9000 (deadlines, windows and `expire` added to
+# them must still render as ISO-8601, which ends with year 9999).
+MIN_TIME_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+MAX_TIME_MS = 221_845_392_000_000  # 9000-01-01T00:00:00Z
+
+
 def parse_time(raw: object) -> int:
     """Parse an event time: epoch ms (int, float or digit string) or ISO-8601 text.
 
-    ISO-8601 text without an offset is read as UTC. Raises ValueError when it cannot be read.
+    ISO-8601 text without an offset is read as UTC. Raises ValueError when it cannot be read
+    or lies outside years 1 to 9000.
     """
+    ms = _parse_time(raw)
+    if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        raise ValueError(f"time {raw!r} is out of range (years 1 to 9000)")
+    return ms
+
+
+def _parse_time(raw: object) -> int:
     if isinstance(raw, bool) or raw is None:
         raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
     if isinstance(raw, int):

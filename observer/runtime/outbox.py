@@ -45,7 +45,7 @@ class OutboxRecord:
     topic: str | None
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]  # None: a header without a value
     webhook: str | None = None
     created_at: int = 0
     seq: int = 0
@@ -84,7 +84,7 @@ def serialize_value(p: Publish) -> bytes | None:
 def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
     """Serialise an effect into the record that is stored and published."""
     key = None if p.key is None else _bytes(p.key)
-    headers = tuple([(k, _bytes(v)) for k, v in p.headers])
+    headers = tuple([(k, None if v is None else _bytes(v)) for k, v in p.headers])
     return OutboxRecord(
         p.observer_id,
         p.category,
@@ -127,8 +127,11 @@ def encode_record(r: OutboxRecord) -> bytes:
         nb = name.encode()
         append(pack(len(nb)))
         append(nb)
-        append(pack(len(value)))
-        append(value)
+        if value is None:
+            append(_NONE)
+        else:
+            append(pack(len(value)))
+            append(value)
     return b"".join(out)
 
 
@@ -160,7 +163,7 @@ def decode_record(data: bytes) -> OutboxRecord:
         headers = []
         for _ in range(nh):
             name = take()
-            headers.append(((name or b"").decode(), take() or b""))
+            headers.append(((name or b"").decode(), take()))
         if pos != len(data):
             raise ValueError("trailing bytes in outbox record")
     except struct.error as exc:

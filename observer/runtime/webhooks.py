@@ -138,7 +138,7 @@ class WebhookDispatcher:
         assert record.webhook is not None
         headers = {"content-type": "application/json"}
         for name, value in record.headers:
-            headers[name] = value.decode("utf-8", "replace")
+            headers[name] = "" if value is None else value.decode("utf-8", "replace")
         try:
             status = self._post(record.webhook, record.value or b"null", headers)
         except Exception as exc:

@@ -20,9 +20,7 @@ records = st.builds(
     topic=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
     key=opt_bytes,
     value=opt_bytes,
-    headers=st.lists(st.tuples(st.text(max_size=10), st.binary(max_size=20)), max_size=4).map(
-        tuple
-    ),
+    headers=st.lists(st.tuples(st.text(max_size=10), opt_bytes), max_size=4).map(tuple),
     webhook=st.one_of(st.none(), st.just("http://127.0.0.1:9/x")),
     created_at=st.integers(0, 2**62),
     seq=st.integers(0, 2**31),
@@ -97,3 +95,9 @@ def test_delivered_records_are_acked_once_and_failures_retry_with_backoff() -> N
     infl.restore_acked(acked)  # the outbox deletion did not reach the store
     assert infl.take_acked() == [(5, "b")]
     assert len(infl) == 0
+
+
+def test_a_header_without_a_value_stays_without_one() -> None:
+    p = Publish("dlq", "dlq", b"k", b"v", (("trace", None), ("eid", "7")), "a" * 32)
+    rec = decode_record(encode_record(to_record(p, 0, 0)))
+    assert rec.headers == (("trace", None), ("eid", b"7"))
