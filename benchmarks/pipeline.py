@@ -188,6 +188,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="gc.set_threshold(N, 20, 100) and gc.freeze() after setup (0: Python's defaults)",
+    )
+    ap.add_argument(
         "--profile",
         choices=["decode", "engine", "cycle", "total"],
         help="run only this stage, once, in a loop for `--profile-seconds` (for py-spy)",
@@ -232,6 +238,10 @@ def main() -> None:
             p.run_batch([(r, dec(r).events) for r in rb], rb[-1].timestamp)
         return p.store_s
 
+    if args.gc_threshold:
+        gc.collect()
+        gc.freeze()  # the workload built above is not garbage: keep it out of every collection
+        gc.set_threshold(args.gc_threshold, 20, 100)
     stages = {
         "decode": stage_decode,
         "engine": stage_engine,
@@ -246,7 +256,8 @@ def main() -> None:
 
     print(
         f"workload: {args.orders} checkout orders, {len(records)} records, {n_events} events, "
-        f"batch {args.batch}, history cap {args.history_cap}"
+        f"batch {args.batch}, history cap {args.history_cap}, "
+        f"gc threshold {args.gc_threshold or 'default'}"
     )
     print("best of runs (CPU time; cycle and total exclude the store emulation)")
     for name, fn in stages.items():
