@@ -35,13 +35,14 @@ CHAOS_SEED=<int> changes the workload and the choice of processes killed (defaul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tests.e2e.conftest import OBSERVER, ObserverProcess
 from tests.integration.conftest import CreateTopics, Stack
@@ -67,7 +69,7 @@ ORDER_GAP_MS = 10  # event time between two order starts: 20k orders span 200 s 
 SOURCES = ("orders", "pay", "ship")
 OUTPUTS = ("alerts", "outcomes", "cmds", "dlq")
 IDLE_GRACE_MS = 10 * 24 * 3600 * 1000  # fully read partitions never move the watermark
-TICK_AFTER_MS = 2 * 3600 * 1000  # ticks: this long after the last order start (buffer is 1h)
+TICK_AFTER_MS = 2 * 3600 * 1000  # ticks this long after the last start: past retain/buffer (1h)
 SEED = int(os.environ.get("CHAOS_SEED", "5"))
 
 # The known mix: kind -> share of the orders (the rest are happy).
@@ -490,6 +492,7 @@ def observer_env(stack: Stack, unique: str, topics: dict[str, str]) -> dict[str,
         OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
         OBSERVER_REDIS_URL=stack.redis_url,
         OBSERVER_KEY_PREFIX=f"{unique}:obs",  # removed after the test by `redis_client`
+        OBSERVER_KEYED_TOPIC=topics["keyed"],  # the observer creates it; deleted after the test
         OBSERVER_ALERTS_TOPIC=topics["alerts"],
         OBSERVER_OUTCOMES_TOPIC=topics["outcomes"],
         OBSERVER_DLQ_TOPIC=topics["dlq"],
@@ -547,14 +550,54 @@ def published_records(
     return total, no_id, found
 
 
+def labels(ids: Iterable[str], where: dict[str, Published]) -> str:
+    counts = Counter(where[i].label for i in ids)
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+
+def write_comparison(
+    path: Path,
+    expected: dict[str, Published],
+    found: dict[str, list[Published]],
+    kinds: dict[str, list[str]],
+) -> None:
+    """Per order whose records differ from replay's: its kind, the labels expected, found."""
+    kind_of = {key: kind for kind, keys in kinds.items() for key in keys}
+    by_key: dict[str | None, list[str]] = defaultdict(list)
+    for oid in set(expected) ^ set(found):
+        p = expected[oid] if oid in expected else found[oid][0]
+        side = "missing" if oid in expected else "unexpected"
+        by_key[p.key].append(f"{side} {p.label} {oid}")
+    replay: dict[str | None, list[str]] = defaultdict(list)
+    for p in expected.values():
+        replay[p.key].append(p.label)
+    with path.open("w") as f:
+        for key in sorted(by_key, key=str):
+            exp = sorted(replay[key])
+            f.write(f"{key} ({kind_of.get(str(key), '?')}), replay: {exp}\n")
+            for line in sorted(by_key[key]):
+                f.write(f"    {line}\n")
+
+
 def examples(ids: Sequence[str], where: dict[str, Published]) -> str:
     return "\n".join(f"  {i}: {where[i]}" for i in ids[:5])
+
+
+@pytest.fixture
+def keyed_topic(admin: AdminClient, unique: str) -> Iterator[str]:
+    """The name of the observers' internal keyed topic, deleted after the test."""
+    name = f"{unique}.keyed"
+    yield name
+    for future in admin.delete_topics([name], operation_timeout=30).values():
+        with contextlib.suppress(KafkaException):  # never created
+            future.result(30)
 
 
 def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_nothing(
     stack: Stack,
     unique: str,
     create_topics: CreateTopics,
+    keyed_topic: str,
     observer_procs: list[ObserverProcess],
     figures: list[str],
     tmp_path: Path,
@@ -567,6 +610,7 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         print(f"[chaos {time.monotonic() - t_begin:6.1f}s] {msg}", flush=True)
 
     topics = {name: f"{unique}.{name}" for name in (*SOURCES, *OUTPUTS)}
+    topics["keyed"] = keyed_topic
     # the ticks lie hours ahead of the wall clock; brokers refuse more than 1 h by default
     ahead = {"message.timestamp.after.max.ms": str(7 * 24 * 3600 * 1000)}
     create_topics([topics[s] for s in SOURCES], PARTITIONS, ahead)
@@ -580,7 +624,7 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
     base -= base % 1000
     work = make_workload(ORDERS, base, SEED)
     tick_at = work.first + ORDERS * ORDER_GAP_MS + TICK_AFTER_MS
-    assert tick_at > work.last + 3_600_000
+    assert tick_at > work.last + 30_000 + 3_600_000  # past every expire (30 s) + retain (1 h)
     n = len(work.events)
     waves = [work.events[i * n // WAVES : (i + 1) * n // WAVES] for i in range(WAVES)]
     mix = ", ".join(f"{k} {len(v)}" for k, v in sorted(work.kinds.items()))
@@ -600,6 +644,7 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         ("SIGKILL + restart", chaos.kill_and_restart),
         ("scale 3 -> 1", lambda: chaos.scale(1)),
     ]
+    source_topics = [topics[s] for s in SOURCES]
     try:
         chaos.scale(1)
         t_produce = time.monotonic()
@@ -610,7 +655,8 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
             chaos.check_crashes()
             if i < len(actions):
                 name, act = actions[i]
-                log(f"chaos: {name}")
+                behind = group_progress(stack.bootstrap_servers, group, source_topics, PARTITIONS)
+                log(f"chaos: {name} (source records not committed yet: {behind})")
                 act()
         ticks = producer.ticks(tick_at, PARTITIONS)
         took = time.monotonic() - t_produce
@@ -641,7 +687,6 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         behind = -1
         while time.monotonic() < t_wait + 300:
             chaos.check_crashes()
-            source_topics = [topics[s] for s in SOURCES]
             behind = group_progress(stack.bootstrap_servers, group, source_topics, PARTITIONS)
             ids, _, quiet = watch.snapshot()
             if behind == 0 and ((want <= ids and quiet > 3) or quiet > 30):
@@ -691,8 +736,14 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         f"missing {len(missing)}, unexpected {len(unexpected)}, wrong topic/key {len(misplaced)}; "
         f"`missing` alerts expected {len(missing_expected)}, found {len(missing_found)}, "
         f"false {len(false_missing)}",
-        f"took {time.monotonic() - t_begin:.0f}s; process logs in {tmp_path / 'logs'}",
+        f"took {time.monotonic() - t_begin:.0f}s; process logs and the records in {tmp_path}",
     ]
+    if missing or unexpected:
+        figures += [
+            f"missing by kind: {labels(missing, expected)}",
+            f"unexpected by kind: {labels(unexpected, first)}",
+        ]
+    write_comparison(tmp_path / "comparison.txt", expected, found, work.kinds)
     for line in figures:
         log(line)
 
