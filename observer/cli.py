@@ -6,6 +6,7 @@ success, 2 on invalid flows or input (messages name the file, the line and the p
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -301,6 +302,11 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # The hot path allocates many short-lived objects and no cycles: with the default
+    # thresholds the cyclic collector costs about 10 µs per event (benchmarks/PROFILE.md).
+    # What is loaded by now (flows, compiled templates, libraries) stays and is never scanned.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         service.run()
     except ConfigError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +30,9 @@ from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
 from observer.runtime.batch import dead_letter
 from observer.runtime.keyed import encode_event, encode_mark
-from observer.runtime.offsets import OffsetLedger, next_offsets
+from observer.runtime.offsets import OffsetLedger
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
-from observer.runtime.shards import shard_of, slot_id
 from observer.runtime.watermark import TopicPartition, Watermarks
 
 __all__ = ["Router"]
@@ -166,16 +166,28 @@ class Router:
         report: the idempotent producer acknowledges a partition's records in order, so that
         one stands for all before it (a Python callback per record would cost more than the
         rest of routing)."""
-        batch = _Batch(next_offsets((r.topic, r.partition, r.offset) for r in records), 0)
+        # one pass for offsets and read times per partition (both only move forward)
+        seen: dict[TopicPartition, tuple[int, int]] = {}
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            prev = seen.get(tp)
+            if prev is None or rec.offset > prev[0] or rec.timestamp > prev[1]:
+                seen[tp] = (
+                    rec.offset if prev is None or rec.offset > prev[0] else prev[0],
+                    rec.timestamp if prev is None or rec.timestamp > prev[1] else prev[1],
+                )
+        observe = self.watermarks.observe
+        for (topic, partition), (offset, ts) in seen.items():
+            observe(topic, partition, offset, ts)
+        batch = _Batch({tp: off + 1 for tp, (off, _ts) in seen.items()}, 0)
         self._batches.append(batch)
         shards = self.shards
-        observe = self.watermarks.observe
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
         routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
+        crc32 = zlib.crc32
         for rec in records:
-            observe(rec.topic, rec.partition, rec.offset, rec.timestamp)
             try:
                 d = decode(rec)
             except Exception as exc:
@@ -192,14 +204,19 @@ class Router:
                 self._dead(batch, d.dead_letter)
                 outcomes[(rec.topic, "dead_letter")] += 1
                 continue
-            if not d.events:
+            events = d.events
+            if not events:
                 outcomes[(rec.topic, "ignored")] += 1
                 continue
             values = []
-            for flow, ev in d.events:
+            too_large = False
+            for flow, ev in events:
                 value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
-                values.append((shard_of(slot_id(flow, ev.key), shards), value))
-            if any(len(v) > _MAX_KEYED_BYTES for _p, v in values):
+                too_large = too_large or len(value) > _MAX_KEYED_BYTES
+                # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
+                sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
+                values.append((crc32(sid) % shards, value))
+            if too_large:
                 reason = f"the event is larger than {_MAX_KEYED_BYTES} bytes once decoded"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
