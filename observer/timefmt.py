@@ -82,6 +82,8 @@ def format_time(ms: int) -> str:
     return _second(sec) + "Z"
 
 
+_OFFSET = re.compile(r"[+-]([0-9]{2}):?([0-9]{2})(?::?[0-9]{2}(?:\.[0-9]+)?)?$")
+
 # Event times the observer accepts: years 1 to 9000 (deadlines, windows and `expire` added to
 # them must still render as ISO-8601, which ends with year 9999).
 MIN_TIME_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
@@ -119,6 +121,9 @@ def _parse_time(raw: object) -> int:
             dt = datetime.fromisoformat(s.replace("z", "Z"))
         except ValueError:
             raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601") from None
+        offset = _OFFSET.search(s)
+        if offset is not None and int(offset.group(2)) > 59:  # Python takes "+00:80"
+            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         delta = dt - _EPOCH

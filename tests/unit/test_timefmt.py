@@ -19,6 +19,12 @@ def test_epoch_ms_and_iso_8601_are_read() -> None:
     assert format_time(MIN_TIME_MS) == "0001-01-01T00:00:00Z"
 
 
+@pytest.mark.parametrize("raw", ["2026-11-25T00:38:25+00:80", "2026-11-25T00:38:25+0080"])
+def test_an_offset_with_more_than_59_minutes_is_not_iso_8601(raw: str) -> None:
+    with pytest.raises(ValueError, match="not epoch ms or ISO-8601"):
+        parse_time(raw)
+
+
 @pytest.mark.parametrize("raw", [10**15, -(10**15), 1e300, "9" * 20, 2**63, MAX_TIME_MS])
 def test_times_outside_years_1_to_9000_are_refused(raw: object) -> None:
     with pytest.raises(ValueError, match="out of range"):
