@@ -146,7 +146,7 @@ class Engine:
             step = flow.steps[idx]
             if idx in observed or step.optional or step.within_ms is None:
                 continue
-            anchor = self._anchor_time(flow, inst, step)
+            anchor = self.anchor_time(flow, inst, step)
             if anchor is None:
                 continue
             f = flags.get(idx, 0)
@@ -259,7 +259,9 @@ class Engine:
         return flow
 
     @staticmethod
-    def _anchor_time(flow: CompiledFlow, inst: InstanceState, step: CompiledStep) -> int | None:
+    def anchor_time(flow: CompiledFlow, inst: InstanceState, step: CompiledStep) -> int | None:
+        """When the step's window starts: the latest of its anchors' times (None while one is
+        not observed), or its path's entry time when it has no anchors."""
         if not step.anchors:
             return inst.entries.get(step.path)
         observed = inst.observed
@@ -276,7 +278,7 @@ class Engine:
         """The step's deadline (ms), if it has a window and its anchors are observed."""
         if step.within_ms is None:
             return None
-        anchor = self._anchor_time(flow, inst, step)
+        anchor = self.anchor_time(flow, inst, step)
         return None if anchor is None else anchor + step.within_ms
 
     # -- events -----------------------------------------------------------------------------------
@@ -497,7 +499,7 @@ class Engine:
         t = inst.observed.get(idx)
         if t is None:
             return
-        anchor = self._anchor_time(flow, inst, step)
+        anchor = self.anchor_time(flow, inst, step)
         if anchor is None or t <= anchor + step.within_ms:
             return
         deadline = anchor + step.within_ms

@@ -253,18 +253,7 @@ class Cycle:
             if step.is_start:
                 continue
             t = observed[idx]
-            anchors = step.anchors
-            if anchors:
-                anchor = None
-                for a in anchors:
-                    ta = observed.get(a)
-                    if ta is None:
-                        anchor = None
-                        break
-                    if anchor is None or ta > anchor:
-                        anchor = ta
-            else:
-                anchor = inst.entries.get(step.path)
+            anchor = Engine.anchor_time(flow, inst, step)
             if anchor is not None and t >= anchor:
                 self._latencies.append((flow.name, step.name, t - anchor))
 

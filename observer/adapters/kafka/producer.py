@@ -47,26 +47,15 @@ class KafkaRecordSink:
         if record.topic is None:
             raise ValueError("a Kafka record needs a topic")
         oid = record.observer_id
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            on_done(oid, None if err is None else err.str())
-
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    headers=list(record.headers),
-                    on_delivery=delivered,
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                raise ObserverError(f"cannot produce to {record.topic}: {exc}") from exc
-            if self.fatal is not None:
-                raise ObserverError(f"Kafka producer failed: {self.fatal}")
+        self.produce(
+            record.topic,
+            None,
+            record.key,
+            record.value,
+            record.headers,
+            None,
+            lambda error: on_done(oid, error),
+        )
 
     def produce(
         self,
