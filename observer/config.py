@@ -90,8 +90,8 @@ class ObserverConfig(BaseModel):
     create_topics: bool = True
     # the loop
     batch_size: int = Field(1000, ge=1, le=100_000)
-    poll_timeout_ms: int = Field(50, ge=1)
-    tick_interval_ms: int = Field(50, ge=1)
+    poll_timeout_ms: int = Field(20, ge=1)
+    tick_interval_ms: int = Field(20, ge=1)
     tick_limit: int = Field(2000, ge=1)
     commit_interval_ms: int = Field(200, ge=0)
     # offsets are committed only once their state write is this old: Redis with AOF `everysec`
@@ -101,7 +101,7 @@ class ObserverConfig(BaseModel):
     shards: int = Field(16, ge=1, le=4096)  # = partitions of the keyed topic
     keyed_topic: str = ""  # default: "<group_id>.observer-keyed"
     keyed_retention_ms: int = Field(7 * 86_400_000, ge=60_000)
-    mark_interval_ms: int = Field(50, ge=1)
+    mark_interval_ms: int = Field(20, ge=1)
     # readiness: /readyz says false while deadlines are this overdue or this many records behind
     max_overdue_ms: int = Field(60_000, ge=0)  # 0: not checked
     max_lag_records: int = Field(1_000_000, ge=0)  # 0: not checked
