@@ -577,7 +577,10 @@ class Runtime:
         the newest is, for a final commit)."""
         durable = self._durable
         if all_ and durable:
-            self.sleep(max(0.0, durable[-1][0] - time.monotonic()))
+            # A final commit waits too, but stopping waits at most 2 s: Redis' `everysec` has
+            # written its last second to disk by then, whatever the configured delay.
+            wait = max(0.0, durable[-1][0] - time.monotonic())
+            time.sleep(min(wait, 2.0) if self.stopping else wait)
         now = time.monotonic()
         while durable and (all_ or durable[0][0] <= now):
             self.ledger.written(durable.popleft()[1])
