@@ -603,7 +603,10 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
     tmp_path: Path,
 ) -> None:
     if not (stack.kafka_managed and stack.redis_managed):
-        pytest.skip("the chaos test restarts Kafka and Redis: it needs the ops/stack services")
+        pytest.fail(
+            "the chaos test restarts Kafka and Redis, so it needs the ops/stack services; "
+            'against services of your own, leave it out with -m "not slow"'
+        )
     t_begin = time.monotonic()
 
     def log(msg: str) -> None:
