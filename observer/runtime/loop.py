@@ -28,7 +28,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
@@ -800,10 +799,6 @@ class Runtime:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:
                 self._recover(exc)
-
-
-def _ctx(rec: SourceRecord) -> dict[str, Any]:
-    return {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
 
 
 def _fmt_shards(shards: Sequence[int]) -> str:
