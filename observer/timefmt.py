@@ -6,7 +6,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-__all__ = ["MAX_TIME_MS", "MIN_TIME_MS", "format_duration", "format_time", "parse_duration", "parse_time"]
+__all__ = [
+    "MAX_TIME_MS",
+    "MIN_TIME_MS",
+    "format_duration",
+    "format_time",
+    "parse_duration",
+    "parse_time",
+]
 
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _SHORT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")

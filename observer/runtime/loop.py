@@ -69,7 +69,7 @@ _DEFER_FAILED_TIMER_MS = 60_000
 
 @dataclass(slots=True)
 class _Prepared:
-    """A decoded batch, ready to be run against the state (and re-run after a store failure)."""
+    """A decoded batch of keyed records, ready to be run against the state."""
 
     routed: list[Routed | None]  # per keyed record (None: a mark or unreadable)
     items: list[tuple[int, str, Event]]  # record index, slot id, event
@@ -129,7 +129,6 @@ class Runtime:
         self.health = health
         self.clock = clock
         self.deployed = dict(deployed or {})
-        self.store_prefix = config.key_prefix
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
         self.inflight = InFlight(config.retry_backoff_ms, 30_000)
@@ -142,7 +141,6 @@ class Runtime:
         self._next_sources = 0.0
         self._seq = 0
         self._pending: _InWrite | None = None
-        # decoded batches whose write failed before it was sent
         # offsets of stored batches, committable once Redis has surely written them to disk
         self._durable: deque[tuple[float, dict[TopicPartition, int]]] = deque()
         self._published: Counter[str] = Counter()
@@ -444,22 +442,27 @@ class Runtime:
                 )
                 self.metrics.processing_errors.labels("apply").inc()
                 failed.setdefault(i, f"processing failed: {type(exc).__name__}: {exc}")
-        for i, reason in failed.items():
-            r = prepared.routed[i]
-            assert r is not None
-            cycle.publish(
-                self._dead_letter(r, reason),
-                shard=shard_of(slot_id(r.flow, r.event.key), self._shards),
+        if failed:
+            dead = [(r, reason) for i, reason in failed.items() if (r := prepared.routed[i])]
+            originals = self.router.source.fetch(
+                [(r.topic, r.partition, r.offset) for r, _ in dead]
             )
+            for r, reason in dead:
+                cycle.publish(
+                    self._dead_letter(r, reason, originals),
+                    shard=shard_of(slot_id(r.flow, r.event.key), self._shards),
+                )
         plan = cycle.finish()
         self._seq = plan.next_seq
         self._cache_states(plan)
         return plan
 
-    def _dead_letter(self, r: Routed, reason: str) -> Publish:
+    def _dead_letter(
+        self, r: Routed, reason: str, originals: Mapping[tuple[str, int, int], SourceRecord]
+    ) -> Publish:
         """The dead letter of an event that failed past routing: its source record read again
         (or, if that is gone, the event as routed, with the same headers)."""
-        original = self.router.source.fetch(r.topic, r.partition, r.offset)
+        original = originals.get((r.topic, r.partition, r.offset))
         if original is None:
             original = SourceRecord(
                 r.topic,
@@ -792,9 +795,9 @@ class Runtime:
             st.lag() or 0 for st in self.watermarks.partitions.values()
         )
         self.metrics.outbox_depth.set(len(self.inflight))
-        self.metrics.ready.set(1 if self.health.report()["ready"] else 0)
         if mono >= self._next_stats:
             self._next_stats = mono + _STATS_EVERY_S
+            self.metrics.ready.set(1 if self.health.report()["ready"] else 0)
             try:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:

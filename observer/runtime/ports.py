@@ -195,8 +195,11 @@ class EventSource(Protocol):
         cluster did not answer."""
         ...
 
-    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
-        """One record read again by its coordinates (network, slow: for dead letters only)."""
+    def fetch(
+        self, wanted: Sequence[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], SourceRecord]:
+        """Records read again by their (topic, partition, offset), with one short-lived reader
+        (network, slow: for dead letters only); those that are gone are left out."""
         ...
 
     def close(self) -> None: ...

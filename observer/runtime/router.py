@@ -81,7 +81,6 @@ class Router:
         self._failed: str | None = None
         self._next_mark = 0.0
         self._next_commit = 0.0
-        self.rebalances = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -101,16 +100,14 @@ class Router:
     # -- rebalance listener ---------------------------------------------------------------------------
 
     def assigned(self, tps: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        self.metrics.rebalances.labels("router", "assigned").inc()
+        self.metrics.rebalances.labels("router", "assigned").inc(len(tps))
         committed = self.source.committed(tps)
         self.watermarks.assign(tps, committed)
         self.ledger.assign(tps)
         log.info("router: assigned %s", _fmt(tps))
 
     def revoked(self, tps: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        self.metrics.rebalances.labels("router", "revoked").inc()
+        self.metrics.rebalances.labels("router", "revoked").inc(len(tps))
         # Everything routed from them must be acknowledged before their offsets are committed.
         remaining = self.sink.flush(self.config.shutdown_timeout_ms / 1000.0)
         self._settle()
@@ -126,8 +123,7 @@ class Router:
         log.info("router: revoked %s", _fmt(tps))
 
     def lost(self, tps: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        self.metrics.rebalances.labels("router", "lost").inc()
+        self.metrics.rebalances.labels("router", "lost").inc(len(tps))
         self.ledger.lost(tps)
         self.watermarks.revoke(tps)
         self.metrics.forget_partitions(tps)

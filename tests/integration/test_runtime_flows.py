@@ -451,6 +451,28 @@ def test_bad_records_go_to_the_dlq_and_the_ones_after_them_are_processed(
     assert f'observer_dead_letters_total{{topic="{h.t("orders")}"}} 2.0' in metrics
 
 
+def test_an_event_that_fails_past_routing_dead_letters_its_original_record(
+    make: Callable[..., Harness], redis_client: redis.Redis
+) -> None:
+    """The tracker only has the routed event; the dead letter must still be the source record
+    as it was (read again by its coordinates), with the reason in headers."""
+    h = make()
+    h.start(slot_cache_size=0)
+    t = now_ms()
+    h.send("Placed", "o8", t)
+    h.wait_for(lambda: h.api("/instances/shop/o8").status_code == 200, message="o8 stored")
+    (key,) = list(redis_client.scan_iter(f"{h.key_prefix}:*slot:shop:o8"))
+    redis_client.set(key, b"junk", keepttl=True)  # state the tracker cannot decode
+    h.send("Paid", "o8", t + 10, eid="paid-o8", note="kept as it was")
+    (dead,) = h.wait_for(lambda: h.out("dlq"), message="dead letter of Paid")
+    assert orjson.loads(dead.value) == {"type": "Paid", "id": "o8", "note": "kept as it was"}
+    assert dead.key == b"o8" and dead.headers["eid"] == b"paid-o8"
+    assert dead.headers["observer-source-topic"] == h.t("pay").encode()
+    assert b"processing failed" in dead.headers["observer-error"]
+    h.quiet(0.5)
+    assert len(h.out("dlq")) == 1
+
+
 class _Hook(http.server.BaseHTTPRequestHandler):
     answers: list[int] = []
     got: list[tuple[dict[str, str], bytes]] = []

@@ -222,7 +222,15 @@ class KafkaEventSource:
                 out[name] = len(t.partitions)
         return out
 
-    def fetch(self, topic: str, partition: int, offset: int) -> SourceRecord | None:
+    def fetch(
+        self, wanted: Sequence[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], SourceRecord]:
+        found: dict[tuple[str, int, int], SourceRecord] = {}
+        if not wanted:
+            return found
+        left: dict[TP, set[int]] = {}
+        for topic, partition, offset in wanted:
+            left.setdefault((topic, partition), set()).add(offset)
         conf = {k: v for k, v in self._settings.items() if not callable(v)}
         conf["group.id"] = f"{conf.get('group.id', 'observer')}.fetch"
         conf.pop("partition.assignment.strategy", None)
@@ -230,29 +238,35 @@ class KafkaEventSource:
         conf["enable.auto.commit"] = False
         reader = Consumer(conf)
         try:
-            reader.assign([TopicPartition(topic, partition, offset)])
+            reader.assign([TopicPartition(t, p, min(offs)) for (t, p), offs in left.items()])
             deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline:
+            while left and time.monotonic() < deadline:
                 m = reader.poll(0.5)
                 if m is None or m.error() is not None:
                     continue
-                if m.offset() != offset:
-                    return None  # gone (retention) or compacted away
-                return SourceRecord(
-                    topic,
-                    partition,
-                    offset,
-                    m.key(),
-                    m.value(),
-                    m.headers() or (),
-                    m.timestamp()[1],
-                )
-            return None
+                tp, offset = (m.topic() or "", m.partition() or 0), m.offset() or 0
+                offs = left.get(tp)
+                if offs is None:
+                    continue
+                if offset in offs:
+                    found[(tp[0], tp[1], offset)] = SourceRecord(
+                        tp[0],
+                        tp[1],
+                        offset,
+                        m.key(),
+                        m.value(),
+                        m.headers() or (),
+                        m.timestamp()[1],
+                    )
+                offs -= {o for o in offs if o <= offset}  # found, or gone (retention)
+                if not offs:
+                    del left[tp]
+                    reader.pause([TopicPartition(*tp)])
         except KafkaException as exc:
-            log.warning("cannot read %s[%d]@%d again: %s", topic, partition, offset, exc)
-            return None
+            log.warning("cannot read records again for their dead letters: %s", exc)
         finally:
             reader.close()
+        return found
 
     def close(self) -> None:
         try:

@@ -76,11 +76,7 @@ class KafkaRecordSink:
         if headers:
             kwargs["headers"] = list(headers)
         if on_done is not None:
-
-            def delivered(err: KafkaError | None, msg: Message) -> None:
-                on_done(None if err is None else err.str())
-
-            kwargs["on_delivery"] = delivered
+            kwargs["on_delivery"] = _report(on_done)
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
@@ -116,8 +112,9 @@ class KafkaRecordSink:
         while msgs:
             try:
                 self._producer.produce_batch(topic, msgs, partition=partition)
-            except BufferError:
-                pass
+            except BufferError:  # not marked per message: hand the whole batch over again
+                self._producer.poll(0.05)
+                continue
             except KafkaException as exc:
                 raise ObserverError(f"cannot produce to {topic}: {exc}") from exc
             failed = [m for m in msgs if "_error" in m]
