@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,7 @@ def build_service(
     from observer.adapters.kafka.producer import KafkaRecordSink
     from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
     from observer.adapters.redis.keys import Keys
+    from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.query import RedisSlotReader
     from observer.adapters.redis.store import RedisStateStore
     from observer.adapters.webhook import HttpxPoster
@@ -87,8 +89,9 @@ def build_service(
     from observer.metrics import Metrics
     from observer.runtime.health import Health
     from observer.runtime.inspect import InstanceQuery
+    from observer.runtime.local import LocalKeyedTopic
     from observer.runtime.loop import Runtime
-    from observer.runtime.ports import SystemClock
+    from observer.runtime.ports import EventSource, RawSink, SystemClock
     from observer.runtime.service import Service
     from observer.runtime.webhooks import WebhookDispatcher
 
@@ -116,13 +119,27 @@ def build_service(
         for f in registry
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
+    router_source = KafkaEventSource(config.consumer_settings())
+    router_sink = KafkaRecordSink(config.router_producer_settings())
+    lease: RedisLease | None = None
+    if config.routing == "direct":
+        local = LocalKeyedTopic(
+            config.keyed_topic_name(), config.shards, sink=router_sink, source=router_source
+        )
+        source: EventSource = local.source
+        raw_sink: RawSink = local.sink
+        owner = f"{config.client_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease = RedisLease(redis_url, keys.lease(), owner, config.lease_ttl_ms)
+    else:
+        source = KafkaEventSource(config.keyed_consumer_settings(), values_only=True)
+        raw_sink = router_sink
     runtime = Runtime(
         config,
         registry,
-        source=KafkaEventSource(config.keyed_consumer_settings(), values_only=True),
+        source=source,
         sink=KafkaRecordSink(config.producer_settings()),
-        router_source=KafkaEventSource(config.consumer_settings()),
-        router_sink=KafkaRecordSink(config.router_producer_settings()),
+        router_source=router_source,
+        router_sink=raw_sink,
         store=RedisStateStore(redis_url, keys, history_cap=config.history_cap),
         webhooks=webhooks,
         metrics=metrics,
@@ -130,6 +147,7 @@ def build_service(
         clock=SystemClock(),
         deployed=deployed,
         avro=ConfluentAvroDecoder(schema_registry),
+        lease=lease,
     )
     reader = RedisSlotReader(redis_url, config.key_prefix, shards=config.shards)
     app = create_app(
@@ -142,6 +160,8 @@ def build_service(
     def prepare() -> None:
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
+        if config.routing == "direct":
+            return  # the keyed topic is kept in memory
         ensure_keyed_topic(
             admin,
             config.keyed_topic_name(),
@@ -161,10 +181,16 @@ def build_service(
         f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(runtime.ingest.topic_names())}; "
         f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
         f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards, "
-        f"keyed topic {config.keyed_topic_name()}); "
-        f"http on {config.http_host}:{http.port}"
+        + (
+            "direct routing: one process, keyed topic in memory); "
+            if config.routing == "direct"
+            else f"keyed topic {config.keyed_topic_name()}); "
+        )
+        + f"http on {config.http_host}:{http.port}"
     )
     closers = [poster.close, reader.close]
+    if lease is not None:
+        closers.append(lease.close)
     if schema_registry is not None:
         closers.append(schema_registry.close)
     return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)

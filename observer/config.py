@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -99,6 +99,10 @@ class ObserverConfig(BaseModel):
     commit_delay_ms: int = Field(2_000, ge=0)
     idle_grace_ms: int = Field(500, ge=0)
     shards: int = Field(16, ge=1, le=4096)  # = partitions of the keyed topic
+    # "keyed": through the keyed topic, any number of processes; "direct": one process per
+    # group (a Redis lease; others wait as standbys), the keyed topic kept in memory
+    routing: Literal["keyed", "direct"] = "keyed"
+    lease_ttl_ms: int = Field(30_000, ge=1_000)
     keyed_topic: str = ""  # default: "<group_id>.observer-keyed"
     keyed_retention_ms: int = Field(7 * 86_400_000, ge=60_000)
     mark_interval_ms: int = Field(20, ge=1)

@@ -33,7 +33,7 @@ from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.engine.effects import Publish
 from observer.engine.state import Event, KeySlot
-from observer.errors import StoreError
+from observer.errors import ObserverError, StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import AvroDecoder, Ingest, SourceRecord
 from observer.metrics import Metrics
@@ -46,6 +46,7 @@ from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
 from observer.runtime.ports import (
     Clock,
     EventSource,
+    Lease,
     Pending,
     RawSink,
     RecordSink,
@@ -104,6 +105,7 @@ class Runtime:
         clock: Clock,
         deployed: Mapping[str, object] | None = None,
         avro: AvroDecoder | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -129,6 +131,7 @@ class Runtime:
         self.health = health
         self.clock = clock
         self.deployed = dict(deployed or {})
+        self.lease = lease
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
         self.inflight = InFlight(config.retry_backoff_ms, 30_000)
@@ -150,6 +153,7 @@ class Runtime:
         self._next_commit = mono
         self._next_probe = mono
         self._next_stats = mono
+        self._next_lease = mono
         self._store_backoff_s = 0.1
         self.started = threading.Event()
         self.stopped = threading.Event()
@@ -193,6 +197,8 @@ class Runtime:
                 self._store_failed(exc, "opening the state store")
         else:
             return False
+        if self.lease is not None and not self._take_lease():
+            return False
         self.webhooks.start()
         self.router.start()
         self.source.subscribe([self.keyed_topic], self)
@@ -201,12 +207,50 @@ class Runtime:
         self.health.started = True
         return True
 
+    def _take_lease(self) -> bool:
+        """`routing: direct`: wait until this process is the only one (a standby waits here)."""
+        assert self.lease is not None
+        said = 0.0
+        while not self._stop.is_set():
+            try:
+                holder = self.lease.acquire()
+            except StoreError as exc:
+                self._store_failed(exc, "taking the lease of direct routing")
+                continue
+            if holder is None:
+                self._next_lease = time.monotonic() + self.config.lease_ttl_ms / 3000.0
+                log.info(
+                    "direct routing: this process holds the lease of prefix %s",
+                    self.config.key_prefix,
+                )
+                return True
+            if time.monotonic() >= said:
+                said = time.monotonic() + 60.0
+                log.warning(
+                    "direct routing runs one process per prefix and %s holds it; waiting as a "
+                    "standby (to run several processes at once, use OBSERVER_ROUTING=keyed)",
+                    holder,
+                )
+            self._stop.wait(min(1.0, self.config.lease_ttl_ms / 10000.0))
+        return False
+
+    def _renew_lease(self) -> None:
+        if self.lease is None or time.monotonic() < self._next_lease:
+            return
+        self._next_lease = time.monotonic() + self.config.lease_ttl_ms / 3000.0
+        try:
+            held = self.lease.renew()
+        except StoreError as exc:
+            log.warning("direct routing: %s (kept; retrying)", exc)
+            return
+        if not held:
+            raise ObserverError(
+                f"direct routing: the lease of prefix {self.config.key_prefix} was lost to "
+                "another process (this one was stalled for longer than OBSERVER_LEASE_TTL_MS); stopping"
+            )
+
     def _shutdown(self) -> None:
         log.info("stopping: finishing the batch in hand, flushing, committing")
-        try:
-            self.router.close(self.config.shutdown_timeout_ms / 1000.0)
-        except Exception as exc:
-            log.warning("router: %s", exc)
         try:
             self._settle()
         except StoreError as exc:
@@ -229,9 +273,20 @@ class Runtime:
                     exc,
                 )
         self._commit(wait=True)
+        # The router goes last: with direct routing the tracker's commit above is what
+        # acknowledges the routed records, and so what lets their source offsets be committed.
+        try:
+            self.router.close(self.config.shutdown_timeout_ms / 1000.0)
+        except Exception as exc:
+            log.warning("router: %s", exc)
         self.source.close()
         self.webhooks.stop(1.0)
         self.sink.close()
+        if self.lease is not None and self.started.is_set():
+            try:
+                self.lease.release()
+            except StoreError as exc:
+                log.warning("direct routing: %s (it expires by itself)", exc)
         self.store.close()
         log.info("stopped")
 
@@ -317,6 +372,7 @@ class Runtime:
             self._commit(wait=False)
         self._flush_published()
         self._health_checks()
+        self._renew_lease()
 
     def _handle(self, records: list[SourceRecord]) -> None:
         t0 = time.perf_counter()

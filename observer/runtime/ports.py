@@ -19,6 +19,7 @@ __all__ = [
     "Clock",
     "DueSlots",
     "EventSource",
+    "Lease",
     "Pending",
     "RawSink",
     "RebalanceListener",
@@ -142,6 +143,21 @@ class SlotReader(Protocol):
     def deployed(self) -> dict[str, object] | None: ...
 
     def ping(self) -> bool: ...
+
+
+class Lease(Protocol):
+    """One holder at a time, for a limited time (`routing: direct` runs one process). Every
+    method raises StoreError when the store cannot be reached."""
+
+    def acquire(self) -> str | None:
+        """Take the lease (or keep it); None if ours, else who holds it."""
+        ...
+
+    def renew(self) -> bool:
+        """Extend the lease; False if someone else holds it now."""
+        ...
+
+    def release(self) -> None: ...
 
 
 class RebalanceListener(Protocol):

@@ -248,8 +248,15 @@ class Harness:
             self.producer.flush(5)
 
 
+@pytest.fixture(params=["keyed", "direct"])
+def routing(request: pytest.FixtureRequest) -> str:
+    """Every flow test runs with both routings (through the keyed topic, and in memory)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def make(
+    routing: str,
     stack: Any,
     unique: str,
     tmp_path: Path,
@@ -268,7 +275,7 @@ def make(
             tmp_path,
             flow.replace("PAY_WINDOW", pay_window),
             create_topics,
-            extra,
+            {"routing": routing, **extra},
         )
         made.append(h)
         return h
@@ -614,9 +621,7 @@ def test_offsets_are_committed_after_the_batch_is_stored(make: Callable[..., Har
     assert [p.offset if p.offset >= 0 else 0 for p in committed] == ends and sum(ends) == 20
 
 
-def test_a_prefix_keeps_its_shard_count(
-    stack: Any, unique: str, redis_client: redis.Redis
-) -> None:
+def test_a_prefix_keeps_its_shard_count(stack: Any, unique: str, redis_client: redis.Redis) -> None:
     from observer.adapters.redis.keys import Keys
     from observer.adapters.redis.store import RedisStateStore
 

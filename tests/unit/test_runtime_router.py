@@ -16,6 +16,7 @@ from observer.flows.compiler import load_registry
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
 from observer.runtime.keyed import Mark, Routed, decode_keyed
+from observer.runtime.local import LocalKeyedTopic
 from observer.runtime.ports import RebalanceListener
 from observer.runtime.router import Router
 from observer.runtime.shards import shard_of, slot_id
@@ -214,3 +215,80 @@ def test_a_record_the_producer_gave_up_on_stops_the_router(
     with pytest.raises(Exception, match="cannot write to the keyed topic"):
         r.cycle(0)
     assert source.commits == []
+
+
+class Tracker:
+    """The rebalance listener side of the tracker: what the local topic tells it."""
+
+    def __init__(self) -> None:
+        self.assigned_tps: list[TopicPartition] = []
+        self.reports: list[dict[TopicPartition, int]] = []
+
+    def assigned(self, tps: list[TopicPartition]) -> None:
+        self.assigned_tps += tps
+
+    def revoked(self, tps: list[TopicPartition]) -> None: ...
+
+    def lost(self, tps: list[TopicPartition]) -> None: ...
+
+    def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
+        self.reports.append(offsets)
+
+
+def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
+    tmp_path: Path,
+) -> None:
+    """`routing: direct`: the keyed topic in memory. Its records are acknowledged by the
+    tracker's commits; a seek reads again what is not committed; dead letters still go to
+    the real producer."""
+    (tmp_path / "flow.yaml").write_text(FLOW)
+    registry = load_registry([tmp_path / "flow.yaml"])
+    config = ObserverConfig(shards=4, mark_interval_ms=10_000, commit_interval_ms=0)
+    source, sink = Source(), Sink()
+    local = LocalKeyedTopic("keyed", 4, sink=sink, source=source)  # type: ignore[arg-type]
+    r = Router(
+        config,
+        Ingest(registry, Topics(dlq="dlq")),
+        source=source,  # type: ignore[arg-type]
+        sink=local.sink,
+        metrics=Metrics(CollectorRegistry()),
+        clock=Clock(),
+        keyed_topic="keyed",
+    )
+    r.start()
+    r.assigned([("orders", 0), ("pay", 1)])
+    tracker = Tracker()
+    local.source.subscribe(["keyed"], tracker)
+    source.batches.append(
+        [
+            rec("orders", 0, 7, b'{"type": "Placed", "id": "o-1"}', T0),
+            rec("pay", 1, 3, b"{not json", T0 + 1),
+            rec("orders", 0, 8, b'{"type": "Placed", "id": "o-2"}', T0 + 2),
+        ]
+    )
+    r.cycle(0)
+    assert [t for t, _p, _v in sink.sent] == ["dlq"]  # only the dead letter left the process
+    sink.ack()
+    got = local.source.poll(100, 0)
+    assert sorted(tracker.assigned_tps) == [("keyed", p) for p in range(4)]
+    events = [(x.partition, decode_keyed(x.value)) for x in got]
+    routed = [(p, e.event.key) for p, e in events if isinstance(e, Routed)]
+    assert sorted(k for _p, k in routed) == ["o-1", "o-2"]
+    assert all(p == shard_of(slot_id("shop", k), 4) for p, k in routed)
+    assert local.pending() == len(got)
+    r.cycle(0)
+    assert source.commits == []  # stored maybe, not committed by the tracker: nothing to commit
+
+    # a store failure: the tracker reads again from its committed offsets
+    local.source.seek({("keyed", p): 0 for p in range(4)})
+    assert [x.offset for x in local.source.poll(100, 0)] == [x.offset for x in got]
+    assert local.source.poll(100, 0) == []
+
+    ends = {("keyed", x.partition): x.offset + 1 for x in got}
+    local.source.commit(ends, wait=False)
+    r.cycle(0)
+    assert source.commits[-1] == {("orders", 0): 9, ("pay", 1): 4}
+    assert local.pending() == 0
+    local.source.poll(100, 0)
+    assert tracker.reports == [ends]  # reported from the poll after, as Kafka does
+    assert local.source.committed([("keyed", 0)]) == {("keyed", 0): ends.get(("keyed", 0), 0)}

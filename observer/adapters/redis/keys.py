@@ -76,6 +76,10 @@ class Keys:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
+    def lease(self) -> str:
+        """STRING: the holder of `routing: direct` (one process per prefix)."""
+        return f"{self.prefix}:lease"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
         return f"{self.prefix}:*"
