@@ -818,6 +818,7 @@ def measure_latency(run: Run) -> dict[str, Any]:
     vs_deadline: list[float] = []
     vs_receipt: list[float] = []
     found: set[str] = set()
+    samples: list[tuple[int, int, int]] = []  # (deadline, knowable, alert broker time)
     unexpected: Counter[str] = Counter()
     for v, broker_ts, receipt in reader.got:
         key = str(v.get("key"))
@@ -830,6 +831,7 @@ def measure_latency(run: Run) -> dict[str, Any]:
             found.add(key)
             d = deadlines[key]
             vs_known.append(broker_ts - knowable(d))
+            samples.append((d, knowable(d), broker_ts))
             vs_deadline.append(broker_ts - d)
             vs_receipt.append(receipt - d)
         else:
@@ -858,6 +860,7 @@ def measure_latency(run: Run) -> dict[str, Any]:
         **sampler.summary(),
         "exit_codes": codes,
         "observer_env": list(args.observer_env),
+        "samples": sorted(samples),
     }
     log(
         f"latency: p50 {res['ms_after_knowable']['p50']:.0f} ms, p99 {res['ms_after_knowable']['p99']:.0f} ms after the watermark could pass; {len(found)}/{len(deadlines)} alerts"
