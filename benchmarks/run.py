@@ -70,7 +70,7 @@ from benchmarks.common import (
 )
 from observer.config import ObserverConfig
 
-PARTS = ("observer", "faust", "quix", "latency", "memory")
+PARTS = ("observer", "direct", "faust", "quix", "latency", "memory")
 TARGETS = {
     "observer_events_per_s": 150_000,
     "vs_faust": 10.0,
@@ -286,8 +286,10 @@ class Run:
         environment). Registers what they create for deletion at the end: the consumer groups
         `<group>` (source topics) and `<group>.keyed`, the keyed topic, the Redis keys."""
         cfg = ObserverConfig.load({"group_id": group, "key_prefix": key_prefix}, env)
-        self.groups_made.update([group, keyed_group(group)])
-        self.topics_made.add(cfg.keyed_topic_name())
+        self.groups_made.add(group)
+        if cfg.routing == "keyed":
+            self.groups_made.add(keyed_group(group))
+            self.topics_made.add(cfg.keyed_topic_name())
         self.key_prefixes_made.add(key_prefix)
         return cfg
 
@@ -533,23 +535,30 @@ def distinct_outcomes(records: Sequence[Record]) -> dict[str, int]:
 
 
 def measure_observer(
-    run: Run, manifest: dict[str, Any], expected: dict[str, Any], n: int
+    run: Run, manifest: dict[str, Any], expected: dict[str, Any], n: int, routing: str = "keyed"
 ) -> dict[str, Any]:
+    """`n` processes of `observer run`, timed until the state is durable. With direct routing
+    (one process) the source group's commits are that point: the router commits a batch only
+    once the tracker committed it, `commit_delay_ms` after its Redis write."""
     args = run.args
     prefix = manifest["prefix"]
-    label = f"obs{n}"
+    label = f"obs{n}" if routing == "keyed" else f"{routing}{n}"
     group = key_prefix = f"{prefix}-{label}"
     topics = wl.runtime_topics(prefix, label)
     run.make_runtime_topics(topics)
     env = run.observer_env(topics)
+    env["OBSERVER_ROUTING"] = routing
     cfg = run.observer_settings(group, key_prefix, env)
     ends = end_offsets(run.bs, manifest["source_topics"].values())
-    watch = DurableWatch(
-        CommitWatch(run.bs, group, ends), cfg.keyed_topic_name(), keyed_group(group)
-    )
+    source_watch = CommitWatch(run.bs, group, ends)
+    watch: Watch = source_watch
+    if routing == "keyed":
+        watch = DurableWatch(source_watch, cfg.keyed_topic_name(), keyed_group(group))
     mem_before = redis_used_memory(args.redis_url)
     log(
-        f"observer x{n}: {watch.total:,} events, groups {group} and {keyed_group(group)}, {cfg.shards} shards, commit delay {cfg.commit_delay_ms} ms"
+        f"observer x{n} ({routing} routing): {watch.total:,} events, group {group}"
+        + (f" and {keyed_group(group)}" if routing == "keyed" else "")
+        + f", {cfg.shards} shards, commit delay {cfg.commit_delay_ms} ms"
     )
     ports = [args.http_port_base + i for i in range(n)]
     flow_dir = Path(manifest["flow_dir"])
@@ -566,6 +575,7 @@ def measure_observer(
     check = check_alerts(count_records(run.bs, topics.alerts), expected)
     res = {
         "processes": n,
+        "routing": routing,
         "group": group,
         **m.figures(),
         "commit_delay_ms": cfg.commit_delay_ms,
@@ -1068,15 +1078,21 @@ def report(res: dict[str, Any]) -> str:
         if r.get("routed_events_per_s"):
             note += f"router alone {fmt_rate(r['routed_events_per_s'])}/s, keyed backlog then {r.get('keyed_backlog_at_routed') or 0:,}"
         rows.append((f"observer x{n}", r, note))
+    direct = res.get("direct")
+    if direct:
+        scale = direct["events_per_s"] / base if base and direct.get("events_per_s") else None
+        rows.append(("direct x1", direct, f"x{scale:.2f} of 1 keyed proc; " if scale else ""))
+    one = best_single(res)
+    base = one.get("events_per_s")
     for kind in ("faust", "quix"):
         r = res.get(kind)
         if r:
             ratio = base / r["events_per_s"] if base and r.get("events_per_s") else None
-            base_cpu = obs.get("1", {}).get("events_per_cpu_s")
+            base_cpu = one.get("events_per_cpu_s")
             cpu_ratio = (
                 base_cpu / r["events_per_cpu_s"] if base_cpu and r.get("events_per_cpu_s") else None
             )
-            note = f"ours/{kind} = {ratio:.1f}x" if ratio else ""
+            note = f"ours ({one.get('routing', 'keyed')} x1)/{kind} = {ratio:.1f}x" if ratio else ""
             if cpu_ratio:
                 note += f" ({cpu_ratio:.1f}x per CPU s)"
             rows.append((kind, r, note))
@@ -1092,10 +1108,10 @@ def report(res: dict[str, Any]) -> str:
             lines.append(
                 f"{name:<14}{fmt_rate(r.get('events_per_s')):>11}{r.get('events', 0):>11,}{(secs or 0):>9.2f}{'-' if tail is None else f'{tail:.2f}':>8}{sum(r.get('cpu_s', [])):>8.1f}{fmt_rate(r.get('events_per_cpu_s')):>10}{max(r.get('peak_rss_mb', [0])):>13.0f}  {_ok(check.get('ok')):<7}{json.dumps(r.get('alerts', {})):<44} {note}{'' if r.get('complete') else ' (INCOMPLETE: ' + str(r.get('stopped')) + ')'}"
             )
-        one = obs.get("1") or next(iter(obs.values()), None)
-        if one:
+        first = obs.get("1") or next(iter(obs.values()), None) or direct
+        if first:
             lines.append(
-                f"observer: seconds = first source commit -> state durable (group <group>.keyed committed all routed, source group all); it includes `tail s` = routed -> durable, of which the commit delay is {one.get('commit_delay_ms')} ms"
+                f"observer: seconds = first source commit -> state durable (keyed: group <group>.keyed committed all routed, source group all; direct: the source group committed all); keyed includes `tail s` = routed -> durable; the commit delay is {first.get('commit_delay_ms')} ms"
             )
         for name, r, _ in rows:
             check = r.get("alerts_check")
@@ -1150,9 +1166,17 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def best_single(res: dict[str, Any]) -> dict[str, Any]:
+    """The faster one-process run (keyed or direct routing): what the one-process targets and
+    the peer ratios compare."""
+    runs = [r for r in (res.get("observer", {}).get("1"), res.get("direct")) if r]
+    return max(runs, key=lambda r: r.get("events_per_s") or 0, default={})
+
+
 def targets(res: dict[str, Any]) -> dict[str, bool | None]:
     obs = res.get("observer", {})
-    one = obs.get("1", {}).get("events_per_s")
+    one = best_single(res).get("events_per_s")
+    keyed_one = obs.get("1", {}).get("events_per_s")
     out: dict[str, bool | None] = {}
     out[">=150k/s 1 proc"] = one >= TARGETS["observer_events_per_s"] if one else None
     for kind, need in (("faust", TARGETS["vs_faust"]), ("quix", TARGETS["vs_quix"])):
@@ -1161,7 +1185,7 @@ def targets(res: dict[str, Any]) -> dict[str, bool | None]:
     for n in ("2", "4"):
         r = obs.get(n, {}).get("events_per_s")
         out[f"{n} procs within 20% of linear"] = (
-            r >= int(n) * one * (1 - TARGETS["scaling_within"]) if r and one else None
+            r >= int(n) * keyed_one * (1 - TARGETS["scaling_within"]) if r and keyed_one else None
         )
     lat = res.get("latency", {}).get("ms_after_knowable", {}).get("p99")
     out["p99 <=100 ms"] = (
@@ -1307,7 +1331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sink_port = int(args.webhook_sink.rsplit(":", 1)[1].split("/")[0])
     with webhook_sink(sink_port) as sink:
         try:
-            if any(p in args.parts for p in ("observer", "faust", "quix")):
+            if any(p in args.parts for p in ("observer", "direct", "faust", "quix")):
                 if args.workload:
                     wdir = Path(args.workload)
                     manifest = json.loads((wdir / "workload.json").read_text())
@@ -1337,6 +1361,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         str(n): measure_observer(run, manifest, expected, n)
                         for n in args.process_counts
                     }
+                if "direct" in args.parts:
+                    res["direct"] = measure_observer(run, manifest, expected, 1, "direct")
                 for kind in ("faust", "quix"):
                     if kind in args.parts:
                         res[kind] = measure_peer(run, manifest, expected, kind)
