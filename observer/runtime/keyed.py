@@ -122,12 +122,16 @@ class ShardClocks:
     def drop(self, shard: int) -> None:
         self._marks.pop(shard, None)
 
-    def observe(self, shard: int, mark: Mark) -> None:
+    def observe(self, shard: int, mark: Mark) -> bool:
+        """Take a mark in; True if it moved any source partition's watermark forward."""
         known = self._marks.setdefault(shard, {})
+        moved = False
         for topic, partition, wm in mark.watermarks:
             tp = (topic, partition)
             if wm > known.get(tp, -(2**62)):
                 known[tp] = wm
+                moved = True
+        return moved
 
     def value(self, shard: int, sources: Collection[TopicPartition]) -> int | None:
         """The shard's watermark: the minimum over `sources` (every partition of every source

@@ -154,6 +154,7 @@ class Runtime:
         self._next_probe = mono
         self._next_stats = mono
         self._next_lease = mono
+        self._marks_moved = False  # since the last tick
         self._store_backoff_s = 0.1
         self.started = threading.Event()
         self.stopped = threading.Event()
@@ -360,7 +361,9 @@ class Runtime:
         try:
             if records:
                 self._handle(records)
-            if time.monotonic() >= self._next_tick:
+            # Deadlines are looked for as soon as a mark moved a watermark (so an alert does
+            # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
+            if self._marks_moved or time.monotonic() >= self._next_tick:
                 self._settle()
                 self._tick()
         except StoreError as exc:
@@ -430,7 +433,8 @@ class Runtime:
                 routed.append(None)
                 continue
             if isinstance(r, Mark):
-                clocks.observe(shard, r)
+                if clocks.observe(shard, r):
+                    self._marks_moved = True
                 routed.append(None)
                 continue
             sid = slot_id(r.flow, r.event.key)
@@ -710,6 +714,7 @@ class Runtime:
 
     def _tick(self) -> None:
         self._next_tick = time.monotonic() + self.config.tick_interval_ms / 1000.0
+        self._marks_moved = False
         marks = self._watermarks()
         if not marks:
             self._write_acks()

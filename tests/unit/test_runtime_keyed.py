@@ -62,12 +62,12 @@ def test_a_shard_watermark_is_the_minimum_over_every_source_partition() -> None:
     assert clocks.value(2, sources) is None
     clocks.observe(2, Mark((("a", 0, 100), ("a", 1, 90))))
     assert clocks.value(2, sources) is None  # b[0] never marked: nothing may fire
-    clocks.observe(2, Mark((("b", 0, 120),)))
+    assert clocks.observe(2, Mark((("b", 0, 120),))) is True  # moved: the loop ticks at once
     assert clocks.value(2, sources) == 90
     # a new owner of a[1] starts behind what an earlier owner reported: marks only go forward
-    clocks.observe(2, Mark((("a", 1, 50),)))
+    assert clocks.observe(2, Mark((("a", 1, 50),))) is False
     assert clocks.value(2, sources) == 90
-    clocks.observe(2, Mark((("a", 1, 200),)))
+    assert clocks.observe(2, Mark((("a", 1, 200),))) is True
     assert clocks.value(2, sources) == 100
     assert clocks.value(3, sources) is None  # a shard not owned
     assert clocks.value(2, set()) is None  # no source partitions known yet
