@@ -1,29 +1,61 @@
--- Slots due at or before their shard's watermark, with their state, in one round trip (nothing
--- is removed: the batch write that follows the firing reschedules or deletes them).
--- ARGV: limit, n, then per shard: shard, due_key, slot_key_prefix, watermark_ms
--- Returns: {overdue_ms|false, shard_1, member_1, state_1|false, shard_2, ...}; overdue_ms is the
--- largest (watermark - earliest due) over the shards, false when nothing is due.
+-- Slots due at or before their shard's watermark, with their values, in one round trip. Due
+-- times come from observer/adapters/redis/keys.py's layout: the shard's due index idx scores
+-- each bucket (member m) with its earliest due time; a value starts with the slot's due time
+-- (6 bytes, big-endian epoch ms, 0: not due). Nothing is removed: the batch write that follows
+-- the firing reschedules or deletes the slots.
+-- ARGV: limit, n, then per shard: shard, idx, bucket_key_prefix, watermark_ms
+-- Returns: {overdue_ms|false, shard_1, member_1, field_1, value_1, shard_2, ...}; overdue_ms is
+-- the largest (watermark - earliest due) over the shards, false when nothing is due.
+local function due_of(v)
+  if not v or #v < 6 then return nil end
+  local b1, b2, b3, b4, b5, b6 = string.byte(v, 1, 6)
+  local d = ((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6
+  if d == 0 then return nil end
+  return d
+end
+
 local limit, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {false}
 local overdue = nil
 local left = limit
 for s = 0, n - 1 do
-  local shard, due, prefix, wm = ARGV[3 + 4 * s], ARGV[4 + 4 * s], ARGV[5 + 4 * s], ARGV[6 + 4 * s]
-  local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local late = tonumber(wm) - tonumber(first[2])
-    if late >= 0 then
-      if overdue == nil or late > overdue then overdue = late end
-      if left > 0 then
-        local members = redis.call('ZRANGEBYSCORE', due, '-inf', wm, 'LIMIT', 0, left)
-        for _, m in ipairs(members) do
-          out[#out + 1] = shard
-          out[#out + 1] = m
-          out[#out + 1] = redis.call('GET', prefix .. m)
+  local shard, idx, prefix, wm_arg = ARGV[3 + 4 * s], ARGV[4 + 4 * s], ARGV[5 + 4 * s], ARGV[6 + 4 * s]
+  local wm = tonumber(wm_arg)
+  if left > 0 then
+    local due = redis.call('ZRANGEBYSCORE', idx, '-inf', wm_arg, 'WITHSCORES', 'LIMIT', 0, left)
+    for j = 1, #due, 2 do
+      local m = due[j]
+      local kv = redis.call('HGETALL', prefix .. m)
+      local low = nil
+      for x = 1, #kv, 2 do
+        local d = due_of(kv[x + 1])
+        if d then
+          if low == nil or d < low then low = d end
+          if d <= wm and left > 0 then
+            out[#out + 1] = shard
+            out[#out + 1] = m
+            out[#out + 1] = kv[x]
+            out[#out + 1] = kv[x + 1]
+            left = left - 1
+          end
         end
-        left = left - #members
       end
+      -- the scripts keep the index exact; a bucket that expired or was deleted outside them
+      -- would otherwise stay "due" for ever
+      if low ~= tonumber(due[j + 1]) then
+        if low then
+          redis.call('ZADD', idx, string.format('%d', low), m)
+        else
+          redis.call('ZREM', idx, m)
+        end
+      end
+      if left <= 0 then break end
     end
+  end
+  local first = redis.call('ZRANGE', idx, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local late = wm - tonumber(first[2])
+    if late >= 0 and (overdue == nil or late > overdue) then overdue = late end
   end
 end
 if overdue ~= nil then out[1] = string.format('%d', overdue) end

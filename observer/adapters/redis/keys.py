@@ -1,65 +1,157 @@
-"""Every Redis key name the observer uses, built here and nowhere else.
+"""Every Redis key name the observer uses, and the bytes of a slot's hash field, built here
+and nowhere else.
 
-Layout (P = the configured prefix, s = the shard of a slot, 0 <= s < shards):
+Layout (P = the configured prefix, s = the shard of a slot, 0 <= s < shards, n = the bucket of
+a slot within its shard and flow, 0 <= n < buckets):
 
-    P:meta                    HASH   shards, format: checked at start so a restart cannot
-                                     silently re-shard
+    P:meta                    HASH   shards, buckets, format: checked at start so a restart
+                                     cannot silently re-shard or re-bucket
     P:deployed                STRING JSON: the flow files the running observer loaded
     P:stats                   HASH   open:<flow> -> open instances (HINCRBY per batch)
-    P:{s}:slot:<flow>:<key>   STRING `encode_slot` bytes of one (flow, key), TTL as safety net
-    P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, same TTL
-    P:{s}:due                 ZSET   member <flow>:<key>, score = next due time (epoch ms)
+    P:lease                   STRING the holder of `routing: direct` (`lease.py`), with a TTL
+    P:{s}:b:<flow>:<n>        HASH   field `encode_key(<key>)` -> `pack_value(due, state)`:
+                                     the slot's next due time (6 bytes) then its `encode_slot`
+                                     bytes; TTL of the longest-lived slot written into it
+    P:{s}:due                 ZSET   member <flow>:<n> (a bucket), score = the earliest due time
+                                     (epoch ms) of the bucket's slots; no member: none is due
+    P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, slot's TTL
     P:{s}:outbox              HASH   observer-id -> record to publish until delivery is acked
+
+Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
+a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
+its field and value plus a few bytes. The due time rides in the value because a due set per
+bucket would store every field name a second time (~40 B a slot); the index has one member per
+bucket, kept exact by `write.lua`. The flow is in the bucket's name so that fields hold only
+the key, and a canonical UUID key is stored as 16 raw bytes (`encode_key`). A bucket has a TTL,
+its fields cannot (Redis 7.0): a bucket lives as long as its longest-lived slot, and the
+engine's own retain and expire timers are what delete slots.
 
 `{s}` is a Redis Cluster hash tag: everything of one shard lives in one cluster slot, so a
 later owner of a shard can read and write it atomically. Shard s is owned by the process the
-consumer group assigns partition s of the keyed topic to (`runtime/keyed.py`). A slot id (`<flow>:<key>`) splits at
-the first colon, flow names never contain one.
+consumer group assigns partition s of the keyed topic to (`runtime/keyed.py`). A slot id
+(`<flow>:<key>`) splits at the first colon, flow names never contain one.
 """
 
 from __future__ import annotations
 
-from observer.runtime.shards import shard_of, slot_id
+import zlib
 
-__all__ = ["Keys"]
+from observer.runtime.shards import shard_of, split_slot_id
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DUE_BYTES",
+    "Keys",
+    "decode_key",
+    "encode_key",
+    "pack_value",
+    "unpack_value",
+]
+
+# Buckets per shard and flow. With the default 16 shards a flow's buckets stay listpacks
+# (`hash-max-listpack-entries` 512) up to ~500k open instances and hold ~20 each at 20k.
+DEFAULT_BUCKETS = 64
+
+DUE_BYTES = 6  # big-endian epoch ms (0: not due), room until the year 10889
+_NOT_DUE = bytes(DUE_BYTES)
+_UUID = b"\x00"  # field = _UUID + 16 raw bytes: a canonical (lowercase, hyphenated) UUID key
+_ESCAPE = b"\x01"  # field = _ESCAPE + key bytes: a key whose bytes start with a marker
+
+
+def pack_value(due: int | None, state: bytes) -> bytes:
+    """A slot's value in its bucket: its next due time (ms, None: not due), then its state."""
+    if due is None:
+        return _NOT_DUE + state
+    if not 0 < due < 1 << (8 * DUE_BYTES):
+        raise ValueError(f"due time {due} ms is out of range")
+    return due.to_bytes(DUE_BYTES, "big") + state
+
+
+def unpack_value(value: bytes) -> tuple[int | None, bytes]:
+    """(due ms or None, state) of a bucket value (`pack_value`'s inverse)."""
+    return int.from_bytes(value[:DUE_BYTES], "big") or None, value[DUE_BYTES:]
+
+
+def encode_key(key: str) -> bytes:
+    """The hash field of a key: 17 bytes for a canonical lowercase UUID, else its UTF-8 bytes
+    (escaped if they start with a marker byte). `decode_key` inverts it exactly."""
+    if len(key) == 36 and key[8] == key[13] == key[18] == key[23] == "-":
+        hexits = key[:8] + key[9:13] + key[14:18] + key[19:23] + key[24:]
+        try:
+            raw = bytes.fromhex(hexits)
+        except ValueError:
+            raw = b""
+        # fromhex accepts uppercase and spaces; only what prints back identically is compacted
+        if len(raw) == 16 and raw.hex() == hexits:
+            return _UUID + raw
+    data = key.encode("utf-8", "surrogatepass")
+    if data[:1] in (_UUID, _ESCAPE):
+        return _ESCAPE + data
+    return data
+
+
+def decode_key(field: bytes) -> str:
+    """The key a hash field was made from (`encode_key`'s inverse)."""
+    head = field[:1]
+    if head == _UUID and len(field) == 17:
+        h = field[1:].hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    if head == _ESCAPE:
+        field = field[1:]
+    return field.decode("utf-8", "surrogatepass")
 
 
 class Keys:
-    """Key names under one prefix, for a fixed number of shards."""
+    """Key names under one prefix, for a fixed number of shards and buckets per shard."""
 
-    __slots__ = ("_hist_prefix", "_slot_prefix", "prefix", "shards")
+    __slots__ = ("_bucket_prefix", "_hist_prefix", "buckets", "prefix", "shards")
 
-    def __init__(self, prefix: str, shards: int) -> None:
+    def __init__(self, prefix: str, shards: int, buckets: int = DEFAULT_BUCKETS) -> None:
         if not prefix or any(c in prefix for c in "{} \t\r\n"):
             raise ValueError(f"bad key prefix {prefix!r} (no braces or whitespace)")
         if shards < 1:
             raise ValueError("shards must be >= 1")
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
         self.prefix = prefix
         self.shards = shards
-        self._slot_prefix = [f"{prefix}:{{{s}}}:slot:" for s in range(shards)]
+        self.buckets = buckets
+        self._bucket_prefix = [f"{prefix}:{{{s}}}:b:" for s in range(shards)]
         self._hist_prefix = [f"{prefix}:{{{s}}}:hist:" for s in range(shards)]
 
     def shard_of(self, sid: str) -> int:
         """The shard of a slot id (stable: crc32 of the id modulo the shard count)."""
         return shard_of(sid, self.shards)
 
-    def slot(self, shard: int, sid: str) -> str:
-        return self._slot_prefix[shard] + sid
+    def member(self, sid: str) -> str:
+        """`<flow>:<n>`: the slot's bucket, as named in its shard's due index. n comes from the
+        crc32 bits above the shard choice (crc32 // shards), so a shard's slots spread over all
+        of its buckets whatever the two counts are."""
+        crc = zlib.crc32(sid.encode("utf-8", "surrogatepass"))
+        flow, _ = split_slot_id(sid)
+        return f"{flow}:{(crc // self.shards) % self.buckets}"
 
-    def slot_prefix(self, shard: int) -> str:
-        """`slot(shard, sid) == slot_prefix(shard) + sid` (the due script joins them)."""
-        return self._slot_prefix[shard]
+    def bucket_prefix(self, shard: int) -> str:
+        """`bucket_prefix(shard) + member(sid)` is the bucket key (the scripts join them)."""
+        return self._bucket_prefix[shard]
 
-    def slot_of(self, flow: str, key: str) -> str:
-        sid = slot_id(flow, key)
-        return self.slot(self.shard_of(sid), sid)
+    def bucket(self, shard: int, sid: str) -> str:
+        return self._bucket_prefix[shard] + self.member(sid)
 
-    def history_of(self, flow: str, key: str) -> str:
-        sid = slot_id(flow, key)
-        return self.history(self.shard_of(sid), sid)
+    @staticmethod
+    def field(sid: str) -> bytes:
+        """The slot's field in its bucket (`encode_key` of the key: the flow is in the bucket)."""
+        return encode_key(split_slot_id(sid)[1])
 
-    def history(self, shard: int, sid: str) -> str:
-        return self._hist_prefix[shard] + sid
+    @staticmethod
+    def sid_of(member: bytes, field: bytes) -> str:
+        """The slot id of a (due index member, field) pair: `member` and `field` inverted."""
+        flow = member[: member.rindex(b":")].decode("utf-8")
+        return f"{flow}:{decode_key(field)}"
+
+    def history(self, shard: int, sid: str) -> bytes:
+        """Bytes: a key may hold lone surrogates (kept as they are, like `encode_key`)."""
+        return (self._hist_prefix[shard] + sid).encode("utf-8", "surrogatepass")
 
     def due(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard}}}:due"

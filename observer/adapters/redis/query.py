@@ -1,5 +1,6 @@
 """`RedisSlotReader`: read-only access to slots and histories for the ops API and
-`observer status` (redis-py with its own connection pool, thread-safe; off the hot path)."""
+`observer status` (redis-py with its own connection pool, thread-safe; off the hot path).
+Layout: `keys.py` (a slot is a field of its bucket hash, its history a list)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import orjson
 import redis
 
-from observer.adapters.redis.keys import Keys
+from observer.adapters.redis.keys import Keys, unpack_value
 from observer.errors import StoreError
 from observer.runtime.shards import slot_id
 
@@ -16,8 +17,9 @@ __all__ = ["RedisSlotReader"]
 
 
 class RedisSlotReader:
-    """Reads what the runtime wrote under a prefix. The shard count is read from the store's
-    meta hash (so `observer status` needs only the URL and the prefix)."""
+    """Reads what the runtime wrote under a prefix. The shard and bucket counts are read from
+    the store's meta hash (so `observer status` needs only the URL and the prefix); `shards`
+    given skips that read, with the default bucket count."""
 
     def __init__(
         self, url: str, prefix: str, *, shards: int | None = None, timeout_s: float = 5.0
@@ -31,14 +33,21 @@ class RedisSlotReader:
     def _k(self) -> Keys:
         if self._keys is None:
             try:
-                raw = self._redis.hget(Keys(self._prefix, 1).meta(), "shards")
+                shards, buckets = self._redis.hmget(
+                    Keys(self._prefix, 1).meta(), ["shards", "buckets"]
+                )
             except redis.RedisError as exc:
                 raise StoreError(f"cannot read from Redis: {exc}") from exc
-            if raw is None:
+            if shards is None:
                 raise StoreError(
                     f"no observer state under prefix '{self._prefix}' (nothing has run with it)"
                 )
-            self._keys = Keys(self._prefix, int(raw))
+            if buckets is None:
+                raise StoreError(
+                    f"the state under prefix '{self._prefix}' has an older format that this "
+                    "version does not read"
+                )
+            self._keys = Keys(self._prefix, int(shards), int(buckets))
         return self._keys
 
     def read(self, flow: str, key: str) -> tuple[bytes | None, list[bytes]]:
@@ -47,12 +56,12 @@ class RedisSlotReader:
         shard = keys.shard_of(sid)
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.get(keys.slot(shard, sid))
+            pipe.hget(keys.bucket(shard, sid), keys.field(sid))
             pipe.lrange(keys.history(shard, sid), 0, -1)
-            state, history = pipe.execute()
+            value, history = pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"cannot read from Redis: {exc}") from exc
-        return state, list(history)
+        return None if value is None else unpack_value(value)[1], list(history)
 
     def deployed(self) -> dict[str, Any] | None:
         try:

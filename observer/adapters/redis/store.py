@@ -1,14 +1,16 @@
 """`RedisStateStore`: slot state, deadlines, outbox and history in Redis.
 
 A batch is written atomically in one round trip: one EVALSHA of `write.lua` with the batch
-packed into its arguments. Slots are loaded with one MGET. Requests are pipelined on one raw
-connection (`RedisWire`): a load sent after a write is answered after it, so the loop can send
-a batch's write, decode the next batch, and only then read both replies.
+packed into its arguments. Slots are loaded with one EVALSHA of `load.lua` (an HGET per slot
+from its bucket, see `keys.py`). Requests are pipelined on one raw connection (`RedisWire`): a
+load sent after a write is answered after it, so the loop can send a batch's write, decode the
+next batch, and only then read both replies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -17,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import hiredis
 import orjson
 
-from observer.adapters.redis.keys import Keys
+from observer.adapters.redis.keys import DUE_BYTES, Keys, pack_value
 from observer.adapters.redis.wire import RedisWire
 from observer.errors import ConfigError, StoreError
 from observer.runtime.ports import DueSlots, WriteBatch
@@ -25,7 +27,15 @@ from observer.runtime.ports import DueSlots, WriteBatch
 __all__ = ["RedisStateStore", "load_script"]
 
 T = TypeVar("T")
-STORE_FORMAT = 1
+log = logging.getLogger(__name__)
+
+# 2: slots as fields of bucket hashes with their due time in the value, a due index of buckets
+# (1: a string key per slot and a due member per slot)
+STORE_FORMAT = 2
+
+# Bucket hashes stay listpacks (a few bytes per field instead of ~100) only within these
+# limits; below them the store works the same and costs more memory. ops/stack sets them.
+LISTPACK_SETTINGS = {"hash-max-listpack-value": 1024, "hash-max-listpack-entries": 512}
 
 
 def load_script(name: str) -> bytes:
@@ -75,8 +85,10 @@ class RedisStateStore:
         self._wire = RedisWire(url, timeout_s)
         self._write_src = load_script("write.lua")
         self._due_src = load_script("due.lua")
+        self._load_src = load_script("load.lua")
         self._write_sha = hashlib.sha1(self._write_src).hexdigest()
         self._due_sha = hashlib.sha1(self._due_src).hexdigest()
+        self._load_sha = hashlib.sha1(self._load_src).hexdigest()
         self._queue: deque[_Reply[Any]] = deque()
 
     @property
@@ -86,22 +98,53 @@ class RedisStateStore:
     # -- connection -------------------------------------------------------------------------------
 
     def open(self, shards: int, deployed: Mapping[str, object]) -> None:
-        """Connect, load the scripts, check the shard count recorded under the prefix."""
+        """Connect, load the scripts, check the format, shard count and bucket count recorded
+        under the prefix (recorded by the first process to open it)."""
         self.reconnect()
-        meta = self.keys.meta()
-        self._wire.call("HSETNX", meta, "shards", shards)
+        meta, prefix = self.keys.meta(), self.keys.prefix
         self._wire.call("HSETNX", meta, "format", STORE_FORMAT)
-        stored = self._wire.call("HMGET", meta, "shards", "format")
-        if int(stored[0]) != shards:
+        stored = self._wire.call("HGET", meta, "format")
+        if int(stored) != STORE_FORMAT:
             raise ConfigError(
-                f"Redis prefix '{self.keys.prefix}' holds state for {int(stored[0])} shards, not {shards}: "
+                f"Redis prefix '{prefix}' holds state format {stored.decode()}, this version writes "
+                f"format {STORE_FORMAT}: use a new key prefix (the old state is not converted)"
+            )
+        self._wire.call("HSETNX", meta, "shards", shards)
+        self._wire.call("HSETNX", meta, "buckets", self.keys.buckets)
+        got_shards, got_buckets = (
+            int(v) for v in self._wire.call("HMGET", meta, "shards", "buckets")
+        )
+        if got_shards != shards:
+            raise ConfigError(
+                f"Redis prefix '{prefix}' holds state for {got_shards} shards, not {shards}: "
                 "use the same shard count, or another key prefix"
             )
-        if int(stored[1]) != STORE_FORMAT:
+        if got_buckets != self.keys.buckets:
             raise ConfigError(
-                f"Redis prefix '{self.keys.prefix}' holds state format {stored[1]!r}, expected {STORE_FORMAT}"
+                f"Redis prefix '{prefix}' holds state in {got_buckets} buckets per shard, not "
+                f"{self.keys.buckets}: use the same bucket count, or another key prefix"
             )
+        self._check_listpack_settings()
         self._wire.call("SET", self.keys.deployed(), orjson.dumps(dict(deployed)))
+
+    def _check_listpack_settings(self) -> None:
+        """Warn (once per open) when Redis would store buckets as hashtables: correct, but
+        several times the memory. A managed Redis may refuse CONFIG: then nothing is said."""
+        low = []
+        for name, wanted in LISTPACK_SETTINGS.items():
+            try:
+                reply = self._wire.call("CONFIG", "GET", name)
+            except StoreError:
+                return
+            if len(reply) == 2 and int(reply[1]) < wanted:
+                low.append(f"{name} {int(reply[1])} (recommended >= {wanted})")
+        if low:
+            log.warning(
+                "Redis at %s: %s; state buckets bigger than that use several times the memory "
+                "(see docs/running.md, What lives in Redis)",
+                self.where,
+                ", ".join(low),
+            )
 
     def reconnect(self) -> None:
         """(Re)connect and load the scripts; pending replies are failed."""
@@ -111,6 +154,7 @@ class RedisStateStore:
         self._wire.connect()
         self._wire.call("SCRIPT", "LOAD", self._write_src)
         self._wire.call("SCRIPT", "LOAD", self._due_src)
+        self._wire.call("SCRIPT", "LOAD", self._load_src)
 
     def ping(self) -> bool:
         try:
@@ -155,8 +199,11 @@ class RedisStateStore:
             done: _Reply[list[bytes | None]] = _Reply(self, list)
             done._set([])
             return done
-        slot_key = self.keys.slot
-        return self._send(_pack(("MGET", *[slot_key(s, sid) for s, sid in slots])), _as_list)
+        bucket, field = self.keys.bucket, self.keys.field
+        args: list[Any] = []
+        for s, sid in slots:
+            args += [bucket(s, sid), field(sid)]
+        return self._send(_pack(("EVALSHA", self._load_sha, 0, *args)), _states)
 
     def write(self, batch: WriteBatch) -> _Reply[None]:
         """Apply a batch atomically (one EVALSHA); the reply confirms it."""
@@ -164,15 +211,17 @@ class RedisStateStore:
 
     def _write_args(self, batch: WriteBatch) -> list[Any]:
         k = self.keys
+        member, field, prefix = k.member, k.field, k.bucket_prefix
         args: list[Any] = [len(batch.puts)]
         for p in batch.puts:
+            m = member(p.sid)
             args += [
-                k.slot(p.shard, p.sid),
-                p.state,
-                p.ttl_ms,
+                prefix(p.shard) + m,
                 k.due(p.shard),
-                p.sid,
-                "" if p.due is None else p.due,
+                m,
+                field(p.sid),
+                pack_value(p.due, p.state),
+                p.ttl_ms,
                 k.history(p.shard, p.sid),
                 self.history_cap,
                 len(p.history),
@@ -180,10 +229,12 @@ class RedisStateStore:
             args += p.history
         args.append(len(batch.deletes))
         for shard, sid in batch.deletes:
-            args += [k.slot(shard, sid), k.history(shard, sid), k.due(shard), sid]
+            m = member(sid)
+            args += [prefix(shard) + m, k.due(shard), m, field(sid), k.history(shard, sid)]
         args.append(len(batch.stale_due))
         for shard, sid in batch.stale_due:
-            args += [k.due(shard), sid]
+            m = member(sid)
+            args += [prefix(shard) + m, k.due(shard), m, field(sid)]
         args.append(len(batch.outbox_dels))
         for shard, oid in batch.outbox_dels:
             args += [k.outbox(shard), oid]
@@ -198,18 +249,20 @@ class RedisStateStore:
     # -- synchronous requests ---------------------------------------------------------------------
 
     def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
-        """Slots due at or before their shard's watermark (at most `limit`), with their state."""
+        """Slots due at or before their shard's watermark (at most `limit`), with their state.
+        Slots come bucket by bucket (earliest bucket first), not strictly in due order."""
         self._drain()
         args: list[Any] = []
         for shard, wm in watermarks:
-            args += [shard, self.keys.due(shard), self.keys.slot_prefix(shard), wm]
+            args += [shard, self.keys.due(shard), self.keys.bucket_prefix(shard), wm]
         raw = self._send(
             _pack(("EVALSHA", self._due_sha, 0, limit, len(watermarks), *args)), _as_list
         ).result()
         overdue = None if raw[0] is None else int(raw[0])
-        slots = [
-            (int(raw[i]), raw[i + 1].decode("utf-8", "surrogateescape"), raw[i + 2])
-            for i in range(1, len(raw), 3)
+        sid_of = self.keys.sid_of
+        slots: list[tuple[int, str, bytes | None]] = [
+            (int(raw[i]), sid_of(raw[i + 1], raw[i + 2]), raw[i + 3][DUE_BYTES:])
+            for i in range(1, len(raw), 4)
         ]
         return DueSlots(slots, overdue)
 
@@ -242,6 +295,11 @@ def _as_list(raw: Any) -> Any:
     if not isinstance(raw, list):
         raise StoreError(f"unexpected Redis reply {raw!r}")
     return raw
+
+
+def _states(raw: Any) -> list[bytes | None]:
+    """Bucket values (due time + state) to states."""
+    return [None if v is None else v[DUE_BYTES:] for v in _as_list(raw)]
 
 
 def _ignore(raw: Any) -> None:

@@ -1,37 +1,104 @@
--- One batch of the observer, applied atomically. All key names come from observer/adapters/redis/keys.py.
+-- One batch of the observer, applied atomically. Key names and the value layout come from
+-- observer/adapters/redis/keys.py: a slot is field f of bucket hash b, its value its due time
+-- (6 bytes, big-endian epoch ms, 0: not due) then its state; the shard's due index idx scores
+-- each bucket (member m = <flow>:<n>) with the earliest due time among its fields.
 -- ARGV (flat, counted groups):
---   n_puts,   then per put:   slot_key, state, ttl_ms, due_key, member, due_ms|"", hist_key, cap, n, entry*n
---   n_dels,   then per del:   slot_key, hist_key, due_key, member
---   n_stale,  then per stale: due_key, member
+--   n_puts,   then per put:   b, idx, m, f, value, ttl_ms, hist_key, cap, n, entry*n
+--   n_dels,   then per del:   b, idx, m, f, hist_key
+--   n_stale,  then per stale: b, idx, m, f   (the slot's timers are dropped, its state kept)
 --   n_odel,   then per entry: outbox_key, observer_id
 --   n_oadd,   then per entry: outbox_key, observer_id, record
 --   stats_key, n_stats, then per stat: field, increment
 local a = ARGV
 local i = 1
+
+local function due_of(v)
+  if not v or #v < 6 then return nil end
+  local b1, b2, b3, b4, b5, b6 = string.byte(v, 1, 6)
+  local d = ((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6
+  if d == 0 then return nil end
+  return d
+end
+
+-- Per bucket touched: `low` is a lower bound of its fields' due times, exact unless `dirty`
+-- (the field that held the earliest moved later or left: the bucket is read again at the end);
+-- `was` is its score in the index before the batch; `ttl` the longest TTL written into it.
+local buckets, order = {}, {}
+local function bucket(b, idx, m)
+  local r = buckets[b]
+  if r == nil then
+    local s = redis.call('ZSCORE', idx, m)
+    s = s and tonumber(s) or nil
+    r = {idx = idx, m = m, low = s, was = s, dirty = false, ttl = 0}
+    buckets[b] = r
+    order[#order + 1] = b
+  end
+  return r
+end
+local function moved(r, old, new)
+  if old and new ~= old and (r.low == nil or old <= r.low) then r.dirty = true end
+  if new and (r.low == nil or new < r.low) then r.low = new end
+end
+
 local n = tonumber(a[i]); i = i + 1
 for _ = 1, n do
-  local slot, state, ttl, due, member, score, hist, cap, m =
-    a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], tonumber(a[i + 7]), tonumber(a[i + 8])
+  local b, idx, m, f, v, ttl, hist, cap, k =
+    a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], tonumber(a[i + 5]), a[i + 6], tonumber(a[i + 7]), tonumber(a[i + 8])
   i = i + 9
-  redis.call('SET', slot, state, 'PX', ttl)
-  if score == '' then redis.call('ZREM', due, member) else redis.call('ZADD', due, score, member) end
-  if m > 0 then
-    redis.call('RPUSH', hist, unpack(a, i, i + m - 1))
-    i = i + m
+  local r = bucket(b, idx, m)
+  moved(r, due_of(redis.call('HGET', b, f)), due_of(v))
+  redis.call('HSET', b, f, v)
+  if ttl > r.ttl then r.ttl = ttl end
+  if k > 0 then
+    redis.call('RPUSH', hist, unpack(a, i, i + k - 1))
+    i = i + k
     redis.call('LTRIM', hist, -cap, -1)
   end
   redis.call('PEXPIRE', hist, ttl)
 end
 n = tonumber(a[i]); i = i + 1
 for _ = 1, n do
-  redis.call('DEL', a[i], a[i + 1])
-  redis.call('ZREM', a[i + 2], a[i + 3])
-  i = i + 4
+  local b, f = a[i], a[i + 3]
+  moved(bucket(b, a[i + 1], a[i + 2]), due_of(redis.call('HGET', b, f)), nil)
+  redis.call('HDEL', b, f)
+  redis.call('DEL', a[i + 4])
+  i = i + 5
 end
 n = tonumber(a[i]); i = i + 1
 for _ = 1, n do
-  redis.call('ZREM', a[i], a[i + 1])
-  i = i + 2
+  local b, f = a[i], a[i + 3]
+  local v = redis.call('HGET', b, f)
+  local d = due_of(v)
+  if d then
+    moved(bucket(b, a[i + 1], a[i + 2]), d, nil)
+    redis.call('HSET', b, f, string.rep('\0', 6) .. string.sub(v, 7))
+  end
+  i = i + 4
+end
+-- The due index and the safety-net TTL of every bucket touched. A hash field has no TTL of
+-- its own (Redis 7.0), so a bucket lives as long as its longest-lived slot: its TTL is only
+-- ever raised (PTTL -1: a bucket created by this batch).
+for _, b in ipairs(order) do
+  local r = buckets[b]
+  if r.dirty then
+    local low = nil
+    for _, v in ipairs(redis.call('HVALS', b)) do
+      local d = due_of(v)
+      if d and (low == nil or d < low) then low = d end
+    end
+    r.low = low
+  end
+  if r.low ~= r.was then
+    if r.low then
+      redis.call('ZADD', r.idx, string.format('%d', r.low), r.m)
+    else
+      redis.call('ZREM', r.idx, r.m)
+    end
+  end
+  if r.ttl > 0 then
+    local left = redis.call('PTTL', b)
+    if left == -1 or (left >= 0 and left < r.ttl) then redis.call('PEXPIRE', b, r.ttl) end
+  end
 end
 n = tonumber(a[i]); i = i + 1
 for _ = 1, n do
