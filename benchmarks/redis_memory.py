@@ -1,11 +1,16 @@
-"""Redis memory per open checkout instance: state string + due member + history list, as the
-store writes them (key names as `observer/adapters/redis/keys.py` builds them), measured on a
-private redis-server (unix socket, no persistence) started and stopped by this script.
+"""Redis memory per open checkout instance, layout by layout, measured on a private
+redis-server (unix socket, no persistence, the listpack settings of `ops/stack`) started and
+stopped by this script.
 
 States are the open instances in the middle of the `benchmarks/pipeline.py` workload, written
-under `--instances` distinct UUID keys. Variants: state format 1 (before) and 2; history on
-(the entries the workload gives) or off; and the same with shorter key names, to show what
-those would save; and states as fields of bucketed hashes. Not a test: `python benchmarks/redis_memory.py [--instances N]`.
+under `--instances` distinct UUID keys. Layouts:
+  - a string key per slot + a due member per slot (store format 1), state format 1 and 2,
+    history on (the entries the workload gives) or off, and with shorter key names;
+  - slots as fields of bucket hashes with a due sorted set per bucket (member = field), with
+    text fields and with 16-byte UUID fields;
+  - what `RedisStateStore` writes now (format 2: bucket hashes, due time in the value, one due
+    index member per bucket), through the store itself.
+Not a test: `python benchmarks/redis_memory.py [--instances N]`.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from benchmarks.pipeline import Pipeline, build_records
+from observer.adapters.redis.keys import Keys
+from observer.adapters.redis.store import LISTPACK_SETTINGS, RedisStateStore
 from observer.engine.codec import decode_slot
 from observer.engine.state import KeySlot
 from observer.flows.compiler import load_registry
+from observer.runtime.ports import SlotPut, WriteBatch
 from observer.runtime.shards import shard_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,26 +107,62 @@ def measure(
     return (used - base) / len(rows)
 
 
-def measure_buckets(r: redis.Redis, rows: list[tuple[str, bytes, list[bytes]]]) -> float:
-    """States as fields of small hashes (~100 per hash, listpack-encoded), no per-key TTL:
-    what a bucketed layout would cost (Redis 7.0 has no per-field TTL)."""
-    import zlib
-
+def measure_bucket_zsets(
+    r: redis.Redis, rows: list[tuple[str, bytes, list[bytes]]], compact: bool
+) -> float:
+    """Slots as fields of bucket hashes (`Keys` buckets), a due sorted set per bucket with the
+    field as member, an index of buckets per shard; TTLs on the bucket keys."""
+    keys = Keys("observer", SHARDS)
     r.flushall()
-    r.config_set("hash-max-listpack-entries", 256)
-    r.config_set("hash-max-listpack-value", 1024)
     time.sleep(0.05)
     base = int(r.info("memory")["used_memory"])
-    buckets = max(1, len(rows) // 100)
     pipe = r.pipeline(transaction=False)
+    earliest: dict[tuple[int, str], int] = {}
     for i, (sid, state, _) in enumerate(rows):
-        s = shard_of(sid, SHARDS)
-        b = zlib.crc32(sid.encode()) % buckets
-        pipe.hset(f"o:{{{s}}}:b:{b}", sid, state)
-        pipe.zadd(f"o:{{{s}}}:due", {sid: 1_767_225_600_000 + i})
+        s = keys.shard_of(sid)
+        m = keys.member(sid)
+        field = keys.field(sid) if compact else sid.encode()
+        due = 1_767_225_600_000 + i
+        pipe.hset(f"observer:{{{s}}}:b:{m}", field, state)
+        pipe.zadd(f"observer:{{{s}}}:d:{m}", {field: due})
+        earliest[(s, m)] = min(earliest.get((s, m), due), due)
         if i % 1000 == 999:
             pipe.execute()
+    for (s, m), due in earliest.items():
+        pipe.zadd(f"observer:{{{s}}}:due", {m: due})
+        pipe.pexpire(f"observer:{{{s}}}:b:{m}", 3_600_000)
+        pipe.pexpire(f"observer:{{{s}}}:d:{m}", 3_600_000)
     pipe.execute()
+    used = int(r.info("memory")["used_memory"])
+    return (used - base) / len(rows)
+
+
+def measure_store(
+    r: redis.Redis, url: str, rows: list[tuple[str, bytes, list[bytes]]], history: bool
+) -> float:
+    """What `RedisStateStore` writes (through its own write path, batches of 1000)."""
+    keys = Keys("observer", SHARDS)
+    r.flushall()
+    time.sleep(0.05)
+    base = int(r.info("memory")["used_memory"])
+    store = RedisStateStore(url, keys)
+    store.open(SHARDS, {})
+    try:
+        for start in range(0, len(rows), 1000):
+            puts = [
+                SlotPut(
+                    keys.shard_of(sid),
+                    sid,
+                    state,
+                    3_600_000,
+                    1_767_225_600_000 + start + j,
+                    hist if history else [],
+                )
+                for j, (sid, state, hist) in enumerate(rows[start : start + 1000])
+            ]
+            store.write(WriteBatch(puts=puts)).result()
+    finally:
+        store.close()
     used = int(r.info("memory")["used_memory"])
     return (used - base) / len(rows)
 
@@ -166,6 +210,7 @@ def main() -> None:
             "",
             "--appendonly",
             "no",
+            *[x for name, v in LISTPACK_SETTINGS.items() for x in (f"--{name}", str(v))],
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -188,15 +233,22 @@ def main() -> None:
             f"payload per instance: state f1 {avg(rows_1, 1):.0f} B, f2 {avg(rows_2, 1):.0f} B, "
             f"history {avg(rows_2, 2):.0f} B, slot id {sum(len(x[0]) for x in rows_2) / len(rows_2):.0f} B"
         )
-        print("Redis used_memory per instance (state string + due member + history list):")
+        print("Redis used_memory per instance:")
+        print("  string per slot + due member per slot (store format 1):")
         for label, rows, prefix, st, ht, hist in (
-            ("format 1, history on  (before)", rows_1, "observer", "slot", "hist", True),
-            ("format 2, history on", rows_2, "observer", "slot", "hist", True),
-            ("format 2, history off", rows_2, "observer", "slot", "hist", False),
-            ("format 2, history off, keys o:{s}:s:", rows_2, "o", "s", "h", False),
+            ("state format 1, history on", rows_1, "observer", "slot", "hist", True),
+            ("state format 2, history on", rows_2, "observer", "slot", "hist", True),
+            ("state format 2, history off", rows_2, "observer", "slot", "hist", False),
+            ("  same, keys o:{s}:s:", rows_2, "o", "s", "h", False),
         ):
-            print(f"  {label:<40} {measure(r, rows, prefix, st, ht, hist):6.0f} B")
-        print(f"  {'format 2, history off, hash buckets':<40} {measure_buckets(r, rows_2):6.0f} B")
+            print(f"    {label:<42} {measure(r, rows, prefix, st, ht, hist):6.0f} B")
+        print("  bucket hashes + due zset per bucket (history off):")
+        for label, compact in (("text fields", False), ("16-byte UUID fields", True)):
+            print(f"    {label:<42} {measure_bucket_zsets(r, rows_2, compact):6.0f} B")
+        url = f"unix://{sock}"
+        print("  RedisStateStore (format 2: buckets, due time in the value):")
+        for label, hist in (("history on", True), ("history off", False)):
+            print(f"    {label:<42} {measure_store(r, url, rows_2, hist):6.0f} B")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -1004,6 +1004,15 @@ def measure_memory(run: Run) -> dict[str, Any]:
         CommitWatch(run.bs, group, ends), cfg.keyed_topic_name(), keyed_group(group)
     )
     mem_before = redis_used_memory(args.redis_url)
+    # the bucket hashes are compact only within these (ops/stack sets them; a Redis started
+    # before that still has the defaults until `ops/stack restart-redis`)
+    r = redis_client(args.redis_url)
+    try:
+        listpack = {k: int(v) for k, v in r.config_get("hash-max-listpack-*").items()}
+    finally:
+        r.close()
+    if listpack.get("hash-max-listpack-value", 0) < 1024:
+        log(f"memory: Redis has {listpack}: state buckets will not be compact listpacks")
     port = args.http_port_base + 20
 
     def look() -> dict[str, Any]:
@@ -1047,6 +1056,9 @@ def measure_memory(run: Run) -> dict[str, Any]:
         else None,
         "keys_by_kind": usage["keys_by_kind"],
         "sampled_keys": usage["sampled"],
+        "bucket_encodings": usage["bucket_encodings"],
+        "fields_per_bucket": usage["fields_per_bucket"],
+        "redis_listpack_settings": listpack,
         "key_style": args.key_style,
         **sampler.summary(),
         "rss_mb_per_1k_open": (sampler.summary()["rss_mb"][0] / (open_n / 1000))
@@ -1063,33 +1075,54 @@ def measure_memory(run: Run) -> dict[str, Any]:
 
 
 def redis_key_usage(url: str, prefix: str, sample: int) -> dict[str, Any]:
-    """MEMORY USAGE of the observer's keys by kind (slot, hist, due, ...): big keys (sets,
-    hashes) measured whole, per-instance keys sampled and extrapolated."""
+    """MEMORY USAGE of the observer's keys by kind: keys of one instance (`slot` strings of
+    store format 1, `hist` lists) sampled and extrapolated to their count; every other key
+    measured whole: `bucket` hashes (`P:{s}:b:<flow>:<n>`, the slots of format 2), `bucket_due`
+    sets (`P:{s}:d:<n>`, if a layout has them), the shards' `due` indexes, outbox, stats, meta.
+    Also how the bucket hashes are encoded (listpack is the compact one) and how full."""
+    kinds = {"b": "bucket", "d": "bucket_due"}
     r = redis_client(url)
+
+    def each(ks: list[bytes], command: Callable[[Any, bytes], Any]) -> list[Any]:
+        out: list[Any] = []
+        for i in range(0, len(ks), 5000):
+            pipe = r.pipeline(transaction=False)
+            for k in ks[i : i + 5000]:
+                command(pipe, k)
+            out += pipe.execute()
+        return out
+
+    def usage(pipe: Any, k: bytes) -> Any:
+        return pipe.memory_usage(k, samples=0)
+
     try:
         keys_by_kind: Counter[str] = Counter()
         per_kind_sample: dict[str, list[bytes]] = {}
-        singles: dict[str, list[bytes]] = {}
+        whole: dict[str, list[bytes]] = {}
         for k in r.scan_iter(match=f"{prefix}:*", count=5000):
             rest = k.decode()[len(prefix) + 1 :]
             parts = rest.split(":")
             kind = parts[1] if rest.startswith("{") and len(parts) > 1 else parts[0]
+            kind = kinds.get(kind, kind)
             keys_by_kind[kind] += 1
             if kind in ("slot", "hist"):
                 lst = per_kind_sample.setdefault(kind, [])
                 if len(lst) < sample:
                     lst.append(k)
             else:
-                singles.setdefault(kind, []).append(k)
+                whole.setdefault(kind, []).append(k)
         bytes_by_kind: dict[str, float] = {}
         for kind, ks in per_kind_sample.items():
-            pipe = r.pipeline(transaction=False)
-            for k in ks:
-                pipe.memory_usage(k, samples=0)
-            sizes = [s or 0 for s in pipe.execute()]
+            sizes = [s or 0 for s in each(ks, usage)]
             bytes_by_kind[kind] = sum(sizes) / len(sizes) * keys_by_kind[kind] if sizes else 0.0
-        for kind, ks in singles.items():
-            bytes_by_kind[kind] = float(sum(r.memory_usage(k, samples=0) or 0 for k in ks))
+        for kind, ks in whole.items():
+            bytes_by_kind[kind] = float(sum(s or 0 for s in each(ks, usage)))
+        buckets = whole.get("bucket", [])
+        encodings = Counter(
+            e.decode() if isinstance(e, bytes) else str(e)
+            for e in each(buckets, lambda p, k: p.object("encoding", k))
+        )
+        fields = sum(each(buckets, lambda p, k: p.hlen(k)))
         stats = r.hgetall(f"{prefix}:stats")
         open_n = sum(int(v) for f, v in stats.items() if f.startswith(b"open:"))
         return {
@@ -1098,6 +1131,8 @@ def redis_key_usage(url: str, prefix: str, sample: int) -> dict[str, Any]:
             "total_bytes": sum(bytes_by_kind.values()),
             "sampled": {k: len(v) for k, v in per_kind_sample.items()},
             "open_instances": open_n,
+            "bucket_encodings": dict(encodings),
+            "fields_per_bucket": fields / len(buckets) if buckets else None,
         }
     finally:
         r.close()
