@@ -76,7 +76,7 @@ def encode_key(key: str) -> bytes:
     """The hash field of a key: 17 bytes for a canonical lowercase UUID, else its UTF-8 bytes
     (escaped if they start with a marker byte). `decode_key` inverts it exactly."""
     if len(key) == 36 and key[8] == key[13] == key[18] == key[23] == "-":
-        hexits = key[:8] + key[9:13] + key[14:18] + key[19:23] + key[24:]
+        hexits = key.replace("-", "")  # 32 hexits unless there are more hyphens
         try:
             raw = bytes.fromhex(hexits)
         except ValueError:
@@ -104,7 +104,7 @@ def decode_key(field: bytes) -> str:
 class Keys:
     """Key names under one prefix, for a fixed number of shards and buckets per shard."""
 
-    __slots__ = ("_bucket_prefix", "_hist_prefix", "buckets", "prefix", "shards")
+    __slots__ = ("_bucket_prefix", "_hist_prefix", "_suffix", "buckets", "prefix", "shards")
 
     def __init__(self, prefix: str, shards: int, buckets: int = DEFAULT_BUCKETS) -> None:
         if not prefix or any(c in prefix for c in "{} \t\r\n"):
@@ -118,6 +118,7 @@ class Keys:
         self.buckets = buckets
         self._bucket_prefix = [f"{prefix}:{{{s}}}:b:" for s in range(shards)]
         self._hist_prefix = [f"{prefix}:{{{s}}}:hist:" for s in range(shards)]
+        self._suffix = [f":{n}" for n in range(buckets)]
 
     def shard_of(self, sid: str) -> int:
         """The shard of a slot id (stable: crc32 of the id modulo the shard count)."""
@@ -127,9 +128,13 @@ class Keys:
         """`<flow>:<n>`: the slot's bucket, as named in its shard's due index. n comes from the
         crc32 bits above the shard choice (crc32 // shards), so a shard's slots spread over all
         of its buckets whatever the two counts are."""
+        return self.locate(sid)[0]
+
+    def locate(self, sid: str) -> tuple[str, bytes]:
+        """(`member(sid)`, `field(sid)`) at once (the store's hot path)."""
+        flow, _, key = sid.partition(":")
         crc = zlib.crc32(sid.encode("utf-8", "surrogatepass"))
-        flow, _ = split_slot_id(sid)
-        return f"{flow}:{(crc // self.shards) % self.buckets}"
+        return flow + self._suffix[(crc // self.shards) % self.buckets], encode_key(key)
 
     def bucket_prefix(self, shard: int) -> str:
         """`bucket_prefix(shard) + member(sid)` is the bucket key (the scripts join them)."""

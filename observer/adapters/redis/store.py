@@ -199,10 +199,11 @@ class RedisStateStore:
             done: _Reply[list[bytes | None]] = _Reply(self, list)
             done._set([])
             return done
-        bucket, field = self.keys.bucket, self.keys.field
+        locate, prefix = self.keys.locate, self.keys.bucket_prefix
         args: list[Any] = []
         for s, sid in slots:
-            args += [bucket(s, sid), field(sid)]
+            m, f = locate(sid)
+            args += [prefix(s) + m, f]
         return self._send(_pack(("EVALSHA", self._load_sha, 0, *args)), _states)
 
     def write(self, batch: WriteBatch) -> _Reply[None]:
@@ -211,30 +212,31 @@ class RedisStateStore:
 
     def _write_args(self, batch: WriteBatch) -> list[Any]:
         k = self.keys
-        member, field, prefix = k.member, k.field, k.bucket_prefix
+        locate, prefix, due, history = k.locate, k.bucket_prefix, k.due, k.history
+        cap = self.history_cap
         args: list[Any] = [len(batch.puts)]
         for p in batch.puts:
-            m = member(p.sid)
+            m, f = locate(p.sid)
             args += [
                 prefix(p.shard) + m,
-                k.due(p.shard),
+                due(p.shard),
                 m,
-                field(p.sid),
+                f,
                 pack_value(p.due, p.state),
                 p.ttl_ms,
-                k.history(p.shard, p.sid),
-                self.history_cap,
+                history(p.shard, p.sid),
+                cap,
                 len(p.history),
             ]
             args += p.history
         args.append(len(batch.deletes))
         for shard, sid in batch.deletes:
-            m = member(sid)
-            args += [prefix(shard) + m, k.due(shard), m, field(sid), k.history(shard, sid)]
+            m, f = locate(sid)
+            args += [prefix(shard) + m, due(shard), m, f, history(shard, sid)]
         args.append(len(batch.stale_due))
         for shard, sid in batch.stale_due:
-            m = member(sid)
-            args += [prefix(shard) + m, k.due(shard), m, field(sid)]
+            m, f = locate(sid)
+            args += [prefix(shard) + m, due(shard), m, f]
         args.append(len(batch.outbox_dels))
         for shard, oid in batch.outbox_dels:
             args += [k.outbox(shard), oid]
