@@ -269,7 +269,7 @@ def test_the_ops_read_path(stack: Any, unique: str, redis_client: redis.Redis) -
 def test_small_listpack_settings_are_named_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A Redis with the default hash-max-listpack-value (64) works, at several times the memory:
+    """A Redis with the default hash-max-listpack-value (64) works, with ~20 % more memory:
     opening says so, naming the setting; with the recommended settings it says nothing."""
     private = PrivateRedis(tmp_path)
     private.start()

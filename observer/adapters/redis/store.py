@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # (1: a string key per slot and a due member per slot)
 STORE_FORMAT = 2
 
-# Bucket hashes stay listpacks (a few bytes per field instead of ~100) only within these
+# Bucket hashes stay listpacks (a few bytes per field instead of ~45) only within these
 # limits; below them the store works the same and costs more memory. ops/stack sets them.
 LISTPACK_SETTINGS = {"hash-max-listpack-value": 1024, "hash-max-listpack-entries": 512}
 
@@ -129,7 +129,7 @@ class RedisStateStore:
 
     def _check_listpack_settings(self) -> None:
         """Warn (once per open) when Redis would store buckets as hashtables: correct, but
-        several times the memory. A managed Redis may refuse CONFIG: then nothing is said."""
+        ~20 % more memory per slot. A managed Redis may refuse CONFIG: then nothing is said."""
         low = []
         for name, wanted in LISTPACK_SETTINGS.items():
             try:
@@ -140,8 +140,8 @@ class RedisStateStore:
                 low.append(f"{name} {int(reply[1])} (recommended >= {wanted})")
         if low:
             log.warning(
-                "Redis at %s: %s; state buckets bigger than that use several times the memory "
-                "(see docs/running.md, What lives in Redis)",
+                "Redis at %s: %s; state buckets bigger than that are hashtables, ~20 %% more "
+                "memory (docs/running.md, What lives in Redis)",
                 self.where,
                 ", ".join(low),
             )
