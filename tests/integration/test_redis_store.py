@@ -138,6 +138,22 @@ def test_due_across_buckets_and_shards_with_limit_and_overdue(
     assert store.due([], 10).slots == []
 
 
+def test_any_due_time_is_kept_exactly(store: RedisStateStore, keys: Keys) -> None:
+    """Event times come from the data: before 1970, 0, far ahead (the scripts read them back
+    to the millisecond, the index holds them as scores)."""
+    times = [-14_179_340_000, -1, 0, 1, T0, (1 << 53) - 1, -(1 << 50) + 1]
+    ids = sids(len(times))
+    store.write(
+        WriteBatch(puts=[put(keys, sid, t) for sid, t in zip(ids, times, strict=True)])
+    ).result()
+    for sid, t in zip(ids, times, strict=True):
+        marks = [(s, t - 1) for s in range(SHARDS)]
+        assert sid not in {x for _s, x, _st in store.due(marks, 100).slots}
+        marks = [(s, t) for s in range(SHARDS)]
+        assert sid in {x for _s, x, _st in store.due(marks, 100).slots}
+    assert store.due([(0, T0), (1, T0)], 100).overdue_ms == T0 - times[-1]
+
+
 def test_the_index_follows_every_change(
     store: RedisStateStore, keys: Keys, redis_client: redis.Redis
 ) -> None:

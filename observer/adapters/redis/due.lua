@@ -1,17 +1,22 @@
 -- Slots due at or before their shard's watermark, with their values, in one round trip. Due
 -- times come from observer/adapters/redis/keys.py's layout: the shard's due index idx scores
 -- each bucket (member m) with its earliest due time; a value starts with the slot's due time
--- (6 bytes, big-endian epoch ms, 0: not due). Nothing is removed: the batch write that follows
--- the firing reschedules or deletes the slots.
+-- (8 bytes, big-endian two's complement epoch ms; -2^63: not due). Nothing is removed: the
+-- batch write that follows the firing reschedules or deletes the slots.
 -- ARGV: limit, n, then per shard: shard, idx, bucket_key_prefix, watermark_ms
 -- Returns: {overdue_ms|false, shard_1, member_1, field_1, value_1, shard_2, ...}; overdue_ms is
 -- the largest (watermark - earliest due) over the shards, false when nothing is due.
+
+-- A value's due time, nil: not due. Exact for |ms| < 2^53, like a sorted set's score.
 local function due_of(v)
-  if not v or #v < 6 then return nil end
-  local b1, b2, b3, b4, b5, b6 = string.byte(v, 1, 6)
-  local d = ((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6
-  if d == 0 then return nil end
-  return d
+  if not v or #v < 8 then return nil end
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 1, 8)
+  if b1 < 128 then
+    return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
+  end
+  if b1 == 128 and b2 + b3 + b4 + b5 + b6 + b7 + b8 == 0 then return nil end
+  b1, b2, b3, b4, b5, b6, b7, b8 = 255 - b1, 255 - b2, 255 - b3, 255 - b4, 255 - b5, 255 - b6, 255 - b7, 255 - b8
+  return -(((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8) - 1
 end
 
 local limit, n = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -44,7 +49,7 @@ for s = 0, n - 1 do
       -- would otherwise stay "due" for ever
       if low ~= tonumber(due[j + 1]) then
         if low then
-          redis.call('ZADD', idx, string.format('%d', low), m)
+          redis.call('ZADD', idx, string.format('%.17g', low), m)
         else
           redis.call('ZREM', idx, m)
         end

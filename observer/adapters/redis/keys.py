@@ -10,7 +10,7 @@ a slot within its shard and flow, 0 <= n < buckets):
     P:stats                   HASH   open:<flow> -> open instances (HINCRBY per batch)
     P:lease                   STRING the holder of `routing: direct` (`lease.py`), with a TTL
     P:{s}:b:<flow>:<n>        HASH   field `encode_key(<key>)` -> `pack_value(due, state)`:
-                                     the slot's next due time (6 bytes) then its `encode_slot`
+                                     the slot's next due time (8 bytes) then its `encode_slot`
                                      bytes; TTL of the longest-lived slot written into it
     P:{s}:due                 ZSET   member <flow>:<n> (a bucket), score = the earliest due time
                                      (epoch ms) of the bucket's slots; no member: none is due
@@ -52,8 +52,9 @@ __all__ = [
 # (`hash-max-listpack-entries` 512) up to ~500k open instances and hold ~20 each at 20k.
 DEFAULT_BUCKETS = 64
 
-DUE_BYTES = 6  # big-endian epoch ms (0: not due), room until the year 10889
-_NOT_DUE = bytes(DUE_BYTES)
+DUE_BYTES = 8  # big-endian two's complement epoch ms, the lowest value for "not due"
+_NOT_DUE = (-(1 << 63)).to_bytes(DUE_BYTES, "big", signed=True)
+_LATEST = (1 << 63) - 1
 _UUID = b"\x00"  # field = _UUID + 16 raw bytes: a canonical (lowercase, hyphenated) UUID key
 _ESCAPE = b"\x01"  # field = _ESCAPE + key bytes: a key whose bytes start with a marker
 
@@ -62,14 +63,14 @@ def pack_value(due: int | None, state: bytes) -> bytes:
     """A slot's value in its bucket: its next due time (ms, None: not due), then its state."""
     if due is None:
         return _NOT_DUE + state
-    if not 0 < due < 1 << (8 * DUE_BYTES):
-        raise ValueError(f"due time {due} ms is out of range")
-    return due.to_bytes(DUE_BYTES, "big") + state
+    # any time is valid (event times come from the data); beyond int64 nothing will be due
+    return max(-_LATEST, min(due, _LATEST)).to_bytes(DUE_BYTES, "big", signed=True) + state
 
 
 def unpack_value(value: bytes) -> tuple[int | None, bytes]:
     """(due ms or None, state) of a bucket value (`pack_value`'s inverse)."""
-    return int.from_bytes(value[:DUE_BYTES], "big") or None, value[DUE_BYTES:]
+    due = value[:DUE_BYTES]
+    return None if due == _NOT_DUE else int.from_bytes(due, "big", signed=True), value[DUE_BYTES:]
 
 
 def encode_key(key: str) -> bytes:

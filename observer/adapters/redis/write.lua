@@ -1,7 +1,8 @@
 -- One batch of the observer, applied atomically. Key names and the value layout come from
 -- observer/adapters/redis/keys.py: a slot is field f of bucket hash b, its value its due time
--- (6 bytes, big-endian epoch ms, 0: not due) then its state; the shard's due index idx scores
--- each bucket (member m = <flow>:<n>) with the earliest due time among its fields.
+-- (8 bytes, big-endian two's complement epoch ms; NONE: not due) then its state; the shard's
+-- due index idx scores each bucket (member m = <flow>:<n>) with the earliest due time among
+-- its fields.
 -- ARGV (flat, counted groups):
 --   n_puts,   then per put:   b, idx, m, f, value, ttl_ms, hist_key, cap, n, entry*n
 --   n_dels,   then per del:   b, idx, m, f, hist_key
@@ -12,12 +13,18 @@
 local a = ARGV
 local i = 1
 
+-- A value's due time, nil: not due (NONE, -2^63). Exact for |ms| < 2^53, like a sorted set's
+-- score.
+local NONE = '\128\0\0\0\0\0\0\0'
 local function due_of(v)
-  if not v or #v < 6 then return nil end
-  local b1, b2, b3, b4, b5, b6 = string.byte(v, 1, 6)
-  local d = ((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6
-  if d == 0 then return nil end
-  return d
+  if not v or #v < 8 then return nil end
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 1, 8)
+  if b1 < 128 then
+    return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
+  end
+  if b1 == 128 and b2 + b3 + b4 + b5 + b6 + b7 + b8 == 0 then return nil end
+  b1, b2, b3, b4, b5, b6, b7, b8 = 255 - b1, 255 - b2, 255 - b3, 255 - b4, 255 - b5, 255 - b6, 255 - b7, 255 - b8
+  return -(((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8) - 1
 end
 
 -- Per bucket touched: `low` is a lower bound of its fields' due times, exact unless `dirty`
@@ -71,7 +78,7 @@ for _ = 1, n do
   local d = due_of(v)
   if d then
     moved(bucket(b, a[i + 1], a[i + 2]), d, nil)
-    redis.call('HSET', b, f, string.rep('\0', 6) .. string.sub(v, 7))
+    redis.call('HSET', b, f, NONE .. string.sub(v, 9))
   end
   i = i + 4
 end
@@ -90,7 +97,7 @@ for _, b in ipairs(order) do
   end
   if r.low ~= r.was then
     if r.low then
-      redis.call('ZADD', r.idx, string.format('%d', r.low), r.m)
+      redis.call('ZADD', r.idx, string.format('%.17g', r.low), r.m)
     else
       redis.call('ZREM', r.idx, r.m)
     end
