@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +123,14 @@ def build_service(
     router_source = KafkaEventSource(config.consumer_settings())
     router_sink = KafkaRecordSink(config.router_producer_settings())
     lease: RedisLease | None = None
+    backlog: Callable[[], int] | None = None
     if config.routing == "direct":
         local = LocalKeyedTopic(
             config.keyed_topic_name(), config.shards, sink=router_sink, source=router_source
         )
         source: EventSource = local.source
         raw_sink: RawSink = local.sink
+        backlog = local.unread
         owner = f"{config.client_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         lease = RedisLease(redis_url, keys.lease(), owner, config.lease_ttl_ms)
     else:
@@ -148,6 +151,7 @@ def build_service(
         deployed=deployed,
         avro=ConfluentAvroDecoder(schema_registry),
         lease=lease,
+        backlog=backlog,
     )
     reader = RedisSlotReader(redis_url, config.key_prefix, shards=config.shards)
     app = create_app(

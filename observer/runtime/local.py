@@ -107,6 +107,10 @@ class LocalKeyedTopic:
         """Records written and not committed yet (held in memory)."""
         return len(self._log)
 
+    def unread(self) -> int:
+        """Records written and not read yet: the router waits while there are many."""
+        return len(self._log) - self._cursor
+
 
 class _RouterEnd:
     """`RawSink`: keyed records into memory, anything else on to the real producer."""

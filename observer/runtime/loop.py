@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from observer.config import ObserverConfig
@@ -106,6 +106,7 @@ class Runtime:
         deployed: Mapping[str, object] | None = None,
         avro: AvroDecoder | None = None,
         lease: Lease | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -132,6 +133,9 @@ class Runtime:
         self.clock = clock
         self.deployed = dict(deployed or {})
         self.lease = lease
+        # direct routing: records routed and not read by the tracker yet (held in memory);
+        # the router reads no more while there are more than a few batches of them
+        self._backlog = backlog
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
         self.inflight = InFlight(config.retry_backoff_ms, 30_000)
@@ -356,7 +360,9 @@ class Runtime:
     def _cycle(self) -> None:
         self.health.beat()
         half = self.config.poll_timeout_ms / 2000.0
-        routed = self.router.cycle(half)
+        backlog = self._backlog
+        read = backlog is None or backlog() < 4 * self.config.batch_size
+        routed = self.router.cycle(half, read)
         records = self.source.poll(self.config.batch_size, 0.0 if routed else half)
         try:
             if records:

@@ -136,10 +136,10 @@ class Router:
 
     # -- the cycle ----------------------------------------------------------------------------------
 
-    def cycle(self, timeout_s: float) -> int:
-        """Read and route one batch, send marks when due, commit what is acknowledged.
-        Returns how many source records were read."""
-        records = self.source.poll(self.config.batch_size, timeout_s)
+    def cycle(self, timeout_s: float, read: bool = True) -> int:
+        """Read and route one batch (unless `read` is False: the tracker is behind), send
+        marks when due, commit what is acknowledged. Returns how many source records were read."""
+        records = self.source.poll(self.config.batch_size, timeout_s) if read else []
         if records:
             self._route(records)
         self.sink.poll(0)

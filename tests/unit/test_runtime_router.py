@@ -269,7 +269,13 @@ def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
     r.cycle(0)
     assert [t for t, _p, _v in sink.sent] == ["dlq"]  # only the dead letter left the process
     sink.ack()
+    assert local.unread() == 2 + 4  # two events and a mark per shard
+    source.batches.append([rec("orders", 0, 9, b'{"type": "Placed", "id": "o-3"}', T0 + 3)])
+    r.cycle(0, read=False)  # the tracker is behind: the router reads nothing more
+    assert local.unread() == 2 + 4 and len(source.batches) == 1
+    source.batches.clear()
     got = local.source.poll(100, 0)
+    assert local.unread() == 0
     assert sorted(tracker.assigned_tps) == [("keyed", p) for p in range(4)]
     events = [(x.partition, decode_keyed(x.value)) for x in got]
     routed = [(p, e.event.key) for p, e in events if isinstance(e, Routed)]
