@@ -199,3 +199,10 @@ def create_topics(admin: AdminClient) -> Iterator[CreateTopics]:
             # Already gone, or the test restarted the broker: nothing left to clean.
             with contextlib.suppress(KafkaException):
                 future.result(30)
+
+
+@pytest.fixture
+def routing() -> str:
+    """How `make` (test_runtime_flows.py) wires an observer: `keyed` unless a module asks for
+    more (test_runtime_flows.py runs every flow test with both routings)."""
+    return "keyed"

@@ -18,15 +18,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.test_runtime_flows import Harness, make, now_ms, outcome_of
 
-__all__ = ["make"]  # the fixture, with `routing` below
+__all__ = ["make"]  # the fixture (keyed routing, from conftest)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def routing() -> str:
-    """Redis outages are about the store, not the routing: the keyed one (the default)."""
-    return "keyed"
 
 
 class PrivateRedis:
