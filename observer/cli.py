@@ -97,7 +97,7 @@ def build_service(
     from observer.runtime.webhooks import WebhookDispatcher
 
     redis_url = config.redis_url.get_secret_value()
-    keys = Keys(config.key_prefix, config.shards)
+    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
     health = Health(
         config.stall_after_ms,
@@ -153,7 +153,9 @@ def build_service(
         lease=lease,
         backlog=backlog,
     )
-    reader = RedisSlotReader(redis_url, config.key_prefix, shards=config.shards)
+    reader = RedisSlotReader(
+        redis_url, config.key_prefix, shards=config.shards, buckets=config.state_buckets
+    )
     app = create_app(
         InstanceQuery(registry, reader, config.topics()), health.report, metrics.registry
     )

@@ -99,6 +99,8 @@ class ObserverConfig(BaseModel):
     commit_delay_ms: int = Field(2_000, ge=0)
     idle_grace_ms: int = Field(500, ge=0)
     shards: int = Field(16, ge=1, le=4096)  # = partitions of the keyed topic
+    # Redis hashes per shard and flow that hold the slots; fixed per key prefix like `shards`
+    state_buckets: int = Field(64, ge=1, le=65_536)
     # "keyed": through the keyed topic, any number of processes; "direct": one process per
     # group (a Redis lease; others wait as standbys), the keyed topic kept in memory
     routing: Literal["keyed", "direct"] = "keyed"

@@ -646,3 +646,25 @@ def test_a_prefix_keeps_its_shard_count(stack: Any, unique: str, redis_client: r
             RedisStateStore(stack.redis_url, Keys(f"{unique}:lease", 8)).open(8, {})
     finally:
         a.close()
+
+
+def test_a_prefix_keeps_its_bucket_count(make: Callable[..., Harness]) -> None:
+    """OBSERVER_STATE_BUCKETS reaches the store, and a restart with another count is refused
+    (its slots would be looked for in the wrong hashes)."""
+    h = make()
+    h.start(state_buckets=8)
+    t = now_ms()
+    h.send("Placed", "b1", t)
+    h.wait_for(lambda: h.api("/instances/shop/b1").status_code == 200, message="b1 stored")
+    assert any(k.endswith(b":b:shop:" + str(n).encode()) for k in h.redis_keys() for n in range(8))
+    h.stop()
+    svc = build_service(
+        h.config(state_buckets=16), load_registry([h.flow_file]), (str(h.flow_file),)
+    )
+    svc.start()
+    try:
+        assert not svc.wait_started(10)
+    finally:
+        svc.stop()
+        assert svc.join(30)
+    assert "buckets" in str(svc.error) and "8" in str(svc.error), svc.error

@@ -19,16 +19,24 @@ __all__ = ["RedisSlotReader"]
 class RedisSlotReader:
     """Reads what the runtime wrote under a prefix. The shard and bucket counts are read from
     the store's meta hash (so `observer status` needs only the URL and the prefix); `shards`
-    given skips that read, with the default bucket count."""
+    (and `buckets`, else the default) given skip that read."""
 
     def __init__(
-        self, url: str, prefix: str, *, shards: int | None = None, timeout_s: float = 5.0
+        self,
+        url: str,
+        prefix: str,
+        *,
+        shards: int | None = None,
+        buckets: int | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._prefix = prefix
-        self._keys: Keys | None = Keys(prefix, shards) if shards else None
+        self._keys: Keys | None = None
+        if shards:
+            self._keys = Keys(prefix, shards, buckets) if buckets else Keys(prefix, shards)
 
     def _k(self) -> Keys:
         if self._keys is None:
