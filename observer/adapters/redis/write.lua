@@ -57,11 +57,13 @@ for _ = 1, n do
   redis.call('HSET', b, f, v)
   if ttl > r.ttl then r.ttl = ttl end
   if k > 0 then
+    -- the history's safety-net TTL follows its slot's as of its last entry (most slots have no
+    -- history: no call for them)
     redis.call('RPUSH', hist, unpack(a, i, i + k - 1))
     i = i + k
     redis.call('LTRIM', hist, -cap, -1)
+    redis.call('PEXPIRE', hist, ttl)
   end
-  redis.call('PEXPIRE', hist, ttl)
 end
 n = tonumber(a[i]); i = i + 1
 for _ = 1, n do
