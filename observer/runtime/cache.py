@@ -1,5 +1,6 @@
 """Decoded slots this process wrote recently, so a busy key is not loaded and decoded again
-for every batch. Pure: an LRU over slot ids.
+for every batch. Pure: an LRU over slot ids. It also remembers slots it knows hold nothing
+(deleted, or looked up and absent): an event of such a key needs no load either.
 
 Only valid while this process is the only writer of the slots it caches: the runtime clears it
 on any store failure (the store may not hold what the cache does) and on every rebalance.
@@ -11,7 +12,9 @@ from collections import OrderedDict
 
 from observer.engine.state import KeySlot
 
-__all__ = ["SlotCache"]
+__all__ = ["ABSENT", "SlotCache"]
+
+ABSENT = (None, None)  # `get`: the store holds nothing for this slot
 
 
 class SlotCache:
@@ -19,14 +22,15 @@ class SlotCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, tuple[KeySlot, bytes]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[KeySlot, bytes] | tuple[None, None]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, sid: str) -> tuple[KeySlot, bytes] | None:
+    def get(self, sid: str) -> tuple[KeySlot, bytes] | tuple[None, None] | None:
+        """The slot and its stored bytes, ABSENT if the store holds nothing, None if unknown."""
         item = self._items.get(sid)
         if item is None:
             self.misses += 1
@@ -35,14 +39,15 @@ class SlotCache:
         self.hits += 1
         return item
 
-    def put(self, sid: str, slot: KeySlot, stored: bytes) -> None:
-        """`slot` is the state `stored` decodes to (the bytes written to the store)."""
+    def put(self, sid: str, slot: KeySlot | None, stored: bytes | None) -> None:
+        """`slot` is the state `stored` decodes to (the bytes written to the store); None for
+        both: the store holds nothing for it."""
         if self.capacity <= 0:
             return
         items = self._items
         if sid in items:
             items.move_to_end(sid)
-        items[sid] = (slot, stored)
+        items[sid] = ABSENT if slot is None or stored is None else (slot, stored)
         if len(items) > self.capacity:
             items.popitem(last=False)
 

@@ -83,6 +83,7 @@ class _InWrite:
     reply: Pending[None]
     plan: BatchPlan
     prepared: _Prepared | None  # None for a tick
+    touched: frozenset[str]  # slot ids the write changes (or leaves as they were)
     acked: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -388,16 +389,27 @@ class Runtime:
         prepared = self._prepare(records)
         cached: dict[str, tuple[KeySlot, bytes]] = {}
         misses: list[tuple[int, str]] = []
+        absent: list[tuple[int, str]] = []
+        get = self.cache.get
         for shard, sid in prepared.slots:
-            hit = self.cache.get(sid)
+            hit = get(sid)
             if hit is None:
                 misses.append((shard, sid))
+            elif hit[0] is None:
+                absent.append((shard, sid))
             else:
                 cached[sid] = hit
-        # answered after the previous batch's write (one connection, in order)
+        # Loads go over their own connection, so they are not queued behind the previous
+        # batch's write and this batch is planned while Redis applies that one. A slot that
+        # write touched is normally cached (its state, or absent); if one is not (evicted, or
+        # the cache was cleared since), the write is waited for before it is loaded.
+        pending = self._pending
+        if misses and pending is not None and not pending.touched.isdisjoint(s for _, s in misses):
+            self._settle()
         raw = self.store.load(misses).result() if misses else []
-        # Plan this batch before waiting for the previous write: cached slots need no load,
-        # so the engine's work overlaps with Redis applying the previous batch.
+        if absent:
+            misses += absent
+            raw = [*raw, *([None] * len(absent))]
         plan = self._plan(prepared, cached, misses, raw)
         self._settle()
         acked = self.inflight.take_acked()
@@ -407,7 +419,8 @@ class Runtime:
         except StoreError:
             self.inflight.restore_acked(acked)
             raise
-        self._pending = _InWrite(reply, plan, prepared, acked)
+        touched = frozenset(sid for sid, _slot, _stored in plan.states)
+        self._pending = _InWrite(reply, plan, prepared, touched, acked)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _prepare(self, records: list[SourceRecord]) -> _Prepared:
@@ -542,11 +555,9 @@ class Runtime:
         return dead_letter(original, reason, self.topics)
 
     def _cache_states(self, plan: BatchPlan) -> None:
+        put = self.cache.put
         for sid, slot, stored in plan.states:
-            if slot is None or stored is None:
-                self.cache.drop(sid)
-            else:
-                self.cache.put(sid, slot, stored)
+            put(sid, slot, stored)  # None: the write leaves nothing stored for it
 
     def _settle(self) -> None:
         """Wait for the write in flight; then publish its records and mark its offsets."""

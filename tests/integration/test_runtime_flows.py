@@ -668,3 +668,28 @@ def test_a_prefix_keeps_its_bucket_count(make: Callable[..., Harness]) -> None:
         svc.stop()
         assert svc.join(30)
     assert "buckets" in str(svc.error) and "8" in str(svc.error), svc.error
+
+
+def test_without_a_slot_cache_every_batch_sees_the_writes_before_it(
+    make: Callable[..., Harness],
+) -> None:
+    """With no slot cache every slot is loaded, over the store's second connection, and tiny
+    batches put a key's events in consecutive batches: each load must see the write before it.
+    (Redis runs commands one at a time, so a load sent after a write is rarely ahead of it; the
+    loop still waits for a write before loading a slot it touched: a large write may not have
+    been read whole when the load arrives.)"""
+    h = make()
+    h.start(slot_cache_size=0, batch_size=2)
+    t = now_ms()
+    keys = [f"nc{i}" for i in range(25)]
+    for k in keys:
+        h.send("Placed", k, t)
+        h.send("Paid", k, t + 100)
+        h.send("Shipped", k, t + 200)
+    done = h.wait_for(
+        lambda: len(h.outcomes()) >= len(keys) and h.outcomes(), timeout=30, message="outcomes"
+    )
+    assert sorted(o.key for o in done) == sorted(k.encode() for k in keys)
+    assert {o.json["outcome"] for o in done} == {"completed"}
+    h.quiet(1.0)
+    assert h.alerts() == []

@@ -195,7 +195,7 @@ def test_dead_letters_keep_the_original_and_add_the_observer_headers() -> None:
 
 
 def test_the_slot_cache_is_a_bounded_lru() -> None:
-    from observer.runtime.cache import SlotCache
+    from observer.runtime.cache import ABSENT, SlotCache
 
     cache = SlotCache(2)
     a, b, c = KeySlot("shop", "a"), KeySlot("shop", "b"), KeySlot("shop", "c")
@@ -207,6 +207,8 @@ def test_the_slot_cache_is_a_bounded_lru() -> None:
     cache.drop("shop:a")
     assert cache.get("shop:a") is None and cache.get("shop:c") == (c, b"C")
     assert (cache.hits, cache.misses) == (2, 2)
+    cache.put("shop:d", None, None)  # deleted by a write: known absent, no load needed
+    assert cache.get("shop:d") == ABSENT and cache.get("shop:c") == (c, b"C")
     cache.clear()
     assert len(cache) == 0
     off = SlotCache(0)

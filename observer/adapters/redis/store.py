@@ -75,7 +75,9 @@ class _Reply(Generic[T]):
 
 
 class RedisStateStore:
-    """The state store over one raw connection. Owned by the consumer loop's thread."""
+    """The state store over two raw connections: one for writes and everything else, one for
+    loads, so a load is not queued behind the write before it (the runtime loads no slot
+    that an unconfirmed write touches). Owned by the consumer loop's thread."""
 
     def __init__(
         self, url: str, keys: Keys, *, history_cap: int = 100, timeout_s: float = 10.0
@@ -83,6 +85,7 @@ class RedisStateStore:
         self.keys = keys
         self.history_cap = history_cap
         self._wire = RedisWire(url, timeout_s)
+        self._reads = RedisWire(url, timeout_s)
         self._write_src = load_script("write.lua")
         self._due_src = load_script("due.lua")
         self._load_src = load_script("load.lua")
@@ -152,6 +155,7 @@ class RedisStateStore:
         while self._queue:
             self._queue.popleft()._fail(err)
         self._wire.connect()
+        self._reads.connect()
         self._wire.call("SCRIPT", "LOAD", self._write_src)
         self._wire.call("SCRIPT", "LOAD", self._due_src)
         self._wire.call("SCRIPT", "LOAD", self._load_src)
@@ -165,6 +169,7 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._wire.close()
+        self._reads.close()
 
     # -- pipelined requests -----------------------------------------------------------------------
 
@@ -204,7 +209,10 @@ class RedisStateStore:
         for s, sid in slots:
             m, f = locate(sid)
             args += [prefix(s) + m, f]
-        return self._send(_pack(("EVALSHA", self._load_sha, 0, *args)), _states)
+        reply: _Reply[list[bytes | None]] = _Reply(self, _states)
+        self._reads.send(_pack(("EVALSHA", self._load_sha, 0, *args)))
+        reply._set(self._reads.read())
+        return reply
 
     def write(self, batch: WriteBatch) -> _Reply[None]:
         """Apply a batch atomically (one EVALSHA); the reply confirms it."""
