@@ -58,11 +58,12 @@ def run_offline(
         if not isinstance(effect, Publish) or effect.topic is None:
             return
         headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in effect.headers}
-        note(tally.on_record(effect.topic, effect.key, effect.value, headers, at))
+        key = effect.key.decode() if isinstance(effect.key, bytes) else effect.key
+        note(tally.on_record(effect.topic, key, effect.value, headers, at))
         if effect.topic in binding.command_topics and isinstance(effect.value, dict):
             what = command_type(effect.value, headers)
-            if what is not None and effect.key is not None:
-                commands.append((what, effect.key))
+            if what is not None and key is not None:
+                commands.append((what, key))
 
     replayer = Replayer(binding.registry, emit, topics)
     deadline: int | None = None

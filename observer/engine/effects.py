@@ -18,14 +18,15 @@ class Publish:
     """A record to publish (or, with `webhook`, a JSON POST of `value` to that URL).
 
     `value` is a JSON-able object (published as JSON, or Avro with `avro_schema`), a str
-    (published as is) or bytes. `observer_id` is also in `headers`.
+    (published as is) or bytes. `observer_id` is also in `headers`. A dead letter keeps its
+    source record's key and header values as read: bytes from Kafka (None: no value).
     """
 
     category: Category
     topic: str | None
-    key: str | None
+    key: str | bytes | None
     value: Any
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str | bytes | None], ...]
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
