@@ -90,6 +90,12 @@ def format_time(ms: int) -> str:
 
 
 _OFFSET = re.compile(r"[+-]([0-9]{2}):?([0-9]{2})(?::?[0-9]{2}(?:\.[0-9]+)?)?$")
+# What an ISO-8601 event time may look like (extended format): `datetime.fromisoformat` alone
+# also takes "03:34:00:00" or "12:00.702" (minutes with a fraction), which are not ISO-8601.
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
 
 # Event times the observer accepts: years 1 to 9000 (deadlines, windows and `expire` added to
 # them must still render as ISO-8601, which ends with year 9999).
@@ -124,8 +130,10 @@ def _parse_time(raw: object) -> int:
         s = raw.strip()
         if s.lstrip("-").isdigit():
             return int(s)
+        if _ISO_TIME.fullmatch(s) is None:
+            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
         try:
-            dt = datetime.fromisoformat(s.replace("z", "Z"))
+            dt = datetime.fromisoformat(s.replace("z", "Z").replace("t", "T", 1))
         except ValueError:
             raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601") from None
         offset = _OFFSET.search(s)

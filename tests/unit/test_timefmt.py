@@ -25,6 +25,30 @@ def test_an_offset_with_more_than_59_minutes_is_not_iso_8601(raw: str) -> None:
         parse_time(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2026-11-25T03:34:00:00",  # a fourth time field (found by the fuzz e2e test)
+        "2026-11-25T12:00.702000+00:00",  # minutes with a fraction
+        "20261125T033400Z",  # basic format: the extended one only
+        "2026-11-25T03",
+        "2026-11-25T03:34:00+01:00:00",
+    ],
+)
+def test_only_extended_iso_8601_is_read(raw: str) -> None:
+    """Python's `fromisoformat` takes more than ISO-8601; the observer takes what the docs say."""
+    with pytest.raises(ValueError, match="not epoch ms or ISO-8601"):
+        parse_time(raw)
+
+
+def test_extended_iso_8601_variants_are_read() -> None:
+    t = parse_time("2026-01-01T00:00:00Z")
+    assert parse_time("2026-01-01t00:00:00z") == parse_time("2026-01-01 00:00") == t
+    assert parse_time("2026-01-01") == t
+    assert parse_time("2026-01-01T01:00:00,5+01") == parse_time("2026-01-01T01:00:00.5+0100")
+    assert parse_time("2026-01-01T00:00:00.123456789Z") == t + 123
+
+
 @pytest.mark.parametrize("raw", [10**15, -(10**15), 1e300, "9" * 20, 2**63, MAX_TIME_MS])
 def test_times_outside_years_1_to_9000_are_refused(raw: object) -> None:
     with pytest.raises(ValueError, match="out of range"):
