@@ -135,7 +135,7 @@ class Runtime:
         self.deployed = dict(deployed or {})
         self.lease = lease
         # direct routing: records routed and not read by the tracker yet (held in memory);
-        # the router reads no more while there are more than a few batches of them
+        # the router reads no more while there are more than a few batches (and marks) of them
         self._backlog = backlog
         self.watermarks = Watermarks(config.idle_grace_ms)
         self.ledger = OffsetLedger()
@@ -362,7 +362,7 @@ class Runtime:
         self.health.beat()
         half = self.config.poll_timeout_ms / 2000.0
         backlog = self._backlog
-        read = backlog is None or backlog() < 4 * self.config.batch_size
+        read = backlog is None or backlog() < 4 * (self.config.batch_size + self._shards)
         routed = self.router.cycle(half, read)
         records = self.source.poll(self.config.batch_size, 0.0 if routed else half)
         try:

@@ -80,9 +80,10 @@ class Router:
         self._batches: deque[_Batch] = deque()
         self._failed: str | None = None
         self._next_mark = 0.0
-        # With direct routing marks stay in memory: cheap enough to send every cycle, so a
-        # deadline fires without waiting for the next interval.
-        self._mark_s = 0.0 if config.routing == "direct" else config.mark_interval_ms / 1000.0
+        # With direct routing marks stay in memory: cheap enough to follow every batch read, so
+        # a deadline fires without waiting for the next interval (which still applies while
+        # nothing is read: an idle partition's watermark moves with the clock).
+        self._marks_follow_reads = config.routing == "direct"
         self._next_commit = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class Router:
             )
         self._settle()
         mono = time.monotonic()
-        if mono >= self._next_mark:
-            self._next_mark = mono + self._mark_s
+        if mono >= self._next_mark or (records and self._marks_follow_reads):
+            self._next_mark = mono + self.config.mark_interval_ms / 1000.0
             self._send_marks()
         if mono >= self._next_commit:
             self._next_commit = mono + self.config.commit_interval_ms / 1000.0
