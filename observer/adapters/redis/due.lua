@@ -7,17 +7,7 @@
 -- Returns: {overdue_ms|false, shard_1, member_1, field_1, value_1, shard_2, ...}; overdue_ms is
 -- the largest (watermark - earliest due) over the shards, false when nothing is due.
 
--- A value's due time, nil: not due. Exact for |ms| < 2^53, like a sorted set's score.
-local function due_of(v)
-  if not v or #v < 8 then return nil end
-  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 1, 8)
-  if b1 < 128 then
-    return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
-  end
-  if b1 == 128 and b2 + b3 + b4 + b5 + b6 + b7 + b8 == 0 then return nil end
-  b1, b2, b3, b4, b5, b6, b7, b8 = 255 - b1, 255 - b2, 255 - b3, 255 - b4, 255 - b5, 255 - b6, 255 - b7, 255 - b8
-  return -(((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8) - 1
-end
+-- due_of comes from value.lua, which the store puts before this script.
 
 local limit, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {false}

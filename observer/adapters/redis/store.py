@@ -38,8 +38,12 @@ STORE_FORMAT = 2
 LISTPACK_SETTINGS = {"hash-max-listpack-value": 1024, "hash-max-listpack-entries": 512}
 
 
-def load_script(name: str) -> bytes:
-    return resources.files("observer.adapters.redis").joinpath(name).read_bytes()
+def load_script(name: str, *, values: bool = False) -> bytes:
+    """A Lua script of this package; `values`: after value.lua (how a bucket value holds its
+    due time), which the scripts reading due times share."""
+    files = resources.files("observer.adapters.redis")
+    script = files.joinpath(name).read_bytes()
+    return files.joinpath("value.lua").read_bytes() + script if values else script
 
 
 class _Reply(Generic[T]):
@@ -86,8 +90,8 @@ class RedisStateStore:
         self.history_cap = history_cap
         self._wire = RedisWire(url, timeout_s)
         self._reads = RedisWire(url, timeout_s)
-        self._write_src = load_script("write.lua")
-        self._due_src = load_script("due.lua")
+        self._write_src = load_script("write.lua", values=True)
+        self._due_src = load_script("due.lua", values=True)
         self._load_src = load_script("load.lua")
         self._write_sha = hashlib.sha1(self._write_src).hexdigest()
         self._due_sha = hashlib.sha1(self._due_src).hexdigest()

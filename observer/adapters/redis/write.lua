@@ -13,19 +13,7 @@
 local a = ARGV
 local i = 1
 
--- A value's due time, nil: not due (NONE, -2^63). Exact for |ms| < 2^53, like a sorted set's
--- score.
-local NONE = '\128\0\0\0\0\0\0\0'
-local function due_of(v)
-  if not v or #v < 8 then return nil end
-  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 1, 8)
-  if b1 < 128 then
-    return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
-  end
-  if b1 == 128 and b2 + b3 + b4 + b5 + b6 + b7 + b8 == 0 then return nil end
-  b1, b2, b3, b4, b5, b6, b7, b8 = 255 - b1, 255 - b2, 255 - b3, 255 - b4, 255 - b5, 255 - b6, 255 - b7, 255 - b8
-  return -(((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8) - 1
-end
+-- NONE and due_of come from value.lua, which the store puts before this script.
 
 -- Per bucket touched: `low` is a lower bound of its fields' due times, exact unless `dirty`
 -- (the field that held the earliest moved later or left: the bucket is read again at the end);
