@@ -1,5 +1,5 @@
 """The observer's benchmark on the real stack: throughput with 1, 2 and 4 `observer run`
-processes, the same check hand-written with faust-streaming and Quix Streams on the same
+processes (and one with `OBSERVER_ROUTING=direct`), the same check hand-written with faust-streaming and Quix Streams on the same
 workload, detection latency with a live producer, and Redis memory per open instance.
 
     python benchmarks/run.py                          # everything, full size (200k orders)
