@@ -3,7 +3,7 @@
 No I/O, no clock reads, no logging configuration: time is always an argument (epoch ms).
 """
 
-from observer.engine.core import Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.state import BufferedEvent, Event, InstanceState, KeySlot
 
@@ -16,5 +16,4 @@ __all__ = [
     "KeySlot",
     "Publish",
     "Signal",
-    "Topics",
 ]

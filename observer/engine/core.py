@@ -28,8 +28,9 @@ from observer.engine.state import (
 from observer.flows.compiled import CompiledFlow, CompiledHandler, CompiledStep
 from observer.flows.registry import FlowRegistry
 from observer.timefmt import format_duration, format_time
+from observer.topics import Topics
 
-__all__ = ["T_EXPIRE", "T_MISSING", "T_ORPHAN", "T_RETAIN", "Engine", "Timer", "Topics"]
+__all__ = ["T_EXPIRE", "T_MISSING", "T_ORPHAN", "T_RETAIN", "Engine", "Timer"]
 
 # timer kinds
 T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH, T_EXPIRE, T_RETAIN, T_ORPHAN = range(7)
@@ -41,15 +42,6 @@ _DEFAULT_SEVERITY = {
     "sla_breach": "critical",
     "orphaned": "critical",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Where the observer's own records go (runtime config)."""
-
-    alerts: str = "observer.alerts"
-    outcomes: str = "observer.outcomes"
-    dlq: str = "observer.dlq"
 
 
 @dataclass(frozen=True, slots=True, order=True)

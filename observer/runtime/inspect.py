@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot
-from observer.engine.core import T_EXPIRE, T_MISSING, T_ORPHAN, T_RETAIN, Engine, Topics
+from observer.engine.core import T_EXPIRE, T_MISSING, T_ORPHAN, T_RETAIN, Engine
 from observer.engine.state import (
     DEVIATION_KINDS,
     F_LATE,
@@ -23,6 +23,7 @@ from observer.flows.compiled import CompiledFlow
 from observer.flows.registry import FlowRegistry
 from observer.runtime.ports import SlotReader
 from observer.timefmt import format_duration, format_time
+from observer.topics import Topics
 
 __all__ = ["InstanceQuery", "describe_flows", "describe_instance", "format_instance"]
 
