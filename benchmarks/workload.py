@@ -66,13 +66,13 @@ from benchmarks.common import (
     now_ms,
     topics_matching,
 )
-from observer.engine.core import Topics
 from observer.engine.effects import Effect, Publish
 from observer.flows.compiled import CompiledFlow, CompiledStep
 from observer.flows.compiler import load_registry
 from observer.ingest import SourceRecord
 from observer.replay import Replayer, ReplayRecord
 from observer.timefmt import format_time
+from observer.topics import Topics
 
 __all__ = [
     "FAULTS",

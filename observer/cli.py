@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from observer.config import ObserverConfig, mask_url, topics_from_env
-from observer.engine.core import Topics
 from observer.errors import ConfigError, FlowError, InputError, ObserverError, StoreError
 from observer.flows.compiler import load_registry
 from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
+from observer.topics import Topics
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
     from observer.runtime.service import Service

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from observer.engine.core import Topics
 from observer.errors import ConfigError
+from observer.topics import Topics
 
 __all__ = [
     "ENV_PREFIX",

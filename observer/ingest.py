@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from observer.engine.core import Topics
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
@@ -23,6 +22,7 @@ from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import MISSING, RecordView, Selector
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
+from observer.topics import Topics
 
 __all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
 

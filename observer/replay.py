@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from observer.engine.core import Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.effects import Effect, Publish
 from observer.engine.state import KeySlot
 from observer.errors import InputError
@@ -27,6 +27,7 @@ from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
 from observer.ingest import Ingest, SourceRecord
 from observer.timefmt import parse_time
+from observer.topics import Topics
 
 __all__ = ["Deploy", "ReplayRecord", "Replayer", "parse_events", "publish_line", "run_replay"]
 

@@ -38,7 +38,7 @@ from observer.demo.simulator import KafkaShop, Simulation
 from observer.demo.tally import Entry, OrderTrack, Summary, Tally
 from observer.demo.view import Header, Status, View
 from observer.demo.wire import DemoError
-from observer.engine.core import Topics
+from observer.topics import Topics
 
 __all__ = ["Options", "default_run_dir", "run_live", "topics_from_env"]
 

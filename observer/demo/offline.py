@@ -16,10 +16,10 @@ from observer.demo.faults import Fault, FaultPlanner
 from observer.demo.shop import Shop
 from observer.demo.simulator import Happening, Simulation
 from observer.demo.tally import Entry, Tally
-from observer.engine.core import Topics
 from observer.engine.effects import Effect, Publish
 from observer.ingest import SourceRecord
 from observer.replay import Replayer
+from observer.topics import Topics
 
 __all__ = ["START_MS", "run_offline"]
 

@@ -13,7 +13,7 @@ from observer.demo.binding import FlowBinding, command_type
 from observer.demo.faults import Fault
 from observer.demo.shop import OrderPlan
 from observer.demo.simulator import Happening
-from observer.engine.core import Topics
+from observer.topics import Topics
 
 __all__ = ["Entry", "FaultResult", "OrderTrack", "Summary", "Tally"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot
-from observer.engine.core import T_EXPIRE, T_MISSING, T_ORPHAN, T_RETAIN, Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.state import (
     DEVIATION_KINDS,
     F_LATE,
@@ -19,21 +19,22 @@ from observer.engine.state import (
     F_WARNED,
     KeySlot,
 )
+from observer.engine.timers import TimerKind
 from observer.flows.compiled import CompiledFlow
 from observer.flows.registry import FlowRegistry
 from observer.runtime.ports import SlotReader
 from observer.timefmt import format_duration, format_time
+from observer.topics import Topics
 
 __all__ = ["InstanceQuery", "describe_flows", "describe_instance", "format_instance"]
 
-# Timer kinds by the engine's timer index (T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH,
-# T_EXPIRE, T_RETAIN, T_ORPHAN).
+# Timer kinds by the engine's `TimerKind` (an index).
 TIMER_KINDS = ("warning", "missing", "sla_warning", "sla_breach", "expire", "retain", "orphan")
 assert (
-    TIMER_KINDS[T_MISSING],
-    TIMER_KINDS[T_EXPIRE],
-    TIMER_KINDS[T_RETAIN],
-    TIMER_KINDS[T_ORPHAN],
+    TIMER_KINDS[TimerKind.MISSING],
+    TIMER_KINDS[TimerKind.EXPIRE],
+    TIMER_KINDS[TimerKind.RETAIN],
+    TIMER_KINDS[TimerKind.ORPHAN],
 ) == (
     "missing",
     "expire",

@@ -8,13 +8,14 @@ import orjson
 import pytest
 
 from observer.engine.codec import decode_slot, encode_slot
-from observer.engine.core import Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.state import Event, KeySlot
 from observer.flows.compiler import load_registry
 from observer.ingest import SourceRecord
 from observer.runtime.batch import Cycle, SlotUnreadable, dead_letter, safety_ttl_ms
 from observer.runtime.outbox import decode_record
 from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.topics import Topics
 
 FLOW = """
 flow: shop

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from observer.engine.codec import encode_slot
-from observer.engine.core import Engine, Topics
+from observer.engine.core import Engine
 from observer.engine.state import Event, KeySlot
 from observer.flows.compiler import load_registry
 from observer.runtime.batch import history_entry
@@ -16,6 +16,7 @@ from observer.runtime.inspect import (
     format_instance,
 )
 from observer.timefmt import format_time
+from observer.topics import Topics
 from tests.unit.test_runtime_batch import FLOW, T0
 
 

@@ -11,7 +11,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from observer.config import ObserverConfig
-from observer.engine.core import Topics
 from observer.flows.compiler import load_registry
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
@@ -21,6 +20,7 @@ from observer.runtime.ports import RebalanceListener
 from observer.runtime.router import Router
 from observer.runtime.shards import shard_of, slot_id
 from observer.runtime.watermark import TopicPartition
+from observer.topics import Topics
 
 FLOW = """
 flow: shop
