@@ -1,4 +1,4 @@
-"""`python -m observer.demo` end to end: the simulated shop on the real broker, a real
+"""`python -m demo` end to end: the simulated shop on the real broker, a real
 `observer run` child process on the real Redis, and the summary saying every injected fault
 was detected. The reference flow runs with its topics renamed to this test's own."""
 
@@ -59,7 +59,7 @@ def test_every_injected_fault_is_detected(
         [
             sys.executable,
             "-m",
-            "observer.demo",
+            "demo",
             "--plain",
             "--orders",
             "20",

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from observer.demo.binding import FlowBinding, bind
-from observer.demo.faults import DEFAULT_RATES, Fault
-from observer.demo.offline import run_offline
-from observer.demo.shop import CHECKOUT
-from observer.demo.view import Header, LiveView, Status, format_entry, format_summary
-from observer.demo.wire import DemoError
+from demo.binding import FlowBinding, bind
+from demo.faults import DEFAULT_RATES, Fault
+from demo.offline import run_offline
+from demo.shop import CHECKOUT
+from demo.view import Header, LiveView, Status, format_entry, format_summary
+from demo.wire import DemoError
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKOUT_FLOW = REPO / "flows" / "checkout.yaml"

@@ -3,10 +3,10 @@ for every fault, and how the services answer the observer's commands."""
 
 from __future__ import annotations
 
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.shop import CHECKOUT, Shop
-from observer.demo.simulator import HOLD_GAP_MS, Happening, Simulation
-from observer.demo.wire import ShopEvent
+from demo.faults import Fault, FaultPlanner
+from demo.shop import CHECKOUT, Shop
+from demo.simulator import HOLD_GAP_MS, Happening, Simulation
+from demo.wire import ShopEvent
 
 T0 = 1_767_225_600_000
 LATE_MS = 18_000

@@ -17,8 +17,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from observer.demo.faults import Fault
-from observer.demo.tally import Entry, OrderTrack, Summary, Tally
+from demo.faults import Fault
+from demo.tally import Entry, OrderTrack, Summary, Tally
 
 __all__ = ["Header", "LiveView", "PlainView", "Status", "View", "format_entry", "format_summary"]
 

@@ -4,18 +4,18 @@ The same `Simulation` and the same engine as the live demo (through `observer.re
 `Replayer`), stepped in ticks like the live loop polls: records the shop publishes are applied
 to the engine, commands the engine publishes are handed back to the shop. A run of minutes
 takes well under a second, so the tests check every fault's detection this way, and
-`python -m observer.demo --offline` shows it without a broker.
+`python -m demo --offline` shows it without a broker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from observer.demo.binding import FlowBinding, command_type
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.shop import Shop
-from observer.demo.simulator import Happening, Simulation
-from observer.demo.tally import Entry, Tally
+from demo.binding import FlowBinding, command_type
+from demo.faults import Fault, FaultPlanner
+from demo.shop import Shop
+from demo.simulator import Happening, Simulation
+from demo.tally import Entry, Tally
 from observer.engine.core import Topics
 from observer.engine.effects import Effect, Publish
 from observer.ingest import SourceRecord

@@ -22,9 +22,9 @@ from types import FrameType
 
 from confluent_kafka.admin import AdminClient
 
-from observer.demo.binding import FlowBinding, bind, command_type
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.kafka_io import (
+from demo.binding import FlowBinding, bind, command_type
+from demo.faults import Fault, FaultPlanner
+from demo.kafka_io import (
     FeedRecord,
     ObserverFeed,
     connect,
@@ -32,12 +32,12 @@ from observer.demo.kafka_io import (
     make_producer,
     start_group_at_end,
 )
-from observer.demo.process import ObserverProcess, free_port
-from observer.demo.shop import CHECKOUT, Shop
-from observer.demo.simulator import KafkaShop, Simulation
-from observer.demo.tally import Entry, OrderTrack, Summary, Tally
-from observer.demo.view import Header, Status, View
-from observer.demo.wire import DemoError
+from demo.process import ObserverProcess, free_port
+from demo.shop import CHECKOUT, Shop
+from demo.simulator import KafkaShop, Simulation
+from demo.tally import Entry, OrderTrack, Summary, Tally
+from demo.view import Header, Status, View
+from demo.wire import DemoError
 from observer.engine.core import Topics
 
 __all__ = ["Options", "default_run_dir", "run_live", "topics_from_env"]
@@ -49,7 +49,7 @@ POLL_MAX_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Everything `python -m observer.demo` was asked to do."""
+    """Everything `python -m demo` was asked to do."""
 
     flow_file: str
     rate: float

@@ -1,4 +1,4 @@
-"""`python -m observer.demo`: a simulated shop, the observer watching it, and what it catches.
+"""`python -m demo`: a simulated shop, the observer watching it, and what it catches.
 
 The composition root of the demo: parses options, configures nothing else globally, picks
 the view and runs either the live demo (Kafka, Redis, an `observer run` child process) or,
@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from observer.demo.faults import DEFAULT_RATES, Fault
-from observer.demo.wire import DemoError
+from demo.faults import DEFAULT_RATES, Fault
+from demo.wire import DemoError
 
 __all__ = ["main"]
 
@@ -28,7 +28,7 @@ def _default_flow() -> str:
     here = Path("flows/checkout.yaml")
     if here.exists():
         return str(here)
-    repo = Path(__file__).resolve().parents[2] / "flows" / "checkout.yaml"
+    repo = Path(__file__).resolve().parents[1] / "flows" / "checkout.yaml"
     return str(repo) if repo.exists() else str(here)
 
 
@@ -184,8 +184,8 @@ def main(
     try:
         if offline:
             sys.exit(_offline(flow_file, seed, rates, orders or 20, rate))
-        from observer.demo.app import Options, run_live
-        from observer.demo.view import LiveView, PlainView, View
+        from demo.app import Options, run_live
+        from demo.view import LiveView, PlainView, View
 
         view: View = PlainView() if plain or not sys.stdout.isatty() else LiveView()
         opts = Options(
@@ -213,10 +213,10 @@ def main(
 
 
 def _offline(flow_file: str, seed: int, rates: dict[Fault, float], orders: int, rate: float) -> int:
-    from observer.demo.binding import bind
-    from observer.demo.offline import START_MS, run_offline
-    from observer.demo.shop import CHECKOUT
-    from observer.demo.view import Header, format_entry, format_summary
+    from demo.binding import bind
+    from demo.offline import START_MS, run_offline
+    from demo.shop import CHECKOUT
+    from demo.view import Header, format_entry, format_summary
 
     binding = bind(flow_file, CHECKOUT)
     click.echo(

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from observer.demo.faults import Fault
-from observer.demo.shop import Catalogue, Reaction
-from observer.demo.wire import DemoError, WireFormat
+from demo.faults import Fault
+from demo.shop import Catalogue, Reaction
+from demo.wire import DemoError, WireFormat
 from observer.errors import FlowError
 from observer.flows.compiled import CompiledFlow, CompiledHandler
 from observer.flows.compiler import compile_flows
@@ -153,7 +153,7 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
             wanted = " or ".join(f"{s}.{t}" for s, t in sorted(step.on))
             raise DemoError(
                 f"{flow_file}: step '{step.name}' expects {wanted}, which no simulated service "
-                "announces; update CHECKOUT in observer/demo/shop.py to match the flow"
+                "announces; update CHECKOUT in demo/shop.py to match the flow"
             )
     for service in catalogue.services:
         if service.source not in spec.sources:

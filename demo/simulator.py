@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from observer.demo.faults import order_rng
-from observer.demo.shop import Emit, OrderPlan, Shop
-from observer.demo.wire import ShopEvent, WireFormat
+from demo.faults import order_rng
+from demo.shop import Emit, OrderPlan, Shop
+from demo.wire import ShopEvent, WireFormat
 
 __all__ = ["Happening", "KafkaShop", "Simulation"]
 

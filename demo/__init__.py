@@ -1,6 +1,6 @@
 """The demo: a simulated checkout shop on Kafka, the observer watching it, a live view.
 
-Run it with `python -m observer.demo` (or `ops/demo`); see docs/demo.md. Modules:
+Run it with `python -m demo` (or `ops/demo`); see docs/demo.md. Modules:
 
     faults     which order gets which fault (seeded, exact rates)          pure
     shop       the eight services and their answers to commands             pure

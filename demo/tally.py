@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from observer.demo.binding import FlowBinding, command_type
-from observer.demo.faults import Fault
-from observer.demo.shop import OrderPlan
-from observer.demo.simulator import Happening
+from demo.binding import FlowBinding, command_type
+from demo.faults import Fault
+from demo.shop import OrderPlan
+from demo.simulator import Happening
 from observer.engine.core import Topics
 
 __all__ = ["Entry", "FaultResult", "OrderTrack", "Summary", "Tally"]
