@@ -1,10 +1,13 @@
-"""What the demo reads from the flow file: topics, wire format, windows, command topics, and
-what the observer should do about each fault. Pure (reads the flow file, nothing else).
+"""What the demo reads from the flow file to run the shop against it: topics, wire format,
+windows, command topics. Pure (reads the flow file, nothing else).
 
 The simulated shop (`shop.CHECKOUT`) and the flow are written separately; `bind` checks that
 they agree — every step of the flow's main path is announced by some service, every event the
 shop announces goes to a source the flow reads — and fits the services' latencies into the
 flow's windows, so a happy order is never late whatever windows the flow chooses.
+
+What the observer should do about each order is not worked out here: the engine itself says
+it, over the records the shop published (`expected.py`).
 """
 
 from __future__ import annotations
@@ -12,54 +15,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from demo.faults import Fault
 from demo.shop import Catalogue, Reaction
 from demo.wire import DemoError, WireFormat
 from observer.errors import FlowError
-from observer.flows.compiled import CompiledFlow, CompiledHandler
+from observer.flows.compiled import CompiledFlow
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
 from observer.flows.spec import FlowSpec
 
-__all__ = ["Expectation", "FlowBinding", "bind", "command_type"]
+__all__ = ["FlowBinding", "bind"]
 
 # A happy job takes at most this share of its step's window; a slow payment takes its whole
-# window and this much more (at least LATE_MIN_MS), so `missing` fires first and `late` after.
+# window and this much more (at least LATE_MIN_MS), so it lands well after its deadline.
 HAPPY_SHARE = 0.4
 LATE_SHARE = 0.2
 LATE_MIN_MS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What the observer should publish for an order carrying a fault.
-
-    `required`: (kind, step) alerts that must appear (step None: any step);
-    `allowed`: further alert kinds that are fine; `outcomes`: acceptable outcomes (empty: any).
-    """
-
-    required: frozenset[tuple[str, str | None]]
-    allowed: frozenset[str]
-    outcomes: frozenset[str]
-    meaning: str  # what the observer does about it, in words
-
-    def detected(self, alerts: list[tuple[str, str | None]]) -> bool:
-        """Every required alert was seen (for a clean order: vacuously true)."""
-        return all(
-            any(k == kind and (step is None or s == step) for k, s in alerts)
-            for kind, step in self.required
-        )
-
-    def unexpected(self, alerts: list[tuple[str, str | None]]) -> list[str]:
-        """Alert kinds this fault does not explain (false alarms)."""
-        explained = {k for k, _ in self.required} | self.allowed
-        return [k for k, _ in alerts if k not in explained]
-
-    def outcome_ok(self, outcome: str | None) -> bool:
-        return outcome is not None and (not self.outcomes or outcome in self.outcomes)
+# After the last order: at most the longest chain of windows, plus this, and never longer than
+# SETTLE_MAX_MS (only a bound on waiting: a run ends as soon as every order has ended).
+SETTLE_MARGIN_MS = 15_000
+SETTLE_MAX_MS = 180_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,22 +44,15 @@ class FlowBinding:
 
     flow: CompiledFlow
     spec: FlowSpec
-    registry: FlowRegistry  # every flow of the file (for an offline run)
+    registry: FlowRegistry  # every flow of the file (the engine that predicts, offline runs)
     wire: WireFormat
     catalogue: Catalogue  # latencies fitted to the windows, reactions the flow can read
     late_ms: int  # how long the slow service takes under SLOW_PAYMENT
-    settle_ms: int  # after the last order, how long to wait for every outcome
+    settle_ms: int  # after the last order, how long to wait at most for every outcome
     command_topics: tuple[str, ...]
-    step_of: Mapping[tuple[str, str], str]  # (source, event type) -> step name
+    step_of: Mapping[tuple[str, str], str]  # (source, event type) -> the step whose window fits it
     main_steps: tuple[str, ...]
-    expectations: Mapping[Fault | None, Expectation]
     notes: tuple[str, ...] = field(default=())  # what bind adjusted, for the log
-
-    def step_for(self, source: str, event_type: str) -> str | None:
-        return self.step_of.get((source, event_type))
-
-    def expect(self, fault: Fault | None) -> Expectation:
-        return self.expectations[fault]
 
     def duplicable(self) -> tuple[str, ...]:
         """Event types a DUPLICATE can hit: a later main step, on a source with event ids."""
@@ -98,21 +67,6 @@ class FlowBinding:
         return tuple(out)
 
 
-def _handler_words(h: CompiledHandler, flow: CompiledFlow) -> str:
-    words = [a.name for a in h.actions if a.kind != "alert"]
-    if h.then is not None:
-        words.append(f"path {flow.paths[h.then].name}")
-    return ", ".join(words)
-
-
-def _command_of(spec: FlowSpec, action: str) -> str | None:
-    """The command type an action publishes (its value's or headers' `type`), if any."""
-    a = spec.actions.get(action)
-    if a is None or a.publish is None:
-        return None
-    return command_type(a.publish.value, a.publish.headers)
-
-
 def _command_topics(spec: FlowSpec) -> tuple[str, ...]:
     topics = {
         a.publish.topic
@@ -122,8 +76,7 @@ def _command_topics(spec: FlowSpec) -> tuple[str, ...]:
     return tuple(sorted(topics))
 
 
-def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = None) -> FlowBinding:
-    """Read `flow_file` and check the shop against it. Raises DemoError saying what disagrees."""
+def _load(flow_file: str | Path, flow_name: str | None) -> tuple[FlowRegistry, FlowSpec]:
     try:
         loaded = load_flows([flow_file])
         registry = compile_flows(loaded)
@@ -133,21 +86,18 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
     name = flow_name or names[0]
     if name not in names:
         raise DemoError(f"{flow_file} has no flow '{name}' (it has: {', '.join(names)})")
-    flow = registry.newest(name)
-    spec = next(f.spec for f in loaded if f.spec.flow == name and f.spec.version == flow.version)
-    wire = WireFormat(spec.sources)
-    notes: list[str] = []
+    version = registry.newest(name).version
+    spec = next(f.spec for f in loaded if f.spec.flow == name and f.spec.version == version)
+    return registry, spec
 
-    step_of: dict[tuple[str, str], str] = {}
-    for step in flow.steps:
-        for ref in step.on:
-            step_of.setdefault(ref, step.name)
-    main = flow.paths[0]
-    main_steps = tuple(flow.steps[i].name for i in main.steps)
 
-    # every required main-path step must be announced by some service
+def _check_shop(
+    flow_file: str | Path, flow: CompiledFlow, spec: FlowSpec, catalogue: Catalogue
+) -> None:
+    """Every required main-path step is announced by some service, every service publishes
+    to a source the flow reads."""
     emitted = catalogue.emitted()
-    for i in main.required:
+    for i in flow.paths[0].required:
         step = flow.steps[i]
         if not step.on & emitted:
             wanted = " or ".join(f"{s}.{t}" for s, t in sorted(step.on))
@@ -161,7 +111,12 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
                 f"{flow_file}: the flow has no source '{service.source}' (service '{service.name}')"
             )
 
-    # reactions whose events the flow cannot read stay silent
+
+def _fit(
+    catalogue: Catalogue, spec: FlowSpec, window: Mapping[tuple[str, str], int], notes: list[str]
+) -> Catalogue:
+    """The shop with answers the flow cannot read made silent, and every job short enough to
+    take at most HAPPY_SHARE of its step's window."""
     reactions = []
     for r in catalogue.reactions:
         if r.emits is not None and r.source not in spec.sources:
@@ -170,15 +125,9 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
             )
             r = Reaction(r.command, r.service, r.source, None, r.latency_ms)
         reactions.append(r)
-
-    # fit latencies into windows
-    def window(source: str, event_type: str) -> int | None:
-        name = step_of.get((source, event_type))
-        return flow.step_named(name).within_ms if name is not None else None
-
     latencies: dict[str, tuple[int, int]] = {}
     for s in catalogue.services:
-        w = window(s.source, s.emits)
+        w = window.get((s.source, s.emits))
         lo, hi = s.latency_ms
         if w is not None and hi > w * HAPPY_SHARE:
             hi = int(w * HAPPY_SHARE)
@@ -187,7 +136,7 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
                 f"{s.name}: {s.job} takes {lo}-{hi} ms to fit the {w} ms window of its step"
             )
         latencies[s.name] = (lo, hi)
-    fitted = Catalogue(
+    return Catalogue(
         catalogue.services,
         tuple(reactions),
         catalogue.slow,
@@ -196,106 +145,55 @@ def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = No
         catalogue.closes,
     ).with_latencies(latencies)
 
-    slow = catalogue.service(catalogue.slow)
-    paid_step = step_of.get((slow.source, slow.emits))
-    paid_window = window(slow.source, slow.emits)
-    if paid_step is None or paid_window is None:
-        raise DemoError(
-            f"{flow_file}: {slow.source}.{slow.emits} needs a step with a 'within' window"
-        )
-    late_ms = paid_window + max(LATE_MIN_MS, int(paid_window * LATE_SHARE))
 
-    lost_service = next(s for s in catalogue.services if s.emits == catalogue.lost)
-    lost_step = step_of.get((lost_service.source, catalogue.lost))
-    if lost_step is None or window(lost_service.source, catalogue.lost) is None:
-        raise DemoError(
-            f"{flow_file}: {lost_service.source}.{catalogue.lost} needs a step with a 'within' window"
-        )
-
-    failed = (slow.source, slow.fails_with or "")
-    error = next((e for e in flow.errors if failed in e.on), None)
-    if error is None:
-        raise DemoError(f"{flow_file}: {failed[0]}.{failed[1]} is not listed under errors:")
-    error_outcome = (
-        flow.paths[error.handler.then].outcome if error.handler.then is not None else None
-    )
-
-    main_outcome = main.outcome
-    paid = flow.step_named(paid_step)
-    slow_outcome = (
-        flow.paths[paid.if_missing.then].outcome if paid.if_missing.then is not None else None
-    )
-    lost_handler = flow.step_named(lost_step).if_missing
-    # the lost event comes back late if the observer's if_missing asks a service that resends it
-    answered = {r.command: r.emits for r in reactions}
-    resent = any(
-        answered.get(_command_of(spec, a.name) or "") == catalogue.lost
-        for a in lost_handler.actions
-    )
-    expectations: dict[Fault | None, Expectation] = {
-        None: Expectation(
-            frozenset(), frozenset(), frozenset({main_outcome}), f"no alert, {main_outcome}"
-        ),
-        Fault.DUPLICATE: Expectation(
-            frozenset(),
-            frozenset(),
-            frozenset({main_outcome}),
-            "no alert: a repeated event id changes nothing",
-        ),
-        Fault.OUT_OF_ORDER: Expectation(
-            frozenset(),
-            frozenset(),
-            frozenset({main_outcome}),
-            "no alert: events read before their OrderPlaced wait for it",
-        ),
-        Fault.SLOW_PAYMENT: Expectation(
-            frozenset({("late", paid_step)}),
-            frozenset({"missing", "warning", "sla_warning", "sla_breach"}),
-            frozenset({slow_outcome}) if slow_outcome else frozenset(),
-            f"missing at {paid_step} -> {_handler_words(paid.if_missing, flow) or 'alert'}; late when it arrives",
-        ),
-        Fault.LOST_EVENT: Expectation(
-            frozenset({("missing", lost_step)}),
-            frozenset({"late", "warning", "sla_warning", "sla_breach"}),
-            frozenset({main_outcome}) if resent else frozenset(),
-            f"missing at {lost_step} -> {_handler_words(lost_handler, flow) or 'alert'}"
-            + ("; the resent event is late" if resent else ""),
-        ),
-        Fault.PAYMENT_FAILURE: Expectation(
-            frozenset({("error", None)}),
-            frozenset({"sla_warning"}),
-            frozenset({error_outcome}) if error_outcome else frozenset(),
-            f"error -> {_handler_words(error.handler, flow) or 'alert'}",
-        ),
-    }
-
-    # the longest chain of windows along the anchors, then the longest alternate path
+def _settle_ms(flow: CompiledFlow) -> int:
+    """The longest chain of windows along the main path's anchors, then the longest window of
+    an alternate path, plus a margin: how long an order can take at most, roughly."""
     chain: dict[int, int] = {}
-    for i in main.steps:
+    for i in flow.paths[0].steps:
         step = flow.steps[i]
         chain[i] = (step.within_ms or 0) + max((chain.get(a, 0) for a in step.anchors), default=0)
     alternate = max(
         (flow.steps[i].within_ms or 0 for p in flow.paths[1:] for i in p.steps), default=0
     )
-    settle_ms = min(max(chain.values(), default=0) + alternate + 15_000, 180_000)
+    return min(max(chain.values(), default=0) + alternate + SETTLE_MARGIN_MS, SETTLE_MAX_MS)
+
+
+def bind(flow_file: str | Path, catalogue: Catalogue, flow_name: str | None = None) -> FlowBinding:
+    """Read `flow_file` and check the shop against it. Raises DemoError saying what disagrees."""
+    registry, spec = _load(flow_file, flow_name)
+    flow = registry.newest(spec.flow)
+    wire = WireFormat(spec.sources)
+    _check_shop(flow_file, flow, spec, catalogue)
+
+    step_of: dict[tuple[str, str], str] = {}
+    for step in flow.steps:
+        for ref in step.on:
+            step_of.setdefault(ref, step.name)
+    window = {
+        ref: w
+        for ref, name in step_of.items()
+        if (w := flow.step_named(name).within_ms) is not None
+    }
+    notes: list[str] = []
+    fitted = _fit(catalogue, spec, window, notes)
+
+    slow = catalogue.service(catalogue.slow)
+    paid_window = window.get((slow.source, slow.emits))
+    if paid_window is None:
+        raise DemoError(
+            f"{flow_file}: {slow.source}.{slow.emits} needs a step with a 'within' window"
+        )
     return FlowBinding(
         flow=flow,
         spec=spec,
         registry=registry,
         wire=wire,
         catalogue=fitted,
-        late_ms=late_ms,
-        settle_ms=settle_ms,
+        late_ms=paid_window + max(LATE_MIN_MS, int(paid_window * LATE_SHARE)),
+        settle_ms=_settle_ms(flow),
         command_topics=_command_topics(spec),
         step_of=step_of,
-        main_steps=main_steps,
-        expectations=expectations,
+        main_steps=tuple(flow.steps[i].name for i in flow.paths[0].steps),
         notes=tuple(notes),
     )
-
-
-def command_type(value: Any, headers: Mapping[str, str]) -> str | None:
-    """The type of a command record: its value's `type`, else a `type`/`ce_type` header."""
-    if isinstance(value, dict) and isinstance(value.get("type"), str):
-        return str(value["type"])
-    return headers.get("type") or headers.get("ce_type")
