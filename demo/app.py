@@ -146,8 +146,6 @@ def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) 
 
 def write_summary(path: Path, summary: Summary, run_id: str, seed: int) -> None:
     data = {"run_id": run_id, "seed": seed, **summary.as_json()}
-    if summary.expected_until is not None:
-        data["expected_until"] = format_time(summary.expected_until)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
 

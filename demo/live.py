@@ -55,7 +55,11 @@ class LiveView:
             self._story.append((time.monotonic(), entry.explain))
 
     def note(self, text: str) -> None:
-        self._notes = [*self._notes[-2:], text]
+        """Shown in the footer while the view is live, printed once it has stopped."""
+        if self._live is None:
+            self.console.print(text, highlight=False)
+        else:
+            self._notes = [*self._notes[-2:], text]
 
     def refresh(self, tally: Tally, status: Status) -> None:
         if self._live is not None and self._header is not None:

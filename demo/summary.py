@@ -16,6 +16,7 @@ from typing import Any
 
 from demo.faults import Fault
 from demo.records import Published, lacking
+from observer.timefmt import format_time
 
 __all__ = ["FaultResult", "Summary", "Verdict", "judge", "prediction_in_words", "what_differs"]
 
@@ -137,7 +138,9 @@ class Summary:
             "faults_injected": self.faults_injected,
             "all_detected": self.all_detected,
             "ok": self.ok,
-            "expected_until": self.expected_until,
+            "expected_until": (
+                format_time(self.expected_until) if self.expected_until is not None else None
+            ),
             "by_fault": {
                 (r.fault.value if r.fault else "none"): {
                     "injected": r.injected,
