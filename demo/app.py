@@ -22,9 +22,10 @@ from types import FrameType
 
 from confluent_kafka.admin import AdminClient
 
-from observer.demo.binding import FlowBinding, bind, command_type
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.kafka_io import (
+from demo.binding import FlowBinding, bind
+from demo.expected import Expected
+from demo.faults import Fault, FaultPlanner
+from demo.kafka_io import (
     FeedRecord,
     ObserverFeed,
     connect,
@@ -32,12 +33,15 @@ from observer.demo.kafka_io import (
     make_producer,
     start_group_at_end,
 )
-from observer.demo.process import ObserverProcess, free_port
-from observer.demo.shop import CHECKOUT, Shop
-from observer.demo.simulator import KafkaShop, Simulation
-from observer.demo.tally import Entry, OrderTrack, Summary, Tally
-from observer.demo.view import Header, Status, View
-from observer.demo.wire import DemoError
+from demo.process import ObserverProcess, free_port
+from demo.records import RecordReader, command_type
+from demo.shop import CHECKOUT, Shop
+from demo.simulator import KafkaShop, Simulation
+from demo.summary import Summary
+from demo.tally import Entry, OrderTrack, Tally
+from demo.view import Header, Status, View
+from demo.wire import DemoError
+from observer.timefmt import format_time
 from observer.topics import Topics
 
 __all__ = ["Options", "default_run_dir", "run_live", "topics_from_env"]
@@ -49,7 +53,7 @@ POLL_MAX_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Everything `python -m observer.demo` was asked to do."""
+    """Everything `python -m demo` was asked to do."""
 
     flow_file: str
     rate: float
@@ -183,7 +187,9 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         log_file=run_dir / "observer.log",
     )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    tally = Tally(binding, topics)
+    reader = RecordReader(topics, binding.command_topics)
+    timeline = (run_dir / "timeline.jsonl").open("w")
+    tally = Tally(binding, reader, Expected(binding.registry, reader, topics, timeline))
     started = time.monotonic()
     interrupted = False
     header = Header(
@@ -220,19 +226,27 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         log.info("observer run exited with %s", code)
         if not opts.keep_state:
             forget_run(admin, group, opts.redis_url, key_prefix)
+        timeline.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     elapsed = time.monotonic() - started
     settle_ms = _settle_ms(opts, binding)
     now_ms = int(time.time() * 1000)
+    tally.expected.until(now_ms)
 
-    def judge(t: OrderTrack) -> bool:
+    def include(t: OrderTrack) -> bool:
         return not interrupted or tally.settled(t) or now_ms - t.placed_ms > settle_ms
 
-    summary = tally.summary(judge)
+    summary = tally.summary(include)
     view.summary(summary, header, elapsed)
     write_summary(opts.summary_json or run_dir / "summary.json", summary, run_id, opts.seed)
-    view.note(f"files: {run_dir} (observer.log, demo.log, faults.jsonl, summary.json)")
+    view.note(
+        f"files: {run_dir} (observer.log, demo.log, faults.jsonl, timeline.jsonl, summary.json)"
+    )
+    view.note(
+        f"expected = observer replay {opts.flow_file} --events {run_dir / 'timeline.jsonl'} "
+        f"--until {format_time(now_ms)}"
+    )
     if interrupted:
         return 0
     return 0 if summary.ok else 1
@@ -313,7 +327,7 @@ def _loop(
                 settle_by = now + settle_ms
             for h in sim.advance(now):
                 if h.kind == "published" and h.event is not None:
-                    kafka.publish(h.event)
+                    tally.expected.record(kafka.publish(h.event))
                 if h.kind == "placed" and h.plan is not None:
                     faults_log.write(
                         json.dumps(
@@ -365,7 +379,7 @@ def _loop(
                         else "every order has ended"
                     )
                 view.refresh(tally, status)
-            if settle_by is not None and (tally.all_settled() or now >= settle_by):
+            if settle_by is not None and ((tally.all_settled() and sim.idle()) or now >= settle_by):
                 status.phase = "done"
                 view.refresh(tally, status)
                 return False

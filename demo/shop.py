@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from observer.demo.faults import Fault, FaultPlanner, order_rng
-from observer.demo.wire import DemoError, ShopEvent
+from demo.faults import Fault, FaultPlanner, order_rng
+from demo.wire import DemoError, ShopEvent
 
 __all__ = [
     "CHECKOUT",

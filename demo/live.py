@@ -1,15 +1,14 @@
-"""What the demo shows: a live terminal view (rich) or one log line per record (`--plain`),
-and the summary at the end. Views only render; `Tally` holds the facts.
+"""The full-terminal live view of the demo (rich), refreshed a few times a second.
+
+Needs rich, which only the `[demo]` extra installs (`ops/demo` does): `--plain` and `--offline`
+run without it.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from collections.abc import Sequence
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -17,179 +16,17 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from observer.demo.faults import Fault
-from observer.demo.tally import Entry, OrderTrack, Summary, Tally
+from demo.faults import Fault
+from demo.summary import Summary
+from demo.tally import Entry, Tally
+from demo.view import Header, Status, clock_text, fault_text, format_summary
 
-__all__ = ["Header", "LiveView", "PlainView", "Status", "View", "format_entry", "format_summary"]
+__all__ = ["LiveView"]
 
 EXPLAIN_FOR_S = 4.0  # how long an explanation stays bright
 STORY_LINES = 3  # explanations shown at once, newest first
 _SEVERITY = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _OUTCOME = {"completed": "green", "compensated": "magenta", "cancelled": "yellow", "expired": "red"}
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """What the run is: shown once at the top."""
-
-    flow: str
-    version: int
-    run_id: str
-    seed: int
-    rate: float
-    orders: int | None
-    duration_s: float | None
-    observer: str  # e.g. "pid 1234, http://127.0.0.1:8123"
-    observer_log: str
-    run_dir: str
-    instance_url: str  # "where is my order?" URL template with {key}
-
-
-@dataclass(slots=True)
-class Status:
-    """How the run is going, refreshed by the loop."""
-
-    phase: str = "starting"
-    placed: int = 0
-    elapsed_s: float = 0.0
-    problems: list[str] = field(default_factory=list)
-
-
-class View(Protocol):
-    def start(self, header: Header) -> None: ...
-    def show(self, entry: Entry) -> None: ...
-    def refresh(self, tally: Tally, status: Status) -> None: ...
-    def note(self, text: str) -> None: ...
-    def stop(self) -> None: ...
-    def summary(self, summary: Summary, header: Header, elapsed_s: float) -> None: ...
-
-
-def _clock(ms: int) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
-
-
-def _fault(fault: Fault | None) -> str:
-    return fault.label if fault is not None else "-"
-
-
-def format_entry(e: Entry) -> str:
-    """One log line for `--plain`: time, what, key facts; the injected fault in brackets."""
-    label = {
-        "alert": "ALERT",
-        "command": "COMMAND",
-        "outcome": "OUTCOME",
-        "fault": "INJECT",
-        "shop": "SHOP",
-    }
-    if e.category == "alert":
-        rest = f"{e.severity or '':<8} {e.detail}"
-    elif e.category == "command":
-        rest = f"-> {e.detail}"
-    else:
-        rest = e.detail
-    line = f"{_clock(e.at_ms)} {label[e.category]:<8} {e.key}  {e.what:<15} {e.step or '':<17} {rest}".rstrip()
-    if e.category in ("alert", "command", "outcome"):
-        line += f"  [injected: {_fault(e.fault)}]"
-    return line
-
-
-def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
-    """The end-of-run summary as plain text."""
-    lines = [
-        f"Summary: run {header.run_id}, seed {header.seed}, {summary.orders + summary.unjudged} orders in "
-        f"{elapsed_s:.0f}s"
-        + (
-            f"; judged: the {summary.orders} that ended (the other {summary.unjudged} were still in flight)"
-            if summary.unjudged
-            else ""
-        )
-        + f"; {summary.faults_injected} faults injected"
-        + (" in them" if summary.unjudged else ""),
-        f"  {'fault':<16} {'injected':>8} {'detected':>9} {'as expected':>12}  what the observer does",
-    ]
-    for r in summary.results:
-        name = r.fault.label if r.fault is not None else "(no fault)"
-        detected = f"{r.detected}/{r.injected}" if r.needs_alert else "-"
-        lines.append(
-            f"  {name:<16} {r.injected:>8} {detected:>9} {f'{r.as_expected}/{r.injected}':>12}  {r.meaning}"
-        )
-
-    def counts(d: Mapping[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
-
-    lines.append(f"  deviations seen: {counts(summary.deviations)}")
-    lines.append(f"  outcomes:        {counts(summary.outcomes)}")
-    lines.append(f"  commands:        {counts(summary.commands)}")
-    misses = [m for r in summary.results for m in r.misses]
-    for m in misses[:20]:
-        lines.append(f"  not as expected: {m}")
-    if len(misses) > 20:
-        lines.append(f"  ... and {len(misses) - 20} more")
-    if summary.orders == 0:
-        lines.append(
-            "No order ended: nothing to judge." if summary.unjudged else "No order was placed."
-        )
-    elif summary.ok:
-        lines.append(
-            "RESULT: every injected fault was detected, nothing else raised an alert, every order ended as expected."
-        )
-    elif summary.all_detected:
-        lines.append(
-            "RESULT: every injected fault was detected, but some orders did not end as expected (above)."
-        )
-    else:
-        lines.append("RESULT: some injected faults were NOT detected (above).")
-    return "\n".join(lines)
-
-
-def _banner(h: Header) -> list[str]:
-    limit = (
-        f"{h.orders} orders"
-        if h.orders
-        else (f"{h.duration_s:g}s" if h.duration_s else "until Ctrl-C")
-    )
-    return [
-        f"Choreography observer demo: flow {h.flow} v{h.version}, run {h.run_id}, seed {h.seed}, "
-        f"{h.rate:g} orders/s, {limit}",
-        f"observer run: {h.observer}; log {h.observer_log}",
-        f"where is my order?  curl {h.instance_url.format(key='<order>')}",
-    ]
-
-
-class PlainView:
-    """One line per alert, outcome, command, injected fault and service answer."""
-
-    def __init__(self, out: TextIO | None = None, progress_every_s: float = 10.0) -> None:
-        self.out = out or sys.stdout
-        self.progress_every_s = progress_every_s
-        self._last_progress = 0.0
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def start(self, header: Header) -> None:
-        for line in _banner(header):
-            self._print(line)
-
-    def show(self, entry: Entry) -> None:
-        self._print(format_entry(entry))
-
-    def note(self, text: str) -> None:
-        self._print(text)
-
-    def refresh(self, tally: Tally, status: Status) -> None:
-        if status.elapsed_s - self._last_progress >= self.progress_every_s:
-            self._last_progress = status.elapsed_s
-            self._print(
-                f"... {status.elapsed_s:.0f}s: {status.placed} orders placed, {len(tally.in_flight())} in flight, "
-                f"outcomes {dict(tally.outcomes) or '{}'}; {status.phase}"
-            )
-
-    def stop(self) -> None:
-        pass
-
-    def summary(self, summary: Summary, header: Header, elapsed_s: float) -> None:
-        self._print(format_summary(summary, header, elapsed_s))
 
 
 class LiveView:
@@ -218,7 +55,11 @@ class LiveView:
             self._story.append((time.monotonic(), entry.explain))
 
     def note(self, text: str) -> None:
-        self._notes = [*self._notes[-2:], text]
+        """Shown in the footer while the view is live, printed once it has stopped."""
+        if self._live is None:
+            self.console.print(text, highlight=False)
+        else:
+            self._notes = [*self._notes[-2:], text]
 
     def refresh(self, tally: Tally, status: Status) -> None:
         if self._live is not None and self._header is not None:
@@ -266,7 +107,7 @@ class LiveView:
         table.add_column("steps", no_wrap=True)
         table.add_column("last", overflow="ellipsis", no_wrap=True, ratio=1)
         table.add_column("age", justify="right", no_wrap=True)
-        table.caption = "steps ● seen ○ not yet: " + " ".join(steps)
+        table.caption = "steps ● observed ○ not yet: " + " ".join(steps)
         table.caption_style = "dim"
         table.caption_justify = "left"
         flying = tally.in_flight()
@@ -274,8 +115,8 @@ class LiveView:
         for t in shown:
             table.add_row(
                 t.key,
-                Text(_fault(t.plan.fault), style="yellow" if t.plan.fault else "dim"),
-                _progress(t, steps),
+                Text(fault_text(t.plan.fault), style="yellow" if t.plan.fault else "dim"),
+                _progress(tally.steps_seen(t), steps),
                 t.last,
                 f"{(now - t.placed_ms) / 1000:.0f}s",
             )
@@ -291,11 +132,11 @@ class LiveView:
         alerts = [e for e in tally.entries if e.category == "alert"][-rows:]
         for e in reversed(alerts):
             table.add_row(
-                _clock(e.at_ms)[:8],
+                clock_text(e.at_ms)[:8],
                 Text(e.what, style=_SEVERITY.get(e.severity or "", "")),
                 e.step or "-",
                 e.key,
-                _fault(e.fault),
+                fault_text(e.fault),
                 e.detail,
             )
         return table
@@ -309,7 +150,7 @@ class LiveView:
         commands = [e for e in tally.entries if e.category == "command"][-rows:]
         for e in reversed(commands):
             table.add_row(
-                _clock(e.at_ms)[:8],
+                clock_text(e.at_ms)[:8],
                 Text(e.what, style="magenta"),
                 e.detail,
                 e.key,
@@ -390,12 +231,13 @@ class LiveView:
         )
 
 
-def _progress(track: OrderTrack, steps: Sequence[str]) -> Text:
-    seen = set(track.steps)
+def _progress(observed: list[str], steps: Sequence[str]) -> Text:
+    """● for each main step the engine has observed, ○ for the others; then other paths' steps."""
+    seen = set(observed)
     out = Text()
     for s in steps:
         out.append("●" if s in seen else "○", style="green" if s in seen else "dim")
-    extra = [s for s in track.steps if s not in steps]
+    extra = [s for s in observed if s not in steps]
     if extra:
         out.append(" +" + ",".join(extra), style="magenta")
     return out

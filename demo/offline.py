@@ -2,20 +2,25 @@
 
 The same `Simulation` and the same engine as the live demo (through `observer.replay`'s
 `Replayer`), stepped in ticks like the live loop polls: records the shop publishes are applied
-to the engine, commands the engine publishes are handed back to the shop. A run of minutes
-takes well under a second, so the tests check every fault's detection this way, and
-`python -m observer.demo --offline` shows it without a broker.
+to the engine, commands the engine publishes are handed back to the shop. What it should
+publish comes, as in the live demo, from a second `Replayer` over the shop's records
+(`expected.py`), whose clock moves only with them. A run of minutes takes well under a second,
+so the tests check every fault's detection this way, and `python -m demo --offline` shows it
+without a broker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TextIO
 
-from observer.demo.binding import FlowBinding, command_type
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.shop import Shop
-from observer.demo.simulator import Happening, Simulation
-from observer.demo.tally import Entry, Tally
+from demo.binding import FlowBinding
+from demo.expected import Expected
+from demo.faults import Fault, FaultPlanner
+from demo.records import RecordReader, command_type
+from demo.shop import Shop
+from demo.simulator import Happening, Simulation
+from demo.tally import Entry, Tally
 from observer.engine.effects import Effect, Publish
 from observer.ingest import SourceRecord
 from observer.replay import Replayer
@@ -37,11 +42,15 @@ def run_offline(
     run_id: str = "sim",
     on_entry: Callable[[Entry], None] | None = None,
     stop_after_ms: int | None = None,
+    timeline: TextIO | None = None,
 ) -> Tally:
     """Run `orders` orders to their end (or the binding's settle time, or `stop_after_ms` of
-    virtual time) and return the tally."""
+    virtual time) and return the tally. `timeline`: where the shop's records go, as
+    `observer replay --events` reads them."""
     topics = Topics()
-    tally = Tally(binding, topics)
+    reader = RecordReader(topics, binding.command_topics)
+    expected = Expected(binding.registry, reader, topics, timeline)
+    tally = Tally(binding, reader, expected)
     shop = Shop(
         binding.catalogue, FaultPlanner(seed, rates), run_id, binding.late_ms, binding.duplicable()
     )
@@ -65,10 +74,10 @@ def run_offline(
             if what is not None and key is not None:
                 commands.append((what, key))
 
-    replayer = Replayer(binding.registry, emit, topics)
+    observer = Replayer(binding.registry, emit, topics)
     deadline: int | None = None
     while True:
-        replayer.fire_before(now, inclusive=True)
+        observer.fire_before(now, inclusive=True)
         for what, key in commands:
             note(_happen(tally, sim.on_command(what, key, now)))
         commands.clear()
@@ -76,18 +85,18 @@ def run_offline(
             note(tally.on_happening(h))
             if h.kind == "published" and h.event is not None:
                 rec = binding.wire.encode(h.event)
+                expected.record(rec)
                 src = SourceRecord(rec.topic, 0, offset, rec.key, rec.value, dict(rec.headers), now)
                 offset += 1
-                replayer.apply(src)
+                observer.apply(src)
         if not sim.placing and deadline is None:
             deadline = now + binding.settle_ms
-        if deadline is not None and (
-            now >= deadline or (tally.all_settled() and sim.next_due() is None)
-        ):
+        if deadline is not None and (now >= deadline or (tally.all_settled() and sim.idle())):
             break
         if stop_after_ms is not None and now - START_MS >= stop_after_ms:
             break
         now += TICK_MS
+    expected.until(now)
     return tally
 
 

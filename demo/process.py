@@ -14,7 +14,7 @@ from typing import IO
 
 import httpx
 
-from observer.demo.wire import DemoError
+from demo.wire import DemoError
 
 __all__ = ["ObserverProcess", "free_port"]
 

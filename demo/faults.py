@@ -33,6 +33,13 @@ class Fault(enum.StrEnum):
     def label(self) -> str:
         return self.value.replace("_", " ")
 
+    @property
+    def needs_alert(self) -> bool:
+        """A deviation from the process the observer is there to catch (slow payment, lost
+        event, failed payment), not transport noise it must absorb in silence (a duplicate,
+        records read out of order). Which alerts it raises is the engine's to say."""
+        return self in (Fault.SLOW_PAYMENT, Fault.LOST_EVENT, Fault.PAYMENT_FAILURE)
+
 
 DEFAULT_RATES: Mapping[Fault, float] = {
     Fault.SLOW_PAYMENT: 0.1,

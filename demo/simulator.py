@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from observer.demo.faults import order_rng
-from observer.demo.shop import Emit, OrderPlan, Shop
-from observer.demo.wire import ShopEvent, WireFormat
+from demo.faults import order_rng
+from demo.shop import Emit, OrderPlan, Shop
+from demo.wire import ShopEvent, WireFormat, WireRecord
 
 __all__ = ["Happening", "KafkaShop", "Simulation"]
 
@@ -106,6 +106,16 @@ class Simulation:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
+    def idle(self) -> bool:
+        """No order will arrive and no service has work left: nothing more will be published
+        unless the observer sends a command (an arrival after `stop_placing`, or the timeout of
+        a held record already let out, does not count)."""
+        return not self._placing and all(
+            isinstance(action, _Arrival)
+            or (isinstance(action, _Release) and action.event_id not in self._held)
+            for _, _, action in self._heap
+        )
+
     def advance(self, now_ms: int) -> list[Happening]:
         """Do everything due at or before `now_ms`, in time order."""
         out: list[Happening] = []
@@ -186,7 +196,8 @@ class KafkaShop:
         self.producer = producer
         self.on_error = on_error
 
-    def publish(self, event: ShopEvent) -> None:
+    def publish(self, event: ShopEvent) -> WireRecord:
+        """Send `event`'s record (delivery is reported later); returns the record."""
         import orjson
 
         rec = self.wire.encode(event)
@@ -206,3 +217,4 @@ class KafkaShop:
             on_delivery=delivered,
         )
         self.producer.poll(0)
+        return rec

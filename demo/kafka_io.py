@@ -21,7 +21,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from observer.demo.wire import DemoError
+from demo.wire import DemoError
 
 __all__ = [
     "FeedRecord",
@@ -38,7 +38,7 @@ PARTITIONS = 4
 
 def _quiet(conf: dict[str, Any]) -> dict[str, Any]:
     # librdkafka logs through Python logging (configured to a file by the demo), not stderr
-    conf["logger"] = logging.getLogger("observer.demo.kafka")
+    conf["logger"] = logging.getLogger("demo.kafka")
     return conf
 
 

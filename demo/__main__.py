@@ -1,4 +1,4 @@
-"""`python -m observer.demo`: a simulated shop, the observer watching it, and what it catches.
+"""`python -m demo`: a simulated shop, the observer watching it, and what it catches.
 
 The composition root of the demo: parses options, configures nothing else globally, picks
 the view and runs either the live demo (Kafka, Redis, an `observer run` child process) or,
@@ -13,12 +13,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from observer.demo.faults import DEFAULT_RATES, Fault
-from observer.demo.wire import DemoError
+from demo.faults import DEFAULT_RATES, Fault
+from demo.wire import DemoError
+
+if TYPE_CHECKING:
+    from demo.view import View
 
 __all__ = ["main"]
 
@@ -28,7 +31,7 @@ def _default_flow() -> str:
     here = Path("flows/checkout.yaml")
     if here.exists():
         return str(here)
-    repo = Path(__file__).resolve().parents[2] / "flows" / "checkout.yaml"
+    repo = Path(__file__).resolve().parents[1] / "flows" / "checkout.yaml"
     return str(repo) if repo.exists() else str(here)
 
 
@@ -40,7 +43,7 @@ def _rate(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         type=click.FloatRange(0, 1),
         default=DEFAULT_RATES[fault],
         show_default=True,
-        help=f"Share of orders with a {fault.label}.",
+        help=f"Share of orders with the fault '{fault.label}'.",
     )
 
 
@@ -92,15 +95,21 @@ def _rate(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 )
 @click.option(
     "--bootstrap-servers",
-    default=lambda: os.environ.get("OBSERVER_BOOTSTRAP_SERVERS", "localhost:9092"),
+    default=lambda: (
+        os.environ.get("OBSERVER_BOOTSTRAP_SERVERS")
+        or f"localhost:{os.environ.get('OBSERVER_KAFKA_PORT') or 9092}"
+    ),
     show_default="localhost:9092",
-    help="Kafka [OBSERVER_BOOTSTRAP_SERVERS].",
+    help="Kafka [OBSERVER_BOOTSTRAP_SERVERS; else ops/stack's OBSERVER_KAFKA_PORT].",
 )
 @click.option(
     "--redis-url",
-    default=lambda: os.environ.get("OBSERVER_REDIS_URL", "redis://localhost:6379/0"),
+    default=lambda: (
+        os.environ.get("OBSERVER_REDIS_URL")
+        or f"redis://localhost:{os.environ.get('OBSERVER_REDIS_PORT') or 6379}/0"
+    ),
     show_default="redis://localhost:6379/0",
-    help="Redis for the observer [OBSERVER_REDIS_URL].",
+    help="Redis for the observer [OBSERVER_REDIS_URL; else ops/stack's OBSERVER_REDIS_PORT].",
 )
 @click.option(
     "--http-port",
@@ -184,10 +193,10 @@ def main(
     try:
         if offline:
             sys.exit(_offline(flow_file, seed, rates, orders or 20, rate))
-        from observer.demo.app import Options, run_live
-        from observer.demo.view import LiveView, PlainView, View
+        from demo.app import Options, run_live
+        from demo.view import PlainView
 
-        view: View = PlainView() if plain or not sys.stdout.isatty() else LiveView()
+        view: View = PlainView() if plain or not sys.stdout.isatty() else _live_view()
         opts = Options(
             flow_file=flow_file,
             rate=rate,
@@ -212,11 +221,25 @@ def main(
         sys.exit(130)
 
 
+def _live_view() -> View:
+    """The full-terminal view, or a DemoError saying how to get rich (the `[demo]` extra)."""
+    try:
+        from demo.live import LiveView
+    except ModuleNotFoundError as exc:
+        if exc.name != "rich":
+            raise
+        raise DemoError(
+            "the live view needs rich, which the [demo] extra installs: "
+            "pip install -e '.[demo]' (ops/demo does it), or run with --plain"
+        ) from None
+    return LiveView()
+
+
 def _offline(flow_file: str, seed: int, rates: dict[Fault, float], orders: int, rate: float) -> int:
-    from observer.demo.binding import bind
-    from observer.demo.offline import START_MS, run_offline
-    from observer.demo.shop import CHECKOUT
-    from observer.demo.view import Header, format_entry, format_summary
+    from demo.binding import bind
+    from demo.offline import START_MS, run_offline
+    from demo.shop import CHECKOUT
+    from demo.view import Header, format_entry, format_summary
 
     binding = bind(flow_file, CHECKOUT)
     click.echo(
