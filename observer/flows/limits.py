@@ -12,6 +12,7 @@ __all__ = [
     "MAX_EVENT_INT",
     "MAX_FLOW_FILE_BYTES",
     "MAX_FORMAT_WIDTH",
+    "MAX_JSON_INDENT",
     "MAX_LOOP_ITERATIONS",
     "MAX_RENDERED_SIZE",
     "MAX_RENDER_WORK",
@@ -72,7 +73,11 @@ MAX_LOOP_ITERATIONS = 10_000
 """Iterations of every `{% for %}` loop of one rendering together."""
 
 MAX_FORMAT_WIDTH = 1_000
-"""A width, precision, fill or indent in `format`, `%`, `center`, `indent`, `tojson` and kin."""
+"""A width or precision in `format` and `%`, an `indent`, and the strings `wordwrap` and
+`urlize` insert."""
+
+MAX_JSON_INDENT = 16
+"""`tojson(indent)`: every line of the output is indented by up to this times its depth."""
 
 # -- event data ---------------------------------------------------------------------------------
 MIN_EVENT_INT, MAX_EVENT_INT = -(2**63), 2**63 - 1
