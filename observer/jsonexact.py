@@ -25,7 +25,7 @@ _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 def may_be_rounded(value: Any) -> bool:
     """True if `value`, as orjson decoded it, may be an integer literal it rounded to a float."""
-    return type(value) is float and not INT_MIN <= value <= INT_MAX
+    return type(value) is float and not INT_MIN < value <= INT_MAX  # -2**63 may be rounded
 
 
 def _no_constant(name: str) -> Any:
