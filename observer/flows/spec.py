@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from observer.flows.limits import MAX_VERSION
 from observer.timefmt import parse_duration
 
 __all__ = [
@@ -249,7 +250,9 @@ class FlowSpec(_Model):
     """One flow file document, as written."""
 
     flow: str = Field(description="flow name, ^[a-z][a-z0-9_-]{0,63}$")
-    version: int = Field(ge=1, description="instances keep the version they started with")
+    version: int = Field(
+        ge=1, le=MAX_VERSION, description="instances keep the version they started with"
+    )
     description: str | None = None
     key: str = Field("key", description="name of the correlation key in templates")
     sources: dict[str, SourceSpec] = Field(min_length=1)

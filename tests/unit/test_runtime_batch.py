@@ -10,6 +10,7 @@ import pytest
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine
 from observer.engine.state import Event, KeySlot
+from observer.errors import RenderError
 from observer.flows.compiler import load_registry
 from observer.ingest import SourceRecord
 from observer.runtime.batch import Cycle, SlotUnreadable, dead_letter, safety_ttl_ms
@@ -140,7 +141,7 @@ def test_a_failing_event_leaves_the_slot_as_before_it_and_the_rest_goes_on(
     c = cycle(engine)
     sid = load(c, "o1")
     c.apply(sid, ev("Placed", "o1", T0))
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RenderError, match="ZeroDivisionError"):
         c.apply(sid, ev("Paid", "o1", T0 + 60_000, eid="boom"))  # mutated the slot, then raised
     slot = c.slot(sid)
     assert slot is not None and slot.instance is not None and 1 not in slot.instance.observed
