@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from observer.engine.core import Topics
 from observer.flows.compiler import load_registry
 from observer.ingest import Ingest, SourceRecord
 from observer.jsonexact import dumps, loads
 from observer.replay import run_replay
+from observer.topics import Topics
 from tests.unit.replay_harness import BASE_FLOW, T0
 
 BIG = 10**30
