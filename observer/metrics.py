@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from bisect import bisect_left
-from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from observer.engine.effects import Signal
-from observer.runtime.outbox import OutboxRecord
 
 __all__ = ["Metrics"]
 
@@ -232,11 +230,6 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
-
-    def record_published(self, records: Iterable[OutboxRecord]) -> None:
-        tally: Tally[str] = Tally(r.category for r in records)
-        for cat, n in tally.items():
-            self.published.labels(cat).inc(n)
 
     def set_open(self, stats: Mapping[str, int]) -> None:
         for name, n in stats.items():

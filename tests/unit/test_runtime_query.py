@@ -9,7 +9,7 @@ from observer.engine.core import Engine, Topics
 from observer.engine.state import Event, KeySlot
 from observer.flows.compiler import load_registry
 from observer.runtime.batch import history_entry
-from observer.runtime.inspect import (
+from observer.runtime.query import (
     InstanceQuery,
     describe_flows,
     describe_instance,
