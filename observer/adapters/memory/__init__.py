@@ -14,6 +14,7 @@ from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
 from observer.adapters.memory.store import InMemoryStateStore
 from observer.adapters.memory.webhooks import InMemoryWebhookSender
+from observer.adapters.memory.world import InMemoryWorld
 
 __all__ = [
     "InMemoryBroker",
@@ -23,6 +24,7 @@ __all__ = [
     "InMemoryRecordSink",
     "InMemoryStateStore",
     "InMemoryWebhookSender",
+    "InMemoryWorld",
     "LeaseTable",
     "ManualClock",
 ]

@@ -8,11 +8,12 @@ their states, and how overdue the most overdue shard is; `open` refuses another 
 under the same store. Not modelled: key TTLs, buckets, memory.
 
 Failures, for tests: `available = False` makes every request (and `reconnect`) raise
-StoreError until it is set back; `fail_writes(n, applied=...)` makes the next n write replies
-fail, the write applied or not (a connection lost before or after Redis ran it); `sync()` marks
-what a crash keeps and `crash()` loses every write since (Redis with AOF `everysec` can lose
-its last second), making the store unavailable until `restart()`. Replies sent before a failure
-fail with it, like a Redis connection that was reset.
+StoreError until it is set back, `fail_requests(n)` the next n requests only;
+`fail_writes(n, applied=...)` makes the next n write replies fail, the write applied or not (a
+connection lost before or after Redis ran it); `sync()` marks what a crash keeps and
+`crash(down_for=n)` loses every write since (Redis with AOF `everysec` can lose its last
+second), the next n requests failing. Replies sent before a failure fail with it, like a Redis
+connection that was reset.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class InMemoryStateStore:
         self._synced = _Data()
         self._epoch = 0  # bumped by every failure: replies sent before it fail
         self._failing_writes: list[bool] = []  # per write to fail: whether it is applied
+        self._failing_requests = 0
         self.shards = 0
         self.writes = 0  # write batches applied
 
@@ -107,21 +109,26 @@ class InMemoryStateStore:
         """The next `n` write replies fail; `applied`: the writes took effect all the same."""
         self._failing_writes += [applied] * n
 
+    def fail_requests(self, n: int = 1) -> None:
+        """The next `n` requests fail (and the replies still to be read)."""
+        self._failing_requests += n
+        self._epoch += 1
+
     def sync(self) -> None:
         """What is stored now survives a `crash`."""
         self._synced = self._data.copy()
 
-    def crash(self) -> None:
-        """Lose every write since the last `sync`; unavailable until `restart`."""
+    def crash(self, *, down_for: int = 1) -> None:
+        """Lose every write since the last `sync`; the next `down_for` requests fail."""
         self._data = self._synced.copy()
-        self.available = False
-
-    def restart(self) -> None:
-        self.available = True
+        self.fail_requests(down_for)
 
     def _check(self) -> None:
         if not self._available:
             raise StoreError("the in-memory store is unavailable")
+        if self._failing_requests:
+            self._failing_requests -= 1
+            raise StoreError("the in-memory store failed a request")
 
     # -- the StateStore port ------------------------------------------------------------------------
 
