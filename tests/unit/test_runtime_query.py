@@ -29,9 +29,6 @@ class Reader:
     def deployed(self) -> dict[str, object] | None:
         return None
 
-    def ping(self) -> bool:
-        return True
-
 
 def setup(tmp_path: Path) -> Engine:
     (tmp_path / "flow.yaml").write_text(FLOW)
