@@ -15,8 +15,10 @@ Stages, each timed on its own and printed as events/s:
   total    the whole `Runtime` turn by turn with `routing: direct` (router, keyed topic in
            memory, tracker, health), what `observer run` does between Kafka and Redis
 
-Times are CPU time of the process; `track` and `total` exclude the in-memory store's own work
-(what Redis does), and count the in-memory Kafka ends (a list append or slice per record).
+Times are CPU time of the process, the set-up of each run (workload, in-memory topics) frozen
+out of the garbage collector's way as `observer run` freezes what it loaded; `track` and
+`total` exclude the in-memory store's own work (what Redis does), and count the in-memory
+Kafka ends (a list append or slice per record).
 The clock is a `ManualClock` moved by the workload's event time per batch. Memory: bytes of
 serialised state and history per open instance, in the middle of the run.
 Not a test: `python benchmarks/pipeline.py [--orders N] [--profile STAGE]`.
@@ -123,6 +125,7 @@ class Setup:
         # the clock moves with the workload's event time: one batch's worth per turn
         self.turn_s = (records[-1].timestamp - records[0].timestamp) / 1000.0 / n_batches
         self.keyed: list[SourceRecord] | None = None  # what the router wrote (for `track`)
+        self.last_world: InMemoryWorld | None = None
 
     def config(self, routing: str) -> ObserverConfig:
         return ObserverConfig(
@@ -161,74 +164,93 @@ def _unread(world: InMemoryWorld, source: Any, topics: Sequence[str]) -> int:
     return sum(hi - (pos or 0) for lo, hi, pos in source.offsets(tps).values() if hi is not None)
 
 
-def stage_route(s: Setup) -> float:
+Run = Callable[[], float]  # a stage's timed part; returns CPU seconds not to count
+
+
+def stage_route(s: Setup) -> Run:
     """The router alone, keyed routing (it does not use the store)."""
     world, runtime, _store = s.world("keyed", s.records)
     router, clock = runtime.router, world.clock
-    while True:
-        router.poll(0.0)
-        clock.advance(s.turn_s)
-        if _unread(world, world.router_source, s.topics) == 0:
-            break
-    router.poll(0.0)  # acknowledgements, the last marks and commits
-    s.keyed = world.broker.records(s.config("keyed").keyed_topic_name())
-    return 0.0
+
+    def run() -> float:
+        while True:
+            router.poll(0.0)
+            clock.advance(s.turn_s)
+            if _unread(world, world.router_source, s.topics) == 0:
+                break
+        router.poll(0.0)  # acknowledgements, the last marks and commits
+        s.keyed = world.broker.records(s.config("keyed").keyed_topic_name())
+        return 0.0
+
+    return run
 
 
-def stage_track(s: Setup) -> float:
-    """The tracker over the keyed topic the router wrote; returns the store's CPU seconds."""
+def stage_track(s: Setup) -> Run:
+    """The tracker over the keyed topic the router wrote."""
     if s.keyed is None:
-        stage_route(s)
+        stage_route(s)()
     assert s.keyed is not None
     world, runtime, store = s.world("keyed", s.keyed)
     tracker, clock, source = runtime.tracker, world.clock, world.keyed_source
     keyed = [s.config("keyed").keyed_topic_name()]
-    while True:
-        tracker.poll(0.0)
-        clock.advance(s.turn_s)
-        if _unread(world, source, keyed) == 0:
-            break
-    tracker.poll(0.0)  # the last write's reply
-    return store.cpu_s
+
+    def run() -> float:
+        while True:
+            tracker.poll(0.0)
+            clock.advance(s.turn_s)
+            if _unread(world, source, keyed) == 0:
+                break
+        tracker.poll(0.0)  # the last write's reply
+        return store.cpu_s
+
+    return run
 
 
-def stage_total(s: Setup) -> float:
-    """The whole runtime, direct routing; returns the store's CPU seconds."""
-    return run_total(s)[1]
-
-
-def run_total(s: Setup, stop_after: int | None = None) -> tuple[InMemoryWorld, float]:
+def stage_total(s: Setup, stop_after: int | None = None) -> Run:
     """The whole runtime turn by turn, direct routing (`stop_after` turns at most)."""
     world, runtime, store = s.world("direct", s.records)
     local, clock = world.local, world.clock
     assert local is not None
-    turns = 0
-    while True:
+    s.last_world = world
+
+    def run() -> float:
+        turns = 0
+        while True:
+            runtime.cycle()
+            clock.advance(s.turn_s)
+            turns += 1
+            if stop_after is not None and turns >= stop_after:
+                break
+            if _unread(world, world.router_source, s.topics) == 0 and local.unread() == 0:
+                break
         runtime.cycle()
-        clock.advance(s.turn_s)
-        turns += 1
-        if stop_after is not None and turns >= stop_after:
-            break
-        if _unread(world, world.router_source, s.topics) == 0 and local.unread() == 0:
-            break
-    runtime.cycle()
-    return world, store.cpu_s
+        return store.cpu_s
+
+    return run
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    """CPU seconds of this process (the machine is shared: wall time would measure others),
-    less what the stage reports as spent in the stand-in for Redis."""
+def timed(stage: Callable[[], Run]) -> float:
+    """CPU seconds of a stage's timed part (the machine is shared: wall time would measure
+    others), less what it reports as spent in the stand-in for Redis. What was set up before
+    (the workload, the in-memory topics) is frozen out of the garbage collector's way, as
+    `observer run` freezes what it loaded."""
+    run = stage()
     gc.collect()
-    t = time.process_time()
-    excluded = fn()
-    return time.process_time() - t - (excluded or 0.0)
+    gc.freeze()
+    try:
+        t = time.process_time()
+        excluded = run()
+        return time.process_time() - t - excluded
+    finally:
+        gc.unfreeze()
 
 
 def memory_figures(s: Setup) -> None:
     """Bytes per open instance in the middle of the run (from the in-memory store)."""
     n_batches = max(1, -(-len(s.records) // s.args.batch))
-    world, _cpu = run_total(s, stop_after=n_batches // 2)
-    store = world.store
+    stage_total(s, stop_after=n_batches // 2)()
+    assert s.last_world is not None
+    store = s.last_world.store
     open_slots: list[tuple[str, str, bytes, list[bytes]]] = []
     for sid in store.slot_ids():
         flow, key = sid.split(":", 1)
@@ -298,30 +320,39 @@ def main() -> None:
     n_events = sum(len(e) for _, e in decoded)
     setup = Setup(args, registry, records)
 
-    def stage_decode() -> None:
-        dec = ingest.decode
-        for r in records:
-            dec(r)
+    def stage_decode() -> Run:
+        def run() -> float:
+            dec = ingest.decode
+            for r in records:
+                dec(r)
+            return 0.0
 
-    def stage_engine() -> None:
+        return run
+
+    def stage_engine() -> Run:
         engine = Engine(registry)
-        slots: dict[str, KeySlot] = {}
-        apply = engine.apply
-        for _, evs in decoded:
-            for flow, ev in evs:
-                slot = slots.get(ev.key)
-                if slot is None:
-                    slot = slots[ev.key] = KeySlot(flow, ev.key)
-                apply(slot, ev, ev.time)
 
-    stages: dict[str, Callable[[], Any]] = {
+        def run() -> float:
+            slots: dict[str, KeySlot] = {}
+            apply = engine.apply
+            for _, evs in decoded:
+                for flow, ev in evs:
+                    slot = slots.get(ev.key)
+                    if slot is None:
+                        slot = slots[ev.key] = KeySlot(flow, ev.key)
+                    apply(slot, ev, ev.time)
+            return 0.0
+
+        return run
+
+    stages: dict[str, Callable[[], Run]] = {
         "decode": stage_decode,
         "engine": stage_engine,
         "route": lambda: stage_route(setup),
         "track": lambda: stage_track(setup),
         "total": lambda: stage_total(setup),
     }
-    stage_route(setup)  # the keyed topic `track` reads (outside any timing)
+    stage_route(setup)()  # the keyed topic `track` reads (outside any timing)
     if args.gc_threshold:
         gc.collect()
         gc.freeze()  # the workload built above is not garbage: keep it out of every collection
@@ -329,7 +360,7 @@ def main() -> None:
     if args.profile:
         end = time.monotonic() + args.profile_seconds
         while time.monotonic() < end:
-            stages[args.profile]()
+            stages[args.profile]()()
         return
 
     print(
