@@ -41,7 +41,7 @@ class _Sent:
     reply: Pending[None]
     acked: list[tuple[int, str]]  # outbox deletions it carries
     plan: BatchPlan | None = None
-    offsets: Offsets | None = None  # committable once it is durable (None: a tick)
+    offsets: Offsets | None = None  # committable once it is durable (None: not a batch)
     touched: frozenset[str] = field(default_factory=frozenset)  # slot ids it writes
 
 
