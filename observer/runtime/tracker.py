@@ -304,7 +304,8 @@ class Tracker:
         routed: list[Routed | None] = []
         seen: set[str] = set()
         slots: list[tuple[int, str]] = []
-        owned = self.shards
+        shards = self.shards
+        owned = set(shards.owned())  # (a set: one membership test per record)
         n = self.config.shards
         for i, rec in enumerate(records):
             shard = rec.partition
@@ -318,7 +319,7 @@ class Tracker:
                 routed.append(None)
                 continue
             if isinstance(r, Mark):
-                if owned.observe(shard, r):
+                if shards.observe(shard, r):
                     self._marks_moved = True
                 routed.append(None)
                 continue
