@@ -27,6 +27,7 @@ from observer.timefmt import parse_time
 from observer.topics import Topics
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.runtime.ports import RuntimePorts
     from observer.runtime.service import Service
 
 __all__ = ["build_service", "main"]
@@ -120,31 +121,25 @@ def build_service(
     """Wire the concrete adapters into a runnable `Service` (the only place that does)."""
     from prometheus_client import CollectorRegistry
 
-    from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
-    from observer.adapters.kafka.consumer import KafkaEventSource
-    from observer.adapters.kafka.producer import KafkaRecordSink
+    from observer.adapters.clock import SystemClock
     from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
-    from observer.adapters.redis.keys import Keys
-    from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.query import RedisSlotReader
-    from observer.adapters.redis.store import RedisStateStore
     from observer.adapters.webhook import HttpxPoster
     from observer.http.app import create_app
     from observer.http.server import HttpServer
     from observer.metrics import Metrics
     from observer.runtime.health import Health
-    from observer.runtime.inspect import InstanceQuery
-    from observer.runtime.local import LocalKeyedTopic
     from observer.runtime.loop import Runtime
-    from observer.runtime.ports import EventSource, RawSink, SystemClock
+    from observer.runtime.query import InstanceQuery
     from observer.runtime.service import Service
     from observer.runtime.webhooks import WebhookDispatcher
 
     redis_url = config.redis_url.get_secret_value()
-    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
+    clock = SystemClock()
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
     health = Health(
-        config.stall_after_ms,
+        clock.monotonic,
+        stall_after_ms=config.stall_after_ms,
         max_overdue_ms=config.max_overdue_ms,
         max_lag_records=config.max_lag_records,
     )
@@ -164,10 +159,57 @@ def build_service(
         for f in registry
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
+    ports, closers = _runtime_ports(config, redis_url, webhooks, clock)
+    runtime = Runtime(
+        config,
+        registry,
+        ports,
+        metrics=metrics,
+        health=health,
+        deployed=deployed,
+        avro=ConfluentAvroDecoder(schema_registry),
+    )
+    reader = RedisSlotReader(
+        redis_url, config.key_prefix, shards=config.shards, buckets=config.state_buckets
+    )
+    app = create_app(
+        InstanceQuery(registry, reader, config.topics()), health.report, metrics.registry
+    )
+    http = HttpServer(app, config.http_host, config.http_port)
+    logging.getLogger(__name__).debug("configuration: %s", config.describe())
+    ignored = config.overridden_forced()
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
+        )
+    banner = _banner(config, registry, runtime.ingest.topic_names(), redis_url, http.port)
+    closers = [poster.close, reader.close, *closers]
+    if schema_registry is not None:
+        closers.append(schema_registry.close)
+    return Service(
+        runtime, http, prepare=_topic_preparation(config), banner=banner, closers=closers
+    )
+
+
+def _runtime_ports(
+    config: ObserverConfig, redis_url: str, webhooks: Any, clock: Any
+) -> tuple[RuntimePorts, list[Callable[[], None]]]:
+    """Kafka and Redis behind the runtime's ports (the keyed topic in memory with `routing:
+    direct`, and the lease that keeps it to one process); and what to close at the end."""
+    from observer.adapters.kafka.consumer import KafkaEventSource
+    from observer.adapters.kafka.producer import KafkaRecordSink
+    from observer.adapters.redis.keys import Keys
+    from observer.adapters.redis.lease import RedisLease
+    from observer.adapters.redis.store import RedisStateStore
+    from observer.runtime.local import LocalKeyedTopic
+    from observer.runtime.ports import EventSource, RawSink, RuntimePorts
+
+    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
     router_source = KafkaEventSource(config.consumer_settings())
     router_sink = KafkaRecordSink(config.router_producer_settings())
     lease: RedisLease | None = None
     backlog: Callable[[], int] | None = None
+    closers: list[Callable[[], None]] = []
     if config.routing == "direct":
         local = LocalKeyedTopic(
             config.keyed_topic_name(), config.shards, sink=router_sink, source=router_source
@@ -177,33 +219,28 @@ def build_service(
         backlog = local.unread
         owner = f"{config.client_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         lease = RedisLease(redis_url, keys.lease(), owner, config.lease_ttl_ms)
+        closers.append(lease.close)
     else:
         source = KafkaEventSource(config.keyed_consumer_settings(), values_only=True)
         raw_sink = router_sink
-    runtime = Runtime(
-        config,
-        registry,
+    ports = RuntimePorts(
         source=source,
         sink=KafkaRecordSink(config.producer_settings()),
         router_source=router_source,
         router_sink=raw_sink,
         store=RedisStateStore(redis_url, keys, history_cap=config.history_cap),
         webhooks=webhooks,
-        metrics=metrics,
-        health=health,
-        clock=SystemClock(),
-        deployed=deployed,
-        avro=ConfluentAvroDecoder(schema_registry),
+        clock=clock,
         lease=lease,
         backlog=backlog,
     )
-    reader = RedisSlotReader(
-        redis_url, config.key_prefix, shards=config.shards, buckets=config.state_buckets
-    )
-    app = create_app(
-        InstanceQuery(registry, reader, config.topics()), health.report, metrics.registry
-    )
-    http = HttpServer(app, config.http_host, config.http_port)
+    return ports, closers
+
+
+def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:
+    """What `Service` runs (and retries) before the loop: the topics the observer writes."""
+    from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
+
     topics = config.topics()
     admin = config.admin_settings()
 
@@ -220,15 +257,21 @@ def build_service(
             create=config.create_topics,
         )
 
-    logging.getLogger(__name__).debug("configuration: %s", config.describe())
-    ignored = config.overridden_forced()
-    if ignored:
-        logging.getLogger(__name__).warning(
-            "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
-        )
-    banner = (
+    return prepare
+
+
+def _banner(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    reading: list[str],
+    redis_url: str,
+    http_port: int,
+) -> str:
+    """The start-up line: what it reads, where it publishes, where its state is."""
+    topics = config.topics()
+    return (
         f"observer run: flows {', '.join(f'{f.name} v{f.version}' for f in registry)}; "
-        f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(runtime.ingest.topic_names())}; "
+        f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(reading)}; "
         f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
         f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards, "
         + (
@@ -236,14 +279,8 @@ def build_service(
             if config.routing == "direct"
             else f"keyed topic {config.keyed_topic_name()}); "
         )
-        + f"http on {config.http_host}:{http.port}"
+        + f"http on {config.http_host}:{http_port}"
     )
-    closers = [poster.close, reader.close]
-    if lease is not None:
-        closers.append(lease.close)
-    if schema_registry is not None:
-        closers.append(schema_registry.close)
-    return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -420,7 +457,7 @@ def status(
     import orjson
 
     from observer.adapters.redis.query import RedisSlotReader
-    from observer.runtime.inspect import InstanceQuery, format_instance
+    from observer.runtime.query import InstanceQuery, format_instance
 
     try:
         config = ObserverConfig.load({"redis_url": redis_url, "key_prefix": key_prefix}, os.environ)

@@ -196,11 +196,6 @@ class Ingest:
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
         return self.avro(bytes(value), source)
 
-    def dead_letter(self, rec: SourceRecord, reason: str) -> Publish:
-        """The dead letter of `rec` (to this ingest's dead-letter topic), for records that
-        fail here or later (while being applied)."""
-        return dead_letter(rec, reason, self.topics)
-
     def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
         return Decoded([], dead_letter(rec, reason, self.topics), reason)
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from bisect import bisect_left
-from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from observer.engine.effects import Signal
-from observer.runtime.outbox import OutboxRecord
 
 __all__ = ["Metrics"]
 
@@ -49,7 +47,12 @@ class Metrics:
         self.registry = registry
         # labelled children of the counters and histograms below (never removed, unlike lag)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        r = registry
+        self._flow_metrics(registry)
+        self._delivery_metrics(registry)
+        self._loop_metrics(registry)
+
+    def _flow_metrics(self, r: CollectorRegistry) -> None:
+        """What the flows saw: events, instances, deviations, step latencies."""
         self.events = Counter(
             "observer_events_total",
             "Source records read, by topic and outcome (applied, ignored, dead_letter).",
@@ -84,6 +87,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _delivery_metrics(self, r: CollectorRegistry) -> None:
+        """What the observer published, and what failed on the way."""
         self.published = Counter(
             "observer_published_total",
             "Records published and acknowledged, by category (action, alert, outcome, dlq, webhook).",
@@ -113,6 +119,9 @@ class Metrics:
             "Webhooks dropped after their last attempt.",
             registry=r,
         )
+
+    def _loop_metrics(self, r: CollectorRegistry) -> None:
+        """How the loop keeps up: lag, watermark, batches, commits, shards, readiness."""
         self.lag = Gauge(
             "observer_consumer_lag",
             "Records not read yet, per source partition.",
@@ -232,11 +241,6 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
-
-    def record_published(self, records: Iterable[OutboxRecord]) -> None:
-        tally: Tally[str] = Tally(r.category for r in records)
-        for cat, n in tally.items():
-            self.published.labels(cat).inc(n)
 
     def set_open(self, stats: Mapping[str, int]) -> None:
         for name, n in stats.items():

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from observer.errors import StoreError
-from observer.runtime.inspect import InstanceQuery
+from observer.runtime.query import InstanceQuery
 
 __all__ = ["create_app"]
 

@@ -383,7 +383,8 @@ def test_late_payment_raises_late_and_no_missing(make: Callable[..., Harness]) -
     h.start()
     out = outcome_of(h, "o3")
     assert out["outcome"] == "completed" and out["deviations"] == ["late"]
-    (late,) = h.alerts()
+    # the alert and the outcome are on different topics: either may be read first
+    (late,) = h.wait_for(h.alerts, message="the late alert")
     a = late.json
     assert (a["kind"], a["step"], a["severity"], a["late_by_ms"]) == ("late", "paid", "info", 500)
     assert a["summary"] == "paid late by 500ms"
@@ -399,7 +400,7 @@ def test_payment_failure_switches_to_compensation(make: Callable[..., Harness]) 
     h.send("Refunded", "o4", t + 400)
     out = outcome_of(h, "o4")
     assert out["outcome"] == "compensated" and out["deviations"] == ["error"]
-    (err,) = h.alerts()
+    (err,) = h.wait_for(h.alerts, message="the error alert")  # another topic than the outcome
     assert err.json["kind"] == "error" and err.json["step"] is None
     (refund,) = h.wait_for(lambda: h.out("cmds"))
     assert refund.json == {"type": "Refund", "id": "o4"}

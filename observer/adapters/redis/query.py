@@ -81,11 +81,5 @@ class RedisSlotReader:
         value = orjson.loads(raw)
         return value if isinstance(value, dict) else None
 
-    def ping(self) -> bool:
-        try:
-            return bool(self._redis.ping())
-        except redis.RedisError:
-            return False
-
     def close(self) -> None:
         self._redis.close()

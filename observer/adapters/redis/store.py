@@ -2,9 +2,10 @@
 
 A batch is written atomically in one round trip: one EVALSHA of `write.lua` with the batch
 packed into its arguments. Slots are loaded with one EVALSHA of `load.lua` (an HGET per slot
-from its bucket, see `keys.py`). Requests are pipelined on one raw connection (`RedisWire`): a
-load sent after a write is answered after it, so the loop can send a batch's write, decode the
-next batch, and only then read both replies.
+from its bucket, see `keys.py`). Two raw connections (`RedisWire`): writes and everything else
+are pipelined on one, so the loop can send a batch's write, plan the next batch, and only then
+read the reply; loads have their own, so a load is not queued behind that write (and does not
+see it: the tracker waits for a write before loading a slot it touches).
 """
 
 from __future__ import annotations
@@ -164,13 +165,6 @@ class RedisStateStore:
         self._wire.call("SCRIPT", "LOAD", self._due_src)
         self._wire.call("SCRIPT", "LOAD", self._load_src)
 
-    def ping(self) -> bool:
-        try:
-            self._drain()
-            return bool(self._wire.call("PING") == b"PONG")
-        except StoreError:
-            return False
-
     def close(self) -> None:
         self._wire.close()
         self._reads.close()
@@ -318,7 +312,3 @@ def _states(raw: Any) -> list[bytes | None]:
 
 def _ignore(raw: Any) -> None:
     return None
-
-
-def _raw(raw: Any) -> Any:
-    return raw

@@ -59,10 +59,6 @@ class RedisWire:
         self._reader = hiredis.Reader()
         self.outstanding = 0  # replies sent for and not read yet
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
-
     def connect(self) -> None:
         self.close()
         a = self._addr

@@ -9,7 +9,7 @@ from observer.engine.core import Engine
 from observer.engine.state import Event, KeySlot
 from observer.flows.compiler import load_registry
 from observer.runtime.batch import history_entry
-from observer.runtime.inspect import (
+from observer.runtime.query import (
     InstanceQuery,
     describe_flows,
     describe_instance,
@@ -29,9 +29,6 @@ class Reader:
 
     def deployed(self) -> dict[str, object] | None:
         return None
-
-    def ping(self) -> bool:
-        return True
 
 
 def setup(tmp_path: Path) -> Engine:
