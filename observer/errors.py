@@ -6,7 +6,7 @@
     ├── ConfigError               runtime configuration is invalid
     ├── StoreError                the state store (Redis) failed; adapters translate to it
     └── RenderError               a template failed on an instance's data (short message)
-        └── TemplateLimitError    ... because it went beyond a limit (observer/flows/limits.py)
+        └── TemplateLimitError    ... because it went beyond a limit (observer/limits.py)
 
 Adapters translate library errors (`raise StoreError(...) from exc`); nothing else leaks.
 """
@@ -77,5 +77,5 @@ class RenderError(ObserverError):
 
 
 class TemplateLimitError(RenderError):
-    """A template went beyond a limit of `observer/flows/limits.py` (size, work, loops,
+    """A template went beyond a limit of `observer/limits.py` (size, work, loops,
     64-bit integers). Found while validating when it does not depend on the data."""

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
-from observer.flows.limits import MAX_DURATION_MS
+from observer.limits import MAX_DURATION_MS
 
 __all__ = [
     "MAX_DURATION_MS",

@@ -20,7 +20,7 @@ from jinja2.runtime import Undefined
 from jinja2.utils import Cycler, Joiner, Namespace
 
 from observer.errors import TemplateLimitError
-from observer.flows.limits import (
+from observer.limits import (
     MAX_FORMAT_WIDTH,
     MAX_LOOP_ITERATIONS,
     MAX_RENDER_WORK,

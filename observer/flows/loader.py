@@ -18,14 +18,14 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from observer.errors import FlowError, FlowProblem
-from observer.flows.limits import (
+from observer.flows.spec import FlowSpec
+from observer.limits import (
     MAX_FLOW_FILE_BYTES,
     MAX_YAML_DEPTH,
     MAX_YAML_INT,
     MAX_YAML_NODES,
     MIN_YAML_INT,
 )
-from observer.flows.spec import FlowSpec
 
 __all__ = ["LineMap", "LoadedFlow", "flow_files", "load_flow_file", "load_flows"]
 

@@ -39,7 +39,7 @@ from observer.flows.bounds import (
     measure,
     spend,
 )
-from observer.flows.limits import (
+from observer.limits import (
     MAX_FORMAT_WIDTH,
     MAX_JSON_INDENT,
     MAX_LOOP_ITERATIONS,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from observer.flows.limits import MAX_VERSION
+from observer.limits import MAX_VERSION
 from observer.timefmt import parse_duration
 
 __all__ = [

@@ -18,8 +18,8 @@ from jinja2 import nodes
 
 from observer.errors import TemplateLimitError
 from observer.flows import bounds
-from observer.flows.limits import MAX_LOOP_ITERATIONS, MAX_RENDERED_SIZE, MAX_TEMPLATE_DEPTH
 from observer.flows.sandbox import METHODS
+from observer.limits import MAX_LOOP_ITERATIONS, MAX_RENDERED_SIZE, MAX_TEMPLATE_DEPTH
 
 __all__ = ["shape_problems"]
 

@@ -18,10 +18,10 @@ from jinja2.runtime import Undefined
 
 from observer.errors import RenderError, TemplateLimitError
 from observer.flows import bounds
-from observer.flows.limits import MAX_RENDERED_SIZE, MAX_TEMPLATE_CHARS, MAX_TEMPLATE_DEPTH
 from observer.flows.sandbox import BoundedEnvironment, bound_template
 from observer.flows.template_checks import shape_problems
 from observer.jsonexact import INT_MAX, INT_MIN
+from observer.limits import MAX_RENDERED_SIZE, MAX_TEMPLATE_CHARS, MAX_TEMPLATE_DEPTH
 
 __all__ = ["Template", "TemplateContextSpec", "compile_template", "compile_value"]
 

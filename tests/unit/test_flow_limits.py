@@ -16,14 +16,14 @@ import pytest
 
 from observer.errors import FlowError, RenderError, TemplateLimitError
 from observer.flows.compiler import load_registry
-from observer.flows.limits import (
+from observer.flows.templates import TemplateContextSpec, compile_template
+from observer.limits import (
     MAX_FLOW_FILE_BYTES,
     MAX_LOOP_ITERATIONS,
     MAX_RENDERED_SIZE,
     MAX_TEMPLATE_CHARS,
     MAX_VERSION,
 )
-from observer.flows.templates import TemplateContextSpec, compile_template
 from observer.timefmt import parse_duration
 
 FLOW = """\
