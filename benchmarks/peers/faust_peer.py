@@ -2,14 +2,15 @@
 
 One agent over every source topic (JSON values); per-order state in a faust `Table` (memory
 store, changelog topic: durable in Kafka, recovered on rebalance); pending deadlines per
-partition, fired as that partition's event time passes them (see `checkout.Deadlines`) and
-by a timer once the stream is idle; alerts to a topic with `send`.
+partition, judged as that partition's event time passes them plus a grace of one window (see
+`checkout.Deadlines`) and by a timer once the stream is idle; alerts to a topic with `send`.
 Offsets are committed by faust (every second here, 2.8 s by default).
 
     python benchmarks/peers/faust_peer.py --spec peer-spec.json --group G --alerts-topic T \
         [--bootstrap-servers 127.0.0.1:9092] [--data-dir DIR]
 
-Run by `benchmarks/run.py --only faust`; stop it with SIGTERM.
+Run by `benchmarks/run.py --only faust`; stop it with SIGTERM. Installed with the `bench` extra
+(`benchmarks/.venv/bin/pip install -e '.[bench]'`, see quix_peer.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
     sources = app.topic(*logic.topics, key_serializer="raw", value_serializer="json")
     alerts = app.topic(args.alerts_topic, key_serializer="raw", value_serializer="json")
     orders = app.Table("orders", default=None, partitions=args.partitions)
-    deadlines = Deadlines(logic.topics)
+    deadlines = Deadlines(logic)
     last_event = {"at": time.monotonic()}
 
     async def fire(partition: int, now: int | None) -> None:
