@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,10 @@ def main() -> None:
     ap.add_argument("--alerts-topic", required=True)
     ap.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--data-dir", default="/tmp/faust-peer")
+    ap.add_argument("--data-dir", default=None, help="(default: a new temporary folder)")
     ap.add_argument("--log-level", default="warn", help="crit|error|warn|info|debug")
     args = ap.parse_args()
+    args.data_dir = args.data_dir or tempfile.mkdtemp(prefix="faust-peer-")
     app = build_app(args)
     sys.argv = [sys.argv[0], "worker", "-l", args.log_level]
     app.main()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -182,9 +183,10 @@ def main() -> None:
     ap.add_argument("--group", required=True)
     ap.add_argument("--alerts-topic", required=True)
     ap.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    ap.add_argument("--state-dir", default="/tmp/quix-peer")
+    ap.add_argument("--state-dir", default=None, help="(default: a new temporary folder)")
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args()
+    args.state_dir = args.state_dir or tempfile.mkdtemp(prefix="quix-peer-")
     build_app(args).run()
 
 
