@@ -49,7 +49,10 @@ def test_happy_path_publishes_completed_and_no_alert(make: Callable[..., Harness
     assert out["duration_ms"] == 600
     (rec,) = h.outcomes()
     assert rec.key == b"o1" and len(rec.oid) == 32
-    metrics = h.api("/metrics").text
+    published = 'observer_published_total{category="outcome"} 1.0'  # counted once acked
+    metrics = h.wait_for(
+        lambda: published in (text := h.api("/metrics").text) and text, message=published
+    )
     assert f'observer_events_total{{outcome="applied",topic="{h.t("orders")}"}} 1.0' in metrics
     assert 'observer_instances_ended_total{flow="shop",outcome="completed"} 1.0' in metrics
     assert 'observer_published_total{category="outcome"} 1.0' in metrics
@@ -267,7 +270,8 @@ def test_webhook_is_posted_and_retried_after_a_500(make: Callable[..., Harness])
         # once delivered, it leaves the outbox
         h.wait_for(lambda: not any(b":outbox" in k for k in h.redis_keys()), message="empty outbox")
         assert len(_Hook.got) == 2  # delivered: nothing left to post
-        assert 'observer_published_total{category="webhook"} 1.0' in h.api("/metrics").text
+        published = 'observer_published_total{category="webhook"} 1.0'  # counted once acked
+        h.wait_for(lambda: published in h.api("/metrics").text, message=published)
     finally:
         server.shutdown()
 
