@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from observer.topics import Topics
 from observer.flows.compiled import CompiledFlow
 from observer.flows.compiler import load_registry
+from observer.topics import Topics
 
 __all__ = ["RUNTIME_TOPICS", "WorkloadFiles", "prepare_flow", "runtime_topics"]
 
