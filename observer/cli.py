@@ -7,12 +7,13 @@ success, 2 on invalid flows or input (messages name the file, the line and the p
 from __future__ import annotations
 
 import gc
+import ipaddress
 import logging
 import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,13 @@ from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.adapters.webhook import WebhookPoster
+    from observer.http.server import HttpServer
+    from observer.metrics import Metrics
+    from observer.runtime.health import Health
+    from observer.runtime.inspect import InstanceQuery
     from observer.runtime.service import Service
+    from observer.runtime.webhooks import WebhookDispatcher
 
 __all__ = ["build_service", "main"]
 
@@ -66,14 +73,99 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_access(config: ObserverConfig) -> None:
+    """Log in to Redis and Kafka once before anything else runs: refused credentials or a
+    failed TLS handshake raise ConfigError (one clear message, no retry loop). A service that
+    does not answer yet only gets a warning: the service retries until it does."""
+    from observer.adapters.kafka.access import check_kafka_access
+    from observer.adapters.redis.wire import check_redis_access
+
+    log = logging.getLogger(__name__)
+    redis = config.redis()
+    try:
+        check_redis_access(redis)
+    except StoreError as exc:
+        log.warning("Redis at %s does not answer yet (%s); starting anyway", redis.where, exc)
+    if not check_kafka_access(config.admin_settings()):
+        log.warning("Kafka at %s does not answer yet; starting anyway", config.bootstrap_servers)
+
+
+def _webhooks(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    registry_of: Callable[[], FlowRegistry],
+    env: Mapping[str, str] | None,
+) -> tuple[WebhookDispatcher, WebhookPoster]:
+    """The webhook workers; raises ConfigError when a webhook of `registry` (the flows about
+    to run) has a secret that is not set or names a refused destination. `registry_of` gives
+    the flows running later (deployments add to them)."""
+    from observer.adapters.webhook import WebhookPoster
+    from observer.runtime.webhooks import WebhookDispatcher, WebhookTargets
+
+    targets = WebhookTargets(registry_of, os.environ if env is None else env)
+    targets.check(registry, allow_link_local=config.webhook_allow_link_local)
+    poster = WebhookPoster(
+        config.webhook_timeout_ms / 1000.0,
+        max_response_bytes=config.webhook_max_response_bytes,
+        allow_link_local=config.webhook_allow_link_local,
+    )
+    dispatcher = WebhookDispatcher(
+        poster,
+        targets=targets,
+        workers=config.webhook_workers,
+        max_attempts=config.webhook_max_attempts,
+        base_ms=config.webhook_backoff_ms,
+        cap_ms=config.webhook_backoff_max_ms,
+    )
+    return dispatcher, poster
+
+
+def _ops_api(
+    config: ObserverConfig,
+    query: InstanceQuery,
+    health: Health,
+    metrics: Metrics,
+    flow_paths: tuple[str, ...],
+) -> HttpServer:
+    """The ops API's server: bound to OBSERVER_HTTP_HOST, guarded by OBSERVER_HTTP_TOKEN."""
+    from observer.http.app import create_app, flow_file_labels
+    from observer.http.server import HttpServer
+
+    token = None if config.http_token is None else config.http_token.get_secret_value()
+    app = create_app(
+        query,
+        health.report,
+        metrics.registry,
+        token=token,
+        file_label=flow_file_labels(flow_paths),
+    )
+    if token is None and not _loopback(config.http_host):
+        logging.getLogger(__name__).warning(
+            "the ops API listens on %s without a token: anyone who reaches it reads flows and "
+            "instances (set OBSERVER_HTTP_TOKEN)",
+            config.http_host,
+        )
+    return HttpServer(app, config.http_host, config.http_port)
+
+
 def build_service(
     config: ObserverConfig,
     registry: FlowRegistry,
     flow_paths: tuple[str, ...] = (),
     *,
     metrics_registry: Any = None,
+    env: Mapping[str, str] | None = None,
 ) -> Service:
-    """Wire the concrete adapters into a runnable `Service` (the only place that does)."""
+    """Wire the concrete adapters into a runnable `Service` (the only place that does).
+    `env` (default: the process environment) holds the webhooks' `${NAME}` secrets; a missing
+    one is a ConfigError here, before anything runs."""
     from prometheus_client import CollectorRegistry
 
     from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
@@ -84,9 +176,6 @@ def build_service(
     from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.query import RedisSlotReader
     from observer.adapters.redis.store import RedisStateStore
-    from observer.adapters.webhook import HttpxPoster
-    from observer.http.app import create_app
-    from observer.http.server import HttpServer
     from observer.metrics import Metrics
     from observer.runtime.health import Health
     from observer.runtime.inspect import InstanceQuery
@@ -94,9 +183,8 @@ def build_service(
     from observer.runtime.loop import Runtime
     from observer.runtime.ports import EventSource, RawSink, SystemClock
     from observer.runtime.service import Service
-    from observer.runtime.webhooks import WebhookDispatcher
 
-    redis_url = config.redis_url.get_secret_value()
+    redis = config.redis()  # one parse: the hot path and redis-py connect alike
     keys = Keys(config.key_prefix, config.shards, config.state_buckets)
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
     health = Health(
@@ -104,14 +192,7 @@ def build_service(
         max_overdue_ms=config.max_overdue_ms,
         max_lag_records=config.max_lag_records,
     )
-    poster = HttpxPoster(config.webhook_timeout_ms / 1000.0)
-    webhooks = WebhookDispatcher(
-        poster,
-        workers=config.webhook_workers,
-        max_attempts=config.webhook_max_attempts,
-        base_ms=config.webhook_backoff_ms,
-        cap_ms=config.webhook_backoff_max_ms,
-    )
+    webhooks, poster = _webhooks(config, registry, lambda: runtime.registry, env)
     schema_registry = None
     if config.schema_registry_url is not None:
         schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
@@ -132,7 +213,7 @@ def build_service(
         raw_sink: RawSink = local.sink
         backlog = local.unread
         owner = f"{config.client_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        lease = RedisLease(redis_url, keys.lease(), owner, config.lease_ttl_ms)
+        lease = RedisLease(redis, keys.lease(), owner, config.lease_ttl_ms)
     else:
         source = KafkaEventSource(config.keyed_consumer_settings(), values_only=True)
         raw_sink = router_sink
@@ -143,7 +224,7 @@ def build_service(
         sink=KafkaRecordSink(config.producer_settings()),
         router_source=router_source,
         router_sink=raw_sink,
-        store=RedisStateStore(redis_url, keys, history_cap=config.history_cap),
+        store=RedisStateStore(redis, keys, history_cap=config.history_cap),
         webhooks=webhooks,
         metrics=metrics,
         health=health,
@@ -154,12 +235,11 @@ def build_service(
         backlog=backlog,
     )
     reader = RedisSlotReader(
-        redis_url, config.key_prefix, shards=config.shards, buckets=config.state_buckets
+        redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets
     )
-    app = create_app(
-        InstanceQuery(registry, reader, config.topics()), health.report, metrics.registry
+    http = _ops_api(
+        config, InstanceQuery(registry, reader, config.topics()), health, metrics, flow_paths
     )
-    http = HttpServer(app, config.http_host, config.http_port)
     topics = config.topics()
     admin = config.admin_settings()
 
@@ -186,13 +266,14 @@ def build_service(
         f"observer run: flows {', '.join(f'{f.name} v{f.version}' for f in registry)}; "
         f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(runtime.ingest.topic_names())}; "
         f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
-        f"redis {mask_url(redis_url)} prefix {config.key_prefix} ({config.shards} shards, "
+        f"redis {mask_url(config.redis_url.get_secret_value())} prefix {config.key_prefix} ({config.shards} shards, "
         + (
             "direct routing: one process, keyed topic in memory); "
             if config.routing == "direct"
             else f"keyed topic {config.keyed_topic_name()}); "
         )
         + f"http on {config.http_host}:{http.port}"
+        + (" (bearer token required)" if config.http_token is not None else "")
     )
     closers = [poster.close, reader.close]
     if lease is not None:
@@ -323,6 +404,7 @@ def run(
     try:
         config = ObserverConfig.load(flags, os.environ)
         registry = load_registry(flows)
+        check_access(config)
         service = build_service(config, registry, flows)
     except (FlowError, ConfigError) as exc:
         _fail(str(exc))
@@ -383,7 +465,7 @@ def status(
     except ConfigError as exc:
         _fail(str(exc))
         return
-    reader = RedisSlotReader(config.redis_url.get_secret_value(), config.key_prefix)
+    reader = RedisSlotReader(config.redis(), config.key_prefix)
     try:
         paths = list(flow_paths)
         if not paths:
