@@ -6,8 +6,9 @@
 #   secure-redis   a second redis-server with TLS only (`port 0`, `tls-port`), client
 #                  certificates required, the `default` user off and an ACL user `observer`
 #
-# Certificates (a CA, a server certificate for localhost/127.0.0.1, a client certificate) and
-# passwords are made with openssl when the first secured service starts, in $SECURE_DIR. What a
+# Certificates (a CA, a server certificate for localhost/127.0.0.1, a client certificate, and a
+# second CA that signs nothing, for tests of an untrusted certificate) and passwords are made
+# with openssl when the first secured service starts, in $SECURE_DIR. What a
 # client needs is written to $SECURE_DIR/client.env (see docs/stack.md). The secured broker's
 # storage is formatted afresh on every start (its SCRAM users are created by the format).
 
@@ -62,6 +63,11 @@ ensure_secure_material() {
     -keyout "$SECURE_DIR/ca.key" -out "$SECURE_DIR/ca.pem" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
     >/dev/null 2>&1 || die "openssl could not make the test CA in $SECURE_DIR"
+  # A second CA that signs nothing: a client that trusts only it sees an untrusted certificate.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -sha256 -subj "/CN=observer ops-stack other CA" \
+    -keyout "$SECURE_DIR/other-ca.key" -out "$SECURE_DIR/other-ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    >/dev/null 2>&1 || die "openssl could not make the second test CA in $SECURE_DIR"
   sign_cert server serverAuth localhost || die "openssl could not make the server certificate"
   sign_cert client clientAuth observer || die "openssl could not make the client certificate"
   local store_pass admin_pass observer_pass redis_pass
@@ -77,26 +83,28 @@ STORE_PASS=$store_pass
 ADMIN_PASS=$admin_pass
 EOF
   local ca="$SECURE_DIR/ca.pem" cert="$SECURE_DIR/client.pem" key="$SECURE_DIR/client.key"
+  # Values single-quoted: the file can be sourced by a shell (`set -a; . client.env`).
   cat >"$SECURE_ENV" <<EOF
 # Made by ops/stack for the secured services (secure-kafka, secure-redis); see docs/stack.md.
-SECURE_CA=$ca
-SECURE_KAFKA_BOOTSTRAP=$HOST:$SECURE_KAFKA_PORT
-SECURE_KAFKA_USER=observer
-SECURE_KAFKA_PASSWORD=$observer_pass
-SECURE_KAFKA_ADMIN_USER=admin
-SECURE_KAFKA_ADMIN_PASSWORD=$admin_pass
-SECURE_REDIS_USER=observer
-SECURE_REDIS_PASSWORD=$redis_pass
-SECURE_REDIS_CERT=$cert
-SECURE_REDIS_KEY=$key
-SECURE_REDIS_URL=rediss://observer:$redis_pass@$HOST:$SECURE_REDIS_PORT/0?ssl_ca_certs=$ca&ssl_certfile=$cert&ssl_keyfile=$key
+SECURE_CA='$ca'
+SECURE_OTHER_CA='$SECURE_DIR/other-ca.pem'
+SECURE_KAFKA_BOOTSTRAP='$HOST:$SECURE_KAFKA_PORT'
+SECURE_KAFKA_USER='observer'
+SECURE_KAFKA_PASSWORD='$observer_pass'
+SECURE_KAFKA_ADMIN_USER='admin'
+SECURE_KAFKA_ADMIN_PASSWORD='$admin_pass'
+SECURE_REDIS_USER='observer'
+SECURE_REDIS_PASSWORD='$redis_pass'
+SECURE_REDIS_CERT='$cert'
+SECURE_REDIS_KEY='$key'
+SECURE_REDIS_URL='rediss://observer:$redis_pass@$HOST:$SECURE_REDIS_PORT/0?ssl_ca_certs=$ca&ssl_certfile=$cert&ssl_keyfile=$key'
 EOF
   chmod 600 "$SECURE_DIR"/*.key "$SECURE_DIR/broker.secrets" "$SECURE_ENV" "$SECURE_DIR/server.p12"
   say "made a test CA, server and client certificates and passwords in $SECURE_DIR"
 }
 
-# Prints the value of NAME from a KEY=VALUE file.
-secure_value() { sed -n "s/^$2=//p" "$1" | head -n 1; }
+# Prints the value of NAME from a KEY=VALUE file (quotes removed).
+secure_value() { sed -n "s/^$2='\{0,1\}\([^']*\)'\{0,1\}\$/\1/p" "$1" | head -n 1; }
 
 # ---------------------------------------------------------------------------------------------
 # secure-kafka: SASL_SSL (SCRAM-SHA-512 over TLS)
