@@ -93,7 +93,8 @@ class _CheckedBackend(httpcore.NetworkBackend):
         if why is not None:
             via = "" if address == host else f"{host} resolves to {address}: "
             raise WebhookRefused(
-                f"destination refused: {via}{why} (OBSERVER_WEBHOOK_ALLOW_LINK_LOCAL=true allows it)"
+                f"destination refused: {via}{why} "
+                "(OBSERVER_WEBHOOK_ALLOW_LINK_LOCAL=true allows it)"
             )
 
     def _addresses(self, host: str, port: int) -> list[str]:

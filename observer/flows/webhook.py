@@ -66,7 +66,10 @@ def webhook_url_problem(url: str) -> str | None:
     if port == 0:
         return f"webhook URL {url!r} has port 0"
     if "{{" in url or "${" in url:
-        return f"webhook URL {url!r}: a URL is fixed text (no templates, no ${{NAME}}); put secrets in headers"
+        return (
+            f"webhook URL {url!r}: a URL is fixed text (no templates, no ${{NAME}}); "
+            "put secrets in headers"
+        )
     return None
 
 
@@ -96,7 +99,8 @@ def webhook_header_problems(headers: Mapping[str, str]) -> list[tuple[str, str]]
             out.append(
                 (
                     name,
-                    f"header {name!r}: write environment variables as ${{NAME}} (letters, digits, _)",
+                    f"header {name!r}: write environment variables as ${{NAME}} "
+                    "(letters, digits, _)",
                 )
             )
         elif "{{" in value:

@@ -3,7 +3,7 @@
     GET /healthz                 200 while the process is alive
     GET /readyz                  200 when Kafka and Redis are reachable and the loop turns, else 503
     GET /metrics                 Prometheus text format
-    GET /flows                   deployed flows, versions, paths (relative to the flows given) and steps
+    GET /flows                   deployed flows, versions, files (relative to FLOWS), steps
     GET /instances/{flow}/{key}  one instance ("where is my order?"); 404 when unknown
 
 With a token, every endpoint but /healthz and /readyz answers 401 without

@@ -153,8 +153,8 @@ def check_redis_access(settings: RedisSettings, timeout_s: float = 5.0) -> None:
             ) from None
         if isinstance(cause, hiredis.ReplyError) and str(cause).startswith(_REFUSED):
             raise ConfigError(
-                f"Redis at {settings.where} refused access: {cause}; check the user and "
-                "password in the Redis URL (redis://user:password@host:port/db)"
+                f"Redis at {settings.where} refused access: {str(cause).rstrip('.')}; check "
+                "the user and password in the Redis URL (redis://user:password@host:port/db)"
             ) from None
         raise
     finally:
