@@ -12,7 +12,7 @@ history, the ops API or `observer status`. Pure functions.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "mask_url", "mask_webhook_url"]
 
@@ -30,13 +30,21 @@ def _host(hostname: str | None, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-def mask_url(url: str) -> str:
-    """`url` with the userinfo password and secret-looking query values replaced by ***."""
+def _split(url: str) -> tuple[SplitResult, str] | None:
+    """The URL's parts and its `host[:port]` as shown; None when it does not parse."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        return parts, _host(parts.hostname, parts.port)
     except ValueError:
+        return None
+
+
+def mask_url(url: str) -> str:
+    """`url` with the userinfo password and secret-looking query values replaced by ***."""
+    split = _split(url)
+    if split is None:
         return MASK
+    parts, host = split
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -48,20 +56,17 @@ def mask_url(url: str) -> str:
     if parts.password is not None or "@" in netloc:
         user = parts.username or ""
         userinfo = f"{user}:{MASK}@" if parts.password is not None else f"{user}@"
-        netloc = userinfo + _host(parts.hostname, port)
+        netloc = userinfo + host
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def mask_webhook_url(url: str) -> str:
     """`scheme://host[:port]/…`: what is safe to show of a webhook URL."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+    split = _split(url)
+    if split is None or not split[0].scheme or not split[0].hostname:
         return MASK
-    if not parts.scheme or not parts.hostname:
-        return MASK
-    shown = f"{parts.scheme}://{_host(parts.hostname, port)}"
+    parts, host = split
+    shown = f"{parts.scheme}://{host}"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         shown += "/…"
     return shown

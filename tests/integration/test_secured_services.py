@@ -51,7 +51,7 @@ class Secured:
     def __getitem__(self, name: str) -> str:
         return self.values[name]
 
-    def kafka(self, user: str = "observer", password: str | None = None) -> dict[str, str]:
+    def kafka(self, user: str = "observer", password: str | None = None) -> dict[str, Any]:
         """librdkafka settings of a client of the secured broker."""
         return {
             "bootstrap.servers": self["SECURE_KAFKA_BOOTSTRAP"],
@@ -167,7 +167,7 @@ def read_until(s: Secured, topic: str, count: int, timeout: float = 60) -> list[
         while len(got) < count and time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is not None and not msg.error():
-                got.append(orjson.loads(msg.value()))
+                got.append(orjson.loads(msg.value() or b"null"))
         return got
     finally:
         consumer.close()
