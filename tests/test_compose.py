@@ -104,6 +104,7 @@ def test_observer_runs_the_mounted_flows_against_kafka_and_redis(
     assert observer["build"] == "."
     assert observer["command"] == ["observer", "run", "/flows"]
     assert "./flows:/flows:ro" in observer["volumes"]
+    assert "./schemas:/schemas:ro" in observer["volumes"]
     assert published_host_ports(observer) == {8000: 8000}
     settings = env(observer)
     kafka_env = env(services["kafka"])
@@ -114,6 +115,10 @@ def test_observer_runs_the_mounted_flows_against_kafka_and_redis(
     assert host == "kafka"
     assert settings["OBSERVER_REDIS_URL"].startswith("redis://redis:6379")
     assert settings["OBSERVER_HTTP_PORT"] == "8000"
+    # the API listens on 127.0.0.1 by default: the container must listen on its interface
+    # for the published port to reach it (published on the host's loopback only)
+    assert settings["OBSERVER_HTTP_HOST"] == "0.0.0.0"
+    assert all(str(p).startswith("127.0.0.1:") for p in observer["ports"])
     assert set(observer["depends_on"]) == {"kafka", "redis"}
 
 
@@ -137,3 +142,22 @@ def test_the_image_runs_the_observer_on_port_8000() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^EXPOSE 8000$", dockerfile, re.M)
     assert 'CMD ["observer", "run", "/flows"]' in dockerfile
+
+
+PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+(\.\d+)?([-\w.]*)?(@sha256:[0-9a-f]{64})?$")
+
+
+def test_every_image_is_pinned_to_an_explicit_version(services: dict[str, Any]) -> None:
+    images = {name: str(s["image"]) for name, s in services.items() if "image" in s}
+    assert set(images) == {"kafka", "redis", "prometheus"}
+    for name, image in images.items():
+        assert PINNED.match(image), f"{name}: {image} is not pinned to a version"
+        assert not image.endswith(":latest")
+    (base,) = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert PINNED.match(base), f"the Dockerfile's base image {base} is not pinned"
+
+
+def test_the_image_has_the_flows_and_their_schemas_side_by_side() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^COPY flows /flows$", dockerfile, re.M)
+    assert re.search(r"^COPY schemas /schemas$", dockerfile, re.M)

@@ -63,6 +63,9 @@ class CompiledAction:
     severity: Severity | None = None
     summary: Renderer | None = None
     url: str | None = None
+    # webhook: extra headers as written (values may hold `${NAME}`), the variable of the key
+    webhook_headers: tuple[tuple[str, str], ...] = ()
+    sign_secret_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

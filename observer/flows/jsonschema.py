@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from observer.flows import spec
+from observer.flows import spec, webhook
 from observer.flows.spec import FlowSpec
 
 __all__ = [
@@ -136,6 +136,10 @@ def flow_json_schema() -> dict[str, Any]:
     # -- actions: exactly one of publish, alert, webhook -----------------------------------------
     defs["ActionSpec"]["minProperties"] = 1
     defs["ActionSpec"]["maxProperties"] = 1
+    hook = defs["WebhookSpec"]["properties"]
+    _set_pattern(hook["url"], webhook.URL_PATTERN)
+    hook["headers"]["propertyNames"] = {"pattern": webhook.HEADER_NAME.pattern}
+    _set_pattern(defs["SignSpec"]["properties"]["secret"], webhook.SECRET_REF_PATTERN)
 
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -24,6 +24,7 @@ __all__ = [
     "HandlerSpec",
     "PathSpec",
     "PublishSpec",
+    "SignSpec",
     "SlaSpec",
     "SourceSpec",
     "StepSpec",
@@ -224,11 +225,24 @@ class AlertSpec(_Model):
     summary: str | None = None
 
 
-class WebhookSpec(_Model):
-    """POST the deviation's alert record as JSON to `url`."""
+class SignSpec(_Model):
+    """Sign the body: `X-Observer-Signature: sha256=<hex HMAC-SHA256 of the body>`."""
 
-    url: str = Field(min_length=1)
+    secret: str = Field(
+        description="the key, from the environment: `${NAME}` (never written in the flow)"
+    )
+
+
+class WebhookSpec(_Model):
+    """POST the deviation's alert record as JSON to `url` (http or https)."""
+
+    url: str = Field(min_length=1, description="http:// or https:// URL")
     severity: Severity | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra request headers; `${NAME}` in a value is the environment variable NAME",
+    )
+    sign: SignSpec | None = None
 
 
 class ActionSpec(_Model):

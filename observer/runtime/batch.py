@@ -21,6 +21,7 @@ from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
+from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
@@ -108,8 +109,8 @@ def history_entry(eff: Effect, now: int) -> bytes:
         "key": eff.key,
         "observer_id": eff.observer_id,
     }
-    if eff.webhook is not None:
-        d["webhook"] = eff.webhook
+    if eff.webhook is not None:  # the URL may carry a credential: never stored whole
+        d["webhook"] = mask_webhook_url(eff.webhook)
     if eff.category == "alert" and isinstance(eff.value, dict):
         d["kind"] = eff.value.get("kind")
         d["step"] = eff.value.get("step")

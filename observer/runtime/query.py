@@ -22,6 +22,7 @@ from observer.engine.state import (
 from observer.engine.timers import TimerKind
 from observer.flows.compiled import CompiledFlow
 from observer.flows.registry import FlowRegistry
+from observer.masking import mask_webhook_url
 from observer.runtime.ports import SlotReader
 from observer.timefmt import format_duration, format_time
 from observer.topics import Topics
@@ -59,6 +60,8 @@ def _history(entries: list[bytes]) -> list[dict[str, Any]]:
         except orjson.JSONDecodeError:
             continue
         if isinstance(d, dict):
+            if isinstance(d.get("webhook"), str):  # entries written before URLs were masked
+                d["webhook"] = mask_webhook_url(d["webhook"])
             out.append(d)
     return out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from observer.cli import _ContextFormatter, escape_controls
+from observer.cli.logs import ContextFormatter as _ContextFormatter
+from observer.cli.logs import escape_controls
 
 
 def logged(emit: object) -> str:

@@ -23,6 +23,7 @@ import orjson
 from observer.adapters.redis.keys import DUE_BYTES, Keys, pack_value
 from observer.adapters.redis.wire import RedisWire
 from observer.errors import ConfigError, StoreError
+from observer.redis_settings import RedisSettings, parse_redis_url
 from observer.runtime.ports import DueSlots, WriteBatch
 
 __all__ = ["RedisStateStore", "load_script"]
@@ -85,12 +86,19 @@ class RedisStateStore:
     that an unconfirmed write touches). Owned by the consumer loop's thread."""
 
     def __init__(
-        self, url: str, keys: Keys, *, history_cap: int = 100, timeout_s: float = 10.0
+        self,
+        redis: RedisSettings | str,
+        keys: Keys,
+        *,
+        history_cap: int = 100,
+        timeout_s: float = 10.0,
     ) -> None:
+        """`redis`: the settings of `parse_redis_url` (or a URL, parsed here)."""
+        settings = parse_redis_url(redis) if isinstance(redis, str) else redis
         self.keys = keys
         self.history_cap = history_cap
-        self._wire = RedisWire(url, timeout_s)
-        self._reads = RedisWire(url, timeout_s)
+        self._wire = RedisWire(settings, timeout_s)
+        self._reads = RedisWire(settings, timeout_s)
         self._write_src = load_script("write.lua", values=True)
         self._due_src = load_script("due.lua", values=True)
         self._load_src = load_script("load.lua")
