@@ -20,6 +20,7 @@ from observer.engine.state import (
     F_WARNED,
     SLA_BREACHED,
     SLA_WARNED,
+    SLO_JUDGED,
     BufferedEvent,
     Event,
     InstanceState,
@@ -29,11 +30,22 @@ from observer.flows.compiled import CompiledFlow, CompiledHandler, CompiledStep
 from observer.flows.registry import FlowRegistry
 from observer.timefmt import format_duration, format_time
 
-__all__ = ["T_EXPIRE", "T_MISSING", "T_ORPHAN", "T_RETAIN", "Engine", "Timer", "Topics"]
+__all__ = [
+    "T_EXPIRE",
+    "T_MISSING",
+    "T_ORPHAN",
+    "T_RETAIN",
+    "T_SLO",
+    "Engine",
+    "Timer",
+    "Topics",
+]
 
 # timer kinds
-T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH, T_EXPIRE, T_RETAIN, T_ORPHAN = range(7)
-LIFECYCLE = (T_EXPIRE, T_RETAIN)  # in replay these fire only when --until reaches them
+T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH, T_EXPIRE, T_RETAIN, T_ORPHAN, T_SLO = range(8)
+# in replay these fire only when --until reaches them (T_SLO publishes nothing: replay's output
+# never waits for it)
+LIFECYCLE = (T_EXPIRE, T_RETAIN, T_SLO)
 _KIND = {k: i for i, k in enumerate(DEVIATION_KINDS)}
 _DEFAULT_SEVERITY = {
     "missing": "critical",
@@ -160,13 +172,15 @@ class Engine:
                 out.append(Timer(inst.started_at + flow.sla.warn_ms, n, T_SLA_WARN))
             if not inst.sla & SLA_BREACHED:
                 out.append(Timer(inst.started_at + flow.sla.within_ms, n + 1, T_SLA_BREACH))
+        if flow.slo is not None and not inst.sla & SLO_JUDGED:
+            out.append(Timer(inst.started_at + flow.slo.within_ms, n + 3, T_SLO))
         out.append(Timer(inst.started_at + flow.expire_ms, n + 2, T_EXPIRE))
         out.sort()
         return out
 
     def next_due(self, slot: KeySlot, lifecycle: bool = True) -> int | None:
         """When the slot next needs `fire` (None: never); without `lifecycle`, ignoring
-        expire and retain."""
+        expire, retain and the SLO's point."""
         t = self._next_timer(slot, lifecycle)
         return None if t is None else t[0]
 
@@ -236,6 +250,11 @@ class Engine:
                 if not found or due < best_due or (due == best_due and n + 1 < best_rank):
                     best_due, best_rank, best_kind, best_step = due, n + 1, T_SLA_BREACH, -1
                     found = True
+        if lifecycle and flow.slo is not None and not inst.sla & SLO_JUDGED:
+            due = inst.started_at + flow.slo.within_ms
+            if not found or due < best_due or (due == best_due and n + 3 < best_rank):
+                best_due, best_rank, best_kind, best_step = due, n + 3, T_SLO, -1
+                found = True
         if lifecycle:
             due = inst.started_at + flow.expire_ms
             if not found or due < best_due or (due == best_due and n + 2 < best_rank):
@@ -568,6 +587,11 @@ class Engine:
         if timer.kind == T_EXPIRE:
             self._end(slot, flow, inst, "expired", due, f"expire@{due}/{inst.started_at}", now, out)
             return
+        if timer.kind == T_SLO:  # still open when its SLO's `within` passed: bad, counted now
+            inst.sla |= SLO_JUDGED
+            elapsed = due - inst.started_at
+            out.append(Signal("slo", flow.name, inst.version, slot.key, "bad", None, now, elapsed))
+            return
         # the instance's start is part of the trigger: a key reused after `retain` is another
         # instance, and its records must not share ids with the first one's
         trigger = f"timer:{timer.kind}:{timer.step}@{due}/{inst.started_at}"
@@ -703,6 +727,12 @@ class Engine:
                 ended_at - inst.started_at,
             )
         )
+        slo = flow.slo
+        if slo is not None and not inst.sla & SLO_JUDGED:
+            took = ended_at - inst.started_at
+            good = outcome == "completed" and took <= slo.within_ms
+            judged = "good" if good else "bad"
+            out.append(Signal("slo", flow.name, inst.version, slot.key, judged, None, now, took))
 
     # -- deviations and handlers --------------------------------------------------------------------
 

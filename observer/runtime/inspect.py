@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot
-from observer.engine.core import T_EXPIRE, T_MISSING, T_ORPHAN, T_RETAIN, Engine, Topics
+from observer.engine.core import T_EXPIRE, T_MISSING, T_ORPHAN, T_RETAIN, T_SLO, Engine, Topics
 from observer.engine.state import (
     DEVIATION_KINDS,
     F_LATE,
@@ -27,18 +27,29 @@ from observer.timefmt import format_duration, format_time
 __all__ = ["InstanceQuery", "describe_flows", "describe_instance", "format_instance"]
 
 # Timer kinds by the engine's timer index (T_WARN, T_MISSING, T_SLA_WARN, T_SLA_BREACH,
-# T_EXPIRE, T_RETAIN, T_ORPHAN).
-TIMER_KINDS = ("warning", "missing", "sla_warning", "sla_breach", "expire", "retain", "orphan")
+# T_EXPIRE, T_RETAIN, T_ORPHAN, T_SLO).
+TIMER_KINDS = (
+    "warning",
+    "missing",
+    "sla_warning",
+    "sla_breach",
+    "expire",
+    "retain",
+    "orphan",
+    "slo",
+)
 assert (
     TIMER_KINDS[T_MISSING],
     TIMER_KINDS[T_EXPIRE],
     TIMER_KINDS[T_RETAIN],
     TIMER_KINDS[T_ORPHAN],
+    TIMER_KINDS[T_SLO],
 ) == (
     "missing",
     "expire",
     "retain",
     "orphan",
+    "slo",
 )
 
 
