@@ -1,4 +1,4 @@
-"""The composition root: `observer validate | replay | run | status`.
+"""The composition root: `observer validate | replay | run | status | rules`.
 
 Only this module wires concrete pieces together and configures logging. Exit codes: 0 on
 success, 2 on invalid flows or input (messages name the file, the line and the problem).
@@ -99,6 +99,7 @@ def build_service(
     redis_url = config.redis_url.get_secret_value()
     keys = Keys(config.key_prefix, config.shards, config.state_buckets)
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
+    metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
     health = Health(
         config.stall_after_ms,
         max_overdue_ms=config.max_overdue_ms,
@@ -413,6 +414,33 @@ def status(
         click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_instance(view))
+
+
+@main.command()
+@click.argument("flows", nargs=-1, required=True)
+@click.option(
+    "--output", "-o", default=None, help="Write the rule file here instead of standard output."
+)
+def rules(flows: tuple[str, ...], output: str | None) -> None:
+    """Print Prometheus rules for the flows' SLOs: recording rules and burn-rate alerts."""
+    from observer.slo_rules import render_rules, slo_rule_groups
+
+    try:
+        registry = load_registry(flows)
+    except FlowError as exc:
+        _fail(str(exc))
+        return
+    groups, warnings = slo_rule_groups(registry.newest_flows())
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not groups:
+        click.echo("note: no flow declares an slo: (the rule file has no groups)", err=True)
+    text = render_rules(groups)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(groups)} rule group(s) to {output}", err=True)
 
 
 if __name__ == "__main__":
