@@ -82,10 +82,6 @@ def _alert(flow: CompiledFlow, slo: CompiledSlo, kind: str) -> dict[str, Any]:
         for a in BURN_ALERTS[kind]
     ]
     first, second = BURN_ALERTS[kind]
-    promise = (
-        f"{slo.objective_percent}% of {flow.name} instances complete within "
-        f"{format_duration(slo.within_ms)} of their start, over {format_duration(slo.window_ms)}"
-    )
     return {
         "alert": _ALERT_NAMES[kind],
         "expr": LiteralScalarString("\nor\n".join(clauses) + "\n"),
@@ -96,15 +92,16 @@ def _alert(flow: CompiledFlow, slo: CompiledSlo, kind: str) -> dict[str, Any]:
             "slo_window": format_duration(slo.window_ms),
         },
         "annotations": {
-            "summary": f"Flow {flow.name} is spending its SLO error budget "
-            + ("fast" if kind == "page" else "steadily"),
+            "summary": f"Flow {flow.name} spends its SLO error budget "
+            '{{ $value | printf "%.1f" }}x as fast as it may',
             "description": (
-                f'The SLO: {promise}. Instances are failing it {{{{ $value | printf "%.1f" }}}}'
-                f" times as fast as the budget allows ({_number(first.factor)}x over "
+                f"SLO: {slo.objective_percent}% of {flow.name} instances complete within "
+                f"{format_duration(slo.within_ms)} of their start, over "
+                f"{format_duration(slo.window_ms)}. Fires at {_number(first.factor)}x over "
                 f"{first.long} and {first.short}, or {_number(second.factor)}x over "
-                f"{second.long} and {second.short}). See which step deviates: "
-                f'observer_deviations_total{{flow="{flow.name}"}}.'
+                f"{second.long} and {second.short}."
             ),
+            "runbook_url": "docs/monitoring.md#slo-alerts",
         },
     }
 
