@@ -74,6 +74,14 @@ class Metrics:
             ["flow"],
             registry=r,
         )
+        self.slo_events = Counter(
+            "observer_slo_events_total",
+            "Instances of flows with an `slo:` judged against it, by result: good (completed "
+            "within `within` of its start) or bad (ended otherwise, or still open when `within` "
+            "passed). Once per instance.",
+            ["flow", "result"],
+            registry=r,
+        )
         self.deviations = Counter(
             "observer_deviations_total",
             "Deviations, by flow, step and kind.",
@@ -174,6 +182,14 @@ class Metrics:
 
     # -- hooks ------------------------------------------------------------------------------------
 
+    def declare_slo_flows(self, flows: Iterable[str]) -> None:
+        """Export `observer_slo_events_total` at 0 for these flows (those with an `slo:`) from
+        the start: Prometheus' rate() cannot see the first increment of a series it never saw at
+        0, and an SLO's first bad instance must count."""
+        for flow in flows:
+            for result in ("good", "bad"):
+                self._child(self.slo_events, (flow, result))
+
     def record_events(self, outcomes: Mapping[tuple[str, str], int]) -> None:
         """(topic, outcome) -> count for one batch."""
         for (topic, outcome), n in outcomes.items():
@@ -182,7 +198,7 @@ class Metrics:
                 self._child(self.dead_letters, (topic,)).inc(n)
 
     def record_signals(self, signals: Iterable[Signal]) -> None:
-        """Started, ended and deviation signals of one batch, counted per label set first."""
+        """Started, ended, deviation and SLO signals of one batch, counted per label set first."""
         tally: dict[tuple[str, ...], int] = {}
         get = tally.get
         for s in signals:
@@ -193,6 +209,8 @@ class Metrics:
                 key = ("ended", s.flow, s.detail)
             elif what == "deviation":
                 key = ("deviation", s.flow, s.step or "", s.detail)
+            elif what == "slo":
+                key = ("slo", s.flow, s.detail)
             else:
                 continue
             tally[key] = get(key, 0) + 1
@@ -201,6 +219,8 @@ class Metrics:
                 self._child(self.started, key[1:]).inc(n)
             elif key[0] == "ended":
                 self._child(self.ended, key[1:]).inc(n)
+            elif key[0] == "slo":
+                self._child(self.slo_events, key[1:]).inc(n)
             else:
                 self._child(self.deviations, key[1:]).inc(n)
 

@@ -136,6 +136,7 @@ def build_service(
     redis = config.redis()  # one parse: the hot path and redis-py connect alike
     clock = SystemClock()
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
+    metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
     health = Health(
         clock.monotonic,
         stall_after_ms=config.stall_after_ms,

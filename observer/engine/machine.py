@@ -18,6 +18,7 @@ from observer.engine.state import (
     F_WARNED,
     SLA_BREACHED,
     SLA_WARNED,
+    SLO_JUDGED,
     BufferedEvent,
     Event,
     InstanceState,
@@ -322,6 +323,21 @@ def fire_instance_timer(turn: Turn, kind: TimerKind, step_idx: int, due: int) ->
     if kind == TimerKind.EXPIRE:
         _end(turn, "expired", due, f"expire@{due}/{inst.started_at}")
         return
+    if kind == TimerKind.SLO:  # still open when its SLO's `within` passed: bad, counted now
+        inst.sla |= SLO_JUDGED
+        turn.out.append(
+            Signal(
+                "slo",
+                flow.name,
+                inst.version,
+                slot.key,
+                "bad",
+                None,
+                turn.now,
+                due - inst.started_at,
+            )
+        )
+        return
     # the instance's start is part of the trigger: a key reused after `retain` is another
     # instance, and its records must not share ids with the first one's
     trigger = f"timer:{int(kind)}:{step_idx}@{due}/{inst.started_at}"
@@ -388,3 +404,10 @@ def _end(turn: Turn, outcome: str, ended_at: int, trigger: str) -> None:
     turn.out += outcome_effects(
         turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics.outcomes
     )
+    slo = turn.flow.slo
+    if slo is not None and not inst.sla & SLO_JUDGED:  # judged once, at its end
+        took = ended_at - inst.started_at
+        judged = "good" if outcome == "completed" and took <= slo.within_ms else "bad"
+        turn.out.append(
+            Signal("slo", turn.flow.name, inst.version, turn.slot.key, judged, None, turn.now, took)
+        )

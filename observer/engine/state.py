@@ -18,6 +18,7 @@ __all__ = [
     "F_WARNED",
     "SLA_BREACHED",
     "SLA_WARNED",
+    "SLO_JUDGED",
     "BufferedEvent",
     "Event",
     "InstanceState",
@@ -32,6 +33,7 @@ F_OUT_OF_ORDER = 8
 # instance-level flags
 SLA_WARNED = 1
 SLA_BREACHED = 2
+SLO_JUDGED = 4  # counted bad for the flow's SLO while still open (its `within` passed)
 
 DEVIATION_KINDS = (
     "missing",

@@ -18,6 +18,7 @@ from observer.engine.state import (
     F_WARNED,
     SLA_BREACHED,
     SLA_WARNED,
+    SLO_JUDGED,
     InstanceState,
     KeySlot,
 )
@@ -49,15 +50,16 @@ class TimerKind(IntEnum):
     EXPIRE = 4  # the instance gives up (flow `expire`)
     RETAIN = 5  # an ended instance is forgotten (flow `retain`)
     ORPHAN = 6  # an early event's buffer time ran out
+    SLO = 7  # the flow's `slo: within` passed: an instance still open counts as bad
 
 
-# expire and retain: the instance's lifecycle, not a deviation (replay fires them only when
-# --until reaches them)
-LIFECYCLE_KINDS = frozenset({TimerKind.EXPIRE, TimerKind.RETAIN})
+# expire, retain and the SLO's point: the instance's lifecycle, not a deviation (replay fires
+# them only when --until reaches them; the SLO's point publishes nothing)
+LIFECYCLE_KINDS = frozenset({TimerKind.EXPIRE, TimerKind.RETAIN, TimerKind.SLO})
 
 # members bound once: an enum attribute lookup costs more than building the timer
-_WARN, _MISSING, _SLA_WARN, _SLA_BREACH, _EXPIRE, _RETAIN, _ORPHAN = TimerKind
-_INSTANCE_KINDS = (_SLA_WARN, _SLA_BREACH, _EXPIRE)  # by rank, after the steps' timers
+_WARN, _MISSING, _SLA_WARN, _SLA_BREACH, _EXPIRE, _RETAIN, _ORPHAN, _SLO = TimerKind
+_INSTANCE_KINDS = (_SLA_WARN, _SLA_BREACH, _EXPIRE, _SLO)  # by rank, after the steps' timers
 
 PendingTimer = tuple[int, int, TimerKind, int]
 """(due, rank, kind, step or -1): ranks are unique among a slot's timers, so these tuples sort
@@ -163,7 +165,7 @@ def _open_timers(
     returns the first (soonest, then lowest rank).
 
     Ranks: 2*step for a warn point, 2*step + 1 for a deadline, then after every step's the SLA
-    warn point, the SLA deadline and expire (`_timer` turns a rank back into kind and step).
+    warn point, the SLA deadline, expire and the SLO's point (`_timer` turns a rank back into kind and step).
     Timers are visited in rank order, so a later one is first only when strictly sooner.
     """
     first_due: int | None = None
@@ -212,6 +214,13 @@ def _open_timers(
             every.append((due, n + 2))
         if first_due is None or due < first_due:
             first_due, first_rank = due, n + 2
+        slo = flow.slo
+        if slo is not None and not inst.sla & SLO_JUDGED:
+            due = inst.started_at + slo.within_ms
+            if every is not None:
+                every.append((due, n + 3))
+            if first_due is None or due < first_due:
+                first_due, first_rank = due, n + 3
     return None if first_due is None else (first_due, first_rank)
 
 

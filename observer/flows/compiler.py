@@ -20,6 +20,7 @@ from observer.flows.compiled import (
     CompiledHandler,
     CompiledPath,
     CompiledSla,
+    CompiledSlo,
     CompiledSource,
     CompiledStep,
 )
@@ -317,6 +318,19 @@ class _FlowCompiler:
         for s in steps:
             visit(s.index, [])
 
+    def _slo(self) -> CompiledSlo | None:
+        slo = self.spec.slo
+        if slo is None:
+            return None
+        within, window = parse_duration(slo.within), parse_duration(slo.window)
+        if within >= window:
+            self.problem(
+                ("slo", "within"),
+                f"slo: within ({slo.within}) must be shorter than window ({slo.window})",
+            )
+        pct = slo.objective.strip()[:-1].strip()
+        return CompiledSlo(float(pct) / 100, pct, within, window)
+
     # -- the whole flow -------------------------------------------------------------------------
 
     def compile(self) -> CompiledFlow | None:
@@ -391,6 +405,7 @@ class _FlowCompiler:
                 self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
                 self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
             )
+        slo = self._slo()
         step_index: dict[tuple[str, str], list[int]] = {}
         for cs in steps:
             for ref in cs.on:
@@ -438,6 +453,7 @@ class _FlowCompiler:
             expire_ms=parse_duration(spec.expire),
             step_index={k: tuple(v) for k, v in step_index.items()},
             error_index=error_index,
+            slo=slo,
         )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "PublishSpec",
     "SignSpec",
     "SlaSpec",
+    "SloSpec",
     "SourceSpec",
     "StepSpec",
     "WebhookSpec",
@@ -208,6 +209,31 @@ class SlaSpec(_Model):
     _warn = field_validator("warn", mode="before")(classmethod(lambda cls, v: StepSpec._warn(v)))
 
 
+class SloSpec(_Model):
+    """A service level objective: `objective` of the instances complete within `within` of
+    their start event, measured over `window` (docs/monitoring.md)."""
+
+    objective: str = Field(description="a percentage strictly between 0% and 100%, e.g. 99.5%")
+    within: str = Field(description="good: completed this long after the start event at most")
+    window: str = Field("28d", description="the period the objective holds over (default 28d)")
+
+    _durations = field_validator("within", "window")(classmethod(lambda cls, v: _check_duration(v)))
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        text = str(v).strip()
+        if not text.endswith("%"):
+            raise ValueError(f"objective '{v}' is not a percentage like 99.5%")
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"objective '{v}' is not a percentage like 99.5%") from None
+        if not 0 < pct < 100:
+            raise ValueError(f"objective '{v}' must be between 0% and 100% (both excluded)")
+        return text
+
+
 class PublishSpec(_Model):
     """A record to publish; every string in it may be a template."""
 
@@ -274,6 +300,7 @@ class FlowSpec(_Model):
     errors: list[ErrorSpec] = Field(default_factory=list)
     paths: dict[str, PathSpec] = Field(default_factory=dict)
     sla: SlaSpec | None = None
+    slo: SloSpec | None = None
     buffer: str = "5m"
     retain: str = "7d"
     expire: str = "30d"
