@@ -70,7 +70,11 @@ def _traceback_lines(te: traceback.TracebackException) -> list[str]:
 
 
 def configure_logging(level: str) -> None:
+    """One stderr handler for the whole process at `level` (INFO, DEBUG, ...)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
