@@ -92,11 +92,14 @@ def publish_line(p: Publish, timestamp: int) -> bytes:
     """The replay output line of a published record."""
     value = p.value
     if p.avro_schema is not None and p.category == "action":
-        import fastavro
+        if p.encoded is not None:
+            value = base64.b64encode(p.encoded).decode()
+        else:
+            import fastavro
 
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, p.avro_schema, value)
-        value = base64.b64encode(buf.getvalue()).decode()
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, p.avro_schema, value)
+            value = base64.b64encode(buf.getvalue()).decode()
     elif isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     headers = {

@@ -94,7 +94,7 @@ class Engine:
             due, rank, kind, step = timer
             inst = slot.instance
             if inst is None:  # an orphan timer: `rank` is the early event's reading order
-                out += orphan(slot, flow, due, rank, at, self.topics.alerts)
+                out += orphan(slot, flow, due, rank, at, self.topics)
             else:
                 turn = new_turn(slot, inst, flow, at, self.topics, out)
                 fire_instance_timer(turn, kind, step, due)

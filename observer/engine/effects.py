@@ -30,6 +30,9 @@ class Publish:
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
+    # hostile input (issue 12): the value as it is published (JSON, Avro or text), when the
+    # engine encoded it to measure the record; None: encoded when published
+    encoded: bytes | None = None
 
 
 @dataclass(slots=True)

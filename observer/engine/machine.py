@@ -69,9 +69,7 @@ class Turn:
         """Remember the deviation on the instance and publish what it calls for."""
         inst = self.inst
         inst.deviations.append((_KIND[dev.kind], dev.step.index if dev.step else -1))
-        self.out += deviation_effects(
-            self.flow, self.slot.key, inst, dev, self.now, self.topics.alerts
-        )
+        self.out += deviation_effects(self.flow, self.slot.key, inst, dev, self.now, self.topics)
 
 
 def new_turn(
@@ -133,7 +131,7 @@ def buffer_early(
 
 
 def orphan(
-    slot: KeySlot, flow: CompiledFlow, due: int, seq: int, now: int, alerts_topic: str
+    slot: KeySlot, flow: CompiledFlow, due: int, seq: int, now: int, topics: Topics
 ) -> list[Effect]:
     """The orphan timer `(due, seq)` fired: its early events are dropped and alerted."""
     out: list[Effect] = []
@@ -144,7 +142,7 @@ def orphan(
             step_idx = flow.step_index.get((ev.source, ev.type))
             step = flow.steps[step_idx[0]] if step_idx else None
             dev = Deviation("orphaned", step, due, ev.time, f"orphan:{ev.id}", None, ev.type)
-            out += deviation_effects(flow, slot.key, None, dev, now, alerts_topic)
+            out += deviation_effects(flow, slot.key, None, dev, now, topics)
         else:
             keep.append(b)
     slot.buffer = keep
@@ -401,9 +399,7 @@ def _end(turn: Turn, outcome: str, ended_at: int, trigger: str) -> None:
     inst = turn.inst
     inst.outcome = outcome
     inst.ended_at = ended_at
-    turn.out += outcome_effects(
-        turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics.outcomes
-    )
+    turn.out += outcome_effects(turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics)
     slo = turn.flow.slo
     if slo is not None and not inst.sla & SLO_JUDGED:  # judged once, at its end
         took = ended_at - inst.started_at

@@ -63,8 +63,10 @@ def _bytes(v: Any) -> bytes:
 
 
 def serialize_value(p: Publish) -> bytes | None:
-    """The record value: a mapping/list/number as JSON (Avro with `avro_schema`), a str as
-    UTF-8, bytes as is, None as a null value."""
+    """The record value: as the engine encoded it when it did; else a mapping/list/number as
+    JSON (Avro with `avro_schema`), a str as UTF-8, bytes as is, None as a null value."""
+    if p.encoded is not None:
+        return p.encoded
     value = p.value
     if value is None and p.category == "dlq":
         return None
