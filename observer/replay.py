@@ -120,6 +120,8 @@ class Replayer:
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
+    # hostile input (issue 12): what a budget dropped (captured values kept as null)
+    warn: Callable[[str], None] = field(default=lambda _note: None)
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
@@ -191,6 +193,8 @@ class Replayer:
         self.fire_before(t)
         self.clock = t
         decoded = self.ingest.decode(rec)
+        for note in decoded.dropped or ():
+            self.warn(f"{rec.topic}/{rec.partition}/{rec.offset}: {note}")
         if decoded.dead_letter is not None:
             self.emit(decoded.dead_letter, self.clock)
         for flow, event in decoded.events:
@@ -248,16 +252,21 @@ def run_replay(
     until: int | None,
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[bytes]:
-    """Run a replay; yields output lines (without newline). Raises FlowError / InputError."""
+    """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
+    `warn` hears what a budget dropped (early events, captured values)."""
     registry, deploy_list = _load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
+    tell = warn or (lambda _note: None)
 
     def emit(eff: Effect, now: int) -> None:
         if isinstance(eff, Publish):
             lines.append(publish_line(eff, now))
+        elif eff.what == "dropped":
+            tell(f"{eff.flow} {eff.key}: {eff.detail}")
 
-    replayer = Replayer(registry, emit, topics or Topics())
+    replayer = Replayer(registry, emit, topics or Topics(), warn=tell)
     replayer.run(records, deploy_list, until)
     yield from lines

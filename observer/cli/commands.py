@@ -93,9 +93,14 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
     except ValueError as exc:
         fail(str(exc))
         return
+
+    def warn(note: str) -> None:
+        click.echo(f"replay: warning: {note}", err=True)
+
     try:
-        lines = list(run_replay(flows, events, until_ms, deploy_list, _topics_from_env()))
-    except (FlowError, InputError) as exc:
+        topics = _topics_from_env()
+        lines = list(run_replay(flows, events, until_ms, deploy_list, topics, warn))
+    except (FlowError, InputError, ConfigError) as exc:
         fail(str(exc))
         return
     out = sys.stdout.buffer

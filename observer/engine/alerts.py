@@ -110,6 +110,8 @@ def deviation_effects(
             out.append(
                 action_dead_letter(flow.name, version, key, action.name, result, dead_id, topics)
             )
+            note = f"{action.name}: {result}"
+            out.append(Signal("action_error", flow.name, version, key, note, step_name, now))
         elif action.kind == "webhook":
             out.append(_webhook(action, key, alert, oid))
         elif type(result) is Publish:

@@ -24,6 +24,7 @@ from observer.engine.state import Event, InstanceState, KeySlot
 from observer.engine.timers import Timer
 from observer.flows.compiled import CompiledFlow, CompiledStep
 from observer.flows.registry import FlowRegistry
+from observer.limits import MAX_EARLY_EVENTS
 from observer.topics import Topics
 
 __all__ = ["Engine"]
@@ -35,7 +36,10 @@ class Engine:
     """Runs deployed flows over key slots. Holds no per-instance state of its own."""
 
     def __init__(
-        self, registry: FlowRegistry, topics: Topics | None = None, buffer_limit: int = 1000
+        self,
+        registry: FlowRegistry,
+        topics: Topics | None = None,
+        buffer_limit: int = MAX_EARLY_EVENTS,
     ) -> None:
         self._registry = registry
         self._versions: dict[tuple[str, int], CompiledFlow] = {}

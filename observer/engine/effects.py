@@ -39,12 +39,14 @@ class Publish:
 class Signal:
     """Something that happened, for metrics and the instance history (nothing is published).
 
-    `what`: started | ended | deviation | recorded | slo; `detail` is the outcome, deviation
-    kind, a note, or for `slo` the instance's judgement against its flow's SLO, `good` or `bad`
-    (once per instance); `at` is the observer's time (ms).
+    `what`: started | ended | deviation | recorded | slo | action_error | dropped; `detail` is
+    the outcome, deviation kind, a note, or for `slo` the instance's judgement against its
+    flow's SLO, `good` or `bad` (once per instance); for `action_error` (an action that could
+    not be carried out) "ACTION: why"; for `dropped` (a budget dropped an early event) why.
+    `at` is the observer's time (ms).
     """
 
-    what: Literal["started", "ended", "deviation", "recorded", "slo"]
+    what: Literal["started", "ended", "deviation", "recorded", "slo", "action_error", "dropped"]
     flow: str
     version: int
     key: str

@@ -8,6 +8,7 @@ Every transition works on one `Turn` (one engine call on one slot) and adds its 
 from __future__ import annotations
 
 from observer.engine.alerts import Deviation, deviation_effects, outcome_effects
+from observer.engine.budget import early_event_refused
 from observer.engine.effects import Effect, Signal
 from observer.engine.ids import event_hash
 from observer.engine.state import (
@@ -119,12 +120,13 @@ def start(
 def buffer_early(
     slot: KeySlot, flow: CompiledFlow, event: Event, now: int, limit: int, out: list[Effect]
 ) -> None:
-    """Keep a step or error event that came before its instance's start (at most `limit`)."""
+    """Keep a step or error event that came before its instance's start (at most `limit`, and
+    within the byte budget of early events)."""
     if any(b.event.id == event.id for b in slot.buffer):
         return
-    if len(slot.buffer) >= limit:
-        note = f"buffer full: dropped {event.type} {event.id}"
-        out.append(Signal("recorded", flow.name, flow.version, slot.key, note, None, now))
+    refused = early_event_refused(slot.buffer, event, limit)  # count and byte budgets
+    if refused is not None:
+        out.append(Signal("dropped", flow.name, flow.version, slot.key, refused, None, now))
         return
     seq = slot.buffer[-1].seq + 1 if slot.buffer else 0
     slot.buffer.append(BufferedEvent(event, now, seq))

@@ -9,7 +9,7 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -56,6 +56,8 @@ class BatchPlan:
     slots: int
     next_seq: int
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # hostile input (issue 12): signals worth a log line (actions not carried out, drops)
+    notes: list[Signal] = field(default_factory=list)
 
 
 class _Work:
@@ -145,6 +147,7 @@ class BatchPlanner:
         self._works: dict[str, _Work] = {}
         self._records: list[tuple[int, OutboxRecord]] = []
         self._signals: list[Signal] = []
+        self._notes: list[Signal] = []
         self._latencies: list[tuple[str, str, int]] = []
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
@@ -286,6 +289,8 @@ class BatchPlanner:
                 elif what == "ended":
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
+                elif what == "action_error" or what == "dropped":
+                    self._notes.append(eff)
         if keep:
             if started:
                 # The state says when and in which version an instance started: leaving
@@ -339,6 +344,7 @@ class BatchPlanner:
             len(self._works),
             self._seq,
             states,
+            self._notes,
         )
 
 

@@ -28,6 +28,7 @@ from observer.engine.effects import Publish
 from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
+from observer.record_size import record_bytes
 from observer.runtime.batch import dead_letter
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.every import Every
@@ -39,9 +40,6 @@ from observer.runtime.watermark import TopicPartition, Watermarks
 __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
-
-# keyed records stay well under the broker's default message.max.bytes (1 MB)
-_MAX_KEYED_BYTES = 900_000
 
 
 @dataclass(slots=True)
@@ -173,6 +171,7 @@ class Router:
         routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
         crc32 = zlib.crc32
+        keyed_limit = self.topics.limits.of(self.keyed_topic)
         for rec in records:
             try:
                 d = decode(rec)
@@ -194,16 +193,18 @@ class Router:
             if not events:
                 outcomes[(rec.topic, "ignored")] += 1
                 continue
+            if d.dropped:
+                self._captures_dropped(d.dropped, rec)
             values = []
-            too_large = False
+            largest = 0
             for flow, ev in events:
                 value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
-                too_large = too_large or len(value) > _MAX_KEYED_BYTES
+                largest = max(largest, len(value))
                 # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
                 sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
                 values.append((crc32(sid) % shards, value))
-            if too_large:
-                reason = f"the event is larger than {_MAX_KEYED_BYTES} bytes once decoded"
+            if record_bytes(0, largest, 0) > keyed_limit:  # cannot be with captures bounded
+                reason = f"the event is larger than the keyed topic accepts ({keyed_limit} bytes)"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
                 continue
@@ -219,6 +220,13 @@ class Router:
             self.sink.produce_values(self.keyed_topic, routed)
         batch.closed = True
         self.metrics.record_events(outcomes)
+
+    def _captures_dropped(self, notes: list[str], rec: SourceRecord) -> None:
+        """Captured values kept as null (over the capture budget): logged and counted."""
+        self.metrics.budget_drops.labels("capture").inc(len(notes))
+        where = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        for note in notes:
+            log.warning("%s", note, extra=where)
 
     def _dead(self, batch: _Batch, p: Publish) -> None:
         batch.outstanding += 1

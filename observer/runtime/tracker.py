@@ -95,7 +95,7 @@ class Tracker:
         self.outage = outage
         self.stop = stop
         self.shards = ShardWatermarks()  # the owned shards
-        self.cache = SlotCache(config.slot_cache_size)
+        self.cache = SlotCache(config.slot_cache_size, config.slot_cache_bytes)
         n = config.shards
         self.planning = Planning(
             engine,
@@ -115,6 +115,7 @@ class Tracker:
             metrics,
             self.clock,
             retry_backoff_ms=config.retry_backoff_ms,
+            topics=self.topics,
         )
         self.writes = StoreWrites(
             self.store,

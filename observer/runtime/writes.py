@@ -13,6 +13,7 @@ write fails (the next write carries them again).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from observer.runtime.publisher import Publisher
 from observer.runtime.watermark import TopicPartition
 
 __all__ = ["StoreWrites"]
+
+log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
 
@@ -131,6 +134,16 @@ class StoreWrites:
         self.publisher.publish(plan.records)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
+        for note in plan.notes:
+            what = "an action was not carried out" if note.what == "action_error" else "dropped"
+            log.warning(
+                "%s %s: %s: %s",
+                note.flow,
+                note.key,
+                what,
+                note.detail,
+                extra={"flow": note.flow, "key": note.key},
+            )
 
     def drop(self) -> None:
         """The store failed: forget the write in flight (its records are not published, its

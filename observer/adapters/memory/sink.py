@@ -28,6 +28,8 @@ class _Producer:
         self.closed = False
         self._reports: list[tuple[Done, str | None]] = []
         self._failing: list[str] = []
+        # errors a record sink reports as final (the broker refuses the record for good)
+        self.final_errors: set[str] = set()
 
     def hold(self) -> None:
         """Keep the delivery reports (the broker does not acknowledge) until `release`."""
@@ -36,9 +38,14 @@ class _Producer:
     def release(self) -> None:
         self.held = False
 
-    def fail_next(self, n: int = 1, error: str = "Local: Message timed out") -> None:
-        """The next `n` records are not written; their reports say `error`."""
+    def fail_next(
+        self, n: int = 1, error: str = "Local: Message timed out", final: bool = False
+    ) -> None:
+        """The next `n` records are not written; their reports say `error` (`final`: the
+        broker refuses them for good, as a too-large record)."""
         self._failing += [error] * n
+        if final:
+            self.final_errors.add(error)
 
     def _produce(
         self,
@@ -102,7 +109,7 @@ class InMemoryRawSink(_Producer):
 class InMemoryRecordSink(_Producer):
     """`RecordSink`: the observer's outbox records, partitioned by key."""
 
-    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None:
+    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None, bool], None]) -> None:
         if record.topic is None:
             raise ValueError("a Kafka record needs a topic")
         oid = record.observer_id
@@ -113,5 +120,5 @@ class InMemoryRecordSink(_Producer):
             record.value,
             record.headers,
             None,
-            lambda error: on_done(oid, error),
+            lambda error: on_done(oid, error, error is not None and error in self.final_errors),
         )

@@ -1,0 +1,54 @@
+"""Byte budgets of what the engine keeps for a key: its early events.
+
+An early event is kept until its instance starts (or `buffer` runs out); a producer that
+sends thousands of them for one key, or large ones, must not grow one slot without bound (the
+state store keeps a slot in one value). The count and byte limits are in `observer.limits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from observer.engine.state import BufferedEvent, Event
+from observer.limits import MAX_EARLY_EVENT_BYTES
+
+__all__ = ["early_event_refused", "event_bytes"]
+
+
+def _value_bytes(value: Any) -> int:
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is float:
+        return 24
+    if kind is str:
+        return len(value) + 2
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return len(str(value))
+
+
+def event_bytes(event: Event) -> int:
+    """About what an early event takes in the slot's stored state (JSON)."""
+    size = 40 + len(event.source) + len(event.type) + len(event.id)
+    for name, value in event.captures.items():
+        size += len(name) + 4 + _value_bytes(value)
+    return size
+
+
+def early_event_refused(
+    buffer: Sequence[BufferedEvent], event: Event, count_limit: int
+) -> str | None:
+    """Why `event` cannot join the early events of its key (None: it can)."""
+    if len(buffer) >= count_limit:
+        return f"early event {event.type} {event.id} dropped: {count_limit} are kept already"
+    held = sum(event_bytes(b.event) for b in buffer)
+    size = event_bytes(event)
+    if held + size > MAX_EARLY_EVENT_BYTES:
+        return (
+            f"early event {event.type} {event.id} dropped: {size} bytes over the budget of the "
+            f"key's early events ({held} of {MAX_EARLY_EVENT_BYTES} bytes held)"
+        )
+    return None
