@@ -120,6 +120,7 @@ class ObserverConfig(BaseModel):
     # topic), and the stored bytes of the slots the tracker keeps decoded in memory
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=_MIN_RECORD, le=_MAX_RECORD)
     slot_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    webhook_queue_bytes: int = Field(64 * 1024 * 1024, ge=0)  # webhook bodies waiting or retrying
 
     @field_validator("key_prefix")
     @classmethod

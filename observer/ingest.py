@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from observer.engine.budget import dropped_capture
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
@@ -53,7 +54,7 @@ class Decoded:
     events: list[tuple[str, Event]] = field(default_factory=list)
     dead_letter: Publish | None = None
     reason: str | None = None
-    # hostile input (issue 12): captured values kept as null, over MAX_CAPTURE_BYTES (a note each)
+    # hostile input (issue 12): captured values not kept, over MAX_CAPTURE_BYTES (a note each)
     dropped: list[str] | None = None
 
 
@@ -217,20 +218,21 @@ class Ingest:
         out: Decoded, flow: str, etype: str, eid: str, captures: dict[str, Any]
     ) -> None:
         """Keep an event's captured values within MAX_CAPTURE_BYTES together (as JSON), in
-        capture order; a value that does not fit is kept as null, with a note. (Not measured
-        when the record itself is small enough: JSON writes a byte in at most 6.)"""
+        capture order; a value that does not fit is kept as `dropped_capture` (which templates
+        cannot use), with a note. (Not measured when the record itself is small enough: JSON
+        writes a byte in at most 6.)"""
         total = 0
         for sel, v in captures.items():
             n = _json_bytes(v)
             if total + n <= MAX_CAPTURE_BYTES:
                 total += n
                 continue
-            captures[sel] = None
+            captures[sel] = dropped_capture(n)
             if out.dropped is None:
                 out.dropped = []
             out.dropped.append(
-                f"flow {flow}: {etype} {eid[:200]}: captured {sel} ({n} bytes) kept as null: "
-                f"an event's captured values may hold {MAX_CAPTURE_BYTES} bytes together"
+                f"flow {flow}: {etype} {eid[:200]}: captured {sel} ({n} bytes) not kept: an "
+                f"event's captured values may hold {MAX_CAPTURE_BYTES} bytes together"
             )
 
     def _dead(self, rec: SourceRecord, reason: str) -> Decoded:

@@ -79,6 +79,7 @@ def _webhooks(
         max_attempts=config.webhook_max_attempts,
         base_ms=config.webhook_backoff_ms,
         cap_ms=config.webhook_backoff_max_ms,
+        max_queued_bytes=config.webhook_queue_bytes,
     )
     return dispatcher, poster
 

@@ -15,11 +15,14 @@ from typing import Any
 import orjson
 
 from observer.engine.actions import ActionFailed, action_dead_letter, publish_action
+from observer.engine.budget import DROPPED
 from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.ids import observer_id
 from observer.engine.state import DEVIATION_KINDS, InstanceState
 from observer.errors import RenderError
 from observer.flows.compiled import CompiledAction, CompiledFlow, CompiledHandler, CompiledStep
+from observer.flows.templates import not_kept
+from observer.limits import MAX_CAPTURE_BYTES
 from observer.record_size import header_bytes, record_bytes
 from observer.timefmt import format_duration, format_time
 from observer.topics import Topics
@@ -265,6 +268,8 @@ def template_context(
             values = captured.get(idx)
             if values:
                 for parts, value in zip(step.capture_parts, values, strict=False):
+                    if type(value) is dict and DROPPED in value:  # over its budget
+                        value = _not_kept(step.name, parts, value[DROPPED])
                     _nest(data, parts, value)
             steps[step.name] = data
     ctx: dict[str, Any] = {
@@ -278,6 +283,14 @@ def template_context(
     }
     ctx[flow.key_name] = key
     return ctx
+
+
+def _not_kept(step: str, parts: Sequence[str], size: Any) -> Any:
+    """What templates see of a captured value that was not kept: using it fails."""
+    return not_kept(
+        f"steps.{step}.{'.'.join(parts)} was not kept: {size} bytes, over the "
+        f"{MAX_CAPTURE_BYTES}-byte budget of an event's captured values"
+    )
 
 
 def _nest(target: dict[str, Any], parts: Sequence[str], value: Any) -> None:

@@ -1,8 +1,11 @@
-"""Byte budgets of what the engine keeps for a key: its early events.
+"""Byte budgets of what the engine keeps for a key: early events and captured values.
 
 An early event is kept until its instance starts (or `buffer` runs out); a producer that
 sends thousands of them for one key, or large ones, must not grow one slot without bound (the
-state store keeps a slot in one value). The count and byte limits are in `observer.limits`.
+state store keeps a slot in one value). A captured value over its budget (`ingest` decides) is
+kept as a marker, `dropped_capture`, which templates cannot use: an action that needs it is not
+carried out (it is listed in its alert's `action_errors`), rather than published with a value
+that is not the event's. The limits are in `observer.limits`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ import orjson
 from observer.engine.state import BufferedEvent, Event
 from observer.limits import MAX_EARLY_EVENT_BYTES
 
-__all__ = ["early_event_refused", "event_bytes"]
+__all__ = ["DROPPED", "dropped_capture", "early_event_refused", "event_bytes"]
+
+DROPPED = "\u0000observer: not kept"
+"""The key of the marker a captured value over its budget is kept as (no event has it)."""
+
+
+def dropped_capture(size: int) -> dict[str, int]:
+    """What is kept of a captured value of `size` bytes over the budget."""
+    return {DROPPED: size}
 
 
 def _value_bytes(value: Any) -> int:
