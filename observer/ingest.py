@@ -356,7 +356,9 @@ def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:
         raw_key, raw_value, headers, topics.limits.of(topics.dlq), keep=len(ours)
     )
     if fvalue is not raw_value or fkey is not raw_key or len(fheaders) != len(headers):
-        key, value, headers = fkey, fvalue, fheaders  # cut to fit: published as bytes
+        value, headers = fvalue, fheaders  # cut to fit: published as bytes
+        if fkey is not raw_key:
+            key = fkey
     return Publish("dlq", topics.dlq, key, value, headers, oid)
 
 

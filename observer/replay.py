@@ -108,7 +108,8 @@ def publish_line(p: Publish, timestamp: int) -> bytes:
     line: dict[str, Any] = {"topic": p.topic}
     if p.webhook is not None:
         line["webhook"] = p.webhook
-    line.update(key=p.key, value=value, headers=headers, timestamp=timestamp)
+    key = p.key.decode("utf-8", "replace") if isinstance(p.key, bytes) else p.key
+    line.update(key=key, value=value, headers=headers, timestamp=timestamp)
     return jsonexact.dumps(line)  # a dead letter's value may hold integers beyond 64 bits
 
 

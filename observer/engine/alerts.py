@@ -194,7 +194,9 @@ def _alert_record(alert: dict[str, Any], key: str, oid: str, topics: Topics) -> 
             return Publish("alert", topic, key, alert, headers, oid, encoded=encoded)
         if summary != _CUT:
             kept = summary.removesuffix(_CUT)
-            alert["summary"] = kept[: max(len(kept) - over, 0)] + _CUT
+            size = len(orjson.dumps(kept))  # what the summary takes (chars take 1 to 6 bytes)
+            ratio = max(size - over - 3 * len(_CUT), 0) / size
+            alert["summary"] = kept[: int(len(kept) * ratio)] + _CUT
         elif errors and len(errors) > 1:  # each one is in its dead letter too
             del errors[(len(errors) + 1) // 2 :]
         else:  # a key of ~1/2 the limit: cannot be, ingest refuses such keys

@@ -27,7 +27,7 @@ class _Producer:
         self.held = False
         self.closed = False
         self._reports: list[tuple[Done, str | None]] = []
-        self._failing: list[str] = []
+        self._failing: list[tuple[str, str | None]] = []  # (error, only records of topic)
         # errors a record sink reports as final (the broker refuses the record for good)
         self.final_errors: set[str] = set()
 
@@ -39,11 +39,15 @@ class _Producer:
         self.held = False
 
     def fail_next(
-        self, n: int = 1, error: str = "Local: Message timed out", final: bool = False
+        self,
+        n: int = 1,
+        error: str = "Local: Message timed out",
+        final: bool = False,
+        topic: str | None = None,
     ) -> None:
-        """The next `n` records are not written; their reports say `error` (`final`: the
-        broker refuses them for good, as a too-large record)."""
-        self._failing += [error] * n
+        """The next `n` records (of `topic`, if given) are not written; their reports say
+        `error` (`final`: the broker refuses them for good, as a too-large record)."""
+        self._failing += [(error, topic)] * n
         if final:
             self.final_errors.add(error)
 
@@ -57,10 +61,13 @@ class _Producer:
         timestamp: int | None,
         on_done: Done | None,
     ) -> None:
-        if self._failing:
-            error: str | None = self._failing.pop(0)
-        else:
-            error = None
+        error: str | None = None
+        for i, (failure, only) in enumerate(self._failing):
+            if only is None or only == topic:
+                error = failure
+                del self._failing[i]
+                break
+        if error is None:
             self.broker.append(
                 topic, partition, key, value, headers, -1 if timestamp is None else timestamp
             )
