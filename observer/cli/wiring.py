@@ -193,6 +193,7 @@ def _runtime_ports(
     from observer.adapters.redis.keys import Keys
     from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.store import RedisStateStore
+    from observer.adapters.redis.tally import RedisTally
     from observer.runtime.local import LocalKeyedTopic
     from observer.runtime.ports import EventSource, RawSink, RuntimePorts
 
@@ -225,7 +226,10 @@ def _runtime_ports(
         clock=clock,
         lease=lease,
         backlog=backlog,
+        tally=RedisTally(redis, config.key_prefix),  # correlation health, per minute
     )
+    if ports.tally is not None:
+        closers.append(ports.tally.close)
     return ports, closers
 
 

@@ -9,12 +9,13 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 import orjson
 
+from observer.correlation import BUFFERED, MATCHED, STARTED, Count, signal_kind
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine
 from observer.engine.effects import Effect, Publish, Signal
@@ -56,6 +57,8 @@ class BatchPlan:
     slots: int
     next_seq: int
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # correlation health (issue 16): what became of the events, per source and step
+    tally: dict[Count, int] = field(default_factory=dict)
 
 
 class _Work:
@@ -149,6 +152,7 @@ class BatchPlanner:
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
+        self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -190,8 +194,9 @@ class BatchPlanner:
         slot = w.slot
         if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
-        inst = slot.instance
+        had = inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
+        buffered = len(slot.buffer)
         try:
             effects = self.engine.apply(slot, event, self.now)
         except Exception:
@@ -201,20 +206,39 @@ class BatchPlanner:
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
-        self._take(w, effects)
+        # what became of the event (a drop for a full buffer is counted from its signal)
+        kind = (
+            MATCHED
+            if had is not None
+            else STARTED
+            if inst is not None
+            else BUFFERED
+            if len(slot.buffer) > buffered
+            else None
+        )
+        if kind is not None:
+            count = ("src", slot.flow, event.source, kind)
+            self._tally[count] = self._tally.get(count, 0) + 1
+        self._take(w, effects, event.source)
 
     def fire(self, sid: str, watermark: int) -> None:
         """Fire the slot's timers due at or before `watermark`."""
         w = self._works[sid]
-        if w.slot is None:
+        slot = w.slot
+        if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        early = [(b.seq, b.event.source) for b in slot.buffer] if slot.instance is None else []
         try:
-            effects = self.engine.fire(w.slot, watermark, self.now)
+            effects = self.engine.fire(slot, watermark, self.now)
         except Exception:
             self._rebuild(w)
             raise
         w.ops.append(("fire", watermark))
-        self._take(w, effects)
+        if early:  # the early events the timers dropped (orphaned), in buffer order
+            kept = {b.seq for b in slot.buffer}
+            self._take(w, effects, None, [src for seq, src in early if seq not in kept])
+        else:
+            self._take(w, effects, None)
         w.dirty = True  # rewrite the due time even if nothing fired
 
     def defer(self, sid: str, until: int) -> None:
@@ -231,6 +255,10 @@ class BatchPlanner:
         """A record not tied to a slot (a dead letter), kept in `shard`'s outbox (default: the
         shard of its observer-id)."""
         self._add_record(self.shard_of(p.observer_id) if shard is None else shard, p)
+
+    def count(self, count: Count, n: int = 1) -> None:
+        """Add to a correlation-health count of this batch (e.g. a dead letter's reason)."""
+        self._tally[count] = self._tally.get(count, 0) + n
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -252,8 +280,11 @@ class BatchPlanner:
         else:
             new = islice(observed, before, None)
         steps = flow.steps
+        tally = self._tally
         for idx in new:
             step = steps[idx]
+            count = ("step", flow.name, step.name, "observed")
+            tally[count] = tally.get(count, 0) + 1
             if step.is_start:
                 continue
             t = observed[idx]
@@ -266,7 +297,15 @@ class BatchPlanner:
         self._seq += 1
         self._records.append((shard, rec))
 
-    def _take(self, w: _Work, effects: list[Effect]) -> None:
+    def _take(
+        self,
+        w: _Work,
+        effects: list[Effect],
+        source: str | None,
+        orphans: list[str] | None = None,
+    ) -> None:
+        """Take an engine call's effects in. `source`: the source of the event applied (None
+        for timers); `orphans`: the sources of the early events the timers dropped, in order."""
         w.dirty = True
         if not effects:
             return
@@ -286,6 +325,7 @@ class BatchPlanner:
                 elif what == "ended":
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
+                self._count(eff, source, orphans)
         if keep:
             if started:
                 # The state says when and in which version an instance started: leaving
@@ -295,6 +335,29 @@ class BatchPlanner:
                     e for e in effects if not (isinstance(e, Signal) and e.what == "started")
                 ]
             w.effects += effects
+
+    def _count(self, s: Signal, source: str | None, orphans: list[str] | None) -> None:
+        """Correlation health: a signal counted for its flow or step, and for the source of
+        the event it concerns (`observer/correlation.py`)."""
+        what = s.what
+        tally = self._tally
+        count: Count | None = None
+        if what == "started":
+            count = ("flow", s.flow, "started", "")
+        elif what == "ended":
+            count = ("flow", s.flow, "ended", s.detail)
+        elif what == "deviation":
+            count = ("step", s.flow, s.step or "", s.detail)
+        elif what != "recorded":
+            return
+        if count is not None:
+            tally[count] = tally.get(count, 0) + 1
+        if what == "deviation" or what == "recorded":
+            kind = signal_kind(what, s.detail)
+            if kind is not None:
+                src = source if source is not None else (orphans.pop(0) if orphans else "")
+                count = ("src", s.flow, src, kind)
+                tally[count] = tally.get(count, 0) + 1
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -339,6 +402,7 @@ class BatchPlanner:
             len(self._works),
             self._seq,
             states,
+            self._tally,
         )
 
 

@@ -33,6 +33,7 @@ from observer.runtime.lease_guard import LeaseGuard
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.router import Router
+from observer.runtime.tally import MinuteTally
 from observer.runtime.tracker import Tracker
 
 __all__ = ["Runtime"]
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _PROBE_EVERY_S = 5.0
 _STATS_EVERY_S = 5.0
+_TALLY_EVERY_S = 5.0
 
 
 class Runtime:
@@ -67,6 +69,10 @@ class Runtime:
         self.started = threading.Event()
         topics = config.topics()
         self.ingest = Ingest(registry, topics, avro=avro)
+        # correlation health: counted per minute by both stages, flushed every few seconds
+        self.tally = MinuteTally(self.clock.now_ms)
+        self._tally_sink = ports.tally
+        self._tally_every = Every(_TALLY_EVERY_S, self.clock.monotonic)
         self.router = Router(
             config,
             self.ingest,
@@ -75,6 +81,7 @@ class Runtime:
             metrics=metrics,
             clock=self.clock,
             keyed_topic=config.keyed_topic_name(),
+            tally=self.tally,
         )
         self.outage = StoreOutage(health, metrics, self.clock, self._stop)
         self.tracker = Tracker(
@@ -87,6 +94,7 @@ class Runtime:
             health=health,
             outage=self.outage,
             stop=self._stop,
+            tally=self.tally,
         )
         self.lease: LeaseGuard | None = None
         if ports.lease is not None:
@@ -162,6 +170,7 @@ class Runtime:
         except Exception as exc:
             log.warning("router: %s", exc)
         self.tracker.close()
+        self.flush_tally()
         if self.lease is not None:
             self.lease.release()
         self.store.close()
@@ -194,3 +203,18 @@ class Runtime:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:
                 self.tracker.recover(exc)
+        if self._tally_every.due():
+            self.flush_tally()
+
+    def flush_tally(self) -> None:
+        """Add the correlation-health counts to the store's per-minute hashes; on failure
+        they are kept (bounded) for the next flush."""
+        sink = self._tally_sink
+        taken = self.tally.take()
+        if sink is None or not taken:
+            return
+        try:
+            sink.add(taken)
+        except StoreError as exc:
+            self.tally.restore(taken)
+            log.warning("correlation counts not stored yet (kept for the next try): %s", exc)

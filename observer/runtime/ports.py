@@ -29,6 +29,7 @@ __all__ = [
     "SlotPut",
     "SlotReader",
     "StateStore",
+    "TallySink",
     "WebhookSender",
     "WriteBatch",
 ]
@@ -287,6 +288,17 @@ class WebhookSender(Protocol):
     def stop(self, timeout_s: float) -> None: ...
 
 
+class TallySink(Protocol):
+    """Where the per-minute correlation-health counts go (Redis: one hash per minute that
+    every process adds to; `observer/correlation.py` says what is counted)."""
+
+    def add(self, counts: Mapping[int, Mapping[tuple[str, str, str, str], int]]) -> None:
+        """Add counts (epoch minute -> count -> n). Raises StoreError."""
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimePorts:
     """Everything `Runtime` talks to, as `observer.cli` (or a test) wires it.
@@ -305,3 +317,4 @@ class RuntimePorts:
     clock: Clock
     lease: Lease | None = None
     backlog: Callable[[], int] | None = None
+    tally: TallySink | None = None  # correlation health (issue 16); None: counted, not kept

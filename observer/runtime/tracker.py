@@ -50,6 +50,7 @@ from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.publisher import Publisher
 from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import ReadProgress, TopicPartition
 from observer.runtime.writes import StoreWrites
 
@@ -84,6 +85,7 @@ class Tracker:
         health: Health,
         outage: StoreOutage,
         stop: threading.Event,
+        tally: MinuteTally | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics()
@@ -123,6 +125,7 @@ class Tracker:
             commit_delay_ms=config.commit_delay_ms,
             clock=self.clock,
             on_durable=self.commits.written,
+            tally=tally,
         )
         self.ticker = DeadlineTicker(
             config,
@@ -381,6 +384,7 @@ class Tracker:
             for r, reason in dead:
                 shard = shard_of(slot_id(r.flow, r.event.key), n)
                 planner.publish(self._dead_letter(r, reason, originals), shard=shard)
+                planner.count(("topic", r.topic, "dead_letter", "processing"))
         return self.planning.finish(planner)
 
     def _dead_letter(

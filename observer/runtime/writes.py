@@ -23,6 +23,7 @@ from observer.runtime.batch import BatchPlan
 from observer.runtime.outbox import InFlight
 from observer.runtime.ports import Clock, Pending, StateStore, WriteBatch
 from observer.runtime.publisher import Publisher
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition
 
 __all__ = ["StoreWrites"]
@@ -58,6 +59,7 @@ class StoreWrites:
         commit_delay_ms: int,
         clock: Clock,
         on_durable: Callable[[Offsets], None],
+        tally: MinuteTally | None = None,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -66,6 +68,7 @@ class StoreWrites:
         self._clock = clock
         self._mono = clock.monotonic
         self._on_durable = on_durable
+        self._tally = tally  # correlation health: counted once a plan is written
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
@@ -131,6 +134,10 @@ class StoreWrites:
         self.publisher.publish(plan.records)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
+        if plan.tally:
+            self.metrics.record_correlation(plan.tally)
+            if self._tally is not None:
+                self._tally.add(plan.tally)
 
     def drop(self) -> None:
         """The store failed: forget the write in flight (its records are not published, its

@@ -50,10 +50,10 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
 
 # Lower layers first; a module imports from its own layer or lower ones only.
 LAYERS = [
-    {"errors", "limits", "timefmt", "topics", "jsonexact", "masking"},
+    {"errors", "limits", "timefmt", "topics", "jsonexact", "masking", "correlation"},
     {"flows"},
     {"engine"},
-    {"ingest", "replay", "metrics", "config", "redis_settings", "slo_rules"},
+    {"ingest", "replay", "metrics", "config", "redis_settings", "slo_rules", "health_report"},
     {"runtime"},
     {"adapters"},
     {"http"},
