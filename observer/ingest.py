@@ -25,7 +25,15 @@ from observer.jsonexact import INT_MAX, INT_MIN, loads_exact, may_be_rounded
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 from observer.topics import Topics
 
-__all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
+__all__ = [
+    "AvroDecoder",
+    "Decoded",
+    "Ingest",
+    "SourceRecord",
+    "ValueDecoder",
+    "dead_letter",
+    "local_decoder",
+]
 
 Headers = Sequence[tuple[str, Any]] | Mapping[str, Any]
 
@@ -65,12 +73,18 @@ class _Reader:
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
 
 
-AvroDecoder = Callable[[bytes, CompiledSource], Any]
+# Reads a value of a registry format (avro, protobuf, json_schema) from its bytes; raises on
+# a value it cannot read (an error with a `code` attribute names the dead letter's reason).
+ValueDecoder = Callable[[bytes, CompiledSource], Any]
+AvroDecoder = ValueDecoder  # its name before protobuf and json_schema
 
 
-def _local_avro(data: bytes, source: CompiledSource) -> Any:
+def local_decoder(data: bytes, source: CompiledSource) -> Any:
+    """Without a schema registry: Avro read schemaless with the source's local schema."""
     import fastavro
 
+    if source.format != "avro":
+        raise ValueError(f"no schema registry to read {source.format} (its wire format)")
     if source.avro_schema is None:
         raise ValueError("no Avro schema for this source (set schema: or a schema registry)")
     return fastavro.schemaless_reader(io.BytesIO(data), source.avro_schema)
@@ -80,10 +94,13 @@ class Ingest:
     """Decodes source records for every deployed flow. Rebuild it when flows are deployed."""
 
     def __init__(
-        self, registry: FlowRegistry, topics: Topics | None = None, avro: AvroDecoder | None = None
+        self,
+        registry: FlowRegistry,
+        topics: Topics | None = None,
+        decoder: ValueDecoder | None = None,
     ) -> None:
         self.topics = topics or Topics()
-        self.avro = avro or _local_avro
+        self.decoder = decoder or local_decoder
         readers: dict[str, dict[tuple[str, str], _Reader]] = {}
         wanted: dict[tuple[str, str], set[str]] = {}
         caps: dict[tuple[str, str], dict[str, dict[str, Selector]]] = {}
@@ -196,11 +213,13 @@ class Ingest:
             if type(value) is bytes or isinstance(value, bytes | bytearray | memoryview | str):
                 return orjson.loads(value)
             return value
+        if source.format != "avro" and not isinstance(value, _ENCODED):
+            return value  # protobuf, json_schema: already decoded (replay's JSON objects)
         if isinstance(value, str):
             value = base64.b64decode(value, validate=True)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
-        return self.avro(bytes(value), source)
+        return self.decoder(bytes(value), source)
 
     def _dead(
         self, rec: SourceRecord, reason: str, code: str, where: tuple[str, str] | None = None

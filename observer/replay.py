@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import heapq
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,19 @@ from observer.errors import InputError
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
-from observer.ingest import Ingest, SourceRecord
+from observer.ingest import Ingest, SourceRecord, ValueDecoder
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
-__all__ = ["Deploy", "ReplayRecord", "Replayer", "parse_events", "publish_line", "run_replay"]
+__all__ = [
+    "Deploy",
+    "ReplayRecord",
+    "Replayer",
+    "load_all",
+    "parse_events",
+    "publish_line",
+    "run_replay",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +96,17 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
     return out
 
 
-def publish_line(p: Publish, timestamp: int) -> bytes:
-    """The replay output line of a published record."""
+def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = None) -> bytes:
+    """The replay output line of a published record. An Avro action's value is base64 of its
+    encoding: the Avro body, preceded by the wire format's header when the action names a
+    registry subject that `wire` resolves (replay with `--schema-registry`)."""
     value = p.value
     if p.avro_schema is not None and p.category == "action":
         import fastavro
 
         buf = io.BytesIO()
+        if p.subject is not None and wire and p.subject in wire:
+            buf.write(wire[p.subject])
         fastavro.schemaless_writer(buf, p.avro_schema, value)
         value = base64.b64encode(buf.getvalue()).decode()
     elif isinstance(value, bytes):
@@ -117,10 +129,11 @@ class Replayer:
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
+    decoder: ValueDecoder | None = None  # registry formats (issue 16); None: local Avro only
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
-        self.ingest = Ingest(self.registry, self.topics)
+        self.ingest = Ingest(self.registry, self.topics, self.decoder)
         self.slots: dict[tuple[str, str], KeySlot] = {}
         self._order: dict[tuple[str, str], int] = {}  # slot -> creation ordinal (tie-break)
         self._scheduled: dict[tuple[str, str], tuple[int, int]] = {}  # slot -> (due, order)
@@ -181,7 +194,7 @@ class Replayer:
     def deploy(self, registry: FlowRegistry) -> None:
         self.registry = registry
         self.engine.registry = registry
-        self.ingest = Ingest(registry, self.topics)
+        self.ingest = Ingest(registry, self.topics, self.decoder)
 
     def apply(self, rec: SourceRecord) -> None:
         t = max(self.clock, rec.timestamp)
@@ -228,7 +241,7 @@ class Replayer:
             self.drain()
 
 
-def _load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
+def load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
     """Validate every flow file up front (nothing runs if any is invalid)."""
     base = compile_flows(load_flows([flows]))
     out = []
@@ -245,16 +258,22 @@ def run_replay(
     until: int | None,
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
+    *,
+    loaded: tuple[FlowRegistry, list[Deploy]] | None = None,
+    decoder: ValueDecoder | None = None,
+    wire: Mapping[str, bytes] | None = None,
 ) -> Iterator[bytes]:
-    """Run a replay; yields output lines (without newline). Raises FlowError / InputError."""
-    registry, deploy_list = _load_all(flows, deploys)
+    """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
+    `loaded`: the flows already loaded (`load_all`); `decoder` and `wire`: a schema
+    registry's (`observer replay --schema-registry`)."""
+    registry, deploy_list = loaded or load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
 
     def emit(eff: Effect, now: int) -> None:
         if isinstance(eff, Publish):
-            lines.append(publish_line(eff, now))
+            lines.append(publish_line(eff, now, wire))
 
-    replayer = Replayer(registry, emit, topics or Topics())
+    replayer = Replayer(registry, emit, topics or Topics(), decoder=decoder)
     replayer.run(records, deploy_list, until)
     yield from lines

@@ -125,7 +125,6 @@ def build_service(
     from prometheus_client import CollectorRegistry
 
     from observer.adapters.clock import SystemClock
-    from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
     from observer.adapters.redis.query import RedisSlotReader
     from observer.metrics import Metrics
     from observer.runtime.health import Health
@@ -144,9 +143,7 @@ def build_service(
         max_lag_records=config.max_lag_records,
     )
     webhooks, poster = _webhooks(config, registry, lambda: registry, env)
-    schema_registry = None
-    if config.schema_registry_url is not None:
-        schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
+    schemas = _schema_registry(config, registry, clock.monotonic)
     flows = [
         {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
         for f in registry
@@ -160,7 +157,8 @@ def build_service(
         metrics=metrics,
         health=health,
         deployed=deployed,
-        avro=ConfluentAvroDecoder(schema_registry),
+        decoder=schemas.decoder,
+        wire=schemas.wire,
     )
     reader = RedisSlotReader(
         redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets
@@ -175,11 +173,22 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, *closers]
-    if schema_registry is not None:
-        closers.append(schema_registry.close)
-    return Service(
-        runtime, http, prepare=_topic_preparation(config), banner=banner, closers=closers
+    closers = [poster.close, reader.close, *closers, schemas.close]
+    prepare = _topic_preparation(config, schemas.resolve)
+    return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)
+
+
+def _schema_registry(config: ObserverConfig, registry: FlowRegistry, monotonic: Any) -> Any:
+    """The Schema Registry's parts (`adapters/schema_registry/setup.py`); a ConfigError
+    when a flow needs a registry and none is configured."""
+    from observer.adapters.schema_registry import registry_parts
+
+    return registry_parts(
+        config.schema_registry_settings(),
+        list(registry),
+        negative_ttl_s=config.schema_registry_negative_ttl_ms / 1000.0,
+        max_ids=config.schema_registry_max_ids,
+        monotonic=monotonic,
     )
 
 
@@ -233,14 +242,19 @@ def _runtime_ports(
     return ports, closers
 
 
-def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:
-    """What `Service` runs (and retries) before the loop: the topics the observer writes."""
+def _topic_preparation(
+    config: ObserverConfig, resolve_subjects: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """What `Service` runs (and retries) before the loop: the registry subjects of actions
+    (their wire-format headers), the topics the observer writes."""
     from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
 
     topics = config.topics()
     admin = config.admin_settings()
 
     def prepare() -> None:
+        if resolve_subjects is not None:
+            resolve_subjects()
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
         if config.routing == "direct":

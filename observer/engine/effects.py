@@ -30,6 +30,9 @@ class Publish:
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
+    # issue 16: with `avro_schema`, the schema registry subject it is registered under: the
+    # value is published in the Confluent wire format (magic byte, schema id, Avro body)
+    subject: str | None = None
 
 
 @dataclass(slots=True)

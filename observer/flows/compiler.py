@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from observer.errors import FlowError, FlowProblem
 from observer.flows.compiled import (
@@ -26,6 +25,7 @@ from observer.flows.compiled import (
 )
 from observer.flows.loader import LineMap, LoadedFlow, load_flows
 from observer.flows.registry import FlowRegistry
+from observer.flows.schemafiles import load_avro as _load_avro
 from observer.flows.selectors import compile_selector
 from observer.flows.spec import EVENT_REF, ActionSpec, FlowSpec, HandlerSpec, StepSpec
 from observer.flows.templates import TemplateContextSpec, compile_value
@@ -42,14 +42,6 @@ def _warn_ms(warn: str | None, within_ms: int) -> int:
     if warn.endswith("%"):
         return round(within_ms * float(warn[:-1]) / 100)
     return parse_duration(warn)
-
-
-def _load_avro(path: str, flow_file: str) -> Any:
-    """A local Avro schema; a relative `path` is resolved against the flow file's folder (as
-    an editor resolves the `$schema` comment), so flows validate from any directory."""
-    import fastavro.schema
-
-    return fastavro.schema.load_schema(str(Path(flow_file).parent / path))
 
 
 class _FlowCompiler:
@@ -70,10 +62,10 @@ class _FlowCompiler:
     def _sources(self) -> dict[str, CompiledSource]:
         out: dict[str, CompiledSource] = {}
         for name, src in self.spec.sources.items():
-            schema = None
+            schema = text = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
-                    schema = _load_avro(src.schema_, self.file)
+                    schema, text = _load_avro(src.schema_, self.file)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -91,6 +83,7 @@ class _FlowCompiler:
                 type_text=src.type,
                 key_text=src.key,
                 time_text=src.time,
+                avro_schema_text=text,
             )
         return out
 
@@ -126,10 +119,10 @@ class _FlowCompiler:
             headers, e3 = compile_value(p.headers, ctx)
             value, e4 = compile_value(p.value, ctx)
             errs = e1 + e2 + e3 + e4
-            schema = None
+            schema = text = None
             if p.schema_ is not None:
                 try:
-                    schema = _load_avro(p.schema_, self.file)
+                    schema, text = _load_avro(p.schema_, self.file)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),
@@ -146,6 +139,8 @@ class _FlowCompiler:
                 value=value,
                 value_is_mapping=isinstance(p.value, Mapping),
                 avro_schema=schema,
+                subject=p.subject,
+                avro_schema_text=text,
             )
         if act.alert is not None:
             summary = None

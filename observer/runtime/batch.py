@@ -8,7 +8,7 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -136,9 +136,11 @@ class BatchPlanner:
         seq: int = 0,
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
         """`history_cap`: history entries written per slot and batch at most (the newest);
-        0 writes no history (and renders none)."""
+        0 writes no history (and renders none). `wire`: registry subject -> the wire
+        format's header of actions that name one."""
         self.engine = engine
         self.shard_of = shard_of
         self.now = now
@@ -153,6 +155,7 @@ class BatchPlanner:
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
         self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
+        self._wire = wire
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -293,7 +296,7 @@ class BatchPlanner:
                 self._latencies.append((flow.name, step.name, t - anchor))
 
     def _add_record(self, shard: int, p: Publish) -> None:
-        rec = to_record(p, self.now, self._seq)
+        rec = to_record(p, self.now, self._seq, self._wire)
         self._seq += 1
         self._records.append((shard, rec))
 
@@ -418,8 +421,10 @@ class Planning:
         *,
         history_cap: int,
         ttl_slack_ms: int,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
         self.engine = engine
+        self.wire = wire  # registry subject -> wire-format header (issue 16)
         self.shard_of = shard_of
         self.cache = cache
         self.history_cap = history_cap
@@ -434,6 +439,7 @@ class Planning:
             seq=self._seq,
             history_cap=self.history_cap,
             ttl_slack_ms=self.ttl_slack_ms,
+            wire=self.wire,
         )
 
     def finish(self, planner: BatchPlanner) -> BatchPlan:

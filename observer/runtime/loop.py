@@ -25,7 +25,7 @@ from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
-from observer.ingest import AvroDecoder, Ingest
+from observer.ingest import Ingest, ValueDecoder
 from observer.metrics import Metrics
 from observer.runtime.every import Every
 from observer.runtime.health import Health
@@ -57,8 +57,12 @@ class Runtime:
         metrics: Metrics,
         health: Health,
         deployed: Mapping[str, object] | None = None,
-        avro: AvroDecoder | None = None,
+        decoder: ValueDecoder | None = None,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
+        """`decoder`: reads values of the registry formats (avro, protobuf, json_schema);
+        `wire`: registry subject -> the Confluent wire format's header, for actions that name
+        a subject (both from `adapters/schema_registry/`, issue 16)."""
         self.config = config
         self.store = ports.store
         self.clock = ports.clock
@@ -68,7 +72,7 @@ class Runtime:
         self._stop = threading.Event()
         self.started = threading.Event()
         topics = config.topics()
-        self.ingest = Ingest(registry, topics, avro=avro)
+        self.ingest = Ingest(registry, topics, decoder=decoder)
         # correlation health: counted per minute by both stages, flushed every few seconds
         self.tally = MinuteTally(self.clock.now_ms)
         self._tally_sink = ports.tally
@@ -95,6 +99,7 @@ class Runtime:
             outage=self.outage,
             stop=self._stop,
             tally=self.tally,
+            wire=wire,
         )
         self.lease: LeaseGuard | None = None
         if ports.lease is not None:

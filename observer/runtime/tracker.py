@@ -86,6 +86,7 @@ class Tracker:
         outage: StoreOutage,
         stop: threading.Event,
         tally: MinuteTally | None = None,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics()
@@ -105,6 +106,7 @@ class Tracker:
             self.cache,
             history_cap=config.history_cap,
             ttl_slack_ms=config.ttl_slack_ms,
+            wire=wire,
         )
         self.progress = ReadProgress()  # of the keyed partitions: the lag
         mono = self.clock.monotonic
