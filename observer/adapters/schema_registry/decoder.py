@@ -155,13 +155,19 @@ def _as_dict(msg: Any) -> dict[str, Any]:
             out[field.name] = {
                 k: _value(field.message_type.fields_by_name["value"], v) for k, v in value.items()
             }
-        elif field.label == field.LABEL_REPEATED:
+        elif _repeated(field):
             out[field.name] = [_value(field, v) for v in value]
         elif field.message_type is not None and not msg.HasField(field.name):
             out[field.name] = None
         else:
             out[field.name] = _value(field, value)
     return out
+
+
+def _repeated(field: Any) -> bool:
+    """(protobuf 7 has `is_repeated` and no `label`; older ones only `label`)"""
+    flag = getattr(field, "is_repeated", None)
+    return bool(flag) if flag is not None else field.label == 3
 
 
 def _value(field: Any, value: Any) -> Any:
