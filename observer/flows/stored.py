@@ -35,6 +35,7 @@ __all__ = [
     "load_deployable",
     "plan_deploy",
     "rebuild",
+    "rebuild_all",
     "stored_flow",
 ]
 
@@ -177,6 +178,19 @@ def rebuild(stored: StoredFlow) -> CompiledFlow:
     if compiled is None:
         raise FlowError(problems)
     return compiled
+
+
+def rebuild_all(stored: Iterable[StoredFlow]) -> tuple[FlowRegistry, list[str]]:
+    """Every stored version rebuilt into one registry, and a message per version that cannot
+    be (left out)."""
+    registry = FlowRegistry()
+    problems: list[str] = []
+    for sf in sorted(stored, key=lambda s: (s.flow, s.version)):
+        try:
+            registry.add(rebuild(sf))
+        except FlowError as exc:
+            problems.append(f"{sf.label} cannot be rebuilt:\n{exc}")
+    return registry, problems
 
 
 @dataclass

@@ -197,7 +197,10 @@ class Deployments:
                 self._deploy_files()
             new = self._refresh()
             if self._retire_every.due():
-                retire_unused(self._store, self._stored, self._retire_after_ms)
+                for use in retire_unused(self._store, self._stored, self._retire_after_ms):
+                    sf = use.stored
+                    gauge = self._metrics.version_instances.labels(sf.flow, str(sf.version))
+                    gauge.set(use.instances)
                 new = self._refresh() or new
         except StoreError as exc:
             if forced:
