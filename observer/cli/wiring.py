@@ -169,6 +169,7 @@ def build_service(
         deployed=deployed,
         avro=ConfluentAvroDecoder(schema_registry),
         check=check,
+        process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
         redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets

@@ -121,8 +121,11 @@ class Deployments:
         clock: Clock,
         metrics: Metrics,
         check: Check | None = None,
+        process: str = "observer",
     ) -> None:
+        """`process` names this process in the store's list of what each one runs."""
         self.registry = registry
+        self.process = process
         self._store = store
         self._files = files
         self._metrics = metrics
@@ -164,6 +167,8 @@ class Deployments:
         for sf in plan.added:
             log.info("deployed %s to the group", sf.label)
         self._refresh(force=True)
+        assert self._generation is not None
+        self._store.report(self.process, self._generation)
         given = {sf.field for sf in candidates}
         restored = [sf.label for f, sf in sorted(self._stored.items()) if f not in given]
         if restored:
@@ -179,6 +184,15 @@ class Deployments:
 
     def _count(self, added: bool) -> None:
         self._metrics.deploys.labels("deployed" if added else "unchanged").inc()
+
+    def close(self) -> None:
+        """Leave the store's list of processes (best effort: a stale entry ages out)."""
+        if self._store is None:
+            return
+        try:
+            self._store.forget(self.process)
+        except StoreError as exc:
+            log.warning("could not leave the list of running processes: %s", exc)
 
     # -- every turn ---------------------------------------------------------------------------------
 
@@ -196,6 +210,8 @@ class Deployments:
                 self._reload.clear()
                 self._deploy_files()
             new = self._refresh()
+            assert self._generation is not None
+            self._store.report(self.process, self._generation)
             if self._retire_every.due():
                 for use in retire_unused(self._store, self._stored, self._retire_after_ms):
                     sf = use.stored

@@ -58,7 +58,10 @@ class Runtime:
         deployed: Mapping[str, object] | None = None,
         avro: AvroDecoder | None = None,
         check: Check | None = None,
+        process: str = "observer",
     ) -> None:
+        """`check`: what flows about to run must pass (webhook secrets); `process`: this
+        process' name among the group's (issue 15: what each process runs)."""
         self.config = config
         self.store = ports.store
         self.clock = ports.clock
@@ -116,6 +119,7 @@ class Runtime:
             clock=self.clock,
             metrics=metrics,
             check=check,
+            process=process,
         )
         self.deploy_listeners: list[Callable[[FlowRegistry], None]] = []
 
@@ -180,6 +184,7 @@ class Runtime:
         self.tracker.close()
         if self.lease is not None:
             self.lease.release()
+        self.deployments.close()
         self.store.close()
         log.info("stopped")
 

@@ -322,6 +322,19 @@ class FlowStore(Protocol):
         """The store's clock (deployment times are compared with it, never with a process')."""
         ...
 
+    def report(self, process: str, generation: int) -> None:
+        """Say that `process` runs `generation` (now, by the store's clock): what `observer
+        deploy --wait` waits for."""
+        ...
+
+    def processes(self) -> dict[str, tuple[int, int]]:
+        """process -> (generation, when it last said so, epoch ms of the store's clock)."""
+        ...
+
+    def forget(self, process: str) -> None:
+        """A process that stops, or that stopped long ago."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -33,6 +33,7 @@ class InMemoryFlowStore:
         self._states = states
         self.flows: dict[str, StoredFlow] = {}
         self._generation = 0
+        self.running: dict[str, tuple[int, int]] = {}
         self.available = True
 
     def _check(self) -> None:
@@ -83,6 +84,18 @@ class InMemoryFlowStore:
     def now_ms(self) -> int:
         self._check()
         return self._now_ms()
+
+    def report(self, process: str, generation: int) -> None:
+        self._check()
+        self.running[process] = (generation, self._now_ms())
+
+    def processes(self) -> dict[str, tuple[int, int]]:
+        self._check()
+        return dict(self.running)
+
+    def forget(self, process: str) -> None:
+        self._check()
+        self.running.pop(process, None)
 
     def close(self) -> None:
         pass

@@ -141,6 +141,45 @@ class RedisFlowStore:
         except redis.RedisError as exc:
             raise StoreError(f"cannot read from Redis: {exc}") from exc
 
+    def report(self, process: str, generation: int) -> None:
+        try:
+            now = _ms(self._redis.time())
+            self._redis.hset(self._keys.flow_processes(), process, f"{generation}:{now}")
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot write to Redis: {exc}") from exc
+
+    def processes(self) -> dict[str, tuple[int, int]]:
+        try:
+            raw = self._redis.hgetall(self._keys.flow_processes())
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read from Redis: {exc}") from exc
+        out = {}
+        for name, value in raw.items():
+            generation, _, at = _text(value).partition(":")
+            if generation.isdigit() and at.isdigit():
+                out[_text(name)] = (int(generation), int(at))
+        return out
+
+    def forget(self, process: str) -> None:
+        try:
+            self._redis.hdel(self._keys.flow_processes(), process)
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot write to Redis: {exc}") from exc
+
+    @classmethod
+    def for_prefix(cls, settings: RedisSettings | str, prefix: str) -> RedisFlowStore:
+        """For a command line tool: the shard and bucket counts are read from the state's
+        meta hash (none recorded: nothing has run, there is no state to scan)."""
+        store = cls(settings, Keys(prefix, 1))
+        try:
+            shards, buckets = store._redis.hmget(store._keys.meta(), ["shards", "buckets"])
+        except redis.RedisError as exc:
+            store.close()
+            raise StoreError(f"cannot read from Redis: {exc}") from exc
+        if shards is not None and buckets is not None:
+            store._keys = Keys(prefix, int(shards), int(buckets))
+        return store
+
     def close(self) -> None:
         self._redis.close()
 
