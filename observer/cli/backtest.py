@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from observer.flows.registry import FlowRegistry
     from observer.ingest import SourceRecord
 
-__all__ = ["backtest", "period_options", "read_period", "resolve_period"]
+__all__ = ["backtest", "console", "period_options", "read_period", "resolve_period"]
 
 _SHOWN_KEYS = 20  # keys listed per difference in text (json lists them all)
 
@@ -103,10 +103,13 @@ def period_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _console() -> Console:
+def console(stderr: bool = False) -> Console:
+    """Where reports go: tables sized to the terminal, or 120 columns into a file or a pipe
+    (a report read in a CI log should not wrap at 80)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, highlight=False, width=None if tty else 120)
 
 
 def read_period(
@@ -121,9 +124,9 @@ def read_period(
     reader = HistoryReader(config.consumer_settings())
     try:
         plan = reader.plan(registry.topics(), period.start, period.until)
-        console = _console()
+        err = console(stderr=True)
         for topic in plan.missing:
-            console.print(f"note: topic {topic} does not exist (nothing to read from it)")
+            err.print(f"note: topic {topic} does not exist (nothing to read from it)")
         started = time.monotonic()
         if sys.stderr.isatty():
             with Progress(
@@ -131,7 +134,7 @@ def read_period(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=console,
+                console=err,
                 transient=True,
             ) as bar:
                 task = bar.add_task(what, total=plan.records)
@@ -139,7 +142,7 @@ def read_period(
         else:
             yield from reader.read(plan)
         partitions = len(plan.ranges)
-        console.print(
+        err.print(
             f"{what}: read {plan.records:,} records from {partitions} partitions of "
             f"{', '.join(sorted({t for t, _ in plan.ranges})) or 'no topic'} in "
             f"{time.monotonic() - started:.1f}s",
@@ -217,12 +220,10 @@ def backtest(
 
 def render(run: Backtest, comparison: Comparison | None) -> None:
     """The report as tables on standard output."""
-    from rich.console import Console
-    from rich.table import Table
 
     from observer.backtest import describe_ms
 
-    out = Console(highlight=False)
+    out = console()
     p = run.period
     out.print(
         f"[bold]backtest[/] of {format_duration(p.until - p.since)}: "
@@ -244,24 +245,13 @@ def render(run: Backtest, comparison: Comparison | None) -> None:
             "  outcomes: " + " · ".join([*outcomes, f"open at the end {tally.instances - ended:,}"])
         )
         if tally.deviations:
-            table = Table("deviation", "step", "count", box=None, padding=(0, 2))
+            table = _table(("deviation", "step", "count"))
             for (kind, step), n in sorted(tally.deviations.items(), key=lambda kv: -kv[1]):
                 table.add_row(kind, step or "-", f"{n:,}")
             out.print(table)
         else:
             out.print("  no deviation")
-        table = Table(
-            "step",
-            "observed",
-            "p50",
-            "p90",
-            "p99",
-            "max",
-            "within",
-            "warn",
-            box=None,
-            padding=(0, 2),
-        )
+        table = _table(("step", "observed", "p50", "p90", "p99", "max", "within", "warn"))
         for s in tally.step_stats(flow):
             table.add_row(
                 s["step"],
@@ -278,7 +268,6 @@ def render(run: Backtest, comparison: Comparison | None) -> None:
 
 
 def _render_comparison(out: Any, c: Comparison) -> None:
-    from rich.table import Table
 
     out.print(
         f"\n[bold]against the live alerts[/] on {c.topic}: {c.live_alerts:,} in the period, "
@@ -296,12 +285,23 @@ def _render_comparison(out: Any, c: Comparison) -> None:
         for (_flow, key, kind, step), n in sorted(diff.items(), key=_by_key):
             kinds[(kind, step)] += n
             keys.setdefault((kind, step), []).append(key)
-        table = Table("kind", "step", "count", "keys", box=None, padding=(0, 2))
+        table = _table(("kind", "step", "count", "keys"))
         for (kind, step), n in kinds.most_common():
             shown = keys[(kind, step)]
             more = f" (+{len(shown) - _SHOWN_KEYS} more)" if len(shown) > _SHOWN_KEYS else ""
             table.add_row(kind, step or "-", f"{n:,}", ", ".join(shown[:_SHOWN_KEYS]) + more)
         out.print(table)
+
+
+def _table(columns: tuple[str, ...]) -> Any:
+    """A borderless table; text columns left, numbers and durations right."""
+    from rich.table import Table
+
+    table = Table(box=None, padding=(0, 2))
+    for c in columns:
+        left = c in ("step", "deviation", "kind", "keys")
+        table.add_column(c, justify="left" if left else "right", no_wrap=c != "keys")
+    return table
 
 
 def _by_key(item: tuple[AlertKey, int]) -> str:

@@ -156,3 +156,27 @@ def test_backtest_answers_what_replay_answers_and_compares_with_the_live_alerts(
     assert against["same"] == len(replay_alerts) - 2
     assert alert_keys(against["live_only"]) == Counter({("o-999", "late", "paid"): 1})
     assert alert_keys(against["backtest_only"]) == alert_keys(removed)
+
+    # suggest: from the same period, the proposed window and what it would have raised
+    proposed = tmp_path / "bt-v2.yaml"
+    done = subprocess.run(
+        [OBSERVER, "suggest", str(flow), *period, "--format", "json", "--write", str(proposed)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (suggested,) = orjson.loads(done.stdout)["flows"]
+    (step,) = suggested["steps"]
+    assert step["within_ms"] == {"now": 30_000, "proposed": 60_000}  # p99 40s x 1.25 -> 1m
+    assert step["missing"] == {"now": deviations[("missing", "paid")], "proposed": ORDERS // 6}
+    assert step["late"]["now"] > 0 and step["late"]["proposed"] == 0
+    text = proposed.read_text()
+    assert "version: 2" in text and "within: 1m" in text
+    assert (
+        text.replace("version: 2", "version: 1")
+        .replace("within: 1m", "within: 30s")
+        .replace(f"warn: {text.split('warn: ')[1].split()[0]}", "warn: 20s")
+        == flow.read_text()
+    )
