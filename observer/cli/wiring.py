@@ -159,7 +159,7 @@ def build_service(
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
     ports, closers = _runtime_ports(config, redis, webhooks, clock)
-    ports, flow_store = _flow_versions(config, redis, ports, flow_paths)
+    ports, flow_store = _flow_versions(config, redis, ports, flow_paths, registry)
     runtime = Runtime(
         config,
         registry,
@@ -259,10 +259,14 @@ def _slo_flows(metrics: Metrics) -> Callable[[FlowRegistry], None]:
 
 
 def _flow_versions(
-    config: ObserverConfig, redis: RedisSettings, ports: RuntimePorts, flow_paths: tuple[str, ...]
+    config: ObserverConfig,
+    redis: RedisSettings,
+    ports: RuntimePorts,
+    flow_paths: tuple[str, ...],
+    ports_registry: FlowRegistry,
 ) -> tuple[RuntimePorts, RedisFlowStore]:
     """Issue 15: the versions deployed to the group, kept in Redis with its state, and the
-    flow files to watch (none when the flows were given without their paths)."""
+    flow files to watch (those the flows were read from, when not named)."""
     import dataclasses
 
     from observer.adapters.redis.flows import RedisFlowStore
@@ -271,7 +275,8 @@ def _flow_versions(
 
     keys = Keys(config.key_prefix, config.shards, config.state_buckets)
     store = RedisFlowStore(redis, keys)
-    files = WatchedFlowFiles(flow_paths) if flow_paths else None
+    paths = flow_paths or tuple(sorted({f.file for f in ports_registry}))
+    files = WatchedFlowFiles(paths) if paths else None
     return dataclasses.replace(ports, flows=store, flow_files=files), store
 
 

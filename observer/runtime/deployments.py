@@ -125,6 +125,7 @@ class Deployments:
     ) -> None:
         """`process` names this process in the store's list of what each one runs."""
         self.registry = registry
+        self._given = registry
         self.process = process
         self._store = store
         self._files = files
@@ -310,6 +311,10 @@ class Deployments:
                     )
             if flow is not None:
                 registry.add(flow)
+        if self._files is None:  # flows given without their files: run them, not kept
+            for flow in self._given:
+                if registry.get(flow.name, flow.version) is None:
+                    registry.add(flow)
         return registry
 
     def _check_new(self, registry: FlowRegistry, added: list[tuple[str, int]]) -> None:

@@ -27,6 +27,8 @@ from observer.config import ObserverConfig
 from observer.errors import ConfigError
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flow_text
+from observer.flows.registry import FlowRegistry
+from observer.flows.stored import stored_flow
 from observer.metrics import Metrics
 from observer.runtime.health import Health
 from observer.runtime.loop import Runtime
@@ -101,7 +103,7 @@ class Group:
             retire_after_ms=0,
         )
 
-    def start(self, files: dict[str, str], *, keep: bool = True) -> Process:
+    def start(self, files: dict[str, str], *, keep: bool = True, check: Any = None) -> Process:
         """An `observer run` process given `files` (keep: with the group's deployed versions)."""
         world = InMemoryWorld(
             self.config,
@@ -120,6 +122,7 @@ class Group:
             world.ports(),
             metrics=metrics,
             health=Health(self.clock.monotonic),
+            check=check,
         )
         assert runtime.open()
         return Process(self, world, runtime, metrics)
@@ -279,3 +282,27 @@ def test_an_instance_whose_version_is_gone_is_never_run_on_another_one(
     assert second.metrics.version_unavailable.labels("shop", "1")._value.get() >= 2
     assert "is not run on another version" in caplog.text
     second.stop()
+
+
+def test_a_version_whose_webhooks_cannot_run_here_is_refused_from_files_and_reported_from_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The check is what `observer run` passes: webhook secrets and destinations."""
+
+    def check(registry: FlowRegistry) -> None:
+        if any(f.version == 2 for f in registry):
+            raise ConfigError("webhooks: flow 'shop' v2 action 'page': HOOK_KEY is not set")
+
+    group = Group()
+    proc = group.start({"shop.yaml": text(V1)}, check=check)
+    proc.files().write("shop.yaml", text(V2))
+    proc.wait(2.5)
+    assert "cannot run; nothing changes: webhooks: flow 'shop' v2" in caplog.text
+    assert proc.versions() == [1] and group.flows.generation() == 1
+    # deployed by someone else (observer deploy --no-secret-check): run, and said loudly
+    (lf,), _ = load_flow_text(text(V2), "shop-v2.yaml")
+    group.flows.deploy([stored for stored in [stored_flow(lf)[0]] if stored is not None])
+    proc.wait(2.5)
+    assert proc.versions() == [1, 2]
+    assert "cannot run fully in this process: webhooks: flow 'shop' v2" in caplog.text
+    proc.stop()
