@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["deploy"]
 
-_STALE_MS = 30_000  # a process that has not said what it runs for this long is gone
+_STALE_MS = 30_000  # a process that has not said what it runs for this long is not running
+_GONE_MS = 3_600_000  # ... and is forgotten after this long
 
 
 class _EverySecretSet(Mapping[str, str]):
@@ -103,6 +104,7 @@ def deploy(
         for sf in plan.unchanged:
             click.echo(f"already deployed: {sf.flow} v{sf.version}", err=True)
         generation = store.generation()
+        _forget_gone(store)
         for use in retire_unused(store, store.stored(), config.retire_after_ms):
             sf = use.stored
             if use.retired:
@@ -120,6 +122,14 @@ def deploy(
         store.close()
 
 
+def _forget_gone(store: RedisFlowStore) -> None:
+    """Processes that have not said what they run for an hour were killed: forget them."""
+    now = store.now_ms()
+    for process, (_generation, at) in store.processes().items():
+        if now - at > _GONE_MS:
+            store.forget(process)
+
+
 def _wait(store: RedisFlowStore, generation: int, wait_s: float) -> bool:
     """Until every process that said what it runs in the last 30 s runs `generation` or later;
     False (and what lags) after `wait_s`."""
@@ -128,6 +138,9 @@ def _wait(store: RedisFlowStore, generation: int, wait_s: float) -> bool:
         now = store.now_ms()
         live = {p: g for p, (g, at) in store.processes().items() if now - at <= _STALE_MS}
         behind = sorted(p for p, g in live.items() if g < generation)
+        if not live:
+            click.echo("no process of the group is running: they run it when they start", err=True)
+            return True
         if not behind:
             took = time.monotonic() - start
             click.echo(
