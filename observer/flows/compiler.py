@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from observer.errors import FlowError, FlowProblem
+from observer.flows.avro import load_avro
 from observer.flows.compiled import (
     NO_HANDLER,
     CompiledAction,
@@ -44,18 +44,11 @@ def _warn_ms(warn: str | None, within_ms: int) -> int:
     return parse_duration(warn)
 
 
-def _load_avro(path: str, flow_file: str) -> Any:
-    """A local Avro schema; a relative `path` is resolved against the flow file's folder (as
-    an editor resolves the `$schema` comment), so flows validate from any directory."""
-    import fastavro.schema
-
-    return fastavro.schema.load_schema(str(Path(flow_file).parent / path))
-
-
 class _FlowCompiler:
     """Compiles one flow document; collects problems instead of stopping at the first."""
 
     def __init__(self, loaded: LoadedFlow) -> None:
+        self.loaded = loaded
         self.spec: FlowSpec = loaded.spec
         self.file = loaded.file
         self.lines: LineMap = loaded.lines
@@ -73,7 +66,7 @@ class _FlowCompiler:
             schema = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
-                    schema = _load_avro(src.schema_, self.file)
+                    schema = load_avro(src.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -129,7 +122,7 @@ class _FlowCompiler:
             schema = None
             if p.schema_ is not None:
                 try:
-                    schema = _load_avro(p.schema_, self.file)
+                    schema = load_avro(p.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),
