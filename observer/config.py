@@ -113,6 +113,14 @@ class ObserverConfig(BaseModel):
     webhook_backoff_ms: int = Field(200, ge=1)
     webhook_backoff_max_ms: int = Field(30_000, ge=1)
     webhook_workers: int = Field(2, ge=1, le=64)
+    # issue 15: versions kept with the state. How often each process looks for a new
+    # deployment of the group (and for changed flow files); how often it looks for superseded
+    # versions that no instance uses any more, and how long a version must have been
+    # superseded before it may retire (processes that have not seen the newer one yet may
+    # still start instances on it)
+    deploy_poll_ms: int = Field(2_000, ge=100, le=60_000)
+    retire_interval_ms: int = Field(600_000, ge=1_000)
+    retire_after_ms: int = Field(600_000, ge=0)
     # Schema Registry (issue 16): the URL is `schema_registry_url` above; basic auth as
     # "user:password" (or in the URL), TLS as confluent-kafka's client takes it (file paths)
     schema_registry_basic_auth: SecretStr | None = None

@@ -129,6 +129,9 @@ class Replayer:
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
+    # issue 15 (back-testing): told after each event applied, with the slot and how many steps
+    # its instance had observed before (step latencies); replay itself sets none
+    observe: Callable[[KeySlot, int], None] | None = None
     decoder: ValueDecoder | None = None  # registry formats (issue 16); None: local Avro only
 
     def __post_init__(self) -> None:
@@ -211,8 +214,11 @@ class Replayer:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
             had_instance = slot.instance is not None
+            before = len(slot.instance.observed) if slot.instance is not None else 0
             for eff in self.engine.apply(slot, event, self.clock):
                 self.emit(eff, self.clock)
+            if self.observe is not None:
+                self.observe(slot, before)
             if not had_instance and slot.instance is not None:
                 # ties between instances fire in the order the instances started
                 self._order[sk] = self._ordinal

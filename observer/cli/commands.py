@@ -17,6 +17,7 @@ from observer.cli.wiring import build_service, check_access
 from observer.config import ObserverConfig, topics_from_env
 from observer.errors import ConfigError, FlowError, InputError, ObserverError, StoreError
 from observer.flows.compiler import load_registry
+from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
@@ -216,6 +217,8 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # issue 15: SIGHUP loads the flow files again (they are also watched for changes)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.runtime.reload())
     # The hot path allocates many short-lived objects and no cycles: with the default
     # thresholds the cyclic collector costs about 10 µs per event (benchmarks/PROFILE.md).
     # What is loaded by now (flows, compiled templates, libraries) stays and is never scanned.
@@ -228,6 +231,26 @@ def run(
     except ObserverError as exc:
         click.echo(f"observer run: {exc}", err=True)
         sys.exit(1)
+
+
+def _deployed_versions(config: ObserverConfig) -> FlowRegistry | None:
+    """Every flow version deployed to the group (kept in Redis with its state); None if none
+    is stored (state written before versions were kept: the recorded paths are used)."""
+    from observer.adapters.redis.flows import RedisFlowStore
+    from observer.adapters.redis.keys import Keys
+    from observer.flows.stored import rebuild_all
+
+    store = RedisFlowStore(config.redis(), Keys(config.key_prefix, 1))
+    try:
+        stored = store.stored()
+    finally:
+        store.close()
+    if not stored:
+        return None
+    registry, problems = rebuild_all(stored.values())
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    return registry
 
 
 @main.command()
@@ -243,7 +266,7 @@ def run(
     "--flows",
     "flow_paths",
     multiple=True,
-    help="Flow files or folders (default: those the running observer loaded).",
+    help="Flow files or folders (default: every version deployed to the group).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(
@@ -268,7 +291,8 @@ def status(
     reader = RedisSlotReader(config.redis(), config.key_prefix)
     try:
         paths = list(flow_paths)
-        if not paths:
+        registry = None if paths else _deployed_versions(config)
+        if registry is None and not paths:
             deployed = reader.deployed() or {}
             recorded = deployed.get("paths", [])
             paths = [str(p) for p in recorded] if isinstance(recorded, list) else []
@@ -278,7 +302,7 @@ def status(
                 )
                 return
         try:
-            registry = load_registry(paths)
+            registry = registry if registry is not None else load_registry(paths)
         except FlowError as exc:
             fail(f"cannot load the flows ({', '.join(paths)}); pass --flows:\n{exc}")
             return

@@ -22,13 +22,27 @@ from observer.engine.machine import (
 )
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.engine.timers import Timer
+from observer.errors import ObserverError
 from observer.flows.compiled import CompiledFlow, CompiledStep
 from observer.flows.registry import FlowRegistry
 from observer.topics import Topics
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "VersionUnavailable"]
 
 _new_turn = object.__new__
+
+
+class VersionUnavailable(ObserverError):
+    """An instance's flow version is not deployed (any more): it is never run on another
+    version. The runtime dead-letters its events and retries its timers later, loudly."""
+
+    def __init__(self, flow: str, version: int, deployed: list[int]) -> None:
+        self.flow, self.version = flow, version
+        have = ", ".join(f"v{v}" for v in deployed) or "none"
+        super().__init__(
+            f"flow '{flow}' version {version} is not deployed (deployed: {have}); "
+            "its instance is not run on another version"
+        )
 
 
 class Engine:
@@ -126,10 +140,13 @@ class Engine:
         return self._flow_of(slot, slot.instance)
 
     def _flow_of(self, slot: KeySlot, inst: InstanceState) -> CompiledFlow:
+        """The instance's own version; raises VersionUnavailable rather than take another."""
         flow = self._versions.get((slot.flow, inst.version))
         if flow is None:
             registry = self._registry
-            flow = registry.get(slot.flow, inst.version) or registry.newest(slot.flow)
+            flow = registry.get(slot.flow, inst.version)
+            if flow is None:
+                raise VersionUnavailable(slot.flow, inst.version, registry.versions(slot.flow))
             self._versions[(slot.flow, inst.version)] = flow
         return flow
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from observer.errors import FlowError, FlowProblem
+from observer.flows.avro import avro_text, load_avro
 from observer.flows.compiled import (
     NO_HANDLER,
     CompiledAction,
@@ -25,7 +26,6 @@ from observer.flows.compiled import (
 )
 from observer.flows.loader import LineMap, LoadedFlow, load_flows
 from observer.flows.registry import FlowRegistry
-from observer.flows.schemafiles import load_avro as _load_avro
 from observer.flows.selectors import compile_selector
 from observer.flows.spec import EVENT_REF, ActionSpec, FlowSpec, HandlerSpec, StepSpec
 from observer.flows.templates import TemplateContextSpec, compile_value
@@ -48,6 +48,7 @@ class _FlowCompiler:
     """Compiles one flow document; collects problems instead of stopping at the first."""
 
     def __init__(self, loaded: LoadedFlow) -> None:
+        self.loaded = loaded
         self.spec: FlowSpec = loaded.spec
         self.file = loaded.file
         self.lines: LineMap = loaded.lines
@@ -65,7 +66,8 @@ class _FlowCompiler:
             schema = text = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
-                    schema, text = _load_avro(src.schema_, self.file)
+                    schema = load_avro(src.schema_, self.loaded)
+                    text = avro_text(src.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -122,7 +124,8 @@ class _FlowCompiler:
             schema = text = None
             if p.schema_ is not None:
                 try:
-                    schema, text = _load_avro(p.schema_, self.file)
+                    schema = load_avro(p.schema_, self.loaded)
+                    text = avro_text(p.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),

@@ -17,7 +17,7 @@ import orjson
 
 from observer.correlation import BUFFERED, MATCHED, STARTED, Count, signal_kind
 from observer.engine.codec import decode_slot, encode_slot
-from observer.engine.core import Engine
+from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
@@ -384,7 +384,10 @@ class BatchPlanner:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            try:
+                ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            except VersionUnavailable:  # a slot kept as it is (timers deferred): TTLs only grow
+                ttl = slack
             due = w.due_override if w.due_override is not None else next_due(slot)
             state = encode_slot(slot)
             states.append((w.sid, slot, state))

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
-from observer.ingest import Ingest, ValueDecoder
+from observer.ingest import Ingest
 from observer.metrics import Metrics
+from observer.runtime.deployments import Check, Deployments
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.lease_guard import LeaseGuard
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _PROBE_EVERY_S = 5.0
 _STATS_EVERY_S = 5.0
-_TALLY_EVERY_S = 5.0
 
 
 class Runtime:
@@ -57,12 +57,11 @@ class Runtime:
         metrics: Metrics,
         health: Health,
         deployed: Mapping[str, object] | None = None,
-        decoder: ValueDecoder | None = None,
-        wire: Mapping[str, bytes] | None = None,
+        check: Check | None = None,
+        process: str = "observer",
     ) -> None:
-        """`decoder`: reads values of the registry formats (avro, protobuf, json_schema);
-        `wire`: registry subject -> the Confluent wire format's header, for actions that name
-        a subject (both from `adapters/schema_registry/`, issue 16)."""
+        """`check`: what flows about to run must pass (webhook secrets); `process`: this
+        process' name among the group's (issue 15: what each process runs)."""
         self.config = config
         self.store = ports.store
         self.clock = ports.clock
@@ -72,11 +71,9 @@ class Runtime:
         self._stop = threading.Event()
         self.started = threading.Event()
         topics = config.topics()
-        self.ingest = Ingest(registry, topics, decoder=decoder)
-        # correlation health: counted per minute by both stages, flushed every few seconds
-        self.tally = MinuteTally(self.clock.now_ms)
-        self._tally_sink = ports.tally
-        self._tally_every = Every(_TALLY_EVERY_S, self.clock.monotonic)
+        self._decoder = ports.decoder  # issue 16: the registry formats
+        self.ingest = Ingest(registry, topics, decoder=self._decoder)
+        self.tally = MinuteTally(self.clock.now_ms, ports.tally, self.clock.monotonic)
         self.router = Router(
             config,
             self.ingest,
@@ -99,7 +96,7 @@ class Runtime:
             outage=self.outage,
             stop=self._stop,
             tally=self.tally,
-            wire=wire,
+            wire=ports.wire,
         )
         self.lease: LeaseGuard | None = None
         if ports.lease is not None:
@@ -117,6 +114,18 @@ class Runtime:
         self._backlog_limit = 4 * (config.batch_size + config.shards)
         self._probe_every = Every(_PROBE_EVERY_S, self.clock.monotonic)
         self._stats_every = Every(_STATS_EVERY_S, self.clock.monotonic)
+        # issue 15: the deployed versions, kept with the state, reloaded while running
+        self.deployments = Deployments(
+            config,
+            registry,
+            ports.flows,
+            ports.flow_files,
+            clock=self.clock,
+            metrics=metrics,
+            check=check,
+            process=process,
+        )
+        self.deploy_listeners: list[Callable[[FlowRegistry], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -149,12 +158,14 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 self.store.open(self.config.shards, self.deployed)
+                registry = self.deployments.open()
                 self.outage.ok()
                 break
             except StoreError as exc:
                 self.outage.failed(exc, "opening the state store")
         else:
             return False
+        self.deploy(registry)
         if self.lease is not None and not self.lease.take():
             return False
         self.router.start()
@@ -175,17 +186,22 @@ class Runtime:
         except Exception as exc:
             log.warning("router: %s", exc)
         self.tracker.close()
-        self.flush_tally()
+        self.tally.flush()
         if self.lease is not None:
             self.lease.release()
+        self.deployments.close()
         self.store.close()
         log.info("stopped")
 
     # -- one turn -----------------------------------------------------------------------------------
 
     def cycle(self) -> None:
-        """One turn of the loop: route a batch, track a batch, look at health."""
+        """One turn of the loop: route a batch, track a batch, look at health (and, between
+        batches, run a new deployment of the group's flows)."""
         self.health.beat()
+        deployed = self.deployments.poll()
+        if deployed is not None:
+            self.deploy(deployed)
         half = self.config.poll_timeout_ms / 2000.0
         backlog = self._backlog
         read = backlog is None or backlog() < self._backlog_limit
@@ -194,6 +210,20 @@ class Runtime:
         self._check_health()
         if self.lease is not None:
             self.lease.renew()
+
+    def reload(self) -> None:
+        """Load the flow files again at the next turn (SIGHUP; thread-safe)."""
+        self.deployments.request_reload()
+
+    def deploy(self, registry: FlowRegistry) -> None:
+        """Run `registry` from the next batch on: the engine, what is read (a version may read
+        new topics: the router subscribes to them), the deadlines' sources, the listeners (the
+        ops API, webhooks)."""
+        self.ingest = Ingest(registry, self.config.topics(), decoder=self._decoder)
+        self.router.deploy(self.ingest)
+        self.tracker.deploy(registry, self.ingest.topic_names())
+        for listener in self.deploy_listeners:
+            listener(registry)
 
     def _check_health(self) -> None:
         healthy = self.tracker.source.healthy() and self.router.source.healthy()
@@ -208,18 +238,4 @@ class Runtime:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:
                 self.tracker.recover(exc)
-        if self._tally_every.due():
-            self.flush_tally()
-
-    def flush_tally(self) -> None:
-        """Add the correlation-health counts to the store's per-minute hashes; on failure
-        they are kept (bounded) for the next flush."""
-        sink = self._tally_sink
-        taken = self.tally.take()
-        if sink is None or not taken:
-            return
-        try:
-            sink.add(taken)
-        except StoreError as exc:
-            self.tally.restore(taken)
-            log.warning("correlation counts not stored yet (kept for the next try): %s", exc)
+        self.tally.flush_when_due()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot
-from observer.engine.core import Engine
+from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.state import (
     DEVIATION_KINDS,
     F_LATE,
@@ -110,7 +110,10 @@ def describe_instance(
     if state is None and not entries:
         return None
     slot = decode_slot(flow_name, key, state) if state is not None else KeySlot(flow_name, key)
-    flow = engine.flow_of(slot)
+    try:
+        flow = engine.flow_of(slot)
+    except VersionUnavailable as exc:
+        return _unavailable(slot, entries, exc)
     inst = slot.instance
     view: dict[str, Any] = {"flow": flow_name, "key": key}
     if inst is None:
@@ -173,6 +176,37 @@ def describe_instance(
     return view
 
 
+def _unavailable(
+    slot: KeySlot, entries: list[dict[str, Any]], exc: VersionUnavailable
+) -> dict[str, Any]:
+    """The view of an instance whose version is not deployed: what the state says without
+    its flow, and the problem."""
+    inst = slot.instance
+    assert inst is not None
+    return {
+        "flow": slot.flow,
+        "key": slot.key,
+        "state": "open" if inst.open else "ended",
+        "version": inst.version,
+        "outcome": inst.outcome,
+        "path": None,
+        "started_at": _t(inst.started_at),
+        "ended_at": _t(inst.ended_at),
+        "duration_ms": None if inst.ended_at is None else inst.ended_at - inst.started_at,
+        "steps": [],
+        "pending": [],
+        "deviations": [],
+        "actions": [
+            {k: v for k, v in {**e, "at": _t(e.get("at"))}.items() if k != "what"}
+            for e in entries
+            if e.get("what") == "published"
+        ],
+        "buffered": [],
+        "history": [{**e, "at": _t(e.get("at"))} for e in entries],
+        "problem": str(exc),
+    }
+
+
 def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
     """Deployed flows: every version with its sources, paths and steps."""
     out = []
@@ -219,10 +253,13 @@ def format_instance(view: dict[str, Any]) -> str:
     lines = []
     head = f"{view['flow']} {view['key']}: {view['state']}"
     if view.get("version") is not None:
-        head += f" (version {view['version']}, path {view['path']})"
+        path = f", path {view['path']}" if view.get("path") else ""
+        head += f" (version {view['version']}{path})"
     if view.get("outcome"):
         head += f", outcome {view['outcome']}"
     lines.append(head)
+    if view.get("problem"):
+        lines.append(f"  problem: {view['problem']}")
     if view.get("started_at"):
         line = f"  started {view['started_at']}"
         if view.get("ended_at"):
@@ -282,6 +319,12 @@ class InstanceQuery:
         self.registry = registry
         self.reader = reader
         self.engine = Engine(registry, topics or Topics())
+
+    def deploy(self, registry: FlowRegistry) -> None:
+        """Answer from a new deployment's flows (called from the loop's thread; the two
+        references are swapped whole, a request in flight may use the previous ones)."""
+        self.engine = Engine(registry, self.engine.topics)
+        self.registry = registry
 
     def instance(self, flow: str, key: str) -> dict[str, Any] | None:
         """The view of (flow, key); None if the flow is not deployed or nothing is stored."""

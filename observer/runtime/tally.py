@@ -11,25 +11,56 @@ A flush that fails puts its counts back; what is held while the store is down is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 from observer.correlation import Count
+from observer.errors import StoreError
+from observer.runtime.every import Every
+from observer.runtime.ports import TallySink
 
 __all__ = ["MINUTE_MS", "MinuteCounts", "MinuteTally"]
 
+log = logging.getLogger(__name__)
+
 MINUTE_MS = 60_000
+FLUSH_EVERY_S = 5.0
 _MAX_MINUTES = 120  # held while the store is down; older minutes are dropped first
 
 MinuteCounts = dict[int, dict[Count, int]]  # epoch minute -> count -> n
 
 
 class MinuteTally:
-    """Counts added per minute of `now_ms()`; `take` hands them over for a flush."""
+    """Counts added per minute of `now_ms()`; flushed to `sink` every few seconds of
+    `monotonic()` (`take` hands them over; None: counted, never kept)."""
 
-    def __init__(self, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        now_ms: Callable[[], int],
+        sink: TallySink | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
         self._now_ms = now_ms
         self._minutes: MinuteCounts = {}
         self.dropped = 0  # counts given up because the store stayed down too long
+        self._sink = sink
+        self._every = None if monotonic is None else Every(FLUSH_EVERY_S, monotonic)
+
+    def flush_when_due(self) -> None:
+        if self._every is not None and self._every.due():
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the counts to the sink (the store's per-minute hashes); on failure they are
+        kept (bounded) for the next flush."""
+        taken = self.take()
+        if self._sink is None or not taken:
+            return
+        try:
+            self._sink.add(taken)
+        except StoreError as exc:
+            self.restore(taken)
+            log.warning("correlation counts not stored yet (kept for the next try): %s", exc)
 
     def add(self, counts: Mapping[Count, int]) -> None:
         if not counts:

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from observer.config import ObserverConfig
-from observer.engine.core import Engine
+from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.effects import Publish
 from observer.engine.state import Event, KeySlot
 from observer.errors import StoreError
@@ -42,6 +42,7 @@ from observer.runtime.batch import BatchPlan, Planning, dead_letter
 from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
+from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.keyed import Mark, Routed, ShardWatermarks, decode_keyed, encode_event
@@ -109,6 +110,7 @@ class Tracker:
             wire=wire,
         )
         self.progress = ReadProgress()  # of the keyed partitions: the lag
+        self.unavailable = UnavailableVersions(metrics, ports.clock.monotonic)
         mono = self.clock.monotonic
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
@@ -141,6 +143,7 @@ class Tracker:
             health=health,
             metrics=metrics,
             clock=self.clock,
+            unavailable=self.unavailable,
         )
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
@@ -152,6 +155,11 @@ class Tracker:
         self.publisher.start()
         self.source.subscribe([self.config.keyed_topic_name()], self)
         self.ticker.refresh_sources()
+
+    def deploy(self, registry: FlowRegistry, source_topics: list[str]) -> None:
+        """Run a new deployment from the next batch on (issue 15)."""
+        self.planning.engine.registry = registry
+        self.ticker.deploy(registry, source_topics)
 
     def finish(self) -> None:
         """Before stopping: settle the write in flight, wait for deliveries, clear the
@@ -369,6 +377,9 @@ class Tracker:
         for i, sid, ev in prepared.items:
             try:
                 planner.apply(sid, ev)
+            except VersionUnavailable as exc:
+                self.unavailable.report(exc, f"events of {sid} go to the dead-letter topic")
+                failed.setdefault(i, str(exc))
             except Exception as exc:
                 flow, key = split_slot_id(sid)
                 log.exception(

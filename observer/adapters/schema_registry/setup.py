@@ -12,7 +12,7 @@ from typing import Any
 from observer.adapters.schema_registry.decoder import RegistryDecoder
 from observer.adapters.schema_registry.lookups import SchemaLookups, connect
 from observer.adapters.schema_registry.subjects import resolve_subjects, subjects_of
-from observer.errors import ConfigError
+from observer.errors import ConfigError, ObserverError
 from observer.flows.compiled import CompiledFlow
 
 __all__ = ["RegistryParts", "registry_parts"]
@@ -29,6 +29,8 @@ class RegistryParts:
     wire: dict[str, bytes] = field(default_factory=dict)
     resolve: Callable[[], None] | None = None
     close: Callable[[], None] = lambda: None
+    # flows about to be deployed (hot reload, issue 15): a ConfigError refuses them
+    check: Callable[[Iterable[CompiledFlow]], None] = lambda flows: None
 
 
 def _needs(flows: Iterable[CompiledFlow]) -> list[str]:
@@ -55,13 +57,8 @@ def registry_parts(
     flows = list(flows)
     subjects = subjects_of(flows)
     if conf is None:
-        needs = _needs(flows) + [f"subject '{s}' ({w})" for s, (_t, w) in subjects.items()]
-        if needs:
-            raise ConfigError(
-                "a schema registry is needed (set OBSERVER_SCHEMA_REGISTRY_URL) for "
-                + "; ".join(needs)
-            )
-        return RegistryParts()
+        _check_without_registry(flows)
+        return RegistryParts(check=_check_without_registry)
     client = connect(conf)
     lookups = SchemaLookups(
         client, negative_ttl_s=negative_ttl_s, max_ids=max_ids, monotonic=monotonic
@@ -73,4 +70,25 @@ def registry_parts(
             parts.wire.update(resolve_subjects(client, subjects, register=register))
 
         parts.resolve = resolve
+
+    def check(new: Iterable[CompiledFlow]) -> None:
+        """Subjects of flows deployed later are resolved then (on the loop's thread, bounded
+        by the client's timeout); one that cannot be refuses the deployment."""
+        wanted = {s: v for s, v in subjects_of(new).items() if s not in parts.wire}
+        if wanted:
+            try:
+                parts.wire.update(resolve_subjects(client, wanted, register=register))
+            except ObserverError as exc:
+                raise ConfigError(str(exc)) from None
+
+    parts.check = check
     return parts
+
+
+def _check_without_registry(flows: Iterable[CompiledFlow]) -> None:
+    flows = list(flows)
+    needs = _needs(flows) + [f"subject '{s}' ({w})" for s, (_t, w) in subjects_of(flows).items()]
+    if needs:
+        raise ConfigError(
+            "a schema registry is needed (set OBSERVER_SCHEMA_REGISTRY_URL) for " + "; ".join(needs)
+        )
