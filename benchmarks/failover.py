@@ -9,6 +9,7 @@ Scenarios (SHARDS=16 keyed partitions, two source topics of 4 partitions):
             again at once, as a supervisor or the kubelet does
   takeover  two processes; SIGKILL one, not restarted: the other must take its work over
   sigterm   two processes; SIGTERM one (an orderly stop, scale-down), not restarted
+  rolling   one process; SIGTERM, and started again as soon as it exited (a rolling update)
 
 An order stream runs throughout: an order every 100 ms, every other one never paid, so a
 `missing` alert falls due (2 s window) every 200 ms. Figures, from the kill:
@@ -18,7 +19,8 @@ An order stream runs throughout: an order every 100 ms, every other one never pa
            restarted process's first, in the others the first the stalled watermark lets out)
   delay    the worst lateness of an alert due after the kill (published - due), vs. `base`,
            the worst before the kill
-  start    (restart) the new process's start -> its start-up line
+  start    (restart, rolling) the kill -> the new process's start-up line
+  exits    (restart, rolling) how often the new process exited by itself and was started again
 and `lost` (unpaid orders without an alert at the end) and `false` (alerts of paid orders).
 
 Options: the settings each run is given (all through the environment of `observer run`):
@@ -137,7 +139,7 @@ OPTIONS = {
         },
     ),
 }
-SCENARIOS = ("restart", "takeover", "sigterm")
+SCENARIOS = ("restart", "takeover", "sigterm", "rolling")
 
 # what the observer logs when a stage's assignment changes (observer/runtime/loop.py, router.py)
 _TRACKER = re.compile(r"tracker: (assigned|revoked|lost) shards ([0-9, ]*)")
@@ -395,7 +397,7 @@ def run_once(args: argparse.Namespace, name: str, scenario: str, n: int) -> dict
                 penv["OBSERVER_INSTANCE_ID"] = ident
             return Proc(ident, flow, penv, logs)
 
-        count = 1 if scenario == "restart" else 2
+        count = 1 if scenario in ("restart", "rolling") else 2
         procs = [start(f"p{i + 1}") for i in range(count)]
         everything: list[Proc] = list(procs)
         parts = PARTITIONS * len(SOURCES)
@@ -414,12 +416,12 @@ def run_once(args: argparse.Namespace, name: str, scenario: str, n: int) -> dict
             victim = procs[-1]
             kill_ms, kill_at = time.time_ns() // 1_000_000, time.monotonic()
             fig: dict[str, Any] = {}
-            if scenario == "sigterm":
+            if scenario in ("sigterm", "rolling"):
                 victim.stop()
             else:
                 victim.kill()
             alive = procs[:-1]
-            if scenario == "restart":
+            if scenario in ("restart", "rolling"):
                 # a supervisor: the process is started again at once, and again when it exits
                 alive = [start(victim.name)]
                 everything.append(alive[0])

@@ -197,13 +197,23 @@ class ObserverConfig(BaseModel):
             origin[name] = "--" + name.replace("_", "-")
         values["kafka"] = tuple((k, SecretStr(str(v))) for k, v in sorted(kafka.items()))
         try:
-            return cls.model_validate(values)
+            config = cls.model_validate(values)
         except ValidationError as exc:
             problems = []
             for e in exc.errors():
                 field = str(e["loc"][0]) if e["loc"] else "?"
                 problems.append(f"{origin.get(field, field)}: {e['msg']}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+        if config.instance_id and config.kip848():
+            raise ConfigError(
+                f"invalid configuration: {origin.get('instance_id', 'instance_id')} with "
+                "group.protocol=consumer: with that protocol Kafka refuses a process started "
+                "again after a crash until the killed one's session expires (45 s by default), "
+                "so it would exit and be restarted in a loop. Use the classic protocol (the "
+                "default) with an instance id, or group.protocol=consumer without one "
+                "(docs/running.md, Failover)"
+            )
+        return config
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -234,7 +244,7 @@ class ObserverConfig(BaseModel):
             "enable.partition.eof": False,
         }
         common = self._common()
-        if str(common.get("group.protocol", "classic")).lower() != "consumer":
+        if not self.kip848():
             conf.update(_CLASSIC_GROUP)
         if self.instance_id:
             # one id per stage: each stage's consumer is a member of its own group
@@ -242,6 +252,10 @@ class ObserverConfig(BaseModel):
         conf.update(common)
         conf.update(_FORCED_CONSUMER)
         return conf
+
+    def kip848(self) -> bool:
+        """Whether the consumer groups use KIP-848's protocol (OBSERVER_KAFKA_GROUP_PROTOCOL)."""
+        return self.kafka_extra().get("group.protocol", "classic").lower() == "consumer"
 
     def keyed_topic_name(self) -> str:
         """The keyed topic of this group (valid topic characters only)."""

@@ -161,3 +161,11 @@ def test_kip_848_protocol_leaves_the_session_and_assignor_to_the_broker() -> Non
 def test_an_invalid_instance_id_names_the_variable(bad: str) -> None:
     with pytest.raises(ConfigError, match="OBSERVER_INSTANCE_ID"):
         ObserverConfig.load({}, {"OBSERVER_INSTANCE_ID": bad})
+
+
+def test_an_instance_id_with_the_kip_848_protocol_is_refused() -> None:
+    """Measured (docs/running.md, Failover): with group.protocol=consumer the broker refuses a
+    restarted static member until the killed one's session expires, so it would crash-loop."""
+    env = {"OBSERVER_INSTANCE_ID": "observer-0", "OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"}
+    with pytest.raises(ConfigError, match=r"OBSERVER_INSTANCE_ID with group\.protocol=consumer"):
+        ObserverConfig.load({}, env)
