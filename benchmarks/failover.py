@@ -29,7 +29,8 @@ Options: the settings each run is given (all through the environment of `observe
   static        OBSERVER_INSTANCE_ID, session 45 s, heartbeat 3 s
   chosen        OBSERVER_INSTANCE_ID with the observer's defaults (session 6 s, heartbeat 1 s)
   kip848        group.protocol=consumer (KIP-848; the session is the broker's, 45 s)
-  kip848-static group.protocol=consumer and OBSERVER_INSTANCE_ID
+  kip848-static group.protocol=consumer and a group.instance.id (OBSERVER_KAFKA_GROUP_INSTANCE_ID:
+                the observer refuses OBSERVER_INSTANCE_ID with this protocol, see `restart`)
   kip848-short  group.protocol=consumer, the groups' consumer.session.timeout.ms set to 6 s
                 (and heartbeat 1 s) through the admin API: a stock broker refuses that
                 (group.consumer.min.session.timeout.ms = 45 s; not a dynamic setting), the
@@ -186,8 +187,8 @@ class Proc:
                 got = {int(s) for s in m.group(2).split(",") if s.strip()}
                 shards = shards | got if m.group(1) == "assigned" else shards - got
             elif m := _ROUTER.search(line):
-                got = set(m.group(2).split(", "))
-                parts = parts | got if m.group(1) == "assigned" else parts - got
+                tps = set(m.group(2).split(", "))
+                parts = parts | tps if m.group(1) == "assigned" else parts - tps
         return shards, parts
 
     def alive(self) -> bool:
@@ -282,7 +283,7 @@ class Orders:
             for m in self.consumer.consume(500, 0.2):
                 if m.error() is not None:
                     continue
-                alert = orjson.loads(m.value())
+                alert = orjson.loads(m.value() or b"{}")
                 key = str(alert.get("key"))
                 if alert.get("kind") != "missing":
                     continue
@@ -393,7 +394,11 @@ def run_once(args: argparse.Namespace, name: str, scenario: str, n: int) -> dict
 
         def start(ident: str) -> Proc:
             penv = dict(env)
-            if option.static:
+            if option.static and penv.get("OBSERVER_KAFKA_GROUP_PROTOCOL") == "consumer":
+                # the observer refuses OBSERVER_INSTANCE_ID with KIP-848 (because of what this
+                # measures): the librdkafka setting, one id for both groups, bypasses that
+                penv["OBSERVER_KAFKA_GROUP_INSTANCE_ID"] = ident
+            elif option.static:
                 penv["OBSERVER_INSTANCE_ID"] = ident
             return Proc(ident, flow, penv, logs)
 

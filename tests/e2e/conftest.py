@@ -126,8 +126,8 @@ class ObserverProcess:
                 got = {int(s) for s in m.group(2).split(",") if s.strip()}
                 shards = shards | got if m.group(1) == "assigned" else shards - got
             elif m := _ROUTER.search(line):
-                got = set(m.group(2).split(", "))
-                parts = parts | got if m.group(1) == "assigned" else parts - got
+                tps = set(m.group(2).split(", "))
+                parts = parts | tps if m.group(1) == "assigned" else parts - tps
         return shards, parts
 
     def running(self) -> bool:
