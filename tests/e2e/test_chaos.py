@@ -476,7 +476,7 @@ class Chaos:
 
     def kill_and_restart(self) -> None:
         """SIGKILL a process and start it again at once with its instance id."""
-        p = self.rng.choice(self.alive)
+        p = self._victim()
         self.alive.remove(p)
         rc = p.kill()
         killed = time.monotonic()
@@ -488,13 +488,20 @@ class Chaos:
 
     def kill(self) -> None:
         """SIGKILL a process, not restarted: the others take its work over."""
-        p = self.rng.choice(self.alive)
+        p = self._victim()
         self.alive.remove(p)
         rc = p.kill()
         killed = time.monotonic()
         self.kills += 1
         self.log(f"SIGKILL {p.name} (pid {p.pid}): exit {rc}; not restarted")
         self.takeover_recovery.append(self._recovered(killed))
+
+    def _victim(self) -> ObserverProcess:
+        """A random process among those that own work (a process started a moment ago may own
+        nothing yet: killing it would show no failover)."""
+        now = time.monotonic()
+        owning = [p for p in self.alive if any(p.owned(now))]
+        return self.rng.choice(owning or self.alive)
 
     def _recovered(self, killed: float) -> float | None:
         took = coverage_restored(
