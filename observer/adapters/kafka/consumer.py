@@ -132,6 +132,7 @@ class KafkaEventSource:
             self._listener.lost(lost)
         group = self._settings.get("group.id")
         instance = self._settings.get("group.instance.id")
+        reason = reason.split(": Fatal consumer error:")[0]  # librdkafka says it twice
         if instance and ("instance" in reason.lower() or "fenced" in reason.lower()):
             raise ObserverError(
                 f"Kafka: group {group}: {reason}. Another process runs with the same instance "
