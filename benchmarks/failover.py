@@ -15,10 +15,10 @@ An order stream runs throughout: an order every 100 ms, every other one never pa
 `missing` alert falls due (2 s window) every 200 ms. Figures, from the kill:
   owned    the processes alive own every shard (tracker) and every source partition (router)
            again (from their logs: `tracker: assigned shards ...`, `router: assigned ...`)
-  alert    the first alert published after the kill (its record timestamp; in `restart` the
-           restarted process's first, in the others the first the stalled watermark lets out)
-  delay    the worst lateness of an alert due after the kill (published - due), vs. `base`,
-           the worst before the kill
+  alert    the first alert of an order falling due after the kill was published (its record
+           timestamp): when the group detects again
+  delay    the worst lateness of those alerts (published - due), vs. `base`, the worst of the
+           last 10 falling due 2 s or more before the kill
   start    (restart, rolling) the kill -> the new process's start-up line
   exits    (restart, rolling) how often the new process exited by itself and was started again
 and `lost` (unpaid orders without an alert at the end) and `false` (alerts of paid orders).
