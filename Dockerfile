@@ -1,5 +1,7 @@
 # The observer image used by docker-compose.yml:  docker build -t choreography-observer .
-FROM python:3.11-slim
+# tests/test_image.py replays these COPY/RUN steps (a clean, non-editable install and
+# `observer validate` of the copied flows from another directory): no Docker engine needed.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
@@ -8,8 +10,13 @@ WORKDIR /app
 COPY pyproject.toml README.md* ./
 COPY observer ./observer
 RUN pip install . && useradd --system --uid 10001 observer
+# Flows name their Avro schemas relative to the flow file (../schemas/... from /flows), so the
+# schemas sit next to the flows: /flows and /schemas.
 COPY flows /flows
+COPY schemas /schemas
 
 USER observer
 EXPOSE 8000
+# The ops API listens on 127.0.0.1 unless OBSERVER_HTTP_HOST says otherwise: docker-compose.yml
+# sets 0.0.0.0, since a published port reaches the container's own interface.
 CMD ["observer", "run", "/flows"]

@@ -1,31 +1,38 @@
-"""CPU figures of the observer's pure pipeline on a realistic checkout workload (no Kafka, no
-Redis): records built by `benchmarks/workload.py` (JSON of ~300 B, UUID keys, 2 % of orders
-with a deviation), in event-time order.
+"""CPU figures of the observer's own code on a realistic checkout workload, without Kafka or
+Redis: the real runtime on the in-memory adapters (`observer/adapters/memory`). Records are
+built by `benchmarks/workload.py` (JSON of ~300 B, UUID keys, 2 % of orders with a deviation),
+in event-time order, on 4 partitions of each source topic.
 
 Stages, each timed on its own and printed as events/s:
   decode   `Ingest.decode` of every record
   engine   `Engine.apply` of the decoded events on in-memory slots (no timers)
-  cycle    what the runtime does per batch of `--batch` records once they are decoded: a
-           `Cycle` per batch (slots adopted from a dict standing in for the slot cache, or
-           loaded from stored bytes on a miss), `apply`, timers fired at the batch's watermark,
-           `finish` (encode, next due, TTL, history, outbox records), and the metric hooks
-  total    decode + cycle, one batch at a time
+  route    the `Router`: read the source topics in batches of `--batch`, decode, write each
+           event to its shard of the keyed topic, marks, commits
+  track    the `Tracker` over the keyed topic the router wrote (16 shards): decode keyed
+           records, slot cache, loads, `BatchPlanner` (apply, encode, next due, TTL, history,
+           outbox records), the store write, publishing, the metric hooks, and the deadline
+           ticker as marks move the shards' watermarks
+  total    the whole `Runtime` turn by turn with `routing: direct` (router, keyed topic in
+           memory, tracker, health), what `observer run` does between Kafka and Redis
 
-Times are CPU time of the process. Memory: bytes of serialised state, history entries and due member per open instance, in the
-middle of the run. Not a test: `python benchmarks/pipeline.py [--orders N] [--profile STAGE]`.
+Times are CPU time of the process, the set-up of each run (workload, in-memory topics) frozen
+out of the garbage collector's way as `observer run` freezes what it loaded; `track` and
+`total` exclude the in-memory store's own work (what Redis does), and count the in-memory
+Kafka ends (a list append or slice per record).
+The clock is a `ManualClock` moved by the workload's event time per batch. Memory: bytes of
+serialised state and history per open instance, in the middle of the run.
+Not a test: `python benchmarks/pipeline.py [--orders N] [--profile STAGE]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import heapq
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +47,23 @@ from benchmarks.workload import (
     generate,
     prepare_flow,
 )
+from observer.adapters.memory import InMemoryStateStore, InMemoryWorld, ManualClock
+from observer.config import ObserverConfig
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine
-from observer.engine.state import Event, KeySlot
+from observer.engine.state import KeySlot
 from observer.flows.compiler import load_registry
+from observer.flows.registry import FlowRegistry
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
-from observer.runtime.batch import Cycle
-from observer.runtime.shards import shard_of, slot_id
+from observer.runtime.health import Health
+from observer.runtime.loop import Runtime
+from observer.runtime.ports import DueSlots, WriteBatch
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000
 SHARDS = 16
+PARTITIONS = 4
 
 
 def build_records(
@@ -66,114 +78,214 @@ def build_records(
     for i, (topic, key, value, headers, ts) in enumerate(
         generate(model, enc, orders, T0, int(span_s * 1000), seed, 0.02, FAULTS, "uuid", faults)
     ):
-        recs.append(SourceRecord(topic, i % 4, i, key, value, headers, ts))
+        recs.append(SourceRecord(topic, i % PARTITIONS, i, key, value, headers, ts))
     return files, recs
 
 
-class Pipeline:
-    """The runtime's per-batch CPU work with in-memory stand-ins for the store and the cache."""
+class TimedStore(InMemoryStateStore):
+    """The in-memory store, its own CPU time added up (it stands for Redis: not counted)."""
 
-    def __init__(self, registry: Any, batch: int, history_cap: int) -> None:
-        self.engine = Engine(registry)
-        self.ingest = Ingest(registry)
-        self.metrics = Metrics(CollectorRegistry())
-        self.batch = batch
-        self.history_cap = history_cap
-        self.stored: dict[str, bytes] = {}
-        self.history: dict[str, list[bytes]] = {}
-        self.cache: dict[str, tuple[KeySlot, bytes]] = {}
-        self.due: dict[str, int] = {}
-        self.heap: list[tuple[int, str]] = []
-        self.seq = 0
-        self.events = 0
-        self.store_s = 0.0  # CPU seconds spent emulating the store (subtracted from figures)
+    def __init__(self, history_cap: int) -> None:
+        super().__init__(history_cap=history_cap)
+        self.cpu_s = 0.0
 
-    def _shard(self, sid: str) -> int:
-        return shard_of(sid, SHARDS)
+    def load(self, slots: Sequence[tuple[int, str]]) -> Any:
+        t = time.process_time()
+        try:
+            return super().load(slots)
+        finally:
+            self.cpu_s += time.process_time() - t
 
-    def _write(self, plan: Any) -> None:
-        t0 = time.process_time()
-        self._store(plan)
-        self.store_s += time.process_time() - t0
-        self.metrics.record_signals(plan.signals)
-        self.metrics.record_latencies(plan.latencies)
+    def write(self, batch: WriteBatch) -> Any:
+        t = time.process_time()
+        try:
+            return super().write(batch)
+        finally:
+            self.cpu_s += time.process_time() - t
 
-    def _store(self, plan: Any) -> None:
-        """What Redis and the slot cache do with a plan (the emulation is not timed)."""
-        for p in plan.write.puts:
-            self.stored[p.sid] = p.state
-            if p.history:
-                h = self.history.setdefault(p.sid, [])
-                h.extend(p.history)
-                del h[: -self.history_cap]
-            if p.due is None:
-                self.due.pop(p.sid, None)
-            else:
-                self.due[p.sid] = p.due
-                heapq.heappush(self.heap, (p.due, p.sid))
-        for _, sid in plan.write.deletes:
-            self.stored.pop(sid, None)
-            self.history.pop(sid, None)
-            self.due.pop(sid, None)
-        for sid, slot, stored in plan.states:
-            if slot is None or stored is None:
-                self.cache.pop(sid, None)
-            else:
-                self.cache[sid] = (slot, stored)
-
-    def run_batch(
-        self, decoded: list[tuple[SourceRecord, list[tuple[str, Event]]]], now: int
-    ) -> None:
-        outcomes: Counter[tuple[str, str]] = Counter()
-        c = Cycle(self.engine, self._shard, now, seq=self.seq, history_cap=self.history_cap)
-        watermark = 0
-        for rec, events in decoded:
-            watermark = max(watermark, rec.timestamp)
-            outcomes[(rec.topic, "applied" if events else "ignored")] += 1
-            for flow, ev in events:
-                sid = slot_id(flow, ev.key)
-                if not c.loaded(sid):
-                    hit = self.cache.get(sid)
-                    if hit is not None:
-                        c.adopt(sid, self._shard(sid), hit[0], hit[1])
-                    else:
-                        c.load(sid, flow, ev.key, self._shard(sid), self.stored.get(sid))
-                c.apply(sid, ev)
-                self.events += 1
-        plan = c.finish()
-        self.seq = plan.next_seq
-        self._write(plan)
-        self.metrics.record_events(outcomes)
-        self.tick(watermark, now)
-
-    def tick(self, watermark: int, now: int) -> None:
-        heap = self.heap
-        if not heap or heap[0][0] > watermark:
-            return
-        c = Cycle(self.engine, self._shard, now, seq=self.seq, history_cap=self.history_cap)
-        while heap and heap[0][0] <= watermark:
-            due, sid = heapq.heappop(heap)
-            if self.due.get(sid) != due or c.loaded(sid):
-                continue
-            hit = self.cache.get(sid)
-            flow, key = sid.split(":", 1)
-            if hit is not None:
-                c.adopt(sid, self._shard(sid), hit[0], hit[1])
-            else:
-                c.load(sid, flow, key, self._shard(sid), self.stored.get(sid))
-            c.fire(sid, watermark)
-        plan = c.finish()
-        self.seq = plan.next_seq
-        self._write(plan)
+    def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
+        t = time.process_time()
+        try:
+            return super().due(watermarks, limit)
+        finally:
+            self.cpu_s += time.process_time() - t
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    """CPU seconds of this process (the machine is shared: wall time would measure others),
-    less what the stage reports as spent emulating the store."""
+class Setup:
+    """The workload, the flows and the settings every stage shares."""
+
+    def __init__(
+        self, args: argparse.Namespace, registry: FlowRegistry, records: list[SourceRecord]
+    ):
+        self.args = args
+        self.registry = registry
+        self.records = records
+        self.topics = Ingest(registry).topic_names()
+        n_batches = max(1, -(-len(records) // args.batch))
+        # the clock moves with the workload's event time: one batch's worth per turn
+        self.turn_s = (records[-1].timestamp - records[0].timestamp) / 1000.0 / n_batches
+        self.keyed: list[SourceRecord] | None = None  # what the router wrote (for `track`)
+        self.last_world: InMemoryWorld | None = None
+
+    def config(self, routing: str) -> ObserverConfig:
+        return ObserverConfig(
+            group_id="bench",
+            shards=SHARDS,
+            batch_size=self.args.batch,
+            history_cap=self.args.history_cap,
+            routing=routing,  # type: ignore[arg-type]
+        )
+
+    def world(
+        self, routing: str, records: Iterable[SourceRecord]
+    ) -> tuple[InMemoryWorld, Runtime, TimedStore]:
+        """A world holding `records`, and a runtime opened on it."""
+        config = self.config(routing)
+        store = TimedStore(self.args.history_cap)
+        world = InMemoryWorld(config, clock=ManualClock(T0), store=store)
+        for topic in self.topics:
+            world.broker.create(topic, PARTITIONS)
+        append = world.broker.append
+        for r in records:
+            append(r.topic, r.partition, r.key, r.value, r.headers, r.timestamp)
+        runtime = Runtime(
+            config,
+            self.registry,
+            world.ports(),
+            metrics=Metrics(CollectorRegistry()),
+            health=Health(world.clock.monotonic),
+        )
+        assert runtime.open()
+        return world, runtime, store
+
+
+def _unread(world: InMemoryWorld, source: Any, topics: Sequence[str]) -> int:
+    tps = [(t, p) for t in topics for p in range(world.broker.partitions(t) or 0)]
+    return sum(hi - (pos or 0) for lo, hi, pos in source.offsets(tps).values() if hi is not None)
+
+
+Run = Callable[[], float]  # a stage's timed part; returns CPU seconds not to count
+
+
+def stage_route(s: Setup) -> Run:
+    """The router alone, keyed routing (it does not use the store)."""
+    world, runtime, _store = s.world("keyed", s.records)
+    router, clock = runtime.router, world.clock
+
+    def run() -> float:
+        while True:
+            router.poll(0.0)
+            clock.advance(s.turn_s)
+            if _unread(world, world.router_source, s.topics) == 0:
+                break
+        router.poll(0.0)  # acknowledgements, the last marks and commits
+        s.keyed = world.broker.records(s.config("keyed").keyed_topic_name())
+        return 0.0
+
+    return run
+
+
+def stage_track(s: Setup) -> Run:
+    """The tracker over the keyed topic the router wrote."""
+    if s.keyed is None:
+        stage_route(s)()
+    assert s.keyed is not None
+    world, runtime, store = s.world("keyed", s.keyed)
+    tracker, clock, source = runtime.tracker, world.clock, world.keyed_source
+    keyed = [s.config("keyed").keyed_topic_name()]
+
+    def run() -> float:
+        while True:
+            tracker.poll(0.0)
+            clock.advance(s.turn_s)
+            if _unread(world, source, keyed) == 0:
+                break
+        tracker.poll(0.0)  # the last write's reply
+        return store.cpu_s
+
+    return run
+
+
+def stage_total(s: Setup, stop_after: int | None = None) -> Run:
+    """The whole runtime turn by turn, direct routing (`stop_after` turns at most)."""
+    world, runtime, store = s.world("direct", s.records)
+    local, clock = world.local, world.clock
+    assert local is not None
+    s.last_world = world
+
+    def run() -> float:
+        turns = 0
+        while True:
+            runtime.cycle()
+            clock.advance(s.turn_s)
+            turns += 1
+            if stop_after is not None and turns >= stop_after:
+                break
+            if _unread(world, world.router_source, s.topics) == 0 and local.unread() == 0:
+                break
+        runtime.cycle()
+        return store.cpu_s
+
+    return run
+
+
+def timed(stage: Callable[[], Run]) -> float:
+    """CPU seconds of a stage's timed part (the machine is shared: wall time would measure
+    others), less what it reports as spent in the stand-in for Redis. What was set up before
+    (the workload, the in-memory topics) is frozen out of the garbage collector's way, as
+    `observer run` freezes what it loaded."""
+    run = stage()
     gc.collect()
-    t = time.process_time()
-    excluded = fn()
-    return time.process_time() - t - (excluded or 0.0)
+    gc.freeze()
+    try:
+        t = time.process_time()
+        excluded = run()
+        return time.process_time() - t - excluded
+    finally:
+        gc.unfreeze()
+
+
+def memory_figures(s: Setup) -> None:
+    """Bytes per open instance in the middle of the run (from the in-memory store)."""
+    n_batches = max(1, -(-len(s.records) // s.args.batch))
+    stage_total(s, stop_after=n_batches // 2)()
+    assert s.last_world is not None
+    store = s.last_world.store
+    open_slots: list[tuple[str, str, bytes, list[bytes]]] = []
+    for sid in store.slot_ids():
+        flow, key = sid.split(":", 1)
+        state, history = store.read(flow, key)
+        assert state is not None
+        slot = decode_slot(flow, key, state)
+        if slot.instance is not None and slot.instance.open:
+            open_slots.append((flow, key, state, history))
+    state_b = [len(st) for _f, _k, st, _h in open_slots]
+    hist_b = [sum(len(e) for e in h) for _f, _k, _st, h in open_slots]
+    hist_n = [len(h) for _f, _k, _st, h in open_slots]
+    sid_len = [len(f) + 1 + len(k) for f, k, _st, _h in open_slots]
+    print(
+        f"mid-run: {len(open_slots)} open instances; per instance: state {statistics.mean(state_b):.0f} B "
+        f"(median {statistics.median(state_b):.0f}, max {max(state_b)}), history {statistics.mean(hist_b):.0f} B "
+        f"in {statistics.mean(hist_n):.1f} entries, slot id {statistics.mean(sid_len):.0f} B "
+        f"(payload only; Redis adds per-key overhead)"
+    )
+    sample = [decode_slot(f, k, st) for f, k, st, _h in open_slots[:2000]]
+    t = time.perf_counter()
+    for slot in sample:
+        encode_slot(slot)
+    enc_us = (time.perf_counter() - t) / len(sample) * 1e6
+    t = time.perf_counter()
+    for f, k, st, _h in open_slots[:2000]:
+        decode_slot(f, k, st)
+    dec_us = (time.perf_counter() - t) / len(sample) * 1e6
+    engine = Engine(s.registry)
+    t = time.perf_counter()
+    for slot in sample:
+        engine.next_due(slot)
+    due_us = (time.perf_counter() - t) / len(sample) * 1e6
+    print(
+        f"encode_slot {enc_us:.2f} µs, decode_slot {dec_us:.2f} µs, next_due {due_us:.2f} µs per open slot"
+    )
 
 
 def main() -> None:
@@ -195,7 +307,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--profile",
-        choices=["decode", "engine", "cycle", "total"],
+        choices=["decode", "engine", "route", "track", "total"],
         help="run only this stage, once, in a loop for `--profile-seconds` (for py-spy)",
     )
     ap.add_argument("--profile-seconds", type=float, default=20.0)
@@ -206,60 +318,57 @@ def main() -> None:
     ingest = Ingest(registry)
     decoded = [(r, ingest.decode(r).events) for r in records]
     n_events = sum(len(e) for _, e in decoded)
-    batches = [decoded[i : i + args.batch] for i in range(0, len(decoded), args.batch)]
-    raw_batches = [records[i : i + args.batch] for i in range(0, len(records), args.batch)]
+    setup = Setup(args, registry, records)
 
-    def stage_decode() -> None:
-        dec = ingest.decode
-        for r in records:
-            dec(r)
+    def stage_decode() -> Run:
+        def run() -> float:
+            dec = ingest.decode
+            for r in records:
+                dec(r)
+            return 0.0
 
-    def stage_engine() -> None:
+        return run
+
+    def stage_engine() -> Run:
         engine = Engine(registry)
-        slots: dict[str, KeySlot] = {}
-        apply = engine.apply
-        for _, evs in decoded:
-            for flow, ev in evs:
-                slot = slots.get(ev.key)
-                if slot is None:
-                    slot = slots[ev.key] = KeySlot(flow, ev.key)
-                apply(slot, ev, ev.time)
 
-    def stage_cycle() -> float:
-        p = Pipeline(registry, args.batch, args.history_cap)
-        for b in batches:
-            p.run_batch(b, b[-1][0].timestamp)
-        return p.store_s
+        def run() -> float:
+            slots: dict[str, KeySlot] = {}
+            apply = engine.apply
+            for _, evs in decoded:
+                for flow, ev in evs:
+                    slot = slots.get(ev.key)
+                    if slot is None:
+                        slot = slots[ev.key] = KeySlot(flow, ev.key)
+                    apply(slot, ev, ev.time)
+            return 0.0
 
-    def stage_total() -> float:
-        p = Pipeline(registry, args.batch, args.history_cap)
-        dec = p.ingest.decode
-        for rb in raw_batches:
-            p.run_batch([(r, dec(r).events) for r in rb], rb[-1].timestamp)
-        return p.store_s
+        return run
 
+    stages: dict[str, Callable[[], Run]] = {
+        "decode": stage_decode,
+        "engine": stage_engine,
+        "route": lambda: stage_route(setup),
+        "track": lambda: stage_track(setup),
+        "total": lambda: stage_total(setup),
+    }
+    stage_route(setup)()  # the keyed topic `track` reads (outside any timing)
     if args.gc_threshold:
         gc.collect()
         gc.freeze()  # the workload built above is not garbage: keep it out of every collection
         gc.set_threshold(args.gc_threshold, 20, 100)
-    stages = {
-        "decode": stage_decode,
-        "engine": stage_engine,
-        "cycle": stage_cycle,
-        "total": stage_total,
-    }
     if args.profile:
         end = time.monotonic() + args.profile_seconds
         while time.monotonic() < end:
-            stages[args.profile]()
+            stages[args.profile]()()
         return
 
     print(
         f"workload: {args.orders} checkout orders, {len(records)} records, {n_events} events, "
-        f"batch {args.batch}, history cap {args.history_cap}, "
+        f"batch {args.batch}, history cap {args.history_cap}, {SHARDS} shards, "
         f"gc threshold {args.gc_threshold or 'default'}"
     )
-    print("best of runs (CPU time; cycle and total exclude the store emulation)")
+    print("best of runs (CPU time; track and total exclude the in-memory store standing for Redis)")
     for name, fn in stages.items():
         rates = [n_events / timed(fn) for _ in range(args.repeat)]
         per = 1e6 / max(rates)
@@ -267,44 +376,7 @@ def main() -> None:
             f"{name:<7} {max(rates):>10,.0f} events/s  {per:6.1f} µs/event  "
             f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})"
         )
-
-    # memory in the middle of the run: open instances only
-    p = Pipeline(registry, args.batch, args.history_cap)
-    for b in batches[: len(batches) // 2]:
-        p.run_batch(b, b[-1][0].timestamp)
-    open_sids = []
-    for sid, data in p.stored.items():
-        slot = decode_slot(*sid.split(":", 1), data)
-        if slot.instance is not None and slot.instance.open:
-            open_sids.append(sid)
-    state = [len(p.stored[s]) for s in open_sids]
-    hist = [sum(len(h) for h in p.history.get(s, [])) for s in open_sids]
-    hist_n = [len(p.history.get(s, [])) for s in open_sids]
-    sid_len = [len(s) for s in open_sids]
-    print(
-        f"mid-run: {len(open_sids)} open instances; per instance: state {statistics.mean(state):.0f} B "
-        f"(median {statistics.median(state):.0f}, max {max(state)}), history {statistics.mean(hist):.0f} B "
-        f"in {statistics.mean(hist_n):.1f} entries, slot id {statistics.mean(sid_len):.0f} B "
-        f"(payload only; Redis adds per-key overhead)"
-    )
-    sample = [decode_slot(*s.split(":", 1), p.stored[s]) for s in open_sids[:2000]]
-    t = time.perf_counter()
-    for s in sample:
-        encode_slot(s)
-    enc_us = (time.perf_counter() - t) / len(sample) * 1e6
-    raw = [(s.split(":", 1), p.stored[s]) for s in open_sids[:2000]]
-    t = time.perf_counter()
-    for (f, k), data in raw:
-        decode_slot(f, k, data)
-    dec_us = (time.perf_counter() - t) / len(raw) * 1e6
-    engine = Engine(registry)
-    t = time.perf_counter()
-    for s in sample:
-        engine.next_due(s)
-    due_us = (time.perf_counter() - t) / len(sample) * 1e6
-    print(
-        f"encode_slot {enc_us:.2f} µs, decode_slot {dec_us:.2f} µs, next_due {due_us:.2f} µs per open slot"
-    )
+    memory_figures(setup)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import re
 import socket
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from observer.engine.core import Topics
 from observer.errors import ConfigError
+from observer.masking import MASK, mask_url
+from observer.redis_settings import RedisSettings, parse_redis_url
+from observer.topics import Topics
 
 __all__ = [
     "ENV_PREFIX",
@@ -55,30 +56,12 @@ _CLASSIC_GROUP = {
 }
 # group.instance.id: what Kafka accepts (the characters of a topic name)
 _INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,200}")
-MASK = "***"
 _DEFAULT_TOPICS = Topics()
 
 
 def is_secret_key(name: str) -> bool:
     """Whether a librdkafka setting holds a secret (its value is never logged)."""
     return bool(_SECRET.search(name))
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(
-        (parts.scheme, f"{user}:{MASK}@{host}", parts.path, parts.query, parts.fragment)
-    )
 
 
 class ObserverConfig(BaseModel):
@@ -89,8 +72,11 @@ class ObserverConfig(BaseModel):
     bootstrap_servers: str = "localhost:9092"
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     group_id: str = "observer"
-    http_host: str = "0.0.0.0"
+    # the ops API: loopback unless told otherwise; with a token, every endpoint but /healthz
+    # and /readyz wants `Authorization: Bearer <token>`
+    http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)  # 0: pick a free port (logged)
+    http_token: SecretStr | None = None
     alerts_topic: str = _DEFAULT_TOPICS.alerts
     outcomes_topic: str = _DEFAULT_TOPICS.outcomes
     dlq_topic: str = _DEFAULT_TOPICS.dlq
@@ -133,7 +119,10 @@ class ObserverConfig(BaseModel):
     # publishing
     linger_ms: int = Field(5, ge=0)
     retry_backoff_ms: int = Field(500, ge=1)
-    webhook_timeout_ms: int = Field(5_000, ge=1)
+    webhook_timeout_ms: int = Field(5_000, ge=1)  # all of one attempt: connect, send, answer
+    webhook_max_response_bytes: int = Field(65_536, ge=0)  # more of an answer is not read
+    # link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services) are refused
+    webhook_allow_link_local: bool = False
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_backoff_ms: int = Field(200, ge=1)
     webhook_backoff_max_ms: int = Field(30_000, ge=1)
@@ -152,6 +141,22 @@ class ObserverConfig(BaseModel):
         v = v.strip()
         if v and not _INSTANCE_ID.fullmatch(v):
             raise ValueError("at most 200 of the characters a-z, A-Z, 0-9, '.', '_', '-'")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        try:
+            parse_redis_url(v.get_secret_value())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("http_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return v
 
     @field_validator("bootstrap_servers", "group_id", "alerts_topic", "outcomes_topic", "dlq_topic")
@@ -216,6 +221,10 @@ class ObserverConfig(BaseModel):
         return config
 
     # -- views ------------------------------------------------------------------------------------
+
+    def redis(self) -> RedisSettings:
+        """The Redis URL, parsed: the one source of both Redis clients' settings."""
+        return parse_redis_url(self.redis_url.get_secret_value())
 
     def topics(self) -> Topics:
         return Topics(alerts=self.alerts_topic, outcomes=self.outcomes_topic, dlq=self.dlq_topic)
@@ -299,6 +308,8 @@ class ObserverConfig(BaseModel):
                 out[name] = {k: (MASK if is_secret_key(k) else s.get_secret_value()) for k, s in v}
             elif name in ("redis_url", "schema_registry_url"):
                 out[name] = None if v is None else mask_url(v.get_secret_value())
+            elif name == "http_token":
+                out[name] = None if v is None else MASK
             else:
                 out[name] = v
         return out

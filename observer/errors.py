@@ -4,7 +4,9 @@
     ├── FlowError                 a flow file is invalid (carries every problem found)
     ├── InputError                an input file for `observer replay` is malformed
     ├── ConfigError               runtime configuration is invalid
-    └── StoreError                the state store (Redis) failed; adapters translate to it
+    ├── StoreError                the state store (Redis) failed; adapters translate to it
+    └── RenderError               a template failed on an instance's data (short message)
+        └── TemplateLimitError    ... because it went beyond a limit (observer/limits.py)
 
 Adapters translate library errors (`raise StoreError(...) from exc`); nothing else leaks.
 """
@@ -13,7 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "FlowError", "FlowProblem", "InputError", "ObserverError", "StoreError"]
+__all__ = [
+    "ConfigError",
+    "FlowError",
+    "FlowProblem",
+    "InputError",
+    "ObserverError",
+    "RenderError",
+    "StoreError",
+    "TemplateLimitError",
+]
 
 
 class ObserverError(Exception):
@@ -57,3 +68,14 @@ class ConfigError(ObserverError):
 
 class StoreError(ObserverError):
     """The state store failed (connection lost, script error)."""
+
+
+class RenderError(ObserverError):
+    """A template could not be rendered on an instance's data (undefined data, a type error,
+    a division by zero, a limit). The message is short and names the template; whatever went
+    wrong inside Jinja is the `__cause__`."""
+
+
+class TemplateLimitError(RenderError):
+    """A template went beyond a limit of `observer/limits.py` (size, work, loops,
+    64-bit integers). Found while validating when it does not depend on the data."""

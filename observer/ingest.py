@@ -15,14 +15,15 @@ from typing import Any
 
 import orjson
 
-from observer.engine.core import Topics
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import MISSING, RecordView, Selector
+from observer.jsonexact import INT_MAX, INT_MIN, loads_exact, may_be_rounded
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
+from observer.topics import Topics
 
 __all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
 
@@ -145,24 +146,20 @@ class Ingest:
                         return self._dead(rec, f"cannot decode {fmt} value: {exc}")
                     other = views[fmt] = RecordView(value, headers, rec.key, rec.timestamp)
                 view, view_fmt = other, fmt
-            etype = source.type(view)
-            if type(etype) is str:  # the usual case, checked first
-                if etype == "":
-                    return self._dead(rec, f"no event type at {source.type_text}")
-            elif etype is MISSING or etype is None or isinstance(etype, dict | list):
-                return self._dead(rec, f"no event type at {source.type_text}")
-            else:
-                etype = str(etype)
-            if etype not in r.wanted:
-                continue
-            key = source.key(view)
-            if type(key) is str:
-                if key == "":
-                    return self._dead(rec, f"no correlation key at {source.key_text}")
-            elif key is MISSING or key is None or isinstance(key, dict | list | bool):
-                return self._dead(rec, f"no correlation key at {source.key_text}")
-            else:
-                key = str(key)
+            try:
+                etype = source.type(view)
+                if type(etype) is not str or not etype:
+                    etype = _text_of(etype, _NO_TYPE, source.type_text, source, source.type, rec)
+                if etype not in r.wanted:
+                    continue
+                key = source.key(view)
+                if type(key) is not str or not key:
+                    key = _text_of(key, _NO_KEY, source.key_text, source, source.key, rec)
+                eid: Any = MISSING if source.id is None else source.id(view)
+                if type(eid) is not str:
+                    eid = _event_id(eid, source, rec)
+            except _Dead as dead:
+                return self._dead(rec, dead.reason)
             raw_time = source.time(view)
             if type(raw_time) is int and MIN_TIME_MS <= raw_time < MAX_TIME_MS:
                 time = raw_time
@@ -173,18 +170,18 @@ class Ingest:
                     time = parse_time(raw_time)
                 except ValueError as exc:
                     return self._dead(rec, f"bad event time at {source.time_text}: {exc}")
-            eid: Any = MISSING if source.id is None else source.id(view)
-            if type(eid) is not str:
-                if eid is MISSING or eid is None or isinstance(eid, dict | list):
-                    eid = f"{rec.topic}/{rec.partition}/{rec.offset}"
-                else:
-                    eid = str(eid)
             sels = r.captures.get(etype)
             captures: dict[str, Any] = {}
             if sels:
+                raw = rec.value  # bytes from Kafka; replay passes decoded JSON
+                decoded = type(raw) is not bytes and not isinstance(raw, _ENCODED)
                 for sel, fn in sels:
                     v = fn(view)
-                    captures[sel] = None if v is MISSING else v
+                    if v is MISSING:
+                        v = None
+                    elif decoded:
+                        v = _as_orjson_reads(v)
+                    captures[sel] = v
             out.events.append((r.flow, Event(source.name, etype, key, eid, time, captures)))
         return out
 
@@ -199,13 +196,77 @@ class Ingest:
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
         return self.avro(bytes(value), source)
 
-    def dead_letter(self, rec: SourceRecord, reason: str) -> Publish:
-        """The dead letter of `rec` (to this ingest's dead-letter topic), for records that
-        fail here or later (while being applied)."""
-        return dead_letter(rec, reason, self.topics)
-
     def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
         return Decoded([], dead_letter(rec, reason, self.topics), reason)
+
+
+class _Dead(Exception):
+    """A record goes to the dead-letter topic for `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_ENCODED = (bytes, bytearray, memoryview, str)
+_NO_TYPE = ("no event type", True)  # what is missing; whether a boolean counts as text
+_NO_KEY = ("no correlation key", False)
+
+
+def _exact(source: CompiledSource, selector: Selector, rec: SourceRecord) -> Any:
+    """What `selector` reads from `rec` with its JSON value decoded again keeping integers of
+    any size exact (orjson rounds those beyond 64 bits to floats, merging distinct keys)."""
+    value = rec.value
+    if source.format != "json":
+        return selector(RecordView(value, {}, rec.key, rec.timestamp))
+    if isinstance(value, _ENCODED):
+        value = loads_exact(value)
+    headers = rec.headers if isinstance(rec.headers, Mapping) else dict(rec.headers)
+    return selector(RecordView(value, headers, rec.key, rec.timestamp))
+
+
+def _text_of(
+    value: Any,
+    what: tuple[str, bool],
+    where: str,
+    source: CompiledSource,
+    selector: Selector,
+    rec: SourceRecord,
+) -> str:
+    """A type or key that is not a non-empty string, as text; raises _Dead if there is none.
+    A number is its exact decimal text, also beyond 64 bits."""
+    if may_be_rounded(value):
+        value = _exact(source, selector, rec)
+    if type(value) is str:
+        if value:
+            return value
+    elif not (value is MISSING or value is None or isinstance(value, dict | list)) and (
+        what[1] or not isinstance(value, bool)
+    ):
+        return str(value)
+    raise _Dead(f"{what[0]} at {where}")
+
+
+def _event_id(value: Any, source: CompiledSource, rec: SourceRecord) -> str:
+    """The event id read, as exact text; topic/partition/offset when there is none."""
+    if source.id is not None and may_be_rounded(value):
+        value = _exact(source, source.id, rec)
+    if value is MISSING or value is None or isinstance(value, dict | list):
+        return f"{rec.topic}/{rec.partition}/{rec.offset}"
+    return value if type(value) is str else str(value)
+
+
+def _as_orjson_reads(value: Any) -> Any:
+    """A captured value of already decoded JSON (replay) as orjson would have read it from
+    bytes: integers beyond its 64-bit range become the nearest float, so state holds only what
+    the store can encode and replay keeps what `observer run` would."""
+    kind = type(value)
+    if kind is int:
+        return value if INT_MIN <= value <= INT_MAX else float(value)
+    if kind is list:
+        return [_as_orjson_reads(v) for v in value]
+    if kind is dict:
+        return {k: _as_orjson_reads(v) for k, v in value.items()}
+    return value
 
 
 def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:

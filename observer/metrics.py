@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from bisect import bisect_left
-from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from observer.engine.effects import Signal
-from observer.runtime.outbox import OutboxRecord
 
 __all__ = ["Metrics"]
 
@@ -49,7 +47,12 @@ class Metrics:
         self.registry = registry
         # labelled children of the counters and histograms below (never removed, unlike lag)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        r = registry
+        self._flow_metrics(registry)
+        self._delivery_metrics(registry)
+        self._loop_metrics(registry)
+
+    def _flow_metrics(self, r: CollectorRegistry) -> None:
+        """What the flows saw: events, instances, deviations, step latencies."""
         self.events = Counter(
             "observer_events_total",
             "Source records read, by topic and outcome (applied, ignored, dead_letter).",
@@ -71,6 +74,14 @@ class Metrics:
             ["flow"],
             registry=r,
         )
+        self.slo_events = Counter(
+            "observer_slo_events_total",
+            "Instances of flows with an `slo:` judged against it, by result: good (completed "
+            "within `within` of its start) or bad (ended otherwise, or still open when `within` "
+            "passed). Once per instance.",
+            ["flow", "result"],
+            registry=r,
+        )
         self.deviations = Counter(
             "observer_deviations_total",
             "Deviations, by flow, step and kind.",
@@ -84,6 +95,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _delivery_metrics(self, r: CollectorRegistry) -> None:
+        """What the observer published, and what failed on the way."""
         self.published = Counter(
             "observer_published_total",
             "Records published and acknowledged, by category (action, alert, outcome, dlq, webhook).",
@@ -113,6 +127,9 @@ class Metrics:
             "Webhooks dropped after their last attempt.",
             registry=r,
         )
+
+    def _loop_metrics(self, r: CollectorRegistry) -> None:
+        """How the loop keeps up: lag, watermark, batches, commits, shards, readiness."""
         self.lag = Gauge(
             "observer_consumer_lag",
             "Records not read yet, per source partition.",
@@ -165,6 +182,14 @@ class Metrics:
 
     # -- hooks ------------------------------------------------------------------------------------
 
+    def declare_slo_flows(self, flows: Iterable[str]) -> None:
+        """Export `observer_slo_events_total` at 0 for these flows (those with an `slo:`) from
+        the start: Prometheus' rate() cannot see the first increment of a series it never saw at
+        0, and an SLO's first bad instance must count."""
+        for flow in flows:
+            for result in ("good", "bad"):
+                self._child(self.slo_events, (flow, result))
+
     def record_events(self, outcomes: Mapping[tuple[str, str], int]) -> None:
         """(topic, outcome) -> count for one batch."""
         for (topic, outcome), n in outcomes.items():
@@ -173,7 +198,7 @@ class Metrics:
                 self._child(self.dead_letters, (topic,)).inc(n)
 
     def record_signals(self, signals: Iterable[Signal]) -> None:
-        """Started, ended and deviation signals of one batch, counted per label set first."""
+        """Started, ended, deviation and SLO signals of one batch, counted per label set first."""
         tally: dict[tuple[str, ...], int] = {}
         get = tally.get
         for s in signals:
@@ -184,6 +209,8 @@ class Metrics:
                 key = ("ended", s.flow, s.detail)
             elif what == "deviation":
                 key = ("deviation", s.flow, s.step or "", s.detail)
+            elif what == "slo":
+                key = ("slo", s.flow, s.detail)
             else:
                 continue
             tally[key] = get(key, 0) + 1
@@ -192,6 +219,8 @@ class Metrics:
                 self._child(self.started, key[1:]).inc(n)
             elif key[0] == "ended":
                 self._child(self.ended, key[1:]).inc(n)
+            elif key[0] == "slo":
+                self._child(self.slo_events, key[1:]).inc(n)
             else:
                 self._child(self.deviations, key[1:]).inc(n)
 
@@ -232,11 +261,6 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
-
-    def record_published(self, records: Iterable[OutboxRecord]) -> None:
-        tally: Tally[str] = Tally(r.category for r in records)
-        for cat, n in tally.items():
-            self.published.labels(cat).inc(n)
 
     def set_open(self, stats: Mapping[str, int]) -> None:
         for name, n in stats.items():

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from observer.engine.core import Engine, Topics
+from observer import jsonexact
+from observer.engine.core import Engine
 from observer.engine.effects import Effect, Publish
 from observer.engine.state import KeySlot
 from observer.errors import InputError
@@ -27,6 +26,7 @@ from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
 from observer.ingest import Ingest, SourceRecord
 from observer.timefmt import parse_time
+from observer.topics import Topics
 
 __all__ = ["Deploy", "ReplayRecord", "Replayer", "parse_events", "publish_line", "run_replay"]
 
@@ -59,8 +59,8 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
         if not raw.strip():
             continue
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            obj = jsonexact.loads(raw)  # integers beyond 64 bits kept exact, as keys need
+        except ValueError as exc:
             raise InputError(file, i + 1, f"not a JSON object: {exc}") from None
         if not isinstance(obj, dict):
             raise InputError(file, i + 1, "not a JSON object")
@@ -77,12 +77,12 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
         if not isinstance(headers, dict):
             raise InputError(file, i + 1, "'headers' must be an object")
         headers = {
-            str(k): v if isinstance(v, str) else orjson.dumps(v).decode()
+            str(k): v if isinstance(v, str) else jsonexact.dumps(v).decode()
             for k, v in headers.items()
         }
         key = obj.get("key")
         if key is not None and not isinstance(key, str):
-            key = orjson.dumps(key).decode()
+            key = jsonexact.dumps(key).decode()
         rec = SourceRecord(topic, 0, i, key, obj.get("value"), headers, timestamp)
         out.append(ReplayRecord(i, rec))
     return out
@@ -106,7 +106,7 @@ def publish_line(p: Publish, timestamp: int) -> bytes:
     if p.webhook is not None:
         line["webhook"] = p.webhook
     line.update(key=p.key, value=value, headers=headers, timestamp=timestamp)
-    return orjson.dumps(line)
+    return jsonexact.dumps(line)  # a dead letter's value may hold integers beyond 64 bits
 
 
 @dataclass

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
+from observer.limits import MAX_DURATION_MS
+
 __all__ = [
+    "MAX_DURATION_MS",
     "MAX_TIME_MS",
     "MIN_TIME_MS",
     "format_duration",
@@ -21,34 +25,48 @@ _ISO = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
+_ISO_UNITS_MS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_duration(text: str) -> int:
     """Parse `250ms`, `30s`, `5m`, `4h`, `2d` or ISO-8601 (`PT5M`, `P1DT2H`) into ms.
 
-    Raises ValueError with a plain-words message on anything else (including zero or negative).
+    Raises ValueError with a plain-words message on anything else, including zero, negative
+    and longer than MAX_DURATION_MS (100 years). The number is read exactly (no float), so
+    no length of digits can overflow; a fraction of a millisecond rounds half to even.
     """
     s = str(text).strip()
     m = _SHORT.match(s)
     if m:
-        ms = float(m.group(1)) * _UNITS_MS[m.group(2)]
+        ms = Decimal(m.group(1)) * _UNITS_MS[m.group(2)]
     else:
         iso = _ISO.match(s.upper())
         if not iso or s.upper() in ("P", "PT") or s.upper().endswith("T"):
             raise ValueError(
-                f"'{text}' is not a duration (use 250ms, 30s, 5m, 4h, 2d or ISO-8601 like PT5M)"
+                f"'{_short(text)}' is not a duration (use 250ms, 30s, 5m, 4h, 2d or ISO-8601 "
+                "like PT5M)"
             )
-        parts = {k: float(v) for k, v in iso.groupdict().items() if v is not None}
-        ms = (
-            parts.get("d", 0) * 86_400_000
-            + parts.get("h", 0) * 3_600_000
-            + parts.get("m", 0) * 60_000
-            + parts.get("s", 0) * 1_000
+        parts = {k: Decimal(v) for k, v in iso.groupdict().items() if v is not None}
+        ms = sum(
+            (parts.get(unit, Decimal(0)) * size for unit, size in _ISO_UNITS_MS),
+            start=Decimal(0),
         )
-    if round(ms) <= 0:
-        raise ValueError(f"'{text}' is not a positive duration (at least 1ms)")
-    return round(ms)
+    if ms > MAX_DURATION_MS:
+        raise ValueError(
+            f"'{_short(text)}' is longer than the longest duration the observer keeps "
+            f"({MAX_DURATION_MS // 86_400_000}d)"
+        )
+    whole = int(ms.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    if whole <= 0:
+        raise ValueError(f"'{_short(text)}' is not a positive duration (at least 1ms)")
+    return whole
+
+
+def _short(text: object, limit: int = 40) -> str:
+    """`text` for a message: at most `limit` characters."""
+    s = str(text)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def format_duration(ms: int) -> str:
@@ -111,36 +129,38 @@ def parse_time(raw: object) -> int:
     """
     ms = _parse_time(raw)
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
-        raise ValueError(f"time {raw!r} is out of range (years 1 to 9000)")
+        raise ValueError(f"time {_short(repr(raw))} is out of range (years 1 to 9000)")
     return ms
 
 
 def _parse_time(raw: object) -> int:
     if isinstance(raw, bool) or raw is None:
-        raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
+        raise ValueError(f"time {_short(repr(raw))} is not epoch ms or ISO-8601")
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float):
         if raw != raw or raw in (float("inf"), float("-inf")):
-            raise ValueError(f"time {raw!r} is not a number")
+            raise ValueError(f"time {_short(repr(raw))} is not a number")
         return int(raw)
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     if isinstance(raw, str):
         s = raw.strip()
         if s.lstrip("-").isdigit():
+            if len(s) > 20:  # beyond 64 bits: out of range, and no quadratic int() of it
+                raise ValueError(f"time {_short(repr(raw))} is out of range (years 1 to 9000)")
             return int(s)
         if _ISO_TIME.fullmatch(s) is None:
-            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
+            raise ValueError(f"time {_short(repr(raw))} is not epoch ms or ISO-8601")
         try:
             dt = datetime.fromisoformat(s.replace("z", "Z").replace("t", "T", 1))
         except ValueError:
-            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601") from None
+            raise ValueError(f"time {_short(repr(raw))} is not epoch ms or ISO-8601") from None
         offset = _OFFSET.search(s)
         if offset is not None and int(offset.group(2)) > 59:  # Python takes "+00:80"
-            raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
+            raise ValueError(f"time {_short(repr(raw))} is not epoch ms or ISO-8601")
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         delta = dt - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    raise ValueError(f"time {raw!r} is not epoch ms or ISO-8601")
+    raise ValueError(f"time {_short(repr(raw))} is not epoch ms or ISO-8601")

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared set-up for ops/test and ops/demo (sourced, not run):
-#   ensure_venv       .venv with the project installed editable with its dev extras
+#   ensure_venv       .venv with the project installed editable with its dev and demo extras
+#                     (pip install -e '.[dev,demo]': the tests run the demo, ops/demo needs its tools)
 #   ensure_stack      ops/stack start for whatever OBSERVER_BOOTSTRAP_SERVERS / OBSERVER_REDIS_URL
 #                     do not already point elsewhere
 #   stop_started_stack  stops only the services ensure_stack had to start
@@ -40,16 +41,16 @@ ensure_venv() {
   local stamp="$VENV/.observer-installed" want
   want="$(cksum <"$REPO_ROOT/pyproject.toml" | cut -d' ' -f1) $REPO_ROOT"
   if [[ -f $stamp && "$(<"$stamp")" == "$want" ]] &&
-    (cd / && "$VENV_PY" -c 'import observer') >/dev/null 2>&1; then
+    (cd / && "$VENV_PY" -c 'import observer, demo') >/dev/null 2>&1; then
     echo "virtualenv $VENV is up to date"
   else
-    log "installing the project and its dev tools into $VENV (pip install -e '.[dev]')"
+    log "installing the project, its dev tools and the demo's into $VENV (pip install -e '.[dev,demo]')"
     local out
     out="$(mktemp)"
-    if ! (cd "$REPO_ROOT" && "$VENV_PY" -m pip install --disable-pip-version-check -q -e '.[dev]') >"$out" 2>&1; then
+    if ! (cd "$REPO_ROOT" && "$VENV_PY" -m pip install --disable-pip-version-check -q -e '.[dev,demo]') >"$out" 2>&1; then
       tail -n 40 "$out" >&2
       rm -f "$out"
-      fail "pip install -e '.[dev]' failed (output above)"
+      fail "pip install -e '.[dev,demo]' failed (output above)"
     fi
     rm -f "$out"
     printf '%s\n' "$want" >"$stamp"

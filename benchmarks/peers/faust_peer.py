@@ -2,20 +2,22 @@
 
 One agent over every source topic (JSON values); per-order state in a faust `Table` (memory
 store, changelog topic: durable in Kafka, recovered on rebalance); pending deadlines per
-partition, fired as that partition's event time passes them (see `checkout.Deadlines`) and
-by a timer once the stream is idle; alerts to a topic with `send`.
+partition, judged as that partition's event time passes them plus a grace of one window (see
+`checkout.Deadlines`) and by a timer once the stream is idle; alerts to a topic with `send`.
 Offsets are committed by faust (every second here, 2.8 s by default).
 
     python benchmarks/peers/faust_peer.py --spec peer-spec.json --group G --alerts-topic T \
         [--bootstrap-servers 127.0.0.1:9092] [--data-dir DIR]
 
-Run by `benchmarks/run.py --only faust`; stop it with SIGTERM.
+Run by `benchmarks/run.py --only faust`; stop it with SIGTERM. Installed with the `bench` extra
+(`benchmarks/.venv/bin/pip install -e '.[bench]'`, see quix_peer.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
     sources = app.topic(*logic.topics, key_serializer="raw", value_serializer="json")
     alerts = app.topic(args.alerts_topic, key_serializer="raw", value_serializer="json")
     orders = app.Table("orders", default=None, partitions=args.partitions)
-    deadlines = Deadlines(logic.topics)
+    deadlines = Deadlines(logic)
     last_event = {"at": time.monotonic()}
 
     async def fire(partition: int, now: int | None) -> None:
@@ -86,9 +88,10 @@ def main() -> None:
     ap.add_argument("--alerts-topic", required=True)
     ap.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--data-dir", default="/tmp/faust-peer")
+    ap.add_argument("--data-dir", default=None, help="(default: a new temporary folder)")
     ap.add_argument("--log-level", default="warn", help="crit|error|warn|info|debug")
     args = ap.parse_args()
+    args.data_dir = args.data_dir or tempfile.mkdtemp(prefix="faust-peer-")
     app = build_app(args)
     sys.argv = [sys.argv[0], "worker", "-l", args.log_level]
     app.main()

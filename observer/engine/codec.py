@@ -13,9 +13,8 @@ captures needs a new version anyway). `entries` is `[path, entry_rel, ...]`, or 
 usual {main path: started_at}. `[2, null, buffer]` holds only early events. A buffered event
 is `[source, type, id, time, read_at, seq, {selector: value}]` (its key is the slot's).
 
-Format 1 (read only): `[1, version, started_at, path, sla_bits, outcome|null, ended_rel|null,
-[path, entry_rel, ...], [step, time_rel, ...], [step, flags, ...], [step, id_hash, ...],
-[error_id_hash, ...], [kind, step, ...], [[step, {selector: value}], ...], buffer|null]`.
+Format 1 is not read: only Redis stores of format 1 held it, and those refuse to open
+(`observer.adapters.redis.store`).
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ _dumps = orjson.dumps
 _loads = orjson.loads
 
 
-# what a trailing field of format 2 holds when it is left out
-_DEFAULTS_2: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None, [], [], None]
+# what a trailing field holds when it is left out
+_DEFAULTS: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None, [], [], None]
 
 
 def _flat(d: dict[int, int], base: int = 0) -> list[int]:
@@ -113,22 +112,19 @@ def encode_slot(slot: KeySlot) -> bytes:
         _buffer(slot),
     ]
     n = len(arr)
-    defaults = _DEFAULTS_2
+    defaults = _DEFAULTS
     while n > 4 and arr[n - 1] == defaults[n - 1]:
         n -= 1
     return _dumps(arr if n == len(arr) else arr[:n])
 
 
 def decode_slot(flow: str, key: str, data: bytes) -> KeySlot:
-    """Rebuild a slot from `encode_slot` bytes (format 2, or format 1 as written before).
-    Raises ValueError on an unknown format."""
+    """Rebuild a slot from `encode_slot` bytes. Raises ValueError on an unknown format."""
     arr = _loads(data)
     if not isinstance(arr, list) or not arr:
         raise ValueError(f"unknown state format for {flow}/{key}")
     if arr[0] == FORMAT:
-        return _decode_2(flow, key, arr)
-    if arr[0] == 1:
-        return _decode_1(flow, key, arr)
+        return _decode(flow, key, arr)
     raise ValueError(f"unknown state format for {flow}/{key}")
 
 
@@ -139,7 +135,7 @@ def _events(key: str, raw_buf: list[Any]) -> list[BufferedEvent]:
     ]
 
 
-def _decode_2(flow: str, key: str, arr: list[Any]) -> KeySlot:
+def _decode(flow: str, key: str, arr: list[Any]) -> KeySlot:
     slot = KeySlot(flow, key)
     if arr[1] is None:
         if len(arr) > 2 and arr[2]:
@@ -147,7 +143,7 @@ def _decode_2(flow: str, key: str, arr: list[Any]) -> KeySlot:
         return slot
     n = len(arr)
     if n < 15:
-        arr = arr + _DEFAULTS_2[n:]
+        arr = arr + _DEFAULTS[n:]
     (
         _,
         version,
@@ -182,46 +178,4 @@ def _decode_2(flow: str, key: str, arr: list[Any]) -> KeySlot:
     )
     if raw_buf:
         slot.buffer = _events(key, raw_buf)
-    return slot
-
-
-def _decode_1(flow: str, key: str, arr: list[Any]) -> KeySlot:
-    slot = KeySlot(flow, key)
-    raw_buf = arr[-1]
-    if raw_buf:
-        slot.buffer = _events(key, raw_buf)
-    if arr[1] is None:
-        return slot
-    (
-        _,
-        version,
-        s,
-        path,
-        sla,
-        outcome,
-        ended_rel,
-        entries,
-        observed,
-        flags,
-        ids,
-        errs,
-        devs,
-        caps,
-        _b,
-    ) = arr
-    slot.instance = InstanceState(
-        version=version,
-        started_at=s,
-        path=path,
-        entries=_unflat(entries, s),
-        observed=_unflat(observed, s),
-        ids=_unflat(ids),
-        flags=_unflat(flags),
-        captured={k: v for k, v in caps},
-        error_ids=list(errs),
-        sla=sla,
-        deviations=[(devs[i], devs[i + 1]) for i in range(0, len(devs), 2)],
-        outcome=outcome,
-        ended_at=None if ended_rel is None else s + ended_rel,
-    )
     return slot

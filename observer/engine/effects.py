@@ -36,18 +36,19 @@ class Publish:
 class Signal:
     """Something that happened, for metrics and the instance history (nothing is published).
 
-    `what`: started | ended | deviation | recorded; `detail` is the outcome, deviation kind or
-    a note; `at` is the observer's time (ms).
+    `what`: started | ended | deviation | recorded | slo; `detail` is the outcome, deviation
+    kind, a note, or for `slo` the instance's judgement against its flow's SLO, `good` or `bad`
+    (once per instance); `at` is the observer's time (ms).
     """
 
-    what: Literal["started", "ended", "deviation", "recorded"]
+    what: Literal["started", "ended", "deviation", "recorded", "slo"]
     flow: str
     version: int
     key: str
     detail: str
     step: str | None
     at: int
-    value_ms: int | None = None  # duration for `ended`
+    value_ms: int | None = None  # duration for `ended` and `slo`
 
 
 Effect = Publish | Signal

@@ -18,6 +18,7 @@ __all__ = [
     "F_WARNED",
     "SLA_BREACHED",
     "SLA_WARNED",
+    "SLO_JUDGED",
     "BufferedEvent",
     "Event",
     "InstanceState",
@@ -32,6 +33,7 @@ F_OUT_OF_ORDER = 8
 # instance-level flags
 SLA_WARNED = 1
 SLA_BREACHED = 2
+SLO_JUDGED = 4  # counted bad for the flow's SLO while still open (its `within` passed)
 
 DEVIATION_KINDS = (
     "missing",
@@ -82,9 +84,7 @@ class InstanceState:
     observed: dict[int, int]  # step -> event time
     ids: dict[int, int]  # step -> crc32 of event id
     flags: dict[int, int]  # step -> F_* bits
-    # step -> captured values in the order of the step's `capture_names` (state decoded from
-    # format 1 holds {selector: value} instead; the engine reads both)
-    captured: dict[int, list[Any] | dict[str, Any]]
+    captured: dict[int, list[Any]]  # step -> values in the order of its `capture_names`
     error_ids: list[int]  # crc32 of applied error event ids
     sla: int  # SLA_* bits
     deviations: list[tuple[int, int]]  # (kind index, step or -1)
@@ -100,7 +100,7 @@ class InstanceState:
         observed: dict[int, int] | None = None,
         ids: dict[int, int] | None = None,
         flags: dict[int, int] | None = None,
-        captured: dict[int, list[Any] | dict[str, Any]] | None = None,
+        captured: dict[int, list[Any]] | None = None,
         error_ids: list[int] | None = None,
         sla: int = 0,
         deviations: list[tuple[int, int]] | None = None,

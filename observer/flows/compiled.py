@@ -20,6 +20,7 @@ __all__ = [
     "CompiledHandler",
     "CompiledPath",
     "CompiledSla",
+    "CompiledSlo",
     "CompiledSource",
     "CompiledStep",
     "Renderer",
@@ -63,6 +64,9 @@ class CompiledAction:
     severity: Severity | None = None
     summary: Renderer | None = None
     url: str | None = None
+    # webhook: extra headers as written (values may hold `${NAME}`), the variable of the key
+    webhook_headers: tuple[tuple[str, str], ...] = ()
+    sign_secret_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,17 @@ class CompiledSla:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledSlo:
+    """`objective` (a ratio, e.g. 0.995) of the instances complete within `within_ms` of their
+    start, over `window_ms`. `objective_percent` is the number as written (e.g. "99.5")."""
+
+    objective: float
+    objective_percent: str
+    within_ms: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledFlow:
     """A validated flow version, ready to run."""
 
@@ -152,6 +167,7 @@ class CompiledFlow:
     # (source, type) -> step indices / error indices it matches
     step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    slo: CompiledSlo | None = None
     # derived, for the hot path: per path index, the steps that can time out (required, with a
     # window) as (step index, anchors, within_ms, warn_ms | None), in declaration order
     timed: tuple[tuple[TimedStep, ...], ...] = field(init=False, repr=False, compare=False)

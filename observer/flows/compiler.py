@@ -20,6 +20,7 @@ from observer.flows.compiled import (
     CompiledHandler,
     CompiledPath,
     CompiledSla,
+    CompiledSlo,
     CompiledSource,
     CompiledStep,
 )
@@ -28,6 +29,7 @@ from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import compile_selector
 from observer.flows.spec import EVENT_REF, ActionSpec, FlowSpec, HandlerSpec, StepSpec
 from observer.flows.templates import TemplateContextSpec, compile_value
+from observer.flows.webhook import compile_webhook, conflicting_webhooks
 from observer.timefmt import parse_duration
 
 __all__ = ["compile_flow", "compile_flows", "load_registry"]
@@ -42,10 +44,12 @@ def _warn_ms(warn: str | None, within_ms: int) -> int:
     return parse_duration(warn)
 
 
-def _load_avro(path: str) -> Any:
+def _load_avro(path: str, flow_file: str) -> Any:
+    """A local Avro schema; a relative `path` is resolved against the flow file's folder (as
+    an editor resolves the `$schema` comment), so flows validate from any directory."""
     import fastavro.schema
 
-    return fastavro.schema.load_schema(path)
+    return fastavro.schema.load_schema(str(Path(flow_file).parent / path))
 
 
 class _FlowCompiler:
@@ -69,7 +73,7 @@ class _FlowCompiler:
             schema = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
-                    schema = _load_avro(src.schema_)
+                    schema = _load_avro(src.schema_, self.file)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -109,6 +113,8 @@ class _FlowCompiler:
     def _compile_actions(self, ctx: TemplateContextSpec) -> None:
         for name, act in self.spec.actions.items():
             self.actions[name] = self._action(name, act, ctx)
+        for name, message in conflicting_webhooks(self.actions):
+            self.problem(("actions", name, "webhook", "url"), message)
 
     def _action(self, name: str, act: ActionSpec, ctx: TemplateContextSpec) -> CompiledAction:
         loc: tuple[str | int, ...] = ("actions", name)
@@ -123,7 +129,7 @@ class _FlowCompiler:
             schema = None
             if p.schema_ is not None:
                 try:
-                    schema = _load_avro(p.schema_)
+                    schema = _load_avro(p.schema_, self.file)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),
@@ -149,7 +155,10 @@ class _FlowCompiler:
                     self.problem((*loc, "alert", "summary"), f"action '{name}': {e}")
             return CompiledAction(name, "alert", severity=act.alert.severity, summary=summary)
         assert act.webhook is not None
-        return CompiledAction(name, "webhook", url=act.webhook.url, severity=act.webhook.severity)
+        action, problems = compile_webhook(name, act.webhook)
+        for where, message in problems:
+            self.problem((*loc, "webhook", *where), message)
+        return action
 
     def _handler(
         self, h: HandlerSpec | None, loc: tuple[str | int, ...], what: str
@@ -309,6 +318,19 @@ class _FlowCompiler:
         for s in steps:
             visit(s.index, [])
 
+    def _slo(self) -> CompiledSlo | None:
+        slo = self.spec.slo
+        if slo is None:
+            return None
+        within, window = parse_duration(slo.within), parse_duration(slo.window)
+        if within >= window:
+            self.problem(
+                ("slo", "within"),
+                f"slo: within ({slo.within}) must be shorter than window ({slo.window})",
+            )
+        pct = slo.objective.strip()[:-1].strip()
+        return CompiledSlo(float(pct) / 100, pct, within, window)
+
     # -- the whole flow -------------------------------------------------------------------------
 
     def compile(self) -> CompiledFlow | None:
@@ -383,6 +405,7 @@ class _FlowCompiler:
                 self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
                 self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
             )
+        slo = self._slo()
         step_index: dict[tuple[str, str], list[int]] = {}
         for cs in steps:
             for ref in cs.on:
@@ -430,6 +453,7 @@ class _FlowCompiler:
             expire_ms=parse_duration(spec.expire),
             step_index={k: tuple(v) for k, v in step_index.items()},
             error_index=error_index,
+            slo=slo,
         )
 
 

@@ -17,11 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from observer.flows import spec
+from observer.flows import spec, webhook
 from observer.flows.spec import FlowSpec
 
 __all__ = [
     "DURATION_PATTERN",
+    "OBJECTIVE_PATTERN",
     "SCHEMA_ID",
     "SCHEMA_PATH",
     "WARN_PATTERN",
@@ -40,6 +41,8 @@ DURATION_PATTERN = rf"^\s*({_NUM}\s*(ms|s|m|h|d)|[Pp]({_NUM}[Dd]({_ISO_TIME})?|{
 # warn: a percentage of `within` (strictly between 0 and 100, checked by the loader; the loader
 # reads the number with float(), so `80.%` and `.5%` pass too) or a duration
 WARN_PATTERN = rf"^\s*(\d+\.?\d*|\.\d+)\s*%\s*$|{DURATION_PATTERN}"
+# slo.objective: a percentage (strictly between 0 and 100, checked by the loader)
+OBJECTIVE_PATTERN = r"^\s*(\d+\.?\d*|\.\d+)\s*%\s*$"
 
 
 def _string(pattern: str | None = None) -> dict[str, Any]:
@@ -133,9 +136,19 @@ def flow_json_schema() -> dict[str, Any]:
     _set_pattern(sla["within"], DURATION_PATTERN)
     _set_pattern(sla["warn"], WARN_PATTERN)
 
+    # -- slo -------------------------------------------------------------------------------------
+    slo = defs["SloSpec"]["properties"]
+    _set_pattern(slo["objective"], OBJECTIVE_PATTERN)
+    _set_pattern(slo["within"], DURATION_PATTERN)
+    _set_pattern(slo["window"], DURATION_PATTERN)
+
     # -- actions: exactly one of publish, alert, webhook -----------------------------------------
     defs["ActionSpec"]["minProperties"] = 1
     defs["ActionSpec"]["maxProperties"] = 1
+    hook = defs["WebhookSpec"]["properties"]
+    _set_pattern(hook["url"], webhook.URL_PATTERN)
+    hook["headers"]["propertyNames"] = {"pattern": webhook.HEADER_NAME.pattern}
+    _set_pattern(defs["SignSpec"]["properties"]["secret"], webhook.SECRET_REF_PATTERN)
 
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

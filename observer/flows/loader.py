@@ -6,6 +6,7 @@ pydantic error's location path can be mapped back to the line the user has to fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from observer.errors import FlowError, FlowProblem
 from observer.flows.spec import FlowSpec
+from observer.limits import (
+    MAX_FLOW_FILE_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_INT,
+    MAX_YAML_NODES,
+    MIN_YAML_INT,
+)
 
 __all__ = ["LineMap", "LoadedFlow", "flow_files", "load_flow_file", "load_flows"]
 
@@ -60,32 +68,77 @@ def flow_files(target: str | Path) -> list[Path]:
     return [p]
 
 
-def _plain(node: Any, path: Path_, lines: dict[Path_, int]) -> Any:
-    """Convert ruamel nodes to plain Python, recording the line of every key and item."""
-    if isinstance(node, CommentedMap):
-        out: dict[Any, Any] = {}
-        for k, v in node.items():
-            try:
-                line = node.lc.key(k)[0] + 1
-            except (KeyError, TypeError, AttributeError):
-                line = lines.get(path, 1)
-            child = (*path, str(k))
-            lines[child] = line
-            out[str(k)] = _plain(v, child, lines)
-        return out
-    if isinstance(node, CommentedSeq):
-        items = []
-        for i, v in enumerate(node):
-            try:
-                line = node.lc.item(i)[0] + 1
-            except (KeyError, TypeError, AttributeError, IndexError):
-                line = lines.get(path, 1)
-            lines[(*path, i)] = line
-            items.append(_plain(v, (*path, i), lines))
-        return items
-    if isinstance(node, str):
-        return _text(str(node))
-    return node
+class _TooBig(Exception):
+    """A document exceeds a limit of the loader; carries the 1-based line and the problem."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line, self.message = line, message
+        super().__init__(message)
+
+
+class _Expander:
+    """Convert ruamel nodes to plain Python, recording the line of every key and item.
+
+    ruamel keeps an alias as a reference to its anchor's node; copying it out here expands it.
+    Every node copied counts against MAX_YAML_NODES for the whole file, so nested aliases (a
+    "billion laughs") stop at the budget instead of taking minutes and gigabytes."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def plain(self, node: Any, path: Path_, lines: dict[Path_, int], depth: int = 0) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise _TooBig(
+                lines.get(path[:1], 1),  # the line of the top-level key being expanded
+                f"the file holds more than {MAX_YAML_NODES} values (counting every alias expanded)",
+            )
+        if isinstance(node, CommentedMap | CommentedSeq) and depth >= MAX_YAML_DEPTH:
+            raise _TooBig(
+                lines.get(path, 1), f"mappings and lists nest more than {MAX_YAML_DEPTH} deep"
+            )
+        if isinstance(node, CommentedMap):
+            out: dict[Any, Any] = {}
+            for k, v in node.items():
+                try:
+                    line = node.lc.key(k)[0] + 1
+                except (KeyError, TypeError, AttributeError):
+                    line = lines.get(path, 1)
+                key = self._key(k, line)
+                child = (*path, key)
+                lines[child] = line
+                out[key] = self.plain(v, child, lines, depth + 1)
+            return out
+        if isinstance(node, CommentedSeq):
+            items = []
+            for i, v in enumerate(node):
+                try:
+                    line = node.lc.item(i)[0] + 1
+                except (KeyError, TypeError, AttributeError, IndexError):
+                    line = lines.get(path, 1)
+                lines[(*path, i)] = line
+                items.append(self.plain(v, (*path, i), lines, depth + 1))
+            return items
+        if isinstance(node, str):
+            return _text(str(node))
+        if isinstance(node, int) and not isinstance(node, bool):
+            return _small_int(int(node), lines.get(path, 1))
+        return node
+
+    def _key(self, key: Any, line: int) -> str:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(_small_int(int(key), line))
+        return _text(str(key))
+
+
+def _small_int(value: int, line: int) -> int:
+    if not MIN_YAML_INT <= value <= MAX_YAML_INT:
+        digits = value.bit_length()
+        raise _TooBig(
+            line,
+            f"an integer of {digits} bits is beyond what the observer can store (64-bit integers)",
+        )
+    return value
 
 
 def _text(s: str) -> str:
@@ -143,25 +196,87 @@ def _pydantic_problems(
 def _documents(text: str, file: str) -> Iterator[tuple[Any, LineMap]]:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
+    expander = _Expander()  # one budget for every document of the file
     for doc in yaml.load_all(text):
         lines: dict[Path_, int] = {}
         if isinstance(doc, CommentedMap | CommentedSeq):
             lines[()] = (doc.lc.line or 0) + 1
-        plain = _plain(doc, (), lines)
+        plain = expander.plain(doc, (), lines)
         yield plain, LineMap(file, lines)
+
+
+_FLOW_SIGNIFICANT = re.compile(r"""["'#\[\]{}]""")
+_QUOTED = {'"': re.compile(r'"(?:[^"\\]|\\.)*"', re.S), "'": re.compile(r"'(?:[^']|'')*'", re.S)}
+_SCALAR_START = frozenset("[{,:-?\n")
+
+
+def _check_flow_depth(text: str) -> None:
+    """Raise _TooBig if `[`/`{` collections nest more than MAX_YAML_DEPTH deep.
+
+    ruamel's scanner takes time quadratic in that depth (seconds for a few thousand bytes of
+    `[[[[`), so this is checked on the text before parsing. It follows YAML closely enough to
+    skip quoted scalars and comments; where it cannot tell, it counts a bracket."""
+    depth = 0
+    pos = 0
+    while (m := _FLOW_SIGNIFICANT.search(text, pos)) is not None:
+        ch, at = m.group(), m.start()
+        pos = at + 1
+        if ch in "]}":
+            depth = max(0, depth - 1)
+            continue
+        j = at - 1
+        while j >= 0 and text[j] in " \t":
+            j -= 1
+        starts = j < 0 or text[j] in _SCALAR_START
+        if ch == "#":
+            if j < at - 1 or j < 0 or text[j] == "\n":  # a comment: after a space or alone
+                end = text.find("\n", at)
+                pos = len(text) if end < 0 else end
+        elif ch in "\"'":
+            if starts:
+                quoted = _QUOTED[ch].match(text, at)
+                if quoted is None:
+                    return  # unterminated: the parser reports it
+                pos = quoted.end()
+        elif starts or depth:
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                line = text.count("\n", 0, at) + 1
+                raise _TooBig(line, f"mappings and lists nest more than {MAX_YAML_DEPTH} deep")
+
+
+def _read(path: str | Path) -> str:
+    """The text of a flow file: at most MAX_FLOW_FILE_BYTES of UTF-8 (a device or a FIFO named
+    as a flow file is read no further). Raises _TooBig or OSError."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FLOW_FILE_BYTES + 1)
+    if len(data) > MAX_FLOW_FILE_BYTES:
+        raise _TooBig(0, f"the file is larger than {MAX_FLOW_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _TooBig(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def load_flow_file(path: str | Path) -> tuple[list[LoadedFlow], list[FlowProblem]]:
     """Parse every document of one file; return the flows and all problems found."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read(path)
+    except OSError as exc:
         return [], [FlowProblem(file, 0, f"cannot read file: {exc}")]
+    except _TooBig as exc:
+        return [], [FlowProblem(file, exc.line, exc.message)]
     flows: list[LoadedFlow] = []
     problems: list[FlowProblem] = []
     try:
+        _check_flow_depth(text)
         docs = list(_documents(text, file))
+    except _TooBig as exc:
+        return [], [FlowProblem(file, exc.line, exc.message)]
+    except RecursionError:
+        return [], [FlowProblem(file, 0, f"invalid YAML: nests more than {MAX_YAML_DEPTH} deep")]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from observer.limits import MAX_VERSION
 from observer.timefmt import parse_duration
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "HandlerSpec",
     "PathSpec",
     "PublishSpec",
+    "SignSpec",
     "SlaSpec",
+    "SloSpec",
     "SourceSpec",
     "StepSpec",
     "WebhookSpec",
@@ -206,6 +209,31 @@ class SlaSpec(_Model):
     _warn = field_validator("warn", mode="before")(classmethod(lambda cls, v: StepSpec._warn(v)))
 
 
+class SloSpec(_Model):
+    """A service level objective: `objective` of the instances complete within `within` of
+    their start event, measured over `window` (docs/monitoring.md)."""
+
+    objective: str = Field(description="a percentage strictly between 0% and 100%, e.g. 99.5%")
+    within: str = Field(description="good: completed this long after the start event at most")
+    window: str = Field("28d", description="the period the objective holds over (default 28d)")
+
+    _durations = field_validator("within", "window")(classmethod(lambda cls, v: _check_duration(v)))
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        text = str(v).strip()
+        if not text.endswith("%"):
+            raise ValueError(f"objective '{v}' is not a percentage like 99.5%")
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"objective '{v}' is not a percentage like 99.5%") from None
+        if not 0 < pct < 100:
+            raise ValueError(f"objective '{v}' must be between 0% and 100% (both excluded)")
+        return text
+
+
 class PublishSpec(_Model):
     """A record to publish; every string in it may be a template."""
 
@@ -223,11 +251,24 @@ class AlertSpec(_Model):
     summary: str | None = None
 
 
-class WebhookSpec(_Model):
-    """POST the deviation's alert record as JSON to `url`."""
+class SignSpec(_Model):
+    """Sign the body: `X-Observer-Signature: sha256=<hex HMAC-SHA256 of the body>`."""
 
-    url: str = Field(min_length=1)
+    secret: str = Field(
+        description="the key, from the environment: `${NAME}` (never written in the flow)"
+    )
+
+
+class WebhookSpec(_Model):
+    """POST the deviation's alert record as JSON to `url` (http or https)."""
+
+    url: str = Field(min_length=1, description="http:// or https:// URL")
     severity: Severity | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra request headers; `${NAME}` in a value is the environment variable NAME",
+    )
+    sign: SignSpec | None = None
 
 
 class ActionSpec(_Model):
@@ -249,7 +290,9 @@ class FlowSpec(_Model):
     """One flow file document, as written."""
 
     flow: str = Field(description="flow name, ^[a-z][a-z0-9_-]{0,63}$")
-    version: int = Field(ge=1, description="instances keep the version they started with")
+    version: int = Field(
+        ge=1, le=MAX_VERSION, description="instances keep the version they started with"
+    )
     description: str | None = None
     key: str = Field("key", description="name of the correlation key in templates")
     sources: dict[str, SourceSpec] = Field(min_length=1)
@@ -257,6 +300,7 @@ class FlowSpec(_Model):
     errors: list[ErrorSpec] = Field(default_factory=list)
     paths: dict[str, PathSpec] = Field(default_factory=dict)
     sla: SlaSpec | None = None
+    slo: SloSpec | None = None
     buffer: str = "5m"
     retain: str = "7d"
     expire: str = "30d"

@@ -13,27 +13,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2.runtime import Undefined
+
+from observer.errors import RenderError, TemplateLimitError
+from observer.flows import bounds
+from observer.flows.sandbox import BoundedEnvironment, bound_template
+from observer.flows.template_checks import shape_problems
+from observer.jsonexact import INT_MAX, INT_MIN
+from observer.limits import MAX_RENDERED_SIZE, MAX_TEMPLATE_CHARS, MAX_TEMPLATE_DEPTH
 
 __all__ = ["Template", "TemplateContextSpec", "compile_template", "compile_value"]
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 DEVIATION_FIELDS = ("kind", "step", "deadline", "observed_at", "late_by", "late_by_ms")
-
-
-class _Env(SandboxedEnvironment):
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping):
-            if attribute in obj:
-                return obj[attribute]
-            return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        if isinstance(obj, Mapping) and argument not in obj and str(argument) in obj:
-            return obj[str(argument)]
-        return super().getitem(obj, argument)
+_ENV = BoundedEnvironment()  # the one environment of the process
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +37,6 @@ class TemplateContextSpec:
     key_name: str
     captures: Mapping[str, Sequence[str]]  # step name -> captured selectors
     handler: bool = True  # deviation.* available
-
-
-class TemplateEnv:
-    """The one sandboxed Jinja environment of the process (compilation is cached by Jinja)."""
-
-    def __init__(self) -> None:
-        # None renders as "" in text (a null step in "{{ deviation.step }}" is no "None")
-        self.env = _Env(
-            undefined=ChainableUndefined,
-            autoescape=False,
-            finalize=lambda v: "" if v is None else v,
-        )
-
-
-_ENV = TemplateEnv()
 
 
 def _chains(node: nodes.Node) -> Iterator[list[str]]:
@@ -129,7 +108,8 @@ def _check_chain(chain: list[str], ctx: TemplateContextSpec) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """A compiled template; `render(ctx)` gives a JSON value (single expression) or a str."""
+    """A compiled template; `render(ctx)` gives a JSON value (single expression) or a str,
+    and raises RenderError (short, naming the template) on anything that goes wrong."""
 
     source: str
     _fn: Callable[[Mapping[str, Any]], Any]
@@ -142,28 +122,82 @@ def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:
     return lambda _ctx: value
 
 
-def _plain_json(value: Any) -> Any:
-    """Make a rendered expression's value JSON-friendly (tuples to lists, undefined to None)."""
-    if isinstance(value, ChainableUndefined):
+def _quote(source: str) -> str:
+    """A template's source for a message: one line, at most 60 characters."""
+    text = source.encode("unicode_escape").decode("ascii") if not source.isprintable() else source
+    return f"'{text}'" if len(text) <= 60 else f"'{text[:59]}…'"
+
+
+def _render_error(source: str, exc: Exception) -> RenderError:
+    """What a failure inside Jinja becomes: a short RenderError naming the template."""
+    if isinstance(exc, RenderError):
+        reason = str(exc)
+    elif isinstance(exc, RecursionError):
+        reason = "it recurses too deeply"
+    elif isinstance(exc, MemoryError):
+        reason = "out of memory"
+    else:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(reason) > 200:
+        reason = reason[:199] + "…"
+    kind = TemplateLimitError if isinstance(exc, TemplateLimitError) else RenderError
+    return kind(f"template {_quote(source)}: {reason}")
+
+
+def _is_json(value: Any) -> bool:
+    """True if `value` is JSON data already (as captured data is): plain dicts with text keys,
+    lists, text, numbers orjson writes, booleans, null. Walks without recursion."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        kind = type(v)
+        if kind is dict:
+            if not all(type(k) is str for k in v):
+                return False
+            stack.extend(v.values())
+        elif kind is list:
+            stack.extend(v)
+        elif kind is int:
+            if not INT_MIN <= v <= INT_MAX:
+                return False
+        elif not (kind is str or kind is float or kind is bool or v is None):
+            return False
+    return True
+
+
+def _json_value(value: Any) -> Any:
+    """A single expression's value as JSON data: undefined is null, tuples and other sequences
+    (a `| map` generator, a range) are lists, mapping keys are text. Measured like any value a
+    template builds; anything else (a function, a cycler) is a RenderError."""
+    if isinstance(value, Undefined):
         return None
-    if isinstance(value, tuple):
-        return [_plain_json(v) for v in value]
-    return value
+    if hasattr(value, "__next__") or isinstance(value, range):
+        value = list(value)
+    bounds.measure(value)
+    return value if _is_json(value) else _converted(value)
 
 
-def _attribute_path(expr: str) -> tuple[str, ...] | None:
+def _converted(value: Any) -> Any:
+    if isinstance(value, Undefined) or value is None:
+        return None
+    if isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise RenderError("the expression gives an integer beyond 64 bits")
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(k): _converted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | range) or hasattr(value, "__next__"):
+        return [_converted(v) for v in value]
+    raise RenderError(f"the expression gives {bounds.describe(value)}, not JSON data")
+
+
+def _attribute_path(node: nodes.Node) -> tuple[str, ...] | None:
     """`steps.placed.value.total` -> its names, when the expression is nothing but a name and
     attributes (no filter, call, index or operator); None otherwise."""
-    try:
-        ast = _ENV.env.parse("{{" + expr + "}}")
-    except TemplateSyntaxError:
-        return None
-    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
-        return None
-    out = ast.body[0].nodes
-    if len(out) != 1:
-        return None
-    node = out[0]
     names: list[str] = []
     while isinstance(node, nodes.Getattr):
         names.append(node.attr)
@@ -192,8 +226,6 @@ def _fast_path(
             if name not in node:
                 return None
             node = node[name]
-        if type(node) is tuple:
-            return _plain_json(node)
         return node if type(node) in _PLAIN else slow(c)
 
     return render
@@ -203,15 +235,124 @@ def _fast_path(
 _PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
 
 
+def _single_expression(source: str, ast: nodes.Template) -> nodes.Expr | None:
+    """The expression of a template that is exactly one `{{ expr }}` (whitespace around it
+    allowed), which keeps its JSON type; None for any other template."""
+    single = _SINGLE.match(source)
+    if not single or "{{" in single.group("expr") or "{%" in source:
+        return None
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return None
+    exprs = [
+        n
+        for n in ast.body[0].nodes
+        if not (isinstance(n, nodes.TemplateData) and not n.data.strip())
+    ]
+    return exprs[0] if len(exprs) == 1 else None
+
+
+def _expression_renderer(source: str, expr: nodes.Expr) -> Callable[[Mapping[str, Any]], Any]:
+    """Render a single expression with the bounds: its value as JSON data."""
+    body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
+    tpl = _ENV.from_string(bound_template(nodes.Template(body, lineno=1)))
+
+    def render(c: Mapping[str, Any]) -> Any:
+        try:
+            with bounds.rendering():
+                context = tpl.new_context(dict(c))
+                for _ in tpl.root_render_func(context):
+                    pass
+                return _json_value(context.vars.get("result"))
+        except Exception as exc:
+            raise _render_error(source, exc) from exc
+
+    return render
+
+
+def _text_renderer(source: str, ast: nodes.Template) -> Callable[[Mapping[str, Any]], Any]:
+    """Render a template as text with the bounds, at most MAX_RENDERED_SIZE characters."""
+    tpl = _ENV.from_string(bound_template(ast))
+
+    def render(c: Mapping[str, Any]) -> str:
+        try:
+            with bounds.rendering():
+                parts, size = [], 0
+                for piece in tpl.root_render_func(tpl.new_context(dict(c))):
+                    size += len(piece)
+                    if size > MAX_RENDERED_SIZE:
+                        raise TemplateLimitError(
+                            f"it renders more than {MAX_RENDERED_SIZE} characters"
+                        )
+                    parts.append(piece)
+                return "".join(parts)
+        except Exception as exc:
+            raise _render_error(source, exc) from exc
+
+    return render
+
+
+def _trial_context(ctx: TemplateContextSpec) -> dict[str, Any]:
+    """A context with no data at all: what renders here renders whatever the data."""
+    out: dict[str, Any] = {
+        "key": "k",
+        "flow": "f",
+        "version": 1,
+        "now": "2026-01-01T00:00:00Z",
+        "instance": {"started_at": None},
+        "steps": {},
+        "deviation": dict.fromkeys(DEVIATION_FIELDS),
+    }
+    out[ctx.key_name] = "k"
+    return out
+
+
+def _parse(source: str) -> tuple[nodes.Template | None, list[str]]:
+    if len(source) > MAX_TEMPLATE_CHARS:
+        return None, [f"template {_quote(source)} is longer than {MAX_TEMPLATE_CHARS} characters"]
+    try:
+        return _ENV.parse(source), []
+    except TemplateSyntaxError as exc:
+        return None, [f"template {_quote(source)} does not parse: {exc.message}"]
+    except RecursionError:
+        return None, [f"template {_quote(source)} nests more than {MAX_TEMPLATE_DEPTH} deep"]
+    except Exception as exc:  # Jinja's parser raises assorted errors on hostile input
+        return None, [f"template {_quote(source)} does not parse: {type(exc).__name__}"]
+
+
 def compile_template(source: str, ctx: TemplateContextSpec) -> tuple[Template | None, list[str]]:
     """Compile one template string; returns (template or None, problems in plain words)."""
-    env = _ENV.env
     if "{{" not in source and "{%" not in source:
         return Template(source, _constant(source)), []
+    ast, problems = _parse(source)
+    if ast is None:
+        return None, problems
+    problems = [f"template {_quote(source)}: {p}" for p in shape_problems(ast)]
+    if problems:
+        return None, problems
+    problems = _name_problems(source, ast, ctx)
+    if problems:
+        return None, sorted(set(problems))
+    expr = _single_expression(source, ast)
     try:
-        ast = env.parse(source)
-    except TemplateSyntaxError as exc:
-        return None, [f"template '{source}' does not parse: {exc.message}"]
+        if expr is not None:
+            slow = _expression_renderer(source, expr)
+            path = _attribute_path(expr)
+            fn = slow if path is None else _fast_path(path, slow)
+        else:
+            fn = _text_renderer(source, ast)
+    except Exception as exc:  # Python refuses what Jinja generated (too deeply nested blocks)
+        return None, [f"template {_quote(source)} cannot be compiled: {type(exc).__name__}"]
+    try:
+        fn(_trial_context(ctx))
+    except TemplateLimitError as exc:  # it breaks a limit whatever the data
+        return None, [f"{exc} (whatever the data)"]
+    except RenderError:
+        pass  # it depends on the data
+    return Template(source, fn), []
+
+
+def _name_problems(source: str, ast: nodes.Template, ctx: TemplateContextSpec) -> list[str]:
+    """Names and captured data the template uses that the context does not have."""
     problems: list[str] = []
     allowed_roots = {
         "key",
@@ -226,35 +367,22 @@ def compile_template(source: str, ctx: TemplateContextSpec) -> tuple[Template | 
     declared = meta.find_undeclared_variables(ast)
     for name in sorted(declared - allowed_roots):
         problems.append(
-            f"template '{source}' names '{name}', which is not in the template context "
+            f"template {_quote(source)} names '{name}', which is not in the template context "
             f"({', '.join(sorted(allowed_roots))})"
         )
     for chain in _chains(ast):
         if chain[0] in declared:
             problem = _check_chain(chain, ctx)
             if problem:
-                problems.append(f"template '{source}': {problem}")
-    if problems:
-        return None, sorted(set(problems))
-    single = _SINGLE.match(source)
-    if single and "{{" not in single.group("expr") and "{%" not in source:
-        expr = env.compile_expression(single.group("expr"), undefined_to_none=True)
-
-        def slow(c: Mapping[str, Any]) -> Any:
-            return _plain_json(expr(**c))
-
-        path = _attribute_path(single.group("expr"))
-        if path is not None:
-            return Template(source, _fast_path(path, slow)), []
-        return Template(source, slow), []
-    tpl = env.from_string(source)
-    return Template(source, lambda c: tpl.render(c)), []
+                problems.append(f"template {_quote(source)}: {problem}")
+    return problems
 
 
 def compile_value(
     value: Any, ctx: TemplateContextSpec
 ) -> tuple[Callable[[Mapping[str, Any]], Any], list[str]]:
-    """Compile every string leaf of a JSON-like value; returns a renderer and problems."""
+    """Compile every string leaf of a JSON-like value; returns a renderer and problems.
+    The renderer raises RenderError when a template fails on the data it is given."""
     problems: list[str] = []
 
     def build(v: Any) -> Callable[[Mapping[str, Any]], Any]:

@@ -3,8 +3,12 @@
     GET /healthz                 200 while the process is alive
     GET /readyz                  200 when Kafka and Redis are reachable and the loop turns, else 503
     GET /metrics                 Prometheus text format
-    GET /flows                   deployed flows, versions, paths and steps
+    GET /flows                   deployed flows, versions, files (relative to FLOWS), steps
     GET /instances/{flow}/{key}  one instance ("where is my order?"); 404 when unknown
+
+With a token, every endpoint but /healthz and /readyz answers 401 without
+`Authorization: Bearer <token>` (compared in constant time). Endpoints that change anything
+(`control_routes`) exist only when a token is set: without one they are not routed at all (404).
 
 Endpoints are plain functions (Starlette runs them in its thread pool), so blocking reads of
 the query port never block the event loop.
@@ -12,7 +16,9 @@ the query port never block the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
 import orjson
@@ -20,12 +26,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from observer.errors import StoreError
-from observer.runtime.inspect import InstanceQuery
+from observer.runtime.query import InstanceQuery
 
-__all__ = ["create_app"]
+__all__ = ["OPEN_PATHS", "BearerTokenGuard", "create_app", "flow_file_labels"]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
 
 
 class _Json(JSONResponse):
@@ -33,10 +42,46 @@ class _Json(JSONResponse):
         return orjson.dumps(content, default=str, option=orjson.OPT_INDENT_2)
 
 
+class BearerTokenGuard:
+    """ASGI middleware: 401 for every HTTP request outside `OPEN_PATHS` that does not carry
+    `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self._app(scope, receive, send)
+            return
+        response = _Json(
+            {"error": "unauthorized: send Authorization: Bearer <token>"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="observer"'},
+        )
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                given = value
+                break
+        return hmac.compare_digest(given, self._expected)
+
+
 def create_app(
-    query: InstanceQuery, readiness: Callable[[], dict[str, Any]], registry: CollectorRegistry
-) -> Starlette:
-    """The app; `readiness()` returns a dict with a boolean `ready`."""
+    query: InstanceQuery,
+    readiness: Callable[[], dict[str, Any]],
+    registry: CollectorRegistry,
+    *,
+    token: str | None = None,
+    file_label: Callable[[str], str] | None = None,
+    control_routes: Sequence[BaseRoute] = (),
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The app; `readiness()` returns a dict with a boolean `ready`. `file_label` turns a
+    flow's file into what `/flows` shows (never an absolute path). `control_routes` (endpoints
+    that change anything) are mounted only with a `token`."""
 
     def healthz(request: Request) -> Response:
         return _Json({"status": "ok"})
@@ -49,7 +94,12 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def flows(request: Request) -> Response:
-        return _Json(query.flows())
+        described = query.flows()
+        label = file_label or _file_name
+        for flow in described:
+            for version in flow["versions"]:
+                version["file"] = label(str(version["file"]))
+        return _Json(described)
 
     def instance(request: Request) -> Response:
         flow = request.path_params["flow"]
@@ -64,12 +114,34 @@ def create_app(
             )
         return _Json(view)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-            Route("/flows", flows),
-            Route("/instances/{flow}/{key:path}", instance),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/flows", flows),
+        Route("/instances/{flow}/{key:path}", instance),
+    ]
+    if token:
+        routes += control_routes
+    app = Starlette(routes=routes)
+    return BearerTokenGuard(app, token) if token else app
+
+
+def _file_name(path: str) -> str:
+    return PurePath(path).name
+
+
+def flow_file_labels(roots: Sequence[str]) -> Callable[[str], str]:
+    """`file -> label`: a flow file's path relative to the FLOWS argument (folder) it was found
+    in, or its name (a file given as such, or anything else): `/flows` shows where a flow
+    came from without showing the machine's directory layout."""
+    resolved = [Path(r).resolve() for r in roots]
+
+    def label(file: str) -> str:
+        path = Path(file).resolve()
+        for root in resolved:
+            if path != root and path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return path.name
+
+    return label

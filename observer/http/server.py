@@ -8,7 +8,7 @@ import threading
 import time
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from observer.errors import ConfigError
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class HttpServer:
     """uvicorn on a socket bound up front (port 0: the OS picks a free port, see `port`)."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
         try:
             sock = socket.socket(
                 socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM

@@ -1,7 +1,7 @@
-"""One cycle of work on key slots: apply events or fire timers, then plan the store write.
+"""A batch of work on key slots: apply events or fire timers, then plan the store write.
 
-Pure: given loaded slot bytes, events, a watermark and `now`, it returns the `WriteBatch`, the
-records to publish and the signals for metrics. A failure while applying one event restores
+Pure: given loaded slot bytes, events, a watermark and `now`, a `BatchPlanner` returns the
+`BatchPlan`: the `WriteBatch`, the records to publish and the signals for metrics. A failure while applying one event restores
 the slot to what it was before that event (rebuilt from the loaded bytes and the events applied
 before it) and is raised to the caller, who dead-letters the record and goes on.
 """
@@ -21,10 +21,20 @@ from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
+from observer.masking import mask_webhook_url
+from observer.runtime.cache import SlotCache
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
-__all__ = ["BatchPlan", "Cycle", "SlotUnreadable", "dead_letter", "history_entry", "safety_ttl_ms"]
+__all__ = [
+    "BatchPlan",
+    "BatchPlanner",
+    "Planning",
+    "SlotUnreadable",
+    "dead_letter",
+    "history_entry",
+    "safety_ttl_ms",
+]
 
 DAY_MS = 86_400_000
 
@@ -36,7 +46,7 @@ class SlotUnreadable(Exception):
 
 @dataclass(slots=True)
 class BatchPlan:
-    """What a cycle produced: the write, the records to publish once it returned (in order),
+    """What a batch produced: the write, the records to publish once it returned (in order),
     the signals (metrics), step latencies (flow, step, ms) and slots touched."""
 
     write: WriteBatch
@@ -49,7 +59,7 @@ class BatchPlan:
 
 
 class _Work:
-    """One slot in a cycle: its stored bytes (to rebuild from), the live state, what was done."""
+    """One slot in a batch: its stored bytes (to rebuild from), the live state, what was done."""
 
     __slots__ = ("dirty", "due_override", "effects", "ops", "original", "shard", "sid", "slot")
 
@@ -99,8 +109,8 @@ def history_entry(eff: Effect, now: int) -> bytes:
         "key": eff.key,
         "observer_id": eff.observer_id,
     }
-    if eff.webhook is not None:
-        d["webhook"] = eff.webhook
+    if eff.webhook is not None:  # the URL may carry a credential: never stored whole
+        d["webhook"] = mask_webhook_url(eff.webhook)
     if eff.category == "alert" and isinstance(eff.value, dict):
         d["kind"] = eff.value.get("kind")
         d["step"] = eff.value.get("step")
@@ -110,8 +120,9 @@ def history_entry(eff: Effect, now: int) -> bytes:
     return orjson.dumps(d, default=str)
 
 
-class Cycle:
-    """Work on slots for one batch or one tick. Not thread-safe; one per cycle."""
+class BatchPlanner:
+    """Work on slots for one batch of events or one tick, planned into one write. Not
+    thread-safe; one per batch."""
 
     def __init__(
         self,
@@ -123,7 +134,7 @@ class Cycle:
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
     ) -> None:
-        """`history_cap`: history entries written per slot and cycle at most (the newest);
+        """`history_cap`: history entries written per slot and batch at most (the newest);
         0 writes no history (and renders none)."""
         self.engine = engine
         self.shard_of = shard_of
@@ -157,13 +168,6 @@ class Cycle:
         """Register a slot already decoded (from a cache); `stored` is what it decodes from."""
         if sid not in self._works:
             self._works[sid] = _Work(sid, shard, stored, slot)
-
-    def loaded(self, sid: str) -> bool:
-        return sid in self._works
-
-    def slot(self, sid: str) -> KeySlot | None:
-        w = self._works.get(sid)
-        return None if w is None else w.slot
 
     def _rebuild(self, w: _Work) -> None:
         assert w.slot is not None
@@ -231,7 +235,7 @@ class Cycle:
     # -- internals --------------------------------------------------------------------------------
 
     def _flow(self, slot: KeySlot) -> CompiledFlow:
-        """The flow governing the slot (cached per flow and version for this cycle)."""
+        """The flow governing the slot (cached per flow and version for this batch)."""
         version = slot.instance.version if slot.instance is not None else -1
         flow = self._flows.get((slot.flow, version))
         if flow is None:
@@ -294,8 +298,8 @@ class Cycle:
 
     # -- the plan ---------------------------------------------------------------------------------
 
-    def finish(self) -> BatchPlan:
-        """The write and the records of everything done in this cycle."""
+    def plan(self) -> BatchPlan:
+        """The write and the records of everything done in this batch."""
         batch = WriteBatch()
         states: list[tuple[str, KeySlot | None, bytes | None]] = []
         puts = batch.puts
@@ -336,3 +340,42 @@ class Cycle:
             self._seq,
             states,
         )
+
+
+class Planning:
+    """Starts the planners of one tracker and takes their plans in: the records' sequence
+    numbers run on across batches and ticks, and the slot cache learns what each plan writes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        shard_of: Callable[[str], int],
+        cache: SlotCache,
+        *,
+        history_cap: int,
+        ttl_slack_ms: int,
+    ) -> None:
+        self.engine = engine
+        self.shard_of = shard_of
+        self.cache = cache
+        self.history_cap = history_cap
+        self.ttl_slack_ms = ttl_slack_ms
+        self._seq = 0
+
+    def start(self, now: int) -> BatchPlanner:
+        return BatchPlanner(
+            self.engine,
+            self.shard_of,
+            now,
+            seq=self._seq,
+            history_cap=self.history_cap,
+            ttl_slack_ms=self.ttl_slack_ms,
+        )
+
+    def finish(self, planner: BatchPlanner) -> BatchPlan:
+        plan = planner.plan()
+        self._seq = plan.next_seq
+        put = self.cache.put
+        for sid, slot, stored in plan.states:
+            put(sid, slot, stored)  # None: the write leaves nothing stored for it
+        return plan

@@ -2,7 +2,7 @@
 for every batch. Pure: an LRU over slot ids. It also remembers slots it knows hold nothing
 (deleted, or looked up and absent): an event of such a key needs no load either.
 
-Only valid while this process is the only writer of the slots it caches: the runtime clears it
+Only valid while this process is the only writer of the slots it caches: the tracker clears it
 on any store failure (the store may not hold what the cache does) and on every rebalance.
 """
 
@@ -23,8 +23,6 @@ class SlotCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, tuple[KeySlot, bytes] | tuple[None, None]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -32,11 +30,8 @@ class SlotCache:
     def get(self, sid: str) -> tuple[KeySlot, bytes] | tuple[None, None] | None:
         """The slot and its stored bytes, ABSENT if the store holds nothing, None if unknown."""
         item = self._items.get(sid)
-        if item is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(sid)
-        self.hits += 1
+        if item is not None:
+            self._items.move_to_end(sid)
         return item
 
     def put(self, sid: str, slot: KeySlot | None, stored: bytes | None) -> None:
@@ -50,9 +45,6 @@ class SlotCache:
         items[sid] = ABSENT if slot is None or stored is None else (slot, stored)
         if len(items) > self.capacity:
             items.popitem(last=False)
-
-    def drop(self, sid: str) -> None:
-        self._items.pop(sid, None)
 
     def clear(self) -> None:
         self._items.clear()

@@ -3,7 +3,6 @@ and reads are atomic, no lock needed)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +16,13 @@ class Health:
 
     def __init__(
         self,
-        stall_after_ms: int = 30_000,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float],
         *,
+        stall_after_ms: int = 30_000,
         max_overdue_ms: int = 0,
         max_lag_records: int = 0,
     ) -> None:
+        """`monotonic`: seconds of the runtime clock's monotonic time (`Clock.monotonic`)."""
         self._mono = monotonic
         self.stall_after_s = stall_after_ms / 1000.0
         self.max_overdue_ms = max_overdue_ms

@@ -30,7 +30,7 @@ from observer.runtime.watermark import TopicPartition
 __all__ = [
     "Mark",
     "Routed",
-    "ShardClocks",
+    "ShardWatermarks",
     "decode_keyed",
     "encode_event",
     "encode_mark",
@@ -109,22 +109,37 @@ def decode_keyed(value: bytes) -> Routed | Mark:
     return Routed(flow, ev, topic, int(partition), int(offset))
 
 
-class ShardClocks:
-    """Per owned shard: the largest watermark read in marks for each source partition."""
+class ShardWatermarks:
+    """The owned shards, and per owned shard the largest watermark read in marks for each
+    source partition (a shard's watermark is the minimum over all of them)."""
 
     def __init__(self) -> None:
         self._marks: dict[int, dict[TopicPartition, int]] = {}
 
+    def __contains__(self, shard: object) -> bool:
+        return shard in self._marks
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def owned(self) -> list[int]:
+        """The owned shards, in order."""
+        return sorted(self._marks)
+
     def reset(self, shard: int) -> None:
-        """The shard was (re)assigned: what it knew comes back with the marks it reads."""
+        """The shard is (again) owned: what it knew comes back with the marks it reads."""
         self._marks[shard] = {}
 
     def drop(self, shard: int) -> None:
+        """The shard is no longer owned."""
         self._marks.pop(shard, None)
 
     def observe(self, shard: int, mark: Mark) -> bool:
-        """Take a mark in; True if it moved any source partition's watermark forward."""
-        known = self._marks.setdefault(shard, {})
+        """Take a mark in; True if it moved any source partition's watermark forward (marks of
+        shards not owned are ignored)."""
+        known = self._marks.get(shard)
+        if known is None:
+            return False
         moved = False
         for topic, partition, wm in mark.watermarks:
             tp = (topic, partition)

@@ -103,10 +103,6 @@ class LocalKeyedTopic:
         """(low, high, position) as a broker would report them."""
         return self._committed[partition], self._next[partition], self._read[partition]
 
-    def pending(self) -> int:
-        """Records written and not committed yet (held in memory)."""
-        return len(self._log)
-
     def unread(self) -> int:
         """Records written and not read yet: the router waits while there are many."""
         return len(self._log) - self._cursor

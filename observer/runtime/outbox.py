@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from observer.engine.effects import Publish
+from observer.runtime.backoff import backoff_ms as retry_delay_ms
 
 __all__ = [
     "InFlight",
@@ -226,18 +227,13 @@ class InFlight:
         if entry is not None:
             self._acked.append((entry.shard, oid))
 
-    def given_up(self, oid: str) -> None:
-        """Stop trying (e.g. a webhook out of attempts): removed from the outbox like a delivery."""
-        self.delivered(oid)
-
     def failed(self, oid: str, now: int) -> int | None:
         """Delivery failed: schedule a retry; returns its time (ms), None if unknown."""
         entry = self._pending.get(oid)
         if entry is None:
             return None
         entry.attempts += 1
-        delay = min(self.backoff_max_ms, self.backoff_ms * 2 ** (entry.attempts - 1))
-        entry.retry_at = now + delay
+        entry.retry_at = now + retry_delay_ms(entry.attempts, self.backoff_ms, self.backoff_max_ms)
         return entry.retry_at
 
     def due_retries(self, now: int) -> list[tuple[int, OutboxRecord]]:
@@ -248,6 +244,10 @@ class InFlight:
                 entry.retry_at = None
                 out.append((entry.shard, entry.record))
         return out
+
+    def has_acked(self) -> bool:
+        """Whether records were acknowledged since the last `take_acked`."""
+        return bool(self._acked)
 
     def take_acked(self) -> list[tuple[int, str]]:
         """(shard, observer-id) of acknowledged records since the last call."""

@@ -1,12 +1,13 @@
 """The runtime's ports: what the loop needs from the world, as small interfaces and plain data.
 
-Adapters (`observer.adapters.*`) implement these; `observer.cli` wires them. Times are epoch
-ms unless a name says otherwise.
+Adapters (`observer.adapters.*`) implement these: Kafka and Redis for `observer run`, in-memory
+ones (`observer.adapters.memory`) for tests and benchmarks; `observer.cli` wires them. Times are
+epoch ms unless a name says otherwise.
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -24,10 +25,10 @@ __all__ = [
     "RawSink",
     "RebalanceListener",
     "RecordSink",
+    "RuntimePorts",
     "SlotPut",
     "SlotReader",
     "StateStore",
-    "SystemClock",
     "WebhookSender",
     "WriteBatch",
 ]
@@ -36,16 +37,20 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 class Clock(Protocol):
+    """Time, the runtime's only source of it: the wall clock for what is recorded or compared
+    with event times, a monotonic clock for intervals and timeouts, and waiting."""
+
     def now_ms(self) -> int:
         """Wall-clock time, epoch ms."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds of a clock that never goes back; only differences mean anything."""
+        ...
 
-class SystemClock:
-    """The real wall clock."""
-
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+    def sleep(self, seconds: float, wake: threading.Event | None = None) -> bool:
+        """Wait `seconds`, or less if `wake` is set meanwhile; returns whether `wake` is set."""
+        ...
 
 
 @dataclass(slots=True)
@@ -105,8 +110,9 @@ class Pending(Protocol[T_co]):
 class StateStore(Protocol):
     """Slot state, deadlines, outbox and history (Redis). Every method raises StoreError.
 
-    Requests are answered in the order they were sent, so a load sent after a write sees it.
-    """
+    `write` returns before the store confirms it; every other request sees the writes whose
+    replies were read, but a `load` may not see a write still pending (the runtime waits for
+    a write before it loads a slot that write touches)."""
 
     def open(self, shards: int, deployed: Mapping[str, object]) -> None:
         """Connect, check the shard count recorded in the store, record what is deployed."""
@@ -124,11 +130,13 @@ class StateStore(Protocol):
         """Every (shard, observer-id, record) left in the outbox of these shards."""
         ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]:
+        """The store's counters (`open:<flow>` -> open instances)."""
+        ...
 
-    def ping(self) -> bool: ...
-
-    def reconnect(self) -> None: ...
+    def reconnect(self) -> None:
+        """Connect again; replies still pending fail with StoreError."""
+        ...
 
     def close(self) -> None: ...
 
@@ -141,8 +149,6 @@ class SlotReader(Protocol):
         ...
 
     def deployed(self) -> dict[str, object] | None: ...
-
-    def ping(self) -> bool: ...
 
 
 class Lease(Protocol):
@@ -278,6 +284,24 @@ class WebhookSender(Protocol):
         (delivered False: gave up after the last attempt)."""
         ...
 
-    def pending(self) -> int: ...
-
     def stop(self, timeout_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimePorts:
+    """Everything `Runtime` talks to, as `observer.cli` (or a test) wires it.
+
+    `router_source` reads the source topics; `router_sink` writes the keyed topic and dead
+    letters; `source` is the tracker's reader of the keyed topic; `sink` publishes outbox
+    records. `lease` and `backlog` are set for `routing: direct` only (the lease that keeps it
+    to one process, and how many routed records the tracker has not read yet)."""
+
+    source: EventSource
+    sink: RecordSink
+    router_source: EventSource
+    router_sink: RawSink
+    store: StateStore
+    webhooks: WebhookSender
+    clock: Clock
+    lease: Lease | None = None
+    backlog: Callable[[], int] | None = None

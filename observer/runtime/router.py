@@ -3,20 +3,20 @@
 It reads the source topics in the user's consumer group, decodes each record (`Ingest`),
 writes each (flow, key) event to its shard's keyed partition and each bad record to the
 dead-letter topic, and commits a batch's source offsets once everything it wrote was
-acknowledged. Keyed records carry no timestamp of their own (the broker stamps them, which is
-what the keyed topic's retention should go by); event time travels inside them. Every `mark_interval_ms` it sends the watermark of each source partition it reads
-to every keyed partition. The producer retries for as long as it takes (a broker restart is
-waited out); a record it could not write at all is a fatal error, since going on would let
-deadlines fire without it.
+acknowledged (`commits.py` keeps the assignment and commits). Keyed records carry no
+timestamp of their own (the broker stamps them, which is what the keyed topic's retention
+should go by); event time travels inside them. Every `mark_interval_ms` it sends the watermark
+of each source partition it reads to every keyed partition. The producer retries for as long as
+it takes (a broker restart is waited out); a record it could not write at all is a fatal error,
+since going on would let deadlines fire without it.
 
-Owned by the loop's thread, like everything it holds; `cycle` is called between the tracker's
-batches.
+Owned by the loop's thread, like everything it holds; `poll` is called once per turn of the
+loop, before the tracker's.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -29,8 +29,9 @@ from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
 from observer.runtime.batch import dead_letter
+from observer.runtime.commits import OffsetCommits
+from observer.runtime.every import Every
 from observer.runtime.keyed import encode_event, encode_mark
-from observer.runtime.offsets import OffsetLedger
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
 from observer.runtime.watermark import TopicPartition, Watermarks
@@ -76,15 +77,15 @@ class Router:
         self.keyed_topic = keyed_topic
         self.shards = config.shards
         self.watermarks = Watermarks(config.idle_grace_ms)
-        self.ledger = OffsetLedger()
+        self.commits = OffsetCommits("router", source, self.watermarks, metrics, clock.monotonic)
         self._batches: deque[_Batch] = deque()
         self._failed: str | None = None
-        self._next_mark = 0.0
+        self._mark_every = Every(config.mark_interval_ms / 1000.0, clock.monotonic)
         # With direct routing marks stay in memory: cheap enough to follow every batch read, so
         # a deadline fires without waiting for the next interval (which still applies while
         # nothing is read: an idle partition's watermark moves with the clock).
         self._marks_follow_reads = config.routing == "direct"
-        self._next_commit = 0.0
+        self._commit_every = Every(config.commit_interval_ms / 1000.0, clock.monotonic)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -97,50 +98,37 @@ class Router:
         if remaining:
             log.warning("%d routed records not acknowledged at shutdown; not committed", remaining)
         self._settle()
-        self._commit(wait=True)
+        self.commits.commit(wait=True)
         self.source.close()
         self.sink.close()
 
     # -- rebalance listener ---------------------------------------------------------------------------
 
     def assigned(self, tps: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("router", "assigned").inc(len(tps))
-        committed = self.source.committed(tps)
-        self.watermarks.assign(tps, committed)
-        self.ledger.assign(tps)
+        self.commits.assigned(tps)
         log.info("router: assigned %s", _fmt(tps))
 
     def revoked(self, tps: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("router", "revoked").inc(len(tps))
         # Everything routed from them must be acknowledged before their offsets are committed.
         remaining = self.sink.flush(self.config.shutdown_timeout_ms / 1000.0)
         self._settle()
         if remaining:
             log.warning("router: %d routed records unacknowledged at revocation", remaining)
-        final = self.ledger.revoke(tps)
-        try:
-            self.source.commit(final, wait=True)
-        except Exception as exc:
-            log.warning("router: final commit of revoked partitions failed: %s", exc)
-        self.watermarks.revoke(tps)
+        self.commits.revoked(tps)
         self.metrics.forget_partitions(tps)
         log.info("router: revoked %s", _fmt(tps))
 
     def lost(self, tps: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("router", "lost").inc(len(tps))
-        self.ledger.lost(tps)
-        self.watermarks.revoke(tps)
+        self.commits.lost(tps)
         self.metrics.forget_partitions(tps)
         log.warning("router: lost %s (not committing)", _fmt(tps))
 
     def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
-        if error is not None:
-            self.ledger.commit_failed(offsets)
-            log.warning("router: commit failed: %s", error)
+        self.commits.commit_done(error, offsets)
 
-    # -- the cycle ----------------------------------------------------------------------------------
+    # -- one turn -----------------------------------------------------------------------------------
 
-    def cycle(self, timeout_s: float, read: bool = True) -> int:
+    def poll(self, timeout_s: float, read: bool = True) -> int:
         """Read and route one batch (unless `read` is False: the tracker is behind), send
         marks when due, commit what is acknowledged. Returns how many source records were read."""
         records = self.source.poll(self.config.batch_size, timeout_s) if read else []
@@ -152,13 +140,11 @@ class Router:
                 f"cannot write to the keyed topic {self.keyed_topic}: {self._failed}"
             )
         self._settle()
-        mono = time.monotonic()
-        if mono >= self._next_mark or (records and self._marks_follow_reads):
-            self._next_mark = mono + self.config.mark_interval_ms / 1000.0
+        if self._mark_every.due() or (records and self._marks_follow_reads):
+            self._mark_every.restart()
             self._send_marks()
-        if mono >= self._next_commit:
-            self._next_commit = mono + self.config.commit_interval_ms / 1000.0
-            self._commit(wait=False)
+        if self._commit_every.due():
+            self.commits.commit(wait=False)
         return len(records)
 
     def _route(self, records: Sequence[SourceRecord]) -> None:
@@ -256,18 +242,7 @@ class Router:
         """Batches fully acknowledged, oldest first, make their offsets committable."""
         batches = self._batches
         while batches and batches[0].closed and batches[0].outstanding == 0:
-            self.ledger.written(batches.popleft().offsets)
-
-    def _commit(self, wait: bool) -> None:
-        offsets = self.ledger.to_commit()
-        if not offsets:
-            return
-        self.ledger.committing(offsets)
-        try:
-            self.source.commit(offsets, wait=wait)
-        except Exception as exc:
-            self.ledger.commit_failed(offsets)
-            log.warning("router: commit failed: %s", exc)
+            self.commits.written(batches.popleft().offsets)
 
     # -- watermarks ---------------------------------------------------------------------------------
 
@@ -291,7 +266,7 @@ class Router:
 
     def lag(self) -> int:
         """Records not read yet on the assigned source partitions (as last fetched)."""
-        return sum(st.lag() or 0 for st in self.watermarks.partitions.values())
+        return self.watermarks.lag()
 
 
 def _fmt(tps: Sequence[TopicPartition]) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from observer.errors import ConfigError, ObserverError
+from observer.runtime.backoff import Backoff
 from observer.runtime.loop import Runtime
 
 __all__ = ["Service"]
@@ -75,7 +76,7 @@ class Service:
     def _prepare_with_retries(self) -> None:
         if self._prepare is None:
             return
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not self.runtime.stopping:
             try:
                 self._prepare()
@@ -83,9 +84,9 @@ class Service:
             except ConfigError:
                 raise
             except ObserverError as exc:
+                delay = backoff.next()
                 log.error("%s; retrying in %.1fs", exc, delay)
                 self.runtime.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def start(self) -> None:
         """Run in a background thread; `wait_started` to know it is attached."""

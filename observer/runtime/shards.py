@@ -2,8 +2,8 @@
 
 A slot receives events from several topics whose partitions follow their own record keys,
 so slots cannot be tied to a source partition; they are tied to a shard instead, a stable
-hash of the slot id. State, deadlines and outbox are stored per shard, which is the unit a
-later version hands to one process of the group.
+hash of the slot id. State, deadlines and outbox are stored per shard, and a shard is what the
+group hands to one process: shard s is partition s of the keyed topic (`keyed.py`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
-"""Watermarks: how far in time the observer has read its sources. Pure: no I/O, no clock.
+"""How far the assigned partitions of a consumer were read. Pure: no I/O, no clock.
 
-Per assigned partition the watermark is the timestamp of the last record read (never moving
-backwards). A partition whose position has reached its high-water mark (fully read) counts as
-being at the wall clock, less `idle_grace_ms` (records produced a moment ago may still be on
-their way to the broker). The observer's watermark is the minimum over every assigned
-partition of every source topic; it is unknown (None) while a partition has neither been read
-from nor is known to be fully read, so a lagging or restarted observer fires nothing early.
+`ReadProgress` keeps, per assigned partition, the position and the log's start and end offsets
+the client reports: how many records are left to read (the lag). Both stages keep one.
+
+`Watermarks` adds event time, for the router's source partitions: a partition's watermark is
+the timestamp of the last record read (never moving backwards); a partition whose position
+has reached its high-water mark (fully read) counts as being at the wall clock, less
+`idle_grace_ms` (records produced a moment ago may still be on their way to the broker); it is
+unknown (None) while a partition has neither been read from nor is known to be fully read.
+The router sends these to every shard in marks; a shard's watermark, the minimum over every
+source partition, is `keyed.ShardWatermarks`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["PartitionState", "TopicPartition", "Watermarks"]
+__all__ = ["PartitionState", "ReadProgress", "TopicPartition", "Watermarks"]
 
 TopicPartition = tuple[str, int]
 
@@ -42,13 +46,11 @@ class PartitionState:
         return None if start is None else max(0, self.high - start)
 
 
-class Watermarks:
-    """Per-partition read progress and the observer's watermark (epoch ms)."""
+class ReadProgress:
+    """Per assigned partition: position, log start and end offsets, and so the lag."""
 
-    def __init__(self, idle_grace_ms: int = 0) -> None:
-        self.idle_grace_ms = idle_grace_ms
+    def __init__(self) -> None:
         self._parts: dict[TopicPartition, PartitionState] = {}
-        self._last: int | None = None
 
     @property
     def partitions(self) -> Mapping[TopicPartition, PartitionState]:
@@ -96,6 +98,18 @@ class Watermarks:
         ):
             st.position = position
 
+    def lag(self) -> int:
+        """Records not read yet on the assigned partitions (as last reported; unknown as 0)."""
+        return sum(st.lag() or 0 for st in self._parts.values())
+
+
+class Watermarks(ReadProgress):
+    """`ReadProgress` with each partition's watermark (epoch ms)."""
+
+    def __init__(self, idle_grace_ms: int = 0) -> None:
+        super().__init__()
+        self.idle_grace_ms = idle_grace_ms
+
     def partition_watermark(self, tp: TopicPartition, now: int) -> int | None:
         """The partition's watermark at wall-clock `now`, advanced monotonically."""
         st = self._parts.get(tp)
@@ -108,23 +122,3 @@ class Watermarks:
         if candidate is not None and (st.watermark is None or candidate > st.watermark):
             st.watermark = candidate
         return st.watermark
-
-    def value(self, now: int) -> int | None:
-        """The observer's watermark: min over assigned partitions; None if any is unknown or
-        nothing is assigned."""
-        if not self._parts:
-            return None
-        low: int | None = None
-        for tp in self._parts:
-            wm = self.partition_watermark(tp, now)
-            if wm is None:
-                return None
-            if low is None or wm < low:
-                low = wm
-        self._last = low
-        return low
-
-    @property
-    def last(self) -> int | None:
-        """The value computed by the last `value` call."""
-        return self._last

@@ -1,4 +1,4 @@
-"""Chaos (issue 5): real `observer run` processes sharing one consumer group and key prefix,
+"""Chaos: real `observer run` processes sharing one consumer group and key prefix,
 killed, restarted, scaled 1 -> 3 -> 1, with Redis and the broker restarted under them, must
 publish what `observer replay` publishes for the same records — at least once, by observer-id.
 
@@ -26,9 +26,11 @@ The chaos, one action after each wave: start 1 process | scale to 3 | SIGKILL a 
 and start it again | again | restart Redis | SIGKILL + start again | restart the broker |
 SIGKILL + start again | SIGKILL one, not restarted (3 -> 2) | scale to 1 (SIGTERM one) | the
 last waves and the ticks. Then the test waits until the group has committed every source
-record and the published records stop growing, stops the last process, and reads every output
-topic to its end. A process that exits by itself fails the test (it is replaced meanwhile, so
-the figures still come). Process logs are kept under the test's tmp_path (logs/).
+record and every expected record is published, then until the tracker's group has committed
+the keyed topic up to where it ended then and the outbox is empty (whatever else the observer
+would publish for these records is on Kafka by then), stops the last process, and reads every
+output topic to its end. A process that exits by itself fails the test (it is replaced
+meanwhile, so the figures still come). Process logs are kept under the test's tmp_path (logs/).
 
 Failover (issue 13): the processes run on the observer's defaults for group membership, each
 with its own OBSERVER_INSTANCE_ID; a process started again after a SIGKILL gets the killed
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
@@ -61,7 +65,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.e2e.conftest import OBSERVER, ObserverProcess, coverage_restored
 from tests.integration.conftest import CreateTopics, Stack
-from tests.integration.kafka_helpers import Record, consume_all
+from tests.integration.kafka_helpers import Record, consume_all, wait_caught_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -314,7 +318,6 @@ class OutputWatch:
         )
         self.ids: set[str] = set()
         self.records = 0
-        self.last_growth = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="chaos-watch")
@@ -334,12 +337,11 @@ class OutputWatch:
                     if isinstance(oid, bytes):
                         oid = oid.decode()
                     self.ids.add(oid or "<none>")
-                self.last_growth = time.monotonic()
 
-    def snapshot(self) -> tuple[set[str], int, float]:
-        """(ids, records, seconds since the last record)."""
+    def snapshot(self) -> tuple[set[str], int]:
+        """(ids, records) read so far."""
         with self._lock:
-            return set(self.ids), self.records, time.monotonic() - self.last_growth
+            return set(self.ids), self.records
 
     def close(self) -> None:
         self._stop.set()
@@ -364,6 +366,39 @@ def group_progress(bootstrap: str, group: str, topics: Sequence[str], partitions
         return -1
     finally:
         c.close()
+
+
+def settled(
+    bootstrap: str,
+    group: str,
+    topics: dict[str, str],
+    alive: Sequence[ObserverProcess],
+    deadline: float,
+    log: Callable[[str], None],
+) -> None:
+    """Waits (until `deadline`, monotonic) until the tracker's group has committed the keyed
+    topic up to where it ends now, and the processes' outboxes are empty: whatever else the
+    observer would publish for the records read is then on Kafka. Logs what it could not
+    see happen (the comparison then shows what is missing)."""
+    try:
+        sources = [topics[s] for s in SOURCES]
+        timeout = max(1.0, deadline - time.monotonic())
+        wait_caught_up(bootstrap, group, sources, keyed_topic=topics["keyed"], timeout=timeout)
+    except (TimeoutError, KafkaException) as exc:
+        log(f"the tracker did not catch up: {exc}")
+        return
+    for p in alive:
+        while True:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{p.port}/metrics", timeout=5).text
+                if re.search(r"^observer_outbox_depth 0\.0$", text, re.M):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                log(f"the outbox of {p.name} did not drain")
+                return
+            time.sleep(0.2)
 
 
 # -- replay ---------------------------------------------------------------------------------------
@@ -733,16 +768,17 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
             f"replay - mix {dict(by_replay - by_mix)}, mix - replay {dict(by_mix - by_replay)}"
         )
 
-        # wait: every source record committed by the group, and every expected id published
-        # (then 3 s more for extras), or nothing new for 30 s; at most 300 s
+        # wait: every source record committed by the group, and every expected id published;
+        # then everything processed is durable and published (at most 300 s in all)
         t_wait = time.monotonic()
         want = set(expected)
         behind = -1
         while time.monotonic() < t_wait + 300:
             chaos.check_crashes()
             behind = group_progress(stack.bootstrap_servers, group, source_topics, PARTITIONS)
-            ids, _, quiet = watch.snapshot()
-            if behind == 0 and ((want <= ids and quiet > 3) or quiet > 30):
+            ids, _ = watch.snapshot()
+            if behind == 0 and want <= ids:
+                settled(stack.bootstrap_servers, group, topics, chaos.alive, t_wait + 300, log)
                 break
             time.sleep(0.5)
         took = time.monotonic() - t_wait

@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from tests.e2e.conftest import ObserverProcess
+from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,27 +76,12 @@ def produce_orders(bootstrap: str, prefix: str, first: int, last: int) -> None:
     assert prod.flush(30) == 0
 
 
-def read_all(bootstrap: str, topic: str, quiet_s: float = 6.0) -> list[Any]:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    c.subscribe([topic])
-    out: list[Any] = []
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < quiet_s:
-            m = c.poll(0.2)
-            if m is None or m.error() is not None:
-                continue
-            out.append(m)
-            last = time.monotonic()
-    finally:
-        c.close()
-    return out
+def missing_keys(records: list[Record]) -> set[str]:
+    return {
+        orjson.loads(r.value or b"{}")["key"]
+        for r in records
+        if orjson.loads(r.value or b"{}")["kind"] == "missing"
+    }
 
 
 def test_two_processes_share_the_work_and_each_deadline_fires_once(
@@ -146,34 +132,51 @@ def test_two_processes_share_the_work_and_each_deadline_fires_once(
     produce_orders(stack.bootstrap_servers, unique, 2 * ORDERS // 3, ORDERS)
     unpaid = {f"o-{i}" for i in range(ORDERS) if i % UNPAID_EVERY == 0}
 
-    def missing_alerts() -> list[Any]:
-        return [
-            m
-            for m in read_all(stack.bootstrap_servers, f"{unique}-alerts", quiet_s=3.0)
-            if orjson.loads(m.value())["kind"] == "missing"
-        ]
+    alerts_topic, outcomes_topic = f"{unique}-alerts", f"{unique}-outcomes"
+    alerts = consume_all(
+        stack.bootstrap_servers,
+        alerts_topic,
+        timeout=90,
+        until=lambda rs: missing_keys(rs) >= unpaid,
+    )
+    assert missing_keys(alerts) >= unpaid, (
+        f"{len(missing_keys(alerts))} orders with a missing alert, {len(unpaid)} expected; "
+        f"a: {a.tail(10)}"
+    )
+    # A deadline fired twice would be published by the time a later one is: one more unpaid
+    # order, after all the others, then every alert up to its.
+    produce_orders(
+        stack.bootstrap_servers, unique, ORDERS * UNPAID_EVERY, ORDERS * UNPAID_EVERY + 1
+    )
+    last = f"o-{ORDERS * UNPAID_EVERY}"
+    alerts = consume_all(
+        stack.bootstrap_servers, alerts_topic, timeout=60, until=lambda rs: last in missing_keys(rs)
+    )
+    assert last in missing_keys(alerts), f"no missing alert for {last}; a: {a.tail(10)}"
+    alerts = [
+        r
+        for r in consume_all(stack.bootstrap_servers, alerts_topic)
+        if missing_keys([r]) and missing_keys([r]) != {last}
+    ]
+    ids = Counter(r.header("observer-id") for r in alerts)
+    keys = Counter(orjson.loads(r.value or b"{}")["key"] for r in alerts)
+    paid = {f"o-{i}" for i in range(ORDERS)} - unpaid
 
-    deadline = time.monotonic() + 90
-    alerts = missing_alerts()
-    while {orjson.loads(m.value())["key"] for m in alerts} != unpaid:
-        assert time.monotonic() < deadline, (
-            f"{len(alerts)} missing alerts, {len(unpaid)} expected; a: {a.tail(10)}"
-        )
-        alerts = missing_alerts()
-    alerts = missing_alerts()  # anything fired twice would show up by now
-    ids = Counter(dict(m.headers())["observer-id"] for m in alerts)
-    keys = Counter(orjson.loads(m.value())["key"] for m in alerts)
-    outcomes = read_all(stack.bootstrap_servers, f"{unique}-outcomes", quiet_s=2.0)
+    def completed(records: list[Record]) -> set[str]:
+        return {
+            orjson.loads(r.value or b"{}")["key"]
+            for r in records
+            if orjson.loads(r.value or b"{}")["outcome"] == "completed"
+        }
+
+    outcomes = consume_all(
+        stack.bootstrap_servers, outcomes_topic, timeout=60, until=lambda rs: completed(rs) >= paid
+    )
     figures.append(
         f"orders {ORDERS}, unpaid {len(unpaid)}, shards split {shared[0]:.0f}/{shared[1]:.0f}, "
         f"missing alerts {len(alerts)} ({len(ids)} distinct ids), outcomes {len(outcomes)}"
     )
     assert set(keys) == unpaid and max(keys.values()) == 1, keys.most_common(3)
     assert max(ids.values()) == 1, ids.most_common(3)
-    completed = {
-        orjson.loads(m.value())["key"]
-        for m in outcomes
-        if orjson.loads(m.value())["outcome"] == "completed"
-    }
-    assert completed == {f"o-{i}" for i in range(ORDERS)} - unpaid
+    assert completed(outcomes) == paid
     assert "Traceback" not in a.log + b.log

@@ -1,12 +1,16 @@
 """Small, blocking helpers for integration tests: produce records, read a topic back, wait for
-topics. Times are in seconds. No fixtures here (see conftest.py), so other test packages (e2e,
-chaos) can import them too."""
+topics, wait for an observer to have processed what a topic holds. Times are in seconds. No
+fixtures here (see conftest.py), so other test packages (e2e, chaos) can import them too.
+
+Reading never waits a fixed time: `consume_all` reads to the end offsets seen when it starts,
+or until the records it was told to expect are there (with a bound); `wait_caught_up` waits
+until an observer's consumer groups have committed what the topics held."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +20,12 @@ from confluent_kafka.admin import AdminClient
 
 __all__ = [
     "Record",
+    "committed_offsets",
     "consume_all",
+    "end_offsets",
     "produce",
     "topic_exists",
+    "wait_caught_up",
     "wait_for_topics",
 ]
 
@@ -124,15 +131,23 @@ def consume_all(
     *,
     timeout: float = 10.0,
     min_count: int | None = None,
+    until: Callable[[list[Record]], bool] | None = None,
 ) -> list[Record]:
     """Reads a topic from the beginning of every partition, without a consumer group rebalance
     (partitions are assigned directly; no offsets are committed).
 
-    Without `min_count`: returns everything up to the end offsets seen when the read starts.
-    With `min_count`: keeps reading (records may still be arriving) until at least that many were
-    read or `timeout` passes, and returns what it has either way, so the caller's assertion shows
-    what came. Records are sorted by (partition, offset).
+    Without `min_count` or `until`: returns everything up to the end offsets seen when the read
+    starts. With `min_count` (at least that many records) or `until` (a test of the records read
+    so far): keeps reading (records may still be arriving) until it holds or `timeout` passes,
+    and returns what it has either way, so the caller's assertion shows what came. Records are
+    sorted by (partition, offset).
     """
+    if min_count is not None:
+        wanted = min_count
+
+        def until(records: list[Record]) -> bool:
+            return len(records) >= wanted
+
     deadline = time.monotonic() + timeout
     consumer = Consumer(
         {
@@ -156,7 +171,7 @@ def consume_all(
         consumer.assign([KafkaTopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 
         end: dict[int, int] = {}
-        if min_count is None:
+        if until is None:
             for p in partitions:
                 low, high = consumer.get_watermark_offsets(
                     KafkaTopicPartition(topic, p), timeout=max(deadline - time.monotonic(), 1)
@@ -165,9 +180,9 @@ def consume_all(
                     end[p] = high
         records: list[Record] = []
         while time.monotonic() < deadline:
-            if min_count is None and not end:
+            if until is None and not end:
                 break
-            if min_count is not None and len(records) >= min_count:
+            if until is not None and until(records):
                 break
             msg = consumer.poll(0.2)
             if msg is None:
@@ -176,9 +191,9 @@ def consume_all(
                 raise KafkaException(msg.error())
             record = _to_record(msg)
             records.append(record)
-            if min_count is None and record.offset + 1 >= end.get(record.partition, 0):
+            if until is None and record.offset + 1 >= end.get(record.partition, 0):
                 end.pop(record.partition, None)
-        if min_count is None and end:
+        if until is None and end:
             raise TimeoutError(
                 f"read {len(records)} record(s) of {topic} but not up to its end offsets "
                 f"{end} within {timeout}s"
@@ -186,3 +201,67 @@ def consume_all(
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()
+
+
+def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """Partition -> end offset (high watermark) of every partition of a topic, now."""
+    c = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "end-offsets"})
+    try:
+        meta = c.list_topics(topic=topic, timeout=10).topics[topic]
+        return {
+            p: c.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in sorted(meta.partitions)
+        }
+    finally:
+        c.close()
+
+
+def committed_offsets(
+    bootstrap_servers: str, group: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """Partition -> offset the group committed (0 where it committed nothing yet)."""
+    c = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
+    try:
+        done = c.committed([KafkaTopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in done}
+    finally:
+        c.close()
+
+
+def _wait_committed(
+    bootstrap_servers: str, group: str, topic: str, ends: dict[int, int], deadline: float
+) -> None:
+    while True:
+        done = committed_offsets(bootstrap_servers, group, topic, ends)
+        behind = {p: (done.get(p, 0), end) for p, end in ends.items() if done.get(p, 0) < end}
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group {group} has not committed {topic} up to {ends}: {behind}")
+        time.sleep(0.1)
+
+
+def wait_caught_up(
+    bootstrap_servers: str,
+    group: str,
+    sources: Sequence[str],
+    *,
+    keyed_topic: str | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Blocks until an `observer run` group has processed, durably, every record the source
+    topics hold now, or raises TimeoutError: the group `group` committed them all, and with
+    keyed routing (`keyed_topic`: `<group>.observer-keyed` unless OBSERVER_KEYED_TOPIC says
+    otherwise) its tracker's group `<group>.keyed` committed the keyed topic up to where it
+    ended at that point. The observer commits only after its Redis write (docs/running.md);
+    with direct routing the source group's commits already come after the tracker's.
+    What the processed records made the observer publish is then in its outbox or on Kafka:
+    wait for `observer_outbox_depth` 0 too before reading the outputs to their end."""
+    deadline = time.monotonic() + timeout
+    for topic in sources:
+        _wait_committed(
+            bootstrap_servers, group, topic, end_offsets(bootstrap_servers, topic), deadline
+        )
+    if keyed_topic is not None:
+        ends = end_offsets(bootstrap_servers, keyed_topic)
+        _wait_committed(bootstrap_servers, f"{group}.keyed", keyed_topic, ends, deadline)

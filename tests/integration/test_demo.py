@@ -1,6 +1,7 @@
-"""`python -m observer.demo` end to end: the simulated shop on the real broker, a real
+"""`python -m demo` end to end: the simulated shop on the real broker, a real
 `observer run` child process on the real Redis, and the summary saying every injected fault
-was detected. The reference flow runs with its topics renamed to this test's own."""
+was detected and every order got what the engine publishes over the run's own records. The
+reference flow runs with its topics renamed to this test's own."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_every_injected_fault_is_detected(
         [
             sys.executable,
             "-m",
-            "observer.demo",
+            "demo",
             "--plain",
             "--orders",
             "20",
@@ -111,6 +112,12 @@ def test_every_injected_fault_is_detected(
     assert by_fault["out_of_order"]["outcomes"] == {"completed": 2}
     assert by_fault["payment_failure"]["outcomes"] == {"compensated": 2}
     assert summary["all_detected"] and summary["ok"]
+    # what was expected is the engine's answer over the records the shop published
+    assert by_fault["slow_payment"]["expected"].startswith("warning, missing, late at paid -> ")
+    assert by_fault["none"]["expected"] == "no alert -> completed"
+    timeline = (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["key"] for line in timeline}) == 20
+    assert summary["expected_until"]
 
     # the plain log: one line per alert, outcome and command, and the verdict
     assert len(re.findall(r" OUTCOME ", out)) == 20
@@ -118,6 +125,9 @@ def test_every_injected_fault_is_detected(
     assert re.search(r" ALERT +\S+ +missing +transport_booked ", out)
     assert re.search(r" COMMAND +\S+ +ReleaseStock ", out)
     assert "RESULT: every injected fault was detected" in out
+    assert re.search(
+        r"^expected = observer replay .* --events .*timeline\.jsonl --until ", out, re.M
+    )
 
 
 def _log(tmp_path: Path) -> str:

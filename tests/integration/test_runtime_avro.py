@@ -15,7 +15,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from tests.integration.test_runtime_flows import Harness, make, now_ms, outcome_of
+from tests.integration.harness import Harness, make, now_ms, outcome_of
 
 __all__ = ["make"]
 

@@ -1,308 +1,33 @@
 """`observer run` in-process against the real broker and redis-server: one topic set, consumer
-group and Redis key prefix per test; flows with windows of a second or two."""
+group and Redis key prefix per test; flows with windows of a second or two (the harness, and
+how a test waits for what it asserts: tests/integration/harness.py)."""
 
 from __future__ import annotations
 
 import http.server
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from observer.adapters.redis.keys import Keys, pack_value, unpack_value
+from observer.adapters.redis.keys import pack_value, unpack_value
 from observer.cli import build_service
-from observer.config import ObserverConfig
 from observer.flows.compiler import load_registry
-from observer.runtime.service import Service
-from observer.runtime.shards import slot_id
+from tests.integration.harness import FLOW, Harness, make, now_ms, outcome_of
 
 pytestmark = pytest.mark.timeout(120)
 
-FLOW = """
-flow: shop
-version: 1
-sources:
-  orders: {topic: P.orders, type: value.type, key: value.id, id: header.eid}
-  pay: {topic: P.pay, type: value.type, key: value.id, id: header.eid}
-  ship: {topic: P.ship, type: value.type, key: value.id, id: header.eid}
-steps:
-  - step: placed
-    on: orders.Placed
-  - step: paid
-    on: pay.Paid
-    within: PAY_WINDOW
-    if_missing: [cancel]
-    if_late: [notify]
-  - step: shipped
-    on: ship.Shipped
-    within: 20s
-errors:
-  - on: pay.Failed
-    do: [refund]
-    then: comp
-paths:
-  comp:
-    outcome: compensated
-    steps:
-      - step: refunded
-        on: pay.Refunded
-        within: 20s
-buffer: 30s
-retain: 1h
-actions:
-  cancel:
-    publish: {topic: P.cmds, key: "{{ key }}", headers: {type: Cancel}, value: {type: Cancel, id: "{{ key }}"}}
-  refund:
-    publish: {topic: P.cmds, key: "{{ key }}", headers: {type: Refund}, value: {type: Refund, id: "{{ key }}"}}
-  notify:
-    alert: {severity: info, summary: "paid late by {{ deviation.late_by }}"}
-"""
-
-OUT = ("alerts", "outcomes", "dlq", "cmds")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class Out:
-    """A record the observer published."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.value or b"null")
-
-    @property
-    def oid(self) -> str:
-        return self.headers["observer-id"].decode()
-
-
-@dataclass
-class Harness:
-    """Topics, a flow file, a config and the running service of one test."""
-
-    bootstrap: str
-    redis_url: str
-    prefix: str
-    tmp: Path
-    flow_text: str
-    create_topics: Callable[..., list[str]]
-    extra: dict[str, Any] = field(default_factory=dict)
-    service: Service | None = None
-    _out: list[Out] = field(default_factory=list)
-    _consumer: Consumer | None = None
-
-    def __post_init__(self) -> None:
-        p = self.prefix
-        self.create_topics([f"{p}.{t}" for t in ("orders", "pay", "ship", *OUT)], 2)
-        self.flow_file = self.tmp / f"{p}.yaml"
-        self.flow_file.write_text(self.flow_text.replace("P.", f"{p}."))
-        self.producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0})
-
-    @property
-    def key_prefix(self) -> str:
-        """Redis keys live under f"{unique}:" (removed by the `redis_client` fixture)."""
-        return f"{self.prefix}:obs"
-
-    def t(self, name: str) -> str:
-        return f"{self.prefix}.{name}"
-
-    def config(self, **over: Any) -> ObserverConfig:
-        p = self.prefix
-        flags: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "redis_url": self.redis_url,
-            "group_id": f"{p}-observer",
-            "key_prefix": self.key_prefix,
-            "http_port": 0,
-            "http_host": "127.0.0.1",
-            "alerts_topic": self.t("alerts"),
-            "outcomes_topic": self.t("outcomes"),
-            "dlq_topic": self.t("dlq"),
-            "idle_grace_ms": 200,
-            "tick_interval_ms": 20,
-            "commit_interval_ms": 50,
-            "kafka": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"},
-        }
-        flags.update(self.extra)
-        flags.update(over)
-        return ObserverConfig.load(flags, {})
-
-    # -- the observer ---------------------------------------------------------------------------
-
-    def start(self, **over: Any) -> Service:
-        assert self.service is None
-        svc = build_service(
-            self.config(**over), load_registry([self.flow_file]), (str(self.flow_file),)
-        )
-        svc.start()
-        assert svc.wait_started(30), f"observer did not start: {svc.error!r}"
-        self.service = svc
-        return svc
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            assert self.service.join(30), "observer did not stop"
-            assert self.service.error is None, self.service.error
-            self.service = None
-
-    def api(self, path: str) -> httpx.Response:
-        assert self.service is not None and self.service.http_port
-        return httpx.get(f"http://127.0.0.1:{self.service.http_port}{path}", timeout=5)
-
-    # -- input and output -----------------------------------------------------------------------
-
-    def send(
-        self,
-        etype: str,
-        key: str,
-        at: int,
-        eid: str | None = None,
-        topic: str | None = None,
-        raw: bytes | None = None,
-        **value: Any,
-    ) -> None:
-        topic = topic or {"Placed": "orders", "Shipped": "ship"}.get(etype, "pay")
-        body = raw if raw is not None else orjson.dumps({"type": etype, "id": key, **value})
-        eid = eid or f"{etype}-{key}-{uuid.uuid4().hex[:6]}"
-        self.producer.produce(
-            self.t(topic), body, key.encode(), headers=[("eid", eid.encode())], timestamp=at
-        )
-        self.producer.flush(10)
-
-    def _read(self) -> None:
-        if self._consumer is None:
-            self._consumer = Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": f"{self.prefix}-reader",
-                    "auto.offset.reset": "earliest",
-                    "enable.auto.commit": False,
-                }
-            )
-            self._consumer.subscribe([self.t(n) for n in OUT])
-        for m in self._consumer.consume(500, 0.1):
-            if m.error() is None:
-                topic = m.topic() or ""
-                self._out.append(
-                    Out(
-                        topic[len(self.prefix) + 1 :],
-                        m.key(),
-                        m.value(),
-                        {k: v for k, v in m.headers() or []},
-                    )
-                )
-
-    def out(self, topic: str | None = None) -> list[Out]:
-        self._read()
-        return [o for o in self._out if topic is None or o.topic == topic]
-
-    def wait_for(self, what: Callable[[], Any], timeout: float = 20, message: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            got = what()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {message or what}; published: {[(o.topic, o.key, o.value) for o in self._out]}"
-                )
-            time.sleep(0.05)
-
-    def quiet(self, seconds: float) -> None:
-        """Keep reading the output for a while (to be sure nothing more comes)."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self._read()
-
-    def alerts(self, kind: str | None = None) -> list[Out]:
-        return [o for o in self.out("alerts") if kind is None or o.json["kind"] == kind]
-
-    def outcomes(self) -> list[Out]:
-        return self.out("outcomes")
-
-    def redis_keys(self) -> list[bytes]:
-        r = redis.Redis.from_url(self.redis_url)
-        return list(r.scan_iter(f"{self.key_prefix}:*", count=1000))
-
-    def slot_at(self, flow: str, key: str) -> tuple[str, bytes]:
-        """(bucket hash, field) where the store keeps the slot of (flow, key)."""
-        r = redis.Redis.from_url(self.redis_url)
-        try:
-            shards, buckets = r.hmget(Keys(self.key_prefix, 1).meta(), ["shards", "buckets"])
-        finally:
-            r.close()
-        keys = Keys(self.key_prefix, int(shards), int(buckets))
-        sid = slot_id(flow, key)
-        return keys.bucket(keys.shard_of(sid), sid), keys.field(sid)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._consumer is not None:
-                self._consumer.close()
-            self.producer.flush(5)
+__all__ = ["make"]  # the fixture, with `routing` below
 
 
 @pytest.fixture(params=["keyed", "direct"])
 def routing(request: pytest.FixtureRequest) -> str:
     """Every flow test runs with both routings (through the keyed topic, and in memory)."""
     return str(request.param)
-
-
-@pytest.fixture
-def make(
-    routing: str,
-    stack: Any,
-    unique: str,
-    tmp_path: Path,
-    create_topics: Callable[..., list[str]],
-    redis_client: redis.Redis,
-) -> Iterator[Callable[..., Harness]]:
-    """`make(flow=FLOW, pay_window="1500ms", **config)`: the harness of one observer setup."""
-    made: list[Harness] = []
-
-    def factory(flow: str = FLOW, pay_window: str = "1500ms", **extra: Any) -> Harness:
-        prefix = unique if not made else f"{unique}-{len(made)}"
-        h = Harness(
-            stack.bootstrap_servers,
-            stack.redis_url,
-            prefix,
-            tmp_path,
-            flow.replace("PAY_WINDOW", pay_window),
-            create_topics,
-            {"routing": routing, **extra},
-        )
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.close()
-
-
-def outcome_of(h: Harness, key: str) -> dict[str, Any]:
-    return h.wait_for(
-        lambda: next((o.json for o in h.outcomes() if o.key == key.encode()), None),
-        message=f"outcome of {key}",
-    )
 
 
 # -- the flows --------------------------------------------------------------------------------------
@@ -324,9 +49,10 @@ def test_happy_path_publishes_completed_and_no_alert(make: Callable[..., Harness
     assert out["duration_ms"] == 600
     (rec,) = h.outcomes()
     assert rec.key == b"o1" and len(rec.oid) == 32
-    h.quiet(2.0)  # past the payment window
-    assert h.alerts() == [] and h.out("cmds") == []
-    metrics = h.api("/metrics").text
+    published = 'observer_published_total{category="outcome"} 1.0'  # counted once acked
+    metrics = h.wait_for(
+        lambda: published in (text := h.api("/metrics").text) and text, message=published
+    )
     assert f'observer_events_total{{outcome="applied",topic="{h.t("orders")}"}} 1.0' in metrics
     assert 'observer_instances_ended_total{flow="shop",outcome="completed"} 1.0' in metrics
     assert 'observer_published_total{category="outcome"} 1.0' in metrics
@@ -342,6 +68,8 @@ def test_happy_path_publishes_completed_and_no_alert(make: Callable[..., Harness
         assert name in metrics
     assert h.api("/healthz").json() == {"status": "ok"}
     assert h.api("/readyz").json()["ready"] is True
+    h.clock_passed(t + 1_500)  # past the payment window: a completed order raises nothing
+    assert h.alerts() == [] and h.out("cmds") == [] and len(h.outcomes()) == 1
 
 
 def test_missing_payment_raises_one_alert_and_the_command(make: Callable[..., Harness]) -> None:
@@ -367,7 +95,7 @@ def test_missing_payment_raises_one_alert_and_the_command(make: Callable[..., Ha
     )
     assert cmd.json == {"type": "Cancel", "id": "o2"} and cmd.headers["type"] == b"Cancel"
     assert len(alert.oid) == 32 and len(cmd.oid) == 32 and alert.oid != cmd.oid
-    h.quiet(1.0)
+    h.clock_passed(t + 1_500)  # the duplicate opened no second deadline
     assert len(h.alerts()) == 1 and len(h.out("cmds")) == 1
     view = h.api("/instances/shop/o2").json()
     assert view["state"] == "open" and [d["kind"] for d in view["deviations"]] == ["missing"]
@@ -383,6 +111,8 @@ def test_late_payment_raises_late_and_no_missing(make: Callable[..., Harness]) -
     h.start()
     out = outcome_of(h, "o3")
     assert out["outcome"] == "completed" and out["deviations"] == ["late"]
+    h.wait_for(h.alerts, message="the late alert")
+    h.read_to_end()  # ended: nothing more can come for o3
     (late,) = h.alerts()
     a = late.json
     assert (a["kind"], a["step"], a["severity"], a["late_by_ms"]) == ("late", "paid", "info", 500)
@@ -399,12 +129,12 @@ def test_payment_failure_switches_to_compensation(make: Callable[..., Harness]) 
     h.send("Refunded", "o4", t + 400)
     out = outcome_of(h, "o4")
     assert out["outcome"] == "compensated" and out["deviations"] == ["error"]
-    (err,) = h.alerts()
+    (err,) = h.wait_for(h.alerts, message="the error alert")
     assert err.json["kind"] == "error" and err.json["step"] is None
     (refund,) = h.wait_for(lambda: h.out("cmds"))
     assert refund.json == {"type": "Refund", "id": "o4"}
-    h.quiet(2.0)  # the cancelled payment step raises nothing
-    assert len(h.alerts()) == 1
+    h.clock_passed(t + 1_500)  # the cancelled payment step raises nothing
+    assert len(h.alerts()) == 1 and len(h.out("cmds")) == 1
 
 
 def test_early_payment_read_before_the_order_is_buffered_without_deviation(
@@ -423,7 +153,7 @@ def test_early_payment_read_before_the_order_is_buffered_without_deviation(
     h.send("Shipped", "o5", t + 300)
     out = outcome_of(h, "o5")
     assert out["outcome"] == "completed" and out["deviations"] == []
-    h.quiet(0.5)
+    h.read_to_end()  # an alert of o5 would have come before its outcome
     assert h.alerts() == []
 
 
@@ -438,7 +168,7 @@ def test_duplicates_change_nothing(make: Callable[..., Harness]) -> None:
     h.send("Shipped", "o6", t + 200, eid="e3")
     h.send("Placed", "o6", t, eid="e1")
     outcome_of(h, "o6")
-    h.quiet(1.0)
+    h.processed()  # the repeats after the outcome too
     assert len(h.outcomes()) == 1 and h.alerts() == [] and h.out("cmds") == []
 
 
@@ -490,7 +220,7 @@ def test_an_event_that_fails_past_routing_dead_letters_its_original_record(
     assert dead.key == b"o8" and dead.headers["eid"] == b"paid-o8"
     assert dead.headers["observer-source-topic"] == h.t("pay").encode()
     assert b"processing failed" in dead.headers["observer-error"]
-    h.quiet(0.5)
+    h.processed()
     assert len(h.out("dlq")) == 1
 
 
@@ -539,9 +269,9 @@ def test_webhook_is_posted_and_retried_after_a_500(make: Callable[..., Harness])
         assert headers["observer-id"] != alert.oid  # the webhook is its own record
         # once delivered, it leaves the outbox
         h.wait_for(lambda: not any(b":outbox" in k for k in h.redis_keys()), message="empty outbox")
-        h.quiet(0.5)
-        assert len(_Hook.got) == 2
-        assert 'observer_published_total{category="webhook"} 1.0' in h.api("/metrics").text
+        assert len(_Hook.got) == 2  # delivered: nothing left to post
+        published = 'observer_published_total{category="webhook"} 1.0'  # counted once acked
+        h.wait_for(lambda: published in h.api("/metrics").text, message=published)
     finally:
         server.shutdown()
 
@@ -564,7 +294,7 @@ def test_restart_continues_open_instances_and_fires_the_deadline_once(
     h.wait_for(lambda: h.alerts("missing"), timeout=15, message="missing r1")
     h.stop()
     h.start()  # and once more: nothing fires twice
-    h.quiet(1.5)
+    h.clock_passed(now_ms())
     ids = [a.oid for a in h.alerts()]
     assert [a.key for a in h.alerts()] == [b"r1"] and len(set(ids)) == len(ids) == 1
     assert len(h.out("cmds")) == 1
@@ -576,16 +306,15 @@ def test_a_restarted_observer_behind_the_wall_clock_raises_no_false_missing(
     h = make()
     h.start()  # attach once, then stop: the group exists with its offsets
     h.stop()
-    t = now_ms()
+    t = now_ms() - 10_000  # the wall clock is past every payment window already
     for i in range(30):  # all on time, produced while the observer is down
         h.send("Placed", f"w{i}", t + i)
     for i in range(30):
         h.send("Paid", f"w{i}", t + i + 500)
         h.send("Shipped", f"w{i}", t + i + 800)
-    time.sleep(2.0)  # the wall clock moves past every payment window
     h.start()
     h.wait_for(lambda: len(h.outcomes()) == 30, message="30 outcomes")
-    h.quiet(0.5)
+    h.read_to_end()  # a false missing would have come before its order's outcome
     assert h.alerts() == [] and h.out("cmds") == []
     assert {o.json["outcome"] for o in h.outcomes()} == {"completed"}
 
@@ -691,5 +420,5 @@ def test_without_a_slot_cache_every_batch_sees_the_writes_before_it(
     )
     assert sorted(o.key for o in done) == sorted(k.encode() for k in keys)
     assert {o.json["outcome"] for o in done} == {"completed"}
-    h.quiet(1.0)
+    h.read_to_end()  # an alert would have come before its order's outcome
     assert h.alerts() == []

@@ -16,7 +16,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.integration.test_runtime_flows import Harness, make, now_ms, outcome_of
+from tests.integration.harness import Harness, make, now_ms, outcome_of
 
 __all__ = ["make"]  # the fixture (keyed routing, from conftest)
 
@@ -139,11 +139,15 @@ def test_redis_outage_stops_progress_and_recovers(
         lambda: (r := h.api("/readyz")).status_code == 503 and r.json(), message="not ready"
     )
     assert report["redis"] is False and report["redis_error"]
-    h.quiet(1.0)
+    h.read_to_end()
     assert h.outcomes() == []
     assert keyed_committed(h) <= 1  # read, not stored: not committed (Placed may be)
+    back = now_ms()
     private_redis.start()
     assert outcome_of(h, "x1")["outcome"] == "completed"
+    h.read_to_end()
+    (outcome,) = h.outcomes()  # published once, and only once Redis was back
+    assert outcome.timestamp_ms >= back
     h.wait_for(lambda: h.api("/readyz").status_code == 200, message="ready again")
     h.wait_for(lambda: committed_total(h, ["pay", "ship"]) == 2, message="committed")
     assert "observer_store_errors_total" in h.api("/metrics").text

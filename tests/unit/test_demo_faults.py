@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from observer.demo.faults import BLOCK, DEFAULT_RATES, Fault, FaultPlanner
+from demo.faults import BLOCK, DEFAULT_RATES, Fault, FaultPlanner
 
 
 def faults(seed: int, n: int, rates: dict[Fault, float] | None = None) -> list[Fault | None]:

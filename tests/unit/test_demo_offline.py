@@ -1,6 +1,7 @@
 """The simulated shop against the observer's engine on a virtual clock: each injected fault is
 detected the way the flow says, clean orders complete silently, and a seed replays exactly.
-Also: what `bind` checks in the flow, and what the views print."""
+Also: what `bind` checks in the flow, and what the views print. (What the demo expects, and
+how it judges, is in test_demo_expected.py.)"""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from observer.demo.binding import FlowBinding, bind
-from observer.demo.faults import DEFAULT_RATES, Fault
-from observer.demo.offline import run_offline
-from observer.demo.shop import CHECKOUT
-from observer.demo.view import Header, LiveView, Status, format_entry, format_summary
-from observer.demo.wire import DemoError
+from demo.binding import FlowBinding, bind
+from demo.faults import DEFAULT_RATES, Fault
+from demo.live import LiveView
+from demo.offline import run_offline
+from demo.shop import CHECKOUT
+from demo.view import Header, Status, format_entry, format_summary
+from demo.wire import DemoError
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKOUT_FLOW = REPO / "flows" / "checkout.yaml"
@@ -52,6 +54,10 @@ def test_twenty_orders_with_seed_7_every_fault_detected(binding: FlowBinding) ->
     assert by[Fault.PAYMENT_FAILURE].outcomes == {"compensated": 2}
     assert by[Fault.SLOW_PAYMENT].outcomes == {"cancelled": 2}
     assert by[Fault.LOST_EVENT].outcomes == {"completed": 2}  # BookTransport brought it back
+    assert by[Fault.SLOW_PAYMENT].meaning == (
+        "warning, missing, late at paid -> ReleaseStock, CancelOrder -> cancelled"
+    )
+    assert by[Fault.DUPLICATE].meaning == "no alert -> completed"
 
 
 @pytest.mark.parametrize(
@@ -92,9 +98,11 @@ def test_what_the_observer_does_about_each_fault(
     assert len(tally.orders) == 3
     for track in tally.orders.values():
         assert track.plan.fault is fault
-        assert track.alerts == alerts, tally.describe(track)
-        assert sorted(track.commands) == sorted(commands), tally.describe(track)
-        assert track.outcome == outcome, tally.describe(track)
+        assert track.observed.alerts == alerts, tally.describe(track)
+        assert sorted(track.observed.commands) == sorted(commands), tally.describe(track)
+        assert track.observed.outcome == outcome, tally.describe(track)
+        assert tally.expected.of(track.key).same_as(track.observed), tally.describe(track)
+        assert tally.as_expected(track)
 
 
 def test_a_seed_replays_the_same_run(binding: FlowBinding) -> None:
@@ -115,7 +123,8 @@ def test_bind_fits_the_shop_to_the_flow(binding: FlowBinding) -> None:
     }
     paid = binding.flow.step_named("paid").within_ms
     assert paid is not None and binding.late_ms > paid
-    assert binding.expect(Fault.SLOW_PAYMENT).required == {("late", "paid")}
+    assert binding.main_steps[0] == "placed"
+    assert binding.settle_ms > paid
 
 
 def test_bind_says_which_step_no_service_announces(tmp_path: Path) -> None:

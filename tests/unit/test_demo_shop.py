@@ -3,10 +3,10 @@ for every fault, and how the services answer the observer's commands."""
 
 from __future__ import annotations
 
-from observer.demo.faults import Fault, FaultPlanner
-from observer.demo.shop import CHECKOUT, Shop
-from observer.demo.simulator import HOLD_GAP_MS, Happening, Simulation
-from observer.demo.wire import ShopEvent
+from demo.faults import Fault, FaultPlanner
+from demo.shop import CHECKOUT, Shop
+from demo.simulator import HOLD_GAP_MS, Happening, Simulation
+from demo.wire import ShopEvent
 
 T0 = 1_767_225_600_000
 LATE_MS = 18_000
@@ -169,3 +169,18 @@ def test_orders_arrive_at_the_rate_and_stop_at_the_limit() -> None:
     assert len(placed) == 10 and not sim.placing
     span = placed[-1].at_ms - placed[0].at_ms
     assert 9 * 250 * 0.7 <= span <= 9 * 250 * 1.3
+
+
+def test_the_shop_is_idle_once_nothing_more_will_be_published() -> None:
+    # a slow payment keeps the shop busy until the payment is out
+    sim, _ = run_one(Fault.SLOW_PAYMENT, until_ms=LATE_MS - 1_000)
+    assert not sim.idle()
+    sim, hs = run_one(Fault.SLOW_PAYMENT, until_ms=LATE_MS + 8_000)
+    assert "PaymentCaptured" in by_type(published(hs)) and sim.idle()
+    # a held OrderPlaced let out after the payment leaves its timeout behind: idle all the same
+    sim, hs = run_one(Fault.OUT_OF_ORDER, until_ms=10_000)
+    assert "OrderPlaced" in by_type(published(hs))
+    assert sim.next_due() is not None and sim.idle()
+    # an answer to a command is work too
+    sim.on_command("ReleaseStock", "t-0001", T0 + 10_000)
+    assert not sim.idle()

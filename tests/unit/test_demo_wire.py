@@ -8,13 +8,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from observer.demo.binding import bind
-from observer.demo.shop import CHECKOUT
-from observer.demo.wire import DemoError, ShopEvent, WireFormat
-from observer.engine.core import Topics
+from demo.binding import bind
+from demo.shop import CHECKOUT
+from demo.wire import DemoError, ShopEvent, WireFormat
 from observer.flows.compiler import load_registry
 from observer.flows.spec import SourceSpec
 from observer.ingest import Ingest, SourceRecord
+from observer.topics import Topics
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKOUT_FLOW = REPO / "flows" / "checkout.yaml"

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 
 from observer.flows.jsonschema import (
     DURATION_PATTERN,
+    OBJECTIVE_PATTERN,
     SCHEMA_PATH,
     WARN_PATTERN,
     flow_json_schema,
@@ -158,6 +159,13 @@ def test_short_forms_are_accepted() -> None:
         (("actions", "cancel", "publish", "colour"), "red"),
         (("actions", "cancel"), {"alert": {"severity": "fatal"}}),
         (("actions", "cancel"), {"webhook": {"severity": "critical"}}),
+        (("slo",), {"objective": "99.5", "within": "30m"}),  # not a percentage
+        (("slo",), {"objective": 99.5, "within": "30m"}),
+        (("slo",), {"objective": "99.5%"}),  # no within
+        (("slo",), {"objective": "99.5%", "within": "a while"}),
+        (("slo",), {"objective": "99.5%", "within": "30m", "window": "a month"}),
+        (("slo",), {"objective": "99.5%", "within": "30m", "budget": "0.5%"}),
+        (("slo",), "99.5%"),
     ],
 )
 def test_invalid_documents_are_rejected_by_schema_and_model(
@@ -201,6 +209,9 @@ def test_names_the_language_reserves_are_checked_by_the_schema(
         (("actions",), {"page-oncall": {"alert": {}}}),
         (("key",), "order_id"),
         (("description",), "text"),
+        (("slo",), {"objective": "99.5%", "within": "30m", "window": "28d"}),
+        (("slo",), {"objective": "99.95 %", "within": "PT30M"}),
+        (("slo",), {"objective": "90%", "within": "1.5h", "window": "P7D"}),
     ],
 )
 def test_valid_variants_are_accepted_by_schema_and_model(
@@ -251,6 +262,19 @@ def test_warn_pattern_agrees_with_the_loader(text: str) -> None:
     ):
         return  # zero, or a percentage out of range: the pattern cannot say, the loader does
     assert bool(re.search(WARN_PATTERN, text)) is (loader_error is None), text
+
+
+@given(st.one_of(st.from_regex(r"\A ?[0-9]{1,3}(\.[0-9]{0,2})? ?%? ?\Z"), _duration_text))
+def test_objective_pattern_agrees_with_the_loader(text: str) -> None:
+    doc = changed(("slo",), {"objective": text, "within": "30m"})
+    loader_error: str | None = None
+    try:
+        FlowSpec.model_validate(doc)
+    except ValidationError as exc:
+        loader_error = str(exc)
+    if loader_error is not None and "between 0% and 100%" in loader_error:
+        return  # out of range: the pattern cannot say, the loader does
+    assert bool(re.search(OBJECTIVE_PATTERN, text)) is (loader_error is None), text
 
 
 def test_schema_file_is_sorted_json_with_trailing_newline() -> None:

@@ -10,7 +10,7 @@ from observer.engine.state import Event
 from observer.runtime.keyed import (
     Mark,
     Routed,
-    ShardClocks,
+    ShardWatermarks,
     decode_keyed,
     encode_event,
     encode_mark,
@@ -57,7 +57,7 @@ def test_a_mark_round_trips_and_garbage_is_refused() -> None:
 
 def test_a_shard_watermark_is_the_minimum_over_every_source_partition() -> None:
     sources = {("a", 0), ("a", 1), ("b", 0)}
-    clocks = ShardClocks()
+    clocks = ShardWatermarks()
     clocks.reset(2)
     assert clocks.value(2, sources) is None
     clocks.observe(2, Mark((("a", 0, 100), ("a", 1, 90))))

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from observer.adapters.memory import ManualClock
 from observer.config import ObserverConfig
-from observer.engine.core import Topics
 from observer.flows.compiler import load_registry
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
@@ -21,6 +21,7 @@ from observer.runtime.ports import RebalanceListener
 from observer.runtime.router import Router
 from observer.runtime.shards import shard_of, slot_id
 from observer.runtime.watermark import TopicPartition
+from observer.topics import Topics
 
 FLOW = """
 flow: shop
@@ -110,11 +111,6 @@ class Sink:
     def close(self) -> None: ...
 
 
-class Clock:
-    def now_ms(self) -> int:
-        return T0 + 60_000
-
-
 def rec(topic: str, partition: int, offset: int, value: bytes, ts: int) -> SourceRecord:
     return SourceRecord(topic, partition, offset, b"some-other-key", value, (), ts)
 
@@ -131,7 +127,7 @@ def router(tmp_path: Path) -> tuple[Router, Source, Sink]:
         source=source,  # type: ignore[arg-type]
         sink=sink,
         metrics=Metrics(CollectorRegistry()),
-        clock=Clock(),
+        clock=ManualClock(T0 + 60_000),
         keyed_topic="keyed",
     )
     r.start()
@@ -151,7 +147,7 @@ def test_events_go_to_their_shard_and_offsets_wait_for_the_acknowledgements(
             rec("orders", 0, 8, b'{"type": "Unknown", "id": "o-2"}', T0 + 7),
         ]
     )
-    assert r.cycle(0) == 4
+    assert r.poll(0) == 4
     events = [(p, decode_keyed(v)) for t, p, v in sink.sent if t == "keyed" and v and v[:1] == b"["]
     shard = shard_of(slot_id("shop", "o-1"), 4)
     assert [(p, x.event.type, x.topic, x.offset) for p, x in events if isinstance(x, Routed)] == [
@@ -162,7 +158,7 @@ def test_events_go_to_their_shard_and_offsets_wait_for_the_acknowledgements(
     assert sink.reports == 1  # one delivery report per keyed partition of the batch
     assert source.commits == []  # nothing acknowledged yet
     sink.ack()
-    r.cycle(0)
+    r.poll(0)
     assert source.commits[-1] == {("orders", 0): 9, ("pay", 1): 5}
 
 
@@ -171,17 +167,17 @@ def test_a_batch_is_committed_only_after_every_earlier_batch(
 ) -> None:
     r, source, sink = router
     source.batches.append([rec("orders", 0, 0, b'{"type": "Placed", "id": "a"}', T0)])
-    r.cycle(0)
+    r.poll(0)
     first = list(sink.waiting)
     sink.waiting.clear()
     source.batches.append([rec("orders", 0, 1, b'{"type": "Placed", "id": "b"}', T0)])
-    r.cycle(0)
+    r.poll(0)
     sink.ack()  # the second batch is acknowledged first
-    r.cycle(0)
+    r.poll(0)
     assert all(("orders", 0) not in c for c in source.commits)
     for done in first:
         done(None)
-    r.cycle(0)
+    r.poll(0)
     assert source.commits[-1] == {("orders", 0): 2}
 
 
@@ -196,7 +192,7 @@ def test_marks_carry_each_partition_watermark_to_every_shard_after_the_events(
             rec("pay", 1, 0, b'{"type": "Paid", "order": "a"}', T0 + 50),
         ]
     )
-    r.cycle(0)
+    r.poll(0)
     marks = [(p, decode_keyed(v)) for t, p, v in sink.sent if v and v[:1] == b"{"]
     assert sorted(p or 0 for p, _m in marks) == [0, 1, 2, 3]
     assert {m for _p, m in marks} == {Mark((("orders", 0, T0 + 100), ("pay", 1, T0 + 50)))}
@@ -210,10 +206,10 @@ def test_a_record_the_producer_gave_up_on_stops_the_router(
 ) -> None:
     r, source, sink = router
     source.batches.append([rec("orders", 0, 0, b'{"type": "Placed", "id": "a"}', T0)])
-    r.cycle(0)
+    r.poll(0)
     sink.ack("Local: Message timed out")
     with pytest.raises(Exception, match="cannot write to the keyed topic"):
-        r.cycle(0)
+        r.poll(0)
     assert source.commits == []
 
 
@@ -252,7 +248,7 @@ def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
         source=source,  # type: ignore[arg-type]
         sink=local.sink,
         metrics=Metrics(CollectorRegistry()),
-        clock=Clock(),
+        clock=ManualClock(T0 + 60_000),
         keyed_topic="keyed",
     )
     r.start()
@@ -266,12 +262,12 @@ def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
             rec("orders", 0, 8, b'{"type": "Placed", "id": "o-2"}', T0 + 2),
         ]
     )
-    r.cycle(0)
+    r.poll(0)
     assert [t for t, _p, _v in sink.sent] == ["dlq"]  # only the dead letter left the process
     sink.ack()
     assert local.unread() == 2 + 4  # two events and a mark per shard
     source.batches.append([rec("orders", 0, 9, b'{"type": "Placed", "id": "o-3"}', T0 + 3)])
-    r.cycle(0, read=False)  # the tracker is behind: the router reads nothing more
+    r.poll(0, read=False)  # the tracker is behind: the router reads nothing more
     assert local.unread() == 2 + 4 and len(source.batches) == 1
     source.batches.clear()
     got = local.source.poll(100, 0)
@@ -281,8 +277,7 @@ def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
     routed = [(p, e.event.key) for p, e in events if isinstance(e, Routed)]
     assert sorted(k for _p, k in routed) == ["o-1", "o-2"]
     assert all(p == shard_of(slot_id("shop", k), 4) for p, k in routed)
-    assert local.pending() == len(got)
-    r.cycle(0)
+    r.poll(0)
     assert source.commits == []  # stored maybe, not committed by the tracker: nothing to commit
 
     # a store failure: the tracker reads again from its committed offsets
@@ -292,9 +287,8 @@ def test_direct_routing_commits_source_offsets_only_after_the_tracker_commits(
 
     ends = {("keyed", x.partition): x.offset + 1 for x in got}
     local.source.commit(ends, wait=False)
-    r.cycle(0)
+    r.poll(0)
     assert source.commits[-1] == {("orders", 0): 9, ("pay", 1): 4}
-    assert local.pending() == 0
     local.source.poll(100, 0)
     assert tracker.reports == [ends]  # reported from the poll after, as Kafka does
     assert local.source.committed([("keyed", 0)]) == {("keyed", 0): ends.get(("keyed", 0), 0)}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from observer.engine.core import Topics
 from observer.flows.compiler import load_registry
 from observer.ingest import Ingest, SourceRecord
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, format_time, parse_time
+from observer.topics import Topics
 
 
 def test_epoch_ms_and_iso_8601_are_read() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import redis
 
 from observer.errors import StoreError
+from observer.redis_settings import RedisSettings, parse_redis_url
 
 __all__ = ["RedisLease"]
 
@@ -34,14 +35,21 @@ class RedisLease:
     """The lease `key`, held as `owner` for `ttl_ms` at a time."""
 
     def __init__(
-        self, url: str, key: str, owner: str, ttl_ms: int, *, timeout_s: float = 5.0
+        self,
+        settings: RedisSettings | str,
+        key: str,
+        owner: str,
+        ttl_ms: int,
+        *,
+        timeout_s: float = 5.0,
     ) -> None:
+        """`settings`: those of the hot path's connection (`parse_redis_url`), or a URL."""
+        if isinstance(settings, str):
+            settings = parse_redis_url(settings)
         self.key = key
         self.owner = owner
         self.ttl_ms = ttl_ms
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
 
     def acquire(self) -> str | None:
         try:

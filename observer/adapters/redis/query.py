@@ -11,6 +11,7 @@ import redis
 
 from observer.adapters.redis.keys import Keys, unpack_value
 from observer.errors import StoreError
+from observer.redis_settings import RedisSettings, parse_redis_url
 from observer.runtime.shards import slot_id
 
 __all__ = ["RedisSlotReader"]
@@ -23,16 +24,16 @@ class RedisSlotReader:
 
     def __init__(
         self,
-        url: str,
+        settings: RedisSettings | str,
         prefix: str,
         *,
         shards: int | None = None,
         buckets: int | None = None,
         timeout_s: float = 5.0,
     ) -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        if isinstance(settings, str):
+            settings = parse_redis_url(settings)
+        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
         self._prefix = prefix
         self._keys: Keys | None = None
         if shards:
@@ -80,12 +81,6 @@ class RedisSlotReader:
             return None
         value = orjson.loads(raw)
         return value if isinstance(value, dict) else None
-
-    def ping(self) -> bool:
-        try:
-            return bool(self._redis.ping())
-        except redis.RedisError:
-            return False
 
     def close(self) -> None:
         self._redis.close()

@@ -2,9 +2,10 @@
 
 A batch is written atomically in one round trip: one EVALSHA of `write.lua` with the batch
 packed into its arguments. Slots are loaded with one EVALSHA of `load.lua` (an HGET per slot
-from its bucket, see `keys.py`). Requests are pipelined on one raw connection (`RedisWire`): a
-load sent after a write is answered after it, so the loop can send a batch's write, decode the
-next batch, and only then read both replies.
+from its bucket, see `keys.py`). Two raw connections (`RedisWire`): writes and everything else
+are pipelined on one, so the loop can send a batch's write, plan the next batch, and only then
+read the reply; loads have their own, so a load is not queued behind that write (and does not
+see it: the tracker waits for a write before loading a slot it touches).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 from observer.adapters.redis.keys import DUE_BYTES, Keys, pack_value
 from observer.adapters.redis.wire import RedisWire
 from observer.errors import ConfigError, StoreError
+from observer.redis_settings import RedisSettings, parse_redis_url
 from observer.runtime.ports import DueSlots, WriteBatch
 
 __all__ = ["RedisStateStore", "load_script"]
@@ -84,12 +86,19 @@ class RedisStateStore:
     that an unconfirmed write touches). Owned by the consumer loop's thread."""
 
     def __init__(
-        self, url: str, keys: Keys, *, history_cap: int = 100, timeout_s: float = 10.0
+        self,
+        redis: RedisSettings | str,
+        keys: Keys,
+        *,
+        history_cap: int = 100,
+        timeout_s: float = 10.0,
     ) -> None:
+        """`redis`: the settings of `parse_redis_url` (or a URL, parsed here)."""
+        settings = parse_redis_url(redis) if isinstance(redis, str) else redis
         self.keys = keys
         self.history_cap = history_cap
-        self._wire = RedisWire(url, timeout_s)
-        self._reads = RedisWire(url, timeout_s)
+        self._wire = RedisWire(settings, timeout_s)
+        self._reads = RedisWire(settings, timeout_s)
         self._write_src = load_script("write.lua", values=True)
         self._due_src = load_script("due.lua", values=True)
         self._load_src = load_script("load.lua")
@@ -163,13 +172,6 @@ class RedisStateStore:
         self._wire.call("SCRIPT", "LOAD", self._write_src)
         self._wire.call("SCRIPT", "LOAD", self._due_src)
         self._wire.call("SCRIPT", "LOAD", self._load_src)
-
-    def ping(self) -> bool:
-        try:
-            self._drain()
-            return bool(self._wire.call("PING") == b"PONG")
-        except StoreError:
-            return False
 
     def close(self) -> None:
         self._wire.close()
@@ -318,7 +320,3 @@ def _states(raw: Any) -> list[bytes | None]:
 
 def _ignore(raw: Any) -> None:
     return None
-
-
-def _raw(raw: Any) -> Any:
-    return raw

@@ -11,88 +11,67 @@ import contextlib
 import socket
 import ssl
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import hiredis
 
-from observer.errors import StoreError
+from observer.errors import ConfigError, StoreError
+from observer.redis_settings import RedisSettings, parse_redis_url
 
-__all__ = ["RedisWire", "redis_address"]
-
-
-def redis_address(url: str) -> dict[str, Any]:
-    """host, port, db, username, password, tls, unix path of a redis:// / rediss:// / unix:// URL."""
-    u = urlparse(url)
-    if u.scheme not in ("redis", "rediss", "unix"):
-        raise StoreError(
-            f"unsupported Redis URL scheme {u.scheme!r} (redis://, rediss:// or unix://)"
-        )
-    db = 0
-    path = (u.path or "").lstrip("/")
-    if u.scheme != "unix" and path:
-        try:
-            db = int(path)
-        except ValueError:
-            raise StoreError(f"bad database number in Redis URL: {path!r}") from None
-    if "db=" in (u.query or ""):
-        for part in u.query.split("&"):
-            if part.startswith("db="):
-                db = int(part[3:])
-    return {
-        "host": u.hostname or "localhost",
-        "port": u.port or 6379,
-        "db": db,
-        "username": unquote(u.username) if u.username else None,
-        "password": unquote(u.password) if u.password else None,
-        "tls": u.scheme == "rediss",
-        "unix": u.path if u.scheme == "unix" else None,
-    }
+__all__ = ["RedisWire", "check_redis_access"]
 
 
 class RedisWire:
     """One blocking connection. Not thread-safe: owned by the consumer loop."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self._addr = redis_address(url)
+    def __init__(self, settings: RedisSettings | str, timeout_s: float = 10.0) -> None:
+        """`settings`: parsed once by the caller (`parse_redis_url`); a URL string is parsed
+        here (tests, tools)."""
+        self.settings = parse_redis_url(settings) if isinstance(settings, str) else settings
+        self._tls = self.settings.ssl_context()
         self._timeout = timeout_s
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
         self.outstanding = 0  # replies sent for and not read yet
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
-
     def connect(self) -> None:
+        """Connect, authenticate and select the database. Raises StoreError; its `__cause__`
+        is an `ssl.SSLError` when TLS failed (e.g. an untrusted certificate) and a
+        `hiredis.ReplyError` when Redis refused the credentials."""
         self.close()
-        a = self._addr
+        a = self.settings
         try:
-            if a["unix"]:
+            if a.unix_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self._timeout)
-                sock.connect(a["unix"])
+                sock.connect(a.unix_path)
             else:
-                sock = socket.create_connection((a["host"], a["port"]), timeout=self._timeout)
+                sock = socket.create_connection((a.host, a.port), timeout=self._timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if a["tls"]:
-                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=a["host"])
+                if self._tls is not None:
+                    sock = self._tls.wrap_socket(sock, server_hostname=a.host)
+        except ssl.SSLError as exc:
+            raise StoreError(f"TLS with Redis at {self.where} failed: {exc}") from exc
         except OSError as exc:
             raise StoreError(f"cannot connect to Redis at {self.where}: {exc}") from exc
         self._sock = sock
         self._reader = hiredis.Reader()
         self.outstanding = 0
-        if a["password"] is not None:
-            args = (
-                ("AUTH", a["username"], a["password"]) if a["username"] else ("AUTH", a["password"])
-            )
-            self.call(*args)
-        if a["db"]:
-            self.call("SELECT", a["db"])
+        if a.password is not None:
+            auth: Any = ("AUTH", a.username, a.password) if a.username else ("AUTH", a.password)
+            self.send(hiredis.pack_command(auth))
+            reply = self.read()
+            if isinstance(reply, hiredis.ReplyError):
+                self.close()
+                who = f"user '{a.username}'" if a.username else "the default user"
+                raise StoreError(
+                    f"Redis at {self.where} refused the credentials of {who}: {reply}"
+                ) from reply
+        if a.db:
+            self.call("SELECT", a.db)
 
     @property
     def where(self) -> str:
-        a = self._addr
-        return a["unix"] or f"{a['host']}:{a['port']}/{a['db']}"
+        return self.settings.where
 
     def close(self) -> None:
         if self._sock is not None:
@@ -141,5 +120,38 @@ class RedisWire:
         self.send(hiredis.pack_command(args))
         reply = self.read()
         if isinstance(reply, hiredis.ReplyError):
-            raise StoreError(f"Redis {args[0]} failed: {reply}")
+            raise StoreError(f"Redis {args[0]} failed: {reply}") from reply
         return reply
+
+
+_REFUSED = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+
+def check_redis_access(settings: RedisSettings, timeout_s: float = 5.0) -> None:
+    """Connect, log in and PING once. Raises ConfigError when Redis refuses the credentials or
+    TLS fails (retrying cannot help), StoreError when it does not answer (it may later)."""
+    wire = RedisWire(settings, timeout_s)
+    try:
+        wire.connect()
+        wire.call("PING")
+    except StoreError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise ConfigError(
+                f"Redis at {settings.where}: its TLS certificate is not trusted "
+                f"({cause.verify_message}); give the CA that signed it as "
+                "?ssl_ca_certs=/path/ca.pem in the Redis URL"
+            ) from None
+        if isinstance(cause, ssl.SSLError):
+            raise ConfigError(
+                f"Redis at {settings.where}: TLS failed ({cause.reason or cause}); is it a TLS "
+                "port, and does it want a client certificate (?ssl_certfile=&ssl_keyfile=)?"
+            ) from None
+        if isinstance(cause, hiredis.ReplyError) and str(cause).startswith(_REFUSED):
+            raise ConfigError(
+                f"Redis at {settings.where} refused access: {str(cause).rstrip('.')}; check "
+                "the user and password in the Redis URL (redis://user:password@host:port/db)"
+            ) from None
+        raise
+    finally:
+        wire.close()

@@ -1,0 +1,303 @@
+"""What the demo knows: the orders it placed, the faults it injected, what the observer
+published about them, and what the engine says it should have published (`expected.py`).
+Pure: records go in, entries and a summary come out; the views render them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from demo.binding import FlowBinding
+from demo.expected import Expected
+from demo.faults import Fault
+from demo.records import ObserverRecord, Published, RecordReader
+from demo.shop import OrderPlan
+from demo.simulator import Happening
+from demo.summary import FaultResult, Summary, judge, prediction_in_words, what_differs
+from observer.topics import Topics
+
+__all__ = ["Entry", "OrderTrack", "Tally"]
+
+RECENT = 200
+
+
+@dataclass(slots=True)
+class OrderTrack:
+    """One order: its plan, what last happened to it, and what the observer published about it."""
+
+    plan: OrderPlan
+    placed_ms: int
+    last: str = ""  # the last thing that happened, in words
+    observed: Published = field(default_factory=Published)
+    ended_ms: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.plan.key
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of the log: an alert, an outcome, a command, or something the shop did.
+
+    `what` is the alert kind, the outcome, the command type or the shop's action; `detail`
+    the alert's summary, the outcome's deviations, the command's topic; `explain` says in plain
+    words what the observer just did and why.
+    """
+
+    at_ms: int
+    category: Literal["alert", "outcome", "command", "fault", "shop"]
+    key: str
+    what: str
+    step: str | None = None
+    severity: str | None = None
+    detail: str = ""
+    explain: str = ""
+    fault: Fault | None = None
+
+
+class Tally:
+    """Folds the simulation's happenings and the observer's records into per-order tracks, and
+    judges each against what the engine published over the same shop records.
+
+    Records for keys this run did not place (earlier runs, other producers) are ignored.
+    """
+
+    def __init__(self, binding: FlowBinding, reader: RecordReader, expected: Expected) -> None:
+        self.binding = binding
+        self.reader = reader
+        self.expected = expected
+        self.orders: dict[str, OrderTrack] = {}
+        self.entries: deque[Entry] = deque(maxlen=RECENT)
+        self.deviations: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.commands: Counter[str] = Counter()
+        self.faults: Counter[Fault] = Counter()
+        self.ignored = 0
+
+    @property
+    def topics(self) -> Topics:
+        return self.reader.topics
+
+    # -- the shop's side ------------------------------------------------------------------------
+
+    def on_happening(self, h: Happening) -> Entry | None:
+        """Track what the simulation did; returns an entry for injected faults and answers."""
+        if h.kind == "placed" and h.plan is not None:
+            self.orders[h.plan.key] = OrderTrack(h.plan, h.at_ms, last="placed")
+            if h.plan.fault is not None:
+                self.faults[h.plan.fault] += 1
+                return self._add(
+                    Entry(
+                        h.at_ms,
+                        "fault",
+                        h.plan.key,
+                        h.plan.fault.label,
+                        detail=h.plan.detail,
+                        fault=h.plan.fault,
+                    )
+                )
+            return None
+        track = self.orders.get(h.order_id)
+        if track is None:
+            return None
+        event = h.event
+        if h.kind == "published" and event is not None:
+            track.last = event.type + (" (again, same id)" if h.copy > 1 else "")
+        elif h.kind == "lost" and event is not None:
+            track.last = f"{event.type} lost"
+        elif h.kind == "held" and event is not None:
+            track.last = f"{event.type} held back"
+        elif h.kind == "answered" and h.command is not None:
+            reactions = self.binding.catalogue.reactions
+            who = next((r for r in reactions if r.command == h.command), None)
+            if who is not None:
+                done = f" -> {who.emits}" if who.emits else " (nothing the flow reads)"
+                return self._add(
+                    Entry(
+                        h.at_ms,
+                        "shop",
+                        h.order_id,
+                        h.command,
+                        detail=f"{who.service} acts on {h.command}{done}",
+                        fault=track.plan.fault,
+                    )
+                )
+        return None
+
+    # -- the observer's side --------------------------------------------------------------------
+
+    def on_record(
+        self, topic: str, key: str | None, value: Any, headers: Mapping[str, str], at_ms: int
+    ) -> Entry | None:
+        """A record the observer published: an alert, an outcome, or a command."""
+        rec = self.reader.read(topic, key, value, headers)
+        if rec is None:
+            return None
+        track = self.orders.get(rec.key)
+        if track is None:
+            self.ignored += 1
+            return None
+        track.observed.add(rec)
+        if rec.category == "alert":
+            self.deviations[rec.what] += 1
+            return self._add(self._alert_entry(track, rec, at_ms))
+        if rec.category == "outcome":
+            track.ended_ms = at_ms
+            self.outcomes[rec.what] += 1
+            return self._add(self._outcome_entry(track, rec, at_ms))
+        self.commands[rec.what] += 1
+        reaction = next(
+            (r for r in self.binding.catalogue.reactions if r.command == rec.what), None
+        )
+        who = reaction.service if reaction is not None else rec.topic.split(".")[0]
+        return self._add(
+            Entry(
+                at_ms,
+                "command",
+                track.key,
+                rec.what,
+                detail=rec.topic,
+                explain=f"the observer tells {who} to {_words(rec.what)} for {track.key} (on {rec.topic}); it does not wait for a reply",
+                fault=track.plan.fault,
+            )
+        )
+
+    def _alert_entry(self, track: OrderTrack, rec: ObserverRecord, at_ms: int) -> Entry:
+        return Entry(
+            at_ms,
+            "alert",
+            track.key,
+            rec.what,
+            step=rec.step,
+            severity=str(rec.value.get("severity")),
+            detail=str(rec.value.get("summary") or ""),
+            explain=_explain_alert(rec.what, rec.step, track.key, rec.value),
+            fault=track.plan.fault,
+        )
+
+    def _outcome_entry(self, track: OrderTrack, rec: ObserverRecord, at_ms: int) -> Entry:
+        deviations = rec.value.get("deviations") or []
+        duration = rec.value.get("duration_ms")
+        took = f" in {duration / 1000:.1f}s" if isinstance(duration, int | float) else ""
+        devs = ", ".join(str(d) for d in deviations) if deviations else "no deviations"
+        return Entry(
+            at_ms,
+            "outcome",
+            track.key,
+            rec.what,
+            detail=f"{devs}{took}",
+            explain=f"{track.key} ended {rec.what}{took} ({devs}); the observer keeps its history for queries",
+            fault=track.plan.fault,
+        )
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def in_flight(self) -> list[OrderTrack]:
+        """Orders with no outcome yet, oldest first."""
+        return [t for t in self.orders.values() if t.observed.outcome is None]
+
+    def steps_seen(self, track: OrderTrack) -> list[str]:
+        """The steps of the order the engine has observed (event-time order)."""
+        return self.expected.steps_seen(self.binding.flow.name, track.key)
+
+    def settled(self, track: OrderTrack) -> bool:
+        """Ended, and everything the engine published about it so far was published."""
+        expected = self.expected.of(track.key)
+        return (
+            track.observed.outcome is not None
+            and expected.outcome is not None
+            and track.observed.contains(expected)
+        )
+
+    def as_expected(self, track: OrderTrack) -> bool:
+        return judge(track.plan.fault, track.observed, self.expected.of(track.key)).as_expected
+
+    def describe(self, track: OrderTrack) -> str:
+        """One order in a line: fault, what differs, what the observer and the engine published."""
+        expected = self.expected.of(track.key)
+        why = what_differs(track.plan.fault, track.observed, expected)
+        return (
+            f"{track.key} [{track.plan.describe()}]: {why or 'as expected'} "
+            f"(published: {track.observed.describe()}; the engine: {expected.describe()})"
+        )
+
+    def all_settled(self) -> bool:
+        return all(self.settled(t) for t in self.orders.values())
+
+    def summary(self, include: Callable[[OrderTrack], bool] | None = None) -> Summary:
+        """Verdicts per fault over every order, or only those `include` accepts (an interrupted
+        run leaves the youngest orders unjudged)."""
+        results = []
+        kinds: list[Fault | None] = [*Fault, None]
+        judged = [t for t in self.orders.values() if include is None or include(t)]
+        for fault in kinds:
+            tracks = [t for t in judged if t.plan.fault is fault]
+            if not tracks:
+                continue
+            expected = [self.expected.of(t.key) for t in tracks]
+            verdicts = [judge(fault, t.observed, e) for t, e in zip(tracks, expected, strict=True)]
+            outcomes = Counter(t.observed.outcome or "(none yet)" for t in tracks)
+            results.append(
+                FaultResult(
+                    fault=fault,
+                    injected=len(tracks),
+                    detected=sum(v.detected for v in verdicts),
+                    outcome_ok=sum(v.outcome_ok for v in verdicts),
+                    false_alarms=sum(v.false_alarms for v in verdicts),
+                    pending=sum(1 for t in tracks if not self.settled(t)),
+                    as_expected=sum(v.as_expected for v in verdicts),
+                    outcomes=dict(sorted(outcomes.items())),
+                    meaning=prediction_in_words(expected),
+                    needs_alert=fault is not None and fault.needs_alert,
+                    misses=tuple(
+                        self.describe(t)
+                        for t, v in zip(tracks, verdicts, strict=True)
+                        if not v.as_expected
+                    ),
+                )
+            )
+        return Summary(
+            orders=len(judged),
+            unjudged=len(self.orders) - len(judged),
+            results=tuple(results),
+            deviations=dict(sorted(self.deviations.items())),
+            outcomes=dict(sorted(self.outcomes.items())),
+            commands=dict(sorted(self.commands.items())),
+            expected_until=self.expected.until_ms,
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _add(self, entry: Entry) -> Entry:
+        self.entries.append(entry)
+        return entry
+
+
+def _words(command: str) -> str:
+    """`ReleaseStock` -> `release stock`."""
+    out = "".join(f" {c.lower()}" if c.isupper() else c for c in command).strip()
+    return out or command
+
+
+def _explain_alert(kind: str, step: str | None, key: str, value: Mapping[str, Any]) -> str:
+    late_by = value.get("late_by_ms")
+    late = f" {late_by / 1000:.1f}s" if isinstance(late_by, int | float) else ""
+    if kind == "missing":
+        return f"{key}: no '{step}' event by its deadline -> missing; the flow's if_missing actions run now"
+    if kind == "late":
+        return f"{key}: '{step}' arrived{late} after its deadline -> late; the flow's if_late actions run"
+    if kind == "warning":
+        return f"{key}: '{step}' not seen at its warn point -> early warning, the deadline has not passed yet"
+    if kind == "error":
+        return f"{key}: a known error event was published -> error; compensating commands go out and the order switches path"
+    if kind == "out_of_order":
+        return f"{key}: '{step}' happened (event time) before a step it depends on"
+    if kind in ("sla_warning", "sla_breach"):
+        return f"{key}: the whole checkout is running long ({kind})"
+    if kind == "orphaned":
+        return f"{key}: an event waited for an OrderPlaced that never came"
+    return f"{key}: {kind}"

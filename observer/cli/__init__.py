@@ -1,0 +1,11 @@
+"""The composition root and command line: `observer validate | replay | run | status | ...`.
+
+Only this package wires concrete pieces together (`wiring.py`) and configures logging
+(`logs.py`); each command lives in `commands.py` or a module of its own.
+"""
+
+from observer.cli import rules as _rules  # noqa: F401  (registers `observer rules`)
+from observer.cli.commands import main
+from observer.cli.wiring import build_service
+
+__all__ = ["build_service", "main"]

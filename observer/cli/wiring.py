@@ -1,0 +1,275 @@
+"""Wiring: the concrete adapters behind the runtime's ports, the ops API and the start checks
+(the only place that puts Kafka, Redis, HTTP and the runtime together)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from observer.config import ObserverConfig, mask_url
+from observer.errors import StoreError
+from observer.flows.registry import FlowRegistry
+
+if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.adapters.webhook import WebhookPoster
+    from observer.http.server import HttpServer
+    from observer.metrics import Metrics
+    from observer.redis_settings import RedisSettings
+    from observer.runtime.health import Health
+    from observer.runtime.ports import RuntimePorts
+    from observer.runtime.query import InstanceQuery
+    from observer.runtime.service import Service
+    from observer.runtime.webhooks import WebhookDispatcher
+
+__all__ = ["build_service", "check_access"]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_access(config: ObserverConfig) -> None:
+    """Log in to Redis and Kafka once before anything else runs: refused credentials or a
+    failed TLS handshake raise ConfigError (one clear message, no retry loop). A service that
+    does not answer yet only gets a warning: the service retries until it does."""
+    from observer.adapters.kafka.access import check_kafka_access
+    from observer.adapters.redis.wire import check_redis_access
+
+    log = logging.getLogger(__name__)
+    redis = config.redis()
+    try:
+        check_redis_access(redis)
+    except StoreError as exc:
+        log.warning("Redis at %s does not answer yet (%s); starting anyway", redis.where, exc)
+    if not check_kafka_access(config.admin_settings()):
+        log.warning("Kafka at %s does not answer yet; starting anyway", config.bootstrap_servers)
+
+
+def _webhooks(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    registry_of: Callable[[], FlowRegistry],
+    env: Mapping[str, str] | None,
+) -> tuple[WebhookDispatcher, WebhookPoster]:
+    """The webhook workers; raises ConfigError when a webhook of `registry` (the flows about
+    to run) has a secret that is not set or names a refused destination. `registry_of` gives
+    the flows running later (deployments add to them)."""
+    from observer.adapters.webhook import WebhookPoster
+    from observer.runtime.webhooks import WebhookDispatcher, WebhookTargets
+
+    targets = WebhookTargets(registry_of, os.environ if env is None else env)
+    targets.check(registry, allow_link_local=config.webhook_allow_link_local)
+    poster = WebhookPoster(
+        config.webhook_timeout_ms / 1000.0,
+        max_response_bytes=config.webhook_max_response_bytes,
+        allow_link_local=config.webhook_allow_link_local,
+    )
+    dispatcher = WebhookDispatcher(
+        poster,
+        targets=targets,
+        workers=config.webhook_workers,
+        max_attempts=config.webhook_max_attempts,
+        base_ms=config.webhook_backoff_ms,
+        cap_ms=config.webhook_backoff_max_ms,
+    )
+    return dispatcher, poster
+
+
+def _ops_api(
+    config: ObserverConfig,
+    query: InstanceQuery,
+    health: Health,
+    metrics: Metrics,
+    flow_paths: tuple[str, ...],
+) -> HttpServer:
+    """The ops API's server: bound to OBSERVER_HTTP_HOST, guarded by OBSERVER_HTTP_TOKEN."""
+    from observer.http.app import create_app, flow_file_labels
+    from observer.http.server import HttpServer
+
+    token = None if config.http_token is None else config.http_token.get_secret_value()
+    app = create_app(
+        query,
+        health.report,
+        metrics.registry,
+        token=token,
+        file_label=flow_file_labels(flow_paths),
+    )
+    if token is None and not _loopback(config.http_host):
+        logging.getLogger(__name__).warning(
+            "the ops API listens on %s without a token: anyone who reaches it reads flows and "
+            "instances (set OBSERVER_HTTP_TOKEN)",
+            config.http_host,
+        )
+    return HttpServer(app, config.http_host, config.http_port)
+
+
+def build_service(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    flow_paths: tuple[str, ...] = (),
+    *,
+    metrics_registry: Any = None,
+    env: Mapping[str, str] | None = None,
+) -> Service:
+    """Wire the concrete adapters into a runnable `Service` (the only place that does).
+    `env` (default: the process environment) holds the webhooks' `${NAME}` secrets; a missing
+    one is a ConfigError here, before anything runs."""
+    from prometheus_client import CollectorRegistry
+
+    from observer.adapters.clock import SystemClock
+    from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
+    from observer.adapters.redis.query import RedisSlotReader
+    from observer.metrics import Metrics
+    from observer.runtime.health import Health
+    from observer.runtime.loop import Runtime
+    from observer.runtime.query import InstanceQuery
+    from observer.runtime.service import Service
+
+    redis = config.redis()  # one parse: the hot path and redis-py connect alike
+    clock = SystemClock()
+    metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
+    metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
+    health = Health(
+        clock.monotonic,
+        stall_after_ms=config.stall_after_ms,
+        max_overdue_ms=config.max_overdue_ms,
+        max_lag_records=config.max_lag_records,
+    )
+    webhooks, poster = _webhooks(config, registry, lambda: registry, env)
+    schema_registry = None
+    if config.schema_registry_url is not None:
+        schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
+    flows = [
+        {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
+        for f in registry
+    ]
+    deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
+    ports, closers = _runtime_ports(config, redis, webhooks, clock)
+    runtime = Runtime(
+        config,
+        registry,
+        ports,
+        metrics=metrics,
+        health=health,
+        deployed=deployed,
+        avro=ConfluentAvroDecoder(schema_registry),
+    )
+    reader = RedisSlotReader(
+        redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets
+    )
+    http = _ops_api(
+        config, InstanceQuery(registry, reader, config.topics()), health, metrics, flow_paths
+    )
+    logging.getLogger(__name__).debug("configuration: %s", config.describe())
+    ignored = config.overridden_forced()
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
+        )
+    banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
+    closers = [poster.close, reader.close, *closers]
+    if schema_registry is not None:
+        closers.append(schema_registry.close)
+    return Service(
+        runtime, http, prepare=_topic_preparation(config), banner=banner, closers=closers
+    )
+
+
+def _runtime_ports(
+    config: ObserverConfig, redis: RedisSettings, webhooks: Any, clock: Any
+) -> tuple[RuntimePorts, list[Callable[[], None]]]:
+    """Kafka and Redis behind the runtime's ports (the keyed topic in memory with `routing:
+    direct`, and the lease that keeps it to one process); and what to close at the end."""
+    from observer.adapters.kafka.consumer import KafkaEventSource
+    from observer.adapters.kafka.producer import KafkaRecordSink
+    from observer.adapters.redis.keys import Keys
+    from observer.adapters.redis.lease import RedisLease
+    from observer.adapters.redis.store import RedisStateStore
+    from observer.runtime.local import LocalKeyedTopic
+    from observer.runtime.ports import EventSource, RawSink, RuntimePorts
+
+    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
+    router_source = KafkaEventSource(config.consumer_settings())
+    router_sink = KafkaRecordSink(config.router_producer_settings())
+    lease: RedisLease | None = None
+    backlog: Callable[[], int] | None = None
+    closers: list[Callable[[], None]] = []
+    if config.routing == "direct":
+        local = LocalKeyedTopic(
+            config.keyed_topic_name(), config.shards, sink=router_sink, source=router_source
+        )
+        source: EventSource = local.source
+        raw_sink: RawSink = local.sink
+        backlog = local.unread
+        owner = f"{config.client_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease = RedisLease(redis, keys.lease(), owner, config.lease_ttl_ms)
+        closers.append(lease.close)
+    else:
+        source = KafkaEventSource(config.keyed_consumer_settings(), values_only=True)
+        raw_sink = router_sink
+    ports = RuntimePorts(
+        source=source,
+        sink=KafkaRecordSink(config.producer_settings()),
+        router_source=router_source,
+        router_sink=raw_sink,
+        store=RedisStateStore(redis, keys, history_cap=config.history_cap),
+        webhooks=webhooks,
+        clock=clock,
+        lease=lease,
+        backlog=backlog,
+    )
+    return ports, closers
+
+
+def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:
+    """What `Service` runs (and retries) before the loop: the topics the observer writes."""
+    from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
+
+    topics = config.topics()
+    admin = config.admin_settings()
+
+    def prepare() -> None:
+        if config.create_topics:
+            ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
+        if config.routing == "direct":
+            return  # the keyed topic is kept in memory
+        ensure_keyed_topic(
+            admin,
+            config.keyed_topic_name(),
+            config.shards,
+            config.keyed_retention_ms,
+            create=config.create_topics,
+        )
+
+    return prepare
+
+
+def _banner(
+    config: ObserverConfig,
+    registry: FlowRegistry,
+    reading: list[str],
+    http_port: int,
+) -> str:
+    """The start-up line: what it reads, where it publishes, where its state is."""
+    topics = config.topics()
+    return (
+        f"observer run: flows {', '.join(f'{f.name} v{f.version}' for f in registry)}; "
+        f"kafka {config.bootstrap_servers} group {config.group_id}, reading {', '.join(reading)}; "
+        f"publishing alerts to {topics.alerts}, outcomes to {topics.outcomes}, dead letters to {topics.dlq}; "
+        f"redis {mask_url(config.redis_url.get_secret_value())} prefix {config.key_prefix} ({config.shards} shards, "
+        + (
+            "direct routing: one process, keyed topic in memory); "
+            if config.routing == "direct"
+            else f"keyed topic {config.keyed_topic_name()}); "
+        )
+        + f"http on {config.http_host}:{http_port}"
+        + (" (bearer token required)" if config.http_token is not None else "")
+    )

@@ -1,0 +1,135 @@
+"""`Publisher`: hands the tracker's outbox records over, and follows them until acknowledged.
+
+A record goes to the webhook workers if it names a webhook, else to the producer (`_dispatch`,
+the one place that chooses). `InFlight` keeps every record handed over until the broker (or
+the webhook) acknowledged it; acknowledged records are then deleted from the store's outbox by
+the next write (`writes.py` takes them). A record the broker refused is handed over again after
+a backoff; records found in a shard's outbox (after a crash, a store failure, or from a previous
+owner) are handed over again with their own ids, oldest first.
+
+Delivery reports arrive inside `serve` (the producer's poll), on the loop's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from observer.metrics import Metrics
+from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
+from observer.runtime.ports import Clock, RecordSink, WebhookSender
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_BACKOFF_MAX_MS = 30_000
+
+
+class Publisher:
+    """The tracker's producer and webhook workers, and the records in flight between them."""
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        webhooks: WebhookSender,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        retry_backoff_ms: int,
+    ) -> None:
+        self.sink = sink
+        self.webhooks = webhooks
+        self.metrics = metrics
+        self.clock = clock
+        self.inflight = InFlight(retry_backoff_ms, _RETRY_BACKOFF_MAX_MS)
+        self._published: Counter[str] = Counter()  # acknowledged since the last `count`
+
+    def __len__(self) -> int:
+        """Records handed over and not acknowledged yet."""
+        return len(self.inflight)
+
+    def start(self) -> None:
+        self.webhooks.start()
+
+    def publish(self, records: Sequence[tuple[int, OutboxRecord]]) -> None:
+        """Hand (shard, record) pairs over, in order."""
+        sent = self.inflight.sent
+        for shard, rec in records:
+            sent(shard, rec)
+            self._dispatch(shard, rec)
+
+    def republish(self, entries: Iterable[tuple[int, str, bytes]]) -> None:
+        """Hand over again the (shard, observer-id, record) entries of an outbox that are not
+        in flight already, oldest first."""
+        found: list[tuple[int, OutboxRecord]] = []
+        for shard, oid, data in entries:
+            if oid in self.inflight:
+                continue
+            try:
+                found.append((shard, decode_record(data)))
+            except ValueError as exc:
+                log.error("outbox entry %s cannot be decoded (%s); left in place", oid, exc)
+        if found:
+            found.sort(key=lambda x: (x[1].created_at, x[1].seq))
+            log.info("publishing %d records left in the outbox", len(found))
+            self.publish(found)
+
+    def _dispatch(self, shard: int, rec: OutboxRecord) -> None:
+        if rec.webhook is not None:
+            self.webhooks.submit(shard, rec)
+        else:
+            self.sink.send(rec, self._on_delivery)
+
+    def _on_delivery(self, oid: str, error: str | None) -> None:
+        rec = self.inflight.record(oid)
+        if error is None:
+            if rec is not None:
+                self._published[rec.category] += 1
+            self.inflight.delivered(oid)
+            return
+        category = rec.category if rec is not None else "?"
+        self.metrics.publish_failures.labels(category).inc()
+        retry_at = self.inflight.failed(oid, self.clock.now_ms())
+        log.warning(
+            "delivery of %s record %s failed (%s); retrying at %s",
+            category,
+            oid,
+            error,
+            retry_at,
+            extra={"observer_id": oid},
+        )
+
+    def serve(self) -> None:
+        """Delivery reports, finished webhooks, and records whose retry time has come."""
+        self.sink.poll(0)
+        self._collect_webhooks()
+        for shard, rec in self.inflight.due_retries(self.clock.now_ms()):
+            self._dispatch(shard, rec)
+
+    def _collect_webhooks(self) -> None:
+        for _shard, oid, ok in self.webhooks.take_done():
+            if ok:
+                self._published["webhook"] += 1
+            else:
+                self.metrics.webhooks_given_up.inc()
+            self.inflight.delivered(oid)
+
+    def count(self) -> None:
+        """Add what was acknowledged since the last call to the published metric."""
+        if self._published:
+            for cat, n in self._published.items():
+                self.metrics.published.labels(cat).inc(n)
+            self._published.clear()
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for the producer's deliveries (webhooks finished meanwhile are collected too);
+        returns how many records the producer still has."""
+        remaining = self.sink.flush(timeout_s)
+        self._collect_webhooks()
+        return remaining
+
+    def close(self) -> None:
+        self.webhooks.stop(1.0)
+        self.sink.close()

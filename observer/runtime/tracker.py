@@ -1,0 +1,435 @@
+"""`Tracker`, stage two: the keyed partitions this process owns -> state, deadlines, records.
+
+Partition s of the keyed topic is shard s (`keyed.py`); the tracker owns the shards whose
+partitions the group `<GROUP_ID>.keyed` assigned to this process, and with them their slots,
+deadlines and outbox in the store. Per batch of keyed records:
+
+1. decode: events become items of their slots; marks advance their shard's watermark;
+2. slots come from the cache of slots this process wrote, the rest are loaded in one request;
+3. the engine applies the events, and the batch is planned into one write (`batch.py`);
+4. the previous batch's write is settled: its records published, its offsets queued until
+   durable (`writes.py`);
+5. this batch's write is sent, and read during the next turn.
+
+Deadlines are fired by the `DeadlineTicker` as soon as a mark moved a watermark, and every
+`tick_interval_ms`; records go out through the `Publisher`; offsets are committed by the
+shared `OffsetCommits`.
+
+On assignment the tracker publishes what the shards' outboxes still hold (a previous owner may
+have died before publishing); on revocation it settles the batch in hand, flushes the
+producer, clears the acknowledged outbox entries and commits. When the store fails it waits for
+it to answer again, then reads the owned partitions again from their committed offsets
+(`recover`): offsets are committed only once their write is durable, so that covers every
+write that was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from observer.config import ObserverConfig
+from observer.engine.core import Engine
+from observer.engine.effects import Publish
+from observer.engine.state import Event, KeySlot
+from observer.errors import StoreError
+from observer.flows.registry import FlowRegistry
+from observer.ingest import SourceRecord
+from observer.metrics import Metrics
+from observer.runtime.batch import BatchPlan, Planning, dead_letter
+from observer.runtime.cache import SlotCache
+from observer.runtime.commits import OffsetCommits
+from observer.runtime.deadlines import DeadlineTicker
+from observer.runtime.every import Every
+from observer.runtime.health import Health
+from observer.runtime.keyed import Mark, Routed, ShardWatermarks, decode_keyed, encode_event
+from observer.runtime.offsets import next_offsets
+from observer.runtime.outage import StoreOutage
+from observer.runtime.ports import RuntimePorts
+from observer.runtime.publisher import Publisher
+from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.watermark import ReadProgress, TopicPartition
+from observer.runtime.writes import StoreWrites
+
+__all__ = ["Tracker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A decoded batch of keyed records, ready to be run against the state."""
+
+    routed: list[Routed | None]  # per keyed record (None: a mark or unreadable)
+    items: list[tuple[int, str, Event]]  # record index, slot id, event
+    slots: list[tuple[int, str]]  # (shard, slot id), unique, first-seen order
+    offsets: dict[TopicPartition, int]
+
+
+class Tracker:
+    """Runs the deployed flows for the owned shards. The rebalance listener of the keyed
+    topic's consumer. Owned by the loop's thread."""
+
+    def __init__(
+        self,
+        config: ObserverConfig,
+        registry: FlowRegistry,
+        engine: Engine,
+        ports: RuntimePorts,
+        *,
+        source_topics: list[str],
+        metrics: Metrics,
+        health: Health,
+        outage: StoreOutage,
+        stop: threading.Event,
+    ) -> None:
+        self.config = config
+        self.topics = config.topics()
+        self.source = ports.source
+        self.originals = ports.router_source  # source records read again for dead letters
+        self.store = ports.store
+        self.clock = ports.clock
+        self.metrics = metrics
+        self.outage = outage
+        self.stop = stop
+        self.shards = ShardWatermarks()  # the owned shards
+        self.cache = SlotCache(config.slot_cache_size)
+        n = config.shards
+        self.planning = Planning(
+            engine,
+            lambda sid: shard_of(sid, n),
+            self.cache,
+            history_cap=config.history_cap,
+            ttl_slack_ms=config.ttl_slack_ms,
+        )
+        self.progress = ReadProgress()  # of the keyed partitions: the lag
+        mono = self.clock.monotonic
+        self.commits = OffsetCommits(
+            "tracker", self.source, self.progress, metrics, mono, timed=True
+        )
+        self.publisher = Publisher(
+            ports.sink,
+            ports.webhooks,
+            metrics,
+            self.clock,
+            retry_backoff_ms=config.retry_backoff_ms,
+        )
+        self.writes = StoreWrites(
+            self.store,
+            self.publisher,
+            metrics,
+            commit_delay_ms=config.commit_delay_ms,
+            clock=self.clock,
+            on_durable=self.commits.written,
+        )
+        self.ticker = DeadlineTicker(
+            config,
+            registry,
+            shards=self.shards,
+            sources=ports.router_source,
+            source_topics=source_topics,
+            store=self.store,
+            writes=self.writes,
+            planning=self.planning,
+            health=health,
+            metrics=metrics,
+            clock=self.clock,
+        )
+        self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
+        self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
+        self._marks_moved = False  # since the last tick
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.publisher.start()
+        self.source.subscribe([self.config.keyed_topic_name()], self)
+        self.ticker.refresh_sources()
+
+    def finish(self) -> None:
+        """Before stopping: settle the write in flight, wait for deliveries, clear the
+        acknowledged outbox entries, and commit what is durable."""
+        try:
+            self.writes.settle()
+        except StoreError as exc:
+            log.error("the last batch was not stored (%s): its offsets are not committed", exc)
+            self.writes.drop()
+        remaining = self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
+        if remaining:
+            log.warning(
+                "%d records not acknowledged at shutdown; they stay in the outbox", remaining
+            )
+        try:
+            self.writes.write_acks()
+        except StoreError as exc:
+            log.warning(
+                "could not clear delivered records from the outbox (%s); they will be "
+                "published again",
+                exc,
+            )
+        self.commit(wait=True)
+
+    def close(self) -> None:
+        self.source.close()
+        self.publisher.close()
+
+    def lag(self) -> int:
+        """Keyed records not read yet on the owned partitions (as last fetched)."""
+        return self.progress.lag()
+
+    # -- rebalance listener (called inside source.poll) ---------------------------------------------
+
+    def assigned(self, tps: list[TopicPartition]) -> None:
+        """Keyed partitions assigned: their shards are ours. Publish what their outboxes hold
+        (a previous owner may have died before publishing); their watermarks come back with
+        the marks read from the committed offset on."""
+        self.cache.clear()
+        self.commits.assigned(tps)
+        shards = [p for _t, p in tps]
+        for s in shards:
+            self.shards.reset(s)
+        self.metrics.owned_shards.set(len(self.shards))
+        log.info("tracker: assigned shards %s", _fmt_shards(shards))
+        try:
+            self.publisher.republish(self.store.outbox(shards))
+        except StoreError as exc:
+            self.recover(exc)
+
+    def revoked(self, tps: list[TopicPartition]) -> None:
+        """Keyed partitions taken away: finish and store the batch in hand, publish and clear
+        the outbox as far as the broker acknowledges within the shutdown timeout, commit."""
+        self.cache.clear()
+        try:
+            self.writes.settle()
+        except StoreError as exc:
+            # What was in flight is read again from the committed offsets (partitions we keep
+            # included), so nothing of it is committed by mistake below.
+            self.recover(exc)
+        self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
+        try:
+            self.writes.write_acks()
+        except StoreError as exc:
+            log.warning("could not clear delivered records from the outbox (%s)", exc)
+        self.writes.release(all_=True, stopping=self.stop.is_set())
+        self.commits.revoked(tps)
+        self._disown(tps)
+        log.info("tracker: revoked shards %s", _fmt_shards([p for _t, p in tps]))
+
+    def lost(self, tps: list[TopicPartition]) -> None:
+        self.cache.clear()
+        self.commits.lost(tps)
+        self._disown(tps)
+        log.warning("tracker: lost shards %s (not committing)", _fmt_shards([p for _t, p in tps]))
+
+    def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.commit_done(error, offsets)
+
+    def _disown(self, tps: list[TopicPartition]) -> None:
+        for _t, p in tps:
+            self.shards.drop(p)
+        self.metrics.owned_shards.set(len(self.shards))
+
+    # -- one turn -----------------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float) -> None:
+        """Read and handle one batch, tick when due, serve deliveries, commit when due."""
+        records = self.source.poll(self.config.batch_size, timeout_s)
+        try:
+            if records:
+                self._handle(records)
+            # Deadlines are looked for as soon as a mark moved a watermark (so an alert does
+            # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
+            if self._marks_moved or self._tick_every.due():
+                self._tick()
+        except StoreError as exc:
+            self.recover(exc)
+        self.publisher.serve()
+        if self._commit_every.due():
+            self.commit(wait=False)
+        self.publisher.count()
+
+    def _tick(self) -> None:
+        self._tick_every.restart()
+        self._marks_moved = False
+        self.writes.settle()
+        progress = self.progress
+        for tp, (low, high, pos) in self.source.offsets(list(progress.partitions)).items():
+            progress.offsets(tp, low, high, pos)
+        if self.ticker.tick():
+            self._tick_every.hurry()  # more are due: tick again right after the next poll
+
+    def commit(self, wait: bool) -> None:
+        """Commit the offsets whose write is durable (`wait`: wait for the newest to be)."""
+        self.writes.release(all_=wait, stopping=self.stop.is_set())
+        self.commits.commit(wait)
+
+    # -- a batch ------------------------------------------------------------------------------------
+
+    def _handle(self, records: list[SourceRecord]) -> None:
+        t0 = self.clock.monotonic()
+        prepared = self._prepare(records)
+        cached: dict[str, tuple[KeySlot, bytes]] = {}
+        misses: list[tuple[int, str]] = []
+        absent: list[tuple[int, str]] = []
+        get = self.cache.get
+        for shard, sid in prepared.slots:
+            hit = get(sid)
+            if hit is None:
+                misses.append((shard, sid))
+            elif hit[0] is None:
+                absent.append((shard, sid))
+            else:
+                cached[sid] = hit
+        # Loads go over their own connection, so they are not queued behind the previous
+        # batch's write and this batch is planned while the store applies that one. A slot that
+        # write touched is normally cached (its state, or absent); if one is not (evicted, or
+        # the cache was cleared since), the write is waited for before it is loaded.
+        if misses and self.writes.touches(s for _, s in misses):
+            self.writes.settle()
+        raw = self.store.load(misses).result() if misses else []
+        if absent:
+            misses += absent
+            raw = [*raw, *([None] * len(absent))]
+        plan = self._plan(prepared, cached, misses, raw)
+        self.writes.settle()
+        self.writes.send(plan, prepared.offsets)
+        self.metrics.batch_seconds.observe(self.clock.monotonic() - t0)
+
+    def _prepare(self, records: list[SourceRecord]) -> _Prepared:
+        """Decode keyed records: events become items of their shard's slots, marks advance
+        the shard's watermark (they were read after every event they cover)."""
+        items: list[tuple[int, str, Event]] = []
+        routed: list[Routed | None] = []
+        seen: set[str] = set()
+        slots: list[tuple[int, str]] = []
+        shards = self.shards
+        owned = set(shards.owned())  # (a set: one membership test per record)
+        n = self.config.shards
+        for i, rec in enumerate(records):
+            shard = rec.partition
+            if shard not in owned:  # a record fetched just before a revocation
+                routed.append(None)
+                continue
+            try:
+                r = decode_keyed(rec.value)
+            except (ValueError, TypeError) as exc:
+                self._skip(rec, f"is not one the router writes ({exc})")
+                routed.append(None)
+                continue
+            if isinstance(r, Mark):
+                if shards.observe(shard, r):
+                    self._marks_moved = True
+                routed.append(None)
+                continue
+            sid = slot_id(r.flow, r.event.key)
+            if shard_of(sid, n) != shard:
+                self._skip(rec, f"belongs to shard {shard_of(sid, n)}")
+                routed.append(None)
+                continue
+            routed.append(r)
+            if sid not in seen:
+                seen.add(sid)
+                slots.append((shard, sid))
+            items.append((i, sid, r.event))
+        offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
+        return _Prepared(routed, items, slots, offsets)
+
+    def _skip(self, rec: SourceRecord, why: str) -> None:
+        log.error("keyed record %s[%d]@%d %s; skipped", rec.topic, rec.partition, rec.offset, why)
+        self.metrics.processing_errors.labels("keyed").inc()
+
+    def _plan(
+        self,
+        prepared: _Prepared,
+        cached: Mapping[str, tuple[KeySlot, bytes]],
+        loaded: Sequence[tuple[int, str]],
+        raw: Sequence[bytes | None],
+    ) -> BatchPlan:
+        planner = self.planning.start(self.clock.now_ms())
+        for shard, sid in prepared.slots:
+            hit = cached.get(sid)
+            if hit is not None:
+                planner.adopt(sid, shard, hit[0], hit[1])
+        for (shard, sid), data in zip(loaded, raw, strict=True):
+            flow, key = split_slot_id(sid)
+            if not planner.load(sid, flow, key, shard, data):
+                log.error(
+                    "stored state of %s cannot be decoded; its events go to the dead-letter topic",
+                    sid,
+                    extra={"flow": flow, "key": key},
+                )
+        failed: dict[int, str] = {}
+        for i, sid, ev in prepared.items:
+            try:
+                planner.apply(sid, ev)
+            except Exception as exc:
+                flow, key = split_slot_id(sid)
+                log.exception(
+                    "processing %s %s failed; the record goes to the dead-letter topic",
+                    ev.type,
+                    ev.id,
+                    extra={"flow": flow, "key": key},
+                )
+                self.metrics.processing_errors.labels("apply").inc()
+                failed.setdefault(i, f"processing failed: {type(exc).__name__}: {exc}")
+        if failed:
+            dead = [(r, reason) for i, reason in failed.items() if (r := prepared.routed[i])]
+            originals = self.originals.fetch([(r.topic, r.partition, r.offset) for r, _ in dead])
+            n = self.config.shards
+            for r, reason in dead:
+                shard = shard_of(slot_id(r.flow, r.event.key), n)
+                planner.publish(self._dead_letter(r, reason, originals), shard=shard)
+        return self.planning.finish(planner)
+
+    def _dead_letter(
+        self, r: Routed, reason: str, originals: Mapping[tuple[str, int, int], SourceRecord]
+    ) -> Publish:
+        """The dead letter of an event that failed past routing: its source record read again
+        (or, if that is gone, the event as routed, with the same headers)."""
+        original = originals.get((r.topic, r.partition, r.offset))
+        if original is None:
+            original = SourceRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.event.key.encode("utf-8", "surrogatepass"),
+                encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
+                (),
+                r.event.time,
+            )
+        return dead_letter(original, reason, self.topics)
+
+    # -- store failures -----------------------------------------------------------------------------
+
+    def recover(self, exc: StoreError) -> None:
+        """The store failed: reconnect (with backoff), then read the owned partitions again
+        from their committed offsets and republish the owned shards' outboxes.
+
+        Re-reading covers every batch whose write was lost, including writes Redis confirmed
+        but lost in a crash (AOF `everysec`): offsets are committed only `commit_delay_ms`
+        after their write, so the committed offsets never run ahead of what Redis kept.
+        Events read again are recognised by the engine and change nothing twice."""
+        self.cache.clear()  # the store may not hold what the cache does
+        self.writes.drop()
+        doing = "writing a batch"
+        while not self.stop.is_set():
+            self.outage.failed(exc, doing)
+            try:
+                self.store.reconnect()
+                for _t, shard in self.commits.rewind():
+                    self.shards.reset(shard)  # its watermark comes back with the marks
+                self.publisher.republish(self.store.outbox(self.shards.owned()))
+                self.outage.ok()
+                log.info("state store is back; reading again from the committed offsets")
+                return
+            except StoreError as again:
+                self.cache.clear()
+                exc = again
+                doing = "reconnecting"
+        log.error("stopping while the state store is down (%s): nothing more is committed", exc)
+
+
+def _fmt_shards(shards: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in sorted(shards))
