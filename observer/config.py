@@ -209,6 +209,7 @@ class ObserverConfig(BaseModel):
             values[name] = value
             origin[name] = "--" + name.replace("_", "-")
         values["kafka"] = tuple((k, SecretStr(str(v))) for k, v in sorted(kafka.items()))
+        _default_instance_id(values, origin, env, kafka)
         try:
             config = cls.model_validate(values)
         except ValidationError as exc:
@@ -375,3 +376,22 @@ def topics_from_env(env: Mapping[str, str]) -> Topics:
         outcomes=env.get("OBSERVER_OUTCOMES_TOPIC") or d.outcomes,
         dlq=env.get("OBSERVER_DLQ_TOPIC") or d.dlq,
     )
+
+
+def _default_instance_id(
+    values: dict[str, Any], origin: dict[str, str], env: Mapping[str, str], kafka: Mapping[str, str]
+) -> None:
+    """Static membership by default where the host name is the pod's: in Kubernetes (a
+    `KUBERNETES_SERVICE_HOST` in the environment) the instance id is `HOSTNAME`, so a container
+    restarted in its pod gets its partitions back at once (docs/running.md, Failover). Elsewhere
+    two processes on one host would share a host name, so there is no default. `none` turns it
+    off; KIP-848's protocol never gets one by default."""
+    if values.get("instance_id") == "none":
+        values["instance_id"] = ""
+        return
+    if "instance_id" in values or kafka.get("group.protocol", "classic") == "consumer":
+        return
+    host = env.get("HOSTNAME", "")
+    if env.get("KUBERNETES_SERVICE_HOST") and host and _INSTANCE_ID.fullmatch(host):
+        values["instance_id"] = host
+        origin["instance_id"] = "HOSTNAME (in Kubernetes)"

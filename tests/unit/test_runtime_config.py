@@ -169,3 +169,16 @@ def test_an_instance_id_with_the_kip_848_protocol_is_refused() -> None:
     env = {"OBSERVER_INSTANCE_ID": "observer-0", "OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"}
     with pytest.raises(ConfigError, match=r"OBSERVER_INSTANCE_ID with group\.protocol=consumer"):
         ObserverConfig.load({}, env)
+
+
+def test_in_kubernetes_the_pod_name_is_the_instance_id_unless_turned_off() -> None:
+    k8s = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "observer-7d9c-x2"}
+    c = ObserverConfig.load({}, k8s)
+    assert c.instance_id == "observer-7d9c-x2"
+    assert c.consumer_settings()["group.instance.id"] == "observer-7d9c-x2-router"
+    assert ObserverConfig.load({}, {**k8s, "OBSERVER_INSTANCE_ID": "none"}).instance_id == ""
+    assert ObserverConfig.load({}, {**k8s, "OBSERVER_INSTANCE_ID": "pod-a"}).instance_id == "pod-a"
+    kip848 = {**k8s, "OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"}
+    assert ObserverConfig.load({}, kip848).instance_id == ""
+    # outside Kubernetes a host name is no instance id: two processes on one host share it
+    assert ObserverConfig.load({}, {"HOSTNAME": "laptop"}).instance_id == ""
