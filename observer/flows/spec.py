@@ -93,6 +93,13 @@ class SourceSpec(_Model):
         classmethod(lambda cls, v: v if v is None else check_selector(v))
     )
 
+    @field_validator("via")
+    @classmethod
+    def _via(cls, v: str | None) -> str | None:
+        if v is not None and not ALIAS_NAME.match(v):
+            raise ValueError(f"via '{v}' is not an alias name ({ALIAS_NAME.pattern})")
+        return v
+
     @model_validator(mode="after")
     def _avro_needs_no_schema_for_json(self) -> SourceSpec:
         if self.format == "json" and self.schema_ is not None:
