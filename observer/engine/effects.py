@@ -9,7 +9,7 @@ from observer.engine.ids import observer_id
 from observer.engine.state import Event
 from observer.flows.aliases import alias_flow
 
-__all__ = ["HOP_KINDS", "Effect", "Hop", "Publish", "Signal"]
+__all__ = ["HOP_KINDS", "Effect", "Hop", "HopKind", "Publish", "Signal"]
 
 Category = Literal["action", "alert", "outcome", "dlq", "webhook"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine
-from observer.engine.effects import Effect, Hop, Publish
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import ALIAS_CONFLICT, ALIAS_HELD, ALIAS_PENDING, Event, KeySlot
 from observer.flows.aliases import alias_flow, split_alias_flow
 from observer.flows.compiler import load_registry
@@ -100,7 +100,8 @@ def test_conflict_is_raised_once_and_only_for_what_was_asked(engine: Engine) -> 
     assert conflict.target() == ("delivery", "o-2")
     effects = engine.deliver(second, conflict, T0)
     assert alerts(effects) == ["alias_conflict"]
-    assert [e.source for e in effects if getattr(e, "what", None) == "deviation"] == ["shipping"]
+    signals = [e for e in effects if isinstance(e, Signal) and e.what == "deviation"]
+    assert [s.source for s in signals] == ["shipping"]  # the source of the `from` event
     assert second.instance is not None
     assert second.instance.aliases == {0: ("T1", ALIAS_CONFLICT)}
     assert alerts(engine.deliver(second, conflict, T0)) == []  # repeated: nothing new
@@ -119,6 +120,7 @@ def test_ended_and_free_release_the_value(engine: Engine) -> None:
     engine.deliver(value, ended, T0)
     assert value.hold is not None and not value.hold.open
     # the retain timer frees the key, and with it the value
+    assert slot.instance.ended_at is not None
     retain = slot.instance.ended_at + 7 * 24 * HOUR
     (free,) = hops(engine.fire(slot, retain))
     assert free.kind == "free" and slot.instance is None
