@@ -190,6 +190,10 @@ def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
         for v in registry.versions(name):
             flow = registry.get(name, v)
             assert flow is not None
+            if flow.aliases:  # aliases: only for flows that have them (the view stays as it was)
+                extra: dict[str, Any] = {"aliases": _describe_aliases(flow)}
+            else:
+                extra = {}
             versions.append(
                 {
                     "version": v,
@@ -216,10 +220,23 @@ def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
                     "buffer": format_duration(flow.buffer_ms),
                     "retain": format_duration(flow.retain_ms),
                     "expire": format_duration(flow.expire_ms),
+                    **extra,
                 }
             )
         out.append({"flow": name, "newest": newest, "versions": versions})
     return out
+
+
+def _describe_aliases(flow: CompiledFlow) -> dict[str, Any]:
+    """Each alias: the events that register it, its selector, the sources that read it."""
+    return {
+        a.name: {
+            "from": sorted(f"{src}.{typ}" for src, typ in a.on),
+            "value": a.value,
+            "via": sorted(s.name for s in flow.sources.values() if s.via == a.name),
+        }
+        for a in flow.aliases
+    }
 
 
 def format_instance(view: dict[str, Any]) -> str:

@@ -336,7 +336,7 @@ def test_duplicates_via_an_alias_change_nothing(tmp_path: Path) -> None:
     assert [o["outcome"] for o in outcomes(lines)] == ["completed"]
 
 
-def test_an_alias_registered_on_an_alternate_path_and_by_a_start_event(tmp_path: Path) -> None:
+def test_an_alias_registered_by_the_start_event(tmp_path: Path) -> None:
     flow = FLOW.replace("from: shipping.TransportBooked", "from: [orders.OrderPlaced]")
     lines = run(
         tmp_path,
@@ -357,3 +357,29 @@ def test_outcomes_of_flows_without_aliases_have_no_aliases_field(tmp_path: Path)
 
     lines = run(tmp_path, [ev("Placed", "o1", 0), ev("Paid", "o1", 1), ev("Shipped", "o1", 2)])
     assert "aliases" not in outcomes(lines)[0]
+
+
+def test_an_alias_registered_on_an_alternate_path_by_an_event_no_step_expects(
+    tmp_path: Path,
+) -> None:
+    flow = FLOW.replace("from: shipping.TransportBooked", "from: [shipping.Relabelled]").replace(
+        "errors:\n  - on: carrier.Lost\n    do: [refund]\n",
+        "errors:\n  - on: carrier.Lost\n    do: [refund]\n"
+        "  - on: shipping.Rerouted\n    then: reroute\n"
+        "paths:\n  reroute:\n    outcome: rerouted\n    steps:\n"
+        "      - {step: returned, on: carrier.Returned, within: 1d}\n",
+    )
+    lines = run(
+        tmp_path,
+        [
+            placed("o-1", 0),
+            order("Rerouted", "o-1", 10),  # an error: on to the alternate path
+            order("Relabelled", "o-1", 20, tracking_no="T5"),  # no step: registers T5 only
+            carrier("Returned", "T5", 30),
+        ],
+        flow=flow,
+    )
+    assert alerts(lines) == [("error", None, "o-1")]
+    (out,) = outcomes(lines)
+    assert out["outcome"] == "rerouted" and out["aliases"] == {"tracking": "T5"}
+    assert out["steps"]["returned"] == "2026-01-01T00:00:30Z"
