@@ -97,7 +97,8 @@ class Tracker:
         self.stop = stop
         n = config.shards
         # aliases: hops between slots, and hop marks in every shard's watermark (`hops.py`)
-        self.hop_marks = hop_marks(config, registry, ports.router_sink, self.clock)
+        self.hop_sink = ports.router_sink
+        self.hop_marks = hop_marks(config, registry, self.hop_sink, self.clock)
         self.shards = ShardWatermarks(n if self.hop_marks else 0)  # the owned shards
         self.cache = SlotCache(config.slot_cache_size)
         self.planning = Planning(
@@ -183,6 +184,15 @@ class Tracker:
     def close(self) -> None:
         self.source.close()
         self.publisher.close()
+
+    def deployed(self, registry: FlowRegistry) -> None:
+        """Flows were deployed (a reload): the first flow with aliases turns hop marks on, and
+        from then on every shard's watermark waits for every shard's hop mark."""
+        if self.hop_marks is None:
+            self.hop_marks = hop_marks(self.config, registry, self.hop_sink, self.clock)
+            if self.hop_marks is not None:
+                self.shards.hops = self.config.shards
+                self.writes.on_published = self.hop_marks.handed_over
 
     def lag(self) -> int:
         """Keyed records not read yet on the owned partitions (as last fetched)."""

@@ -68,7 +68,7 @@ class StoreWrites:
         self._clock = clock
         self._mono = clock.monotonic
         self._on_durable = on_durable
-        self._on_published = on_published  # aliases: hop marks follow the hops
+        self.on_published = on_published  # aliases: hop marks follow the hops
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
@@ -132,8 +132,8 @@ class StoreWrites:
 
     def _written(self, plan: BatchPlan) -> None:
         self.publisher.publish(plan.records)
-        if self._on_published is not None:
-            self._on_published(plan)
+        if self.on_published is not None:
+            self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
 

@@ -245,3 +245,30 @@ def test_a_process_that_dies_mid_flight_leaves_nothing_applied_twice(group: Grou
     assert group.out("observer.alerts") == []
     group.turn(20, only=second)
     assert group.store.outbox_entries() == {}
+
+
+def test_a_deploy_that_brings_the_first_aliases_turns_hop_marks_on(tmp_path: Path) -> None:
+    g = Group(tmp_path)
+    plain = tmp_path / "plain.yaml"  # what ran before: no aliases, no hop marks
+    plain.write_text(
+        "flow: plain\nversion: 1\nsources:\n  shipping: {topic: shipping, type: value.type,"
+        " key: value.id}\nsteps:\n  - {step: ready, on: shipping.Ready}\n"
+    )
+    world = InMemoryWorld(g.config, clock=g.clock, broker=g.broker, store=g.store)
+    runtime = Runtime(
+        g.config,
+        load_registry([plain]),
+        world.ports(),
+        metrics=Metrics(CollectorRegistry()),
+        health=Health(g.clock.monotonic),
+    )
+    assert runtime.open()
+    tracker = runtime.tracker
+    assert tracker.hop_marks is None and tracker.shards.hops == 0
+    g.processes.append(Process(world, runtime))
+    g.turn(3)
+    tracker.deployed(load_registry([g.flow]))
+    assert tracker.hop_marks is not None and tracker.shards.hops == SHARDS
+    g.turn(6)  # the hop marks of every shard come round: the watermarks are known again
+    assert len(tracker.shards.values(tracker.ticker.partitions)) == SHARDS
+    g.close()
