@@ -84,8 +84,15 @@ def test_base_flow_is_valid(tmp_path: Path) -> None:
 def test_problem_is_named_with_its_line(
     tmp_path: Path, old: str, new: str, needle: str, message: str
 ) -> None:
-    assert old in BASE_FLOW
-    text = BASE_FLOW.replace(old, new, 1)
+    assert_named_at(tmp_path, BASE_FLOW, old, new, needle, message)
+
+
+def assert_named_at(
+    tmp_path: Path, flow: str, old: str, new: str, needle: str, message: str
+) -> None:
+    """`flow` with `old` replaced by `new` is refused with `message` at the line of `needle`."""
+    assert old in flow
+    text = flow.replace(old, new, 1)
     got = problems(tmp_path, text)
     expected_line = line_of(text, needle)
     assert any(
@@ -201,14 +208,7 @@ def test_the_alias_example_is_valid(tmp_path: Path) -> None:
 def test_alias_problems_are_named_with_their_line(
     tmp_path: Path, old: str, new: str, needle: str, message: str
 ) -> None:
-    flow = _alias_flow()
-    assert old in flow
-    text = flow.replace(old, new, 1)
-    got = problems(tmp_path, text)
-    expected_line = line_of(text, needle)
-    assert any(
-        message in p and p.startswith(f"{tmp_path / 'flow.yaml'}:{expected_line}:") for p in got
-    ), got
+    assert_named_at(tmp_path, _alias_flow(), old, new, needle, message)
 
 
 def test_aliases_in_templates_and_the_conflict_handler_need_aliases(tmp_path: Path) -> None:
