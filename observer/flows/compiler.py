@@ -298,6 +298,15 @@ class _FlowCompiler:
         check_cycles(out, loc, self.problem)
         return out
 
+    def _template_context(self, steps: list[StepSpec]) -> TemplateContextSpec:
+        """What templates may name: the key, each step's captures, the aliases (if any)."""
+        aliases = self.spec.aliases
+        return TemplateContextSpec(
+            self.spec.key,
+            {s.step: list(s.capture) for s in steps},
+            aliases=frozenset(aliases) if aliases else None,
+        )
+
     def _slo(self) -> CompiledSlo | None:
         slo = self.spec.slo
         if slo is None:
@@ -335,11 +344,7 @@ class _FlowCompiler:
                     f"step name '{s.step}' is used twice (step names are unique in a flow)",
                 )
             seen[s.step] = loc
-        ctx = TemplateContextSpec(
-            spec.key,
-            {s.step: list(s.capture) for _, s in all_specs},
-            aliases=frozenset(spec.aliases) if spec.aliases else None,
-        )
+        ctx = self._template_context([s for _, s in all_specs])
         sources = self._sources()
         self._compile_actions(ctx)
         steps = self._steps(0, list(spec.steps), ("steps",), 0)

@@ -94,13 +94,11 @@ def flow_json_schema() -> dict[str, Any]:
     top["sources"]["propertyNames"] = {"pattern": r"^[A-Za-z_][A-Za-z0-9_-]*$"}
     top["paths"]["propertyNames"] = {"pattern": spec.IDENT.pattern}
     top["actions"]["propertyNames"] = {"pattern": spec.ACTION_NAME.pattern}
-    top["aliases"]["propertyNames"] = {"pattern": spec.ALIAS_NAME.pattern}
 
     # -- sources ---------------------------------------------------------------------------------
     source = defs["SourceSpec"]
     for name in ("type", "key", "id", "time"):
         _set_pattern(source["properties"][name], selector["pattern"])
-    _set_pattern(source["properties"]["via"], spec.ALIAS_NAME.pattern)
     # `schema` is for avro sources only
     source["if"] = {"not": {"required": ["format"], "properties": {"format": {"const": "avro"}}}}
     source["then"] = {"properties": {"schema": {"type": "null"}}}
@@ -133,10 +131,7 @@ def flow_json_schema() -> dict[str, Any]:
     if "capture" in error:  # accepted on errors[] once the model has it, like a step's capture
         _replace(error["capture"], _one_or_many(selector), nullable=False)
 
-    # -- aliases ---------------------------------------------------------------------------------
-    alias = defs["AliasSpec"]["properties"]
-    _replace(alias["from"], _one_or_many(event_ref, min_items=1), nullable=False)
-    _set_pattern(alias["value"], selector["pattern"])
+    _alias_patterns(top, defs, event_ref, selector)
 
     # -- sla -------------------------------------------------------------------------------------
     sla = defs["SlaSpec"]["properties"]
@@ -167,6 +162,17 @@ def flow_json_schema() -> dict[str, Any]:
             "See docs/flow-language.md."
         ),
     }
+
+
+def _alias_patterns(
+    top: dict[str, Any], defs: dict[str, Any], event_ref: dict[str, Any], selector: dict[str, Any]
+) -> None:
+    """Aliases (correlation by a second id): names, `from`, `value` and a source's `via`."""
+    top["aliases"]["propertyNames"] = {"pattern": spec.ALIAS_NAME.pattern}
+    _set_pattern(defs["SourceSpec"]["properties"]["via"], spec.ALIAS_NAME.pattern)
+    alias = defs["AliasSpec"]["properties"]
+    _replace(alias["from"], _one_or_many(event_ref, min_items=1), nullable=False)
+    _set_pattern(alias["value"], selector["pattern"])
 
 
 def render_schema() -> str:
