@@ -4,8 +4,12 @@ publish what `observer replay` publishes for the same records — at least once,
 
 The workload: ORDERS orders of the flow in chaos.flow.yaml, seeded, with a known mix of
 deviations (missing steps, a late optional step, out-of-order steps, error events with and
-without the compensation that follows, duplicate events), on three source topics of PARTITIONS
-partitions. Event time = record timestamp, from "now" on, one order every ORDER_GAP_MS; the
+without the compensation that follows, duplicate events), on four source topics of PARTITIONS
+partitions. The fourth is a carrier's, keyed by tracking number (an alias, contract section
+6): every order that is packed registers its tracking number, and the carrier's PickedUp event
+reaches it through a second hop of the keyed topic, from whichever process reads it to the one
+that owns the order; some never come (`missing`, and a chase addressed by tracking number), and
+ORPHANS pickups carry tracking numbers nobody registers (`orphaned`, by alias). Event time = record timestamp, from "now" on, one order every ORDER_GAP_MS; the
 records are produced in global event-time order (every partition in time order), keyed by the
 order id, in WAVES waves while the processes run, with a chaos action after each wave.
 
@@ -76,7 +80,7 @@ ORDERS = 20_000
 PARTITIONS = 4
 WAVES = 10
 ORDER_GAP_MS = 10  # event time between two order starts: 20k orders span 200 s of event time
-SOURCES = ("orders", "pay", "ship")
+SOURCES = ("orders", "pay", "ship", "carrier")
 OUTPUTS = ("alerts", "outcomes", "cmds", "dlq")
 IDLE_GRACE_MS = 10 * 24 * 3600 * 1000  # fully read partitions never move the watermark
 TICK_AFTER_MS = 2 * 3600 * 1000  # ticks this long after the last start: past retain/buffer (1h)
@@ -92,8 +96,10 @@ MIX = {
     "out_of_order": 0.02,  # Shipped before Packed: out_of_order + audit, completed
     "error": 0.02,  # Failed then Refunded: error + refund, compensated
     "error_unrefunded": 0.01,  # Failed, no Refunded: error + refund, missing, sla..., expired
-    "duplicates": 0.015,  # Paid and Shipped sent twice (same event id): completed
+    "duplicates": 0.015,  # Paid, Shipped and PickedUp sent twice (same event id): completed
+    "missing_pickup": 0.015,  # packed, never picked up: missing + chase, sla_breach..., expired
 }
+ORPHANS = 0.005  # pickups with tracking numbers nobody registers, per order: `orphaned`
 
 # Per kind, what one order publishes: (output, label) -> count; label = alert kind, outcome, or
 # command type. A self-check of the workload against the replay (not of the observer).
@@ -116,6 +122,8 @@ PER_KIND: dict[str, dict[tuple[str, str], int]] = {
         ("alerts", "missing"): 1,
         **_EXPIRED,
     },
+    "missing_pickup": {("alerts", "missing"): 1, ("cmds", "Chase"): 1, **_EXPIRED},
+    "orphan_pickup": {("alerts", "orphaned"): 1},  # not an order: a stray tracking number
 }
 
 
@@ -158,7 +166,8 @@ def order_kinds(orders: int, rng: random.Random) -> list[str]:
 
 def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, str, str]]:
     """(event time, source, type) of one order. On-time steps come 0.3-3 s after their anchor
-    (windows: 4 s; Labelled 2 s), late ones 0.3-3 s after their deadline: never at a deadline."""
+    (windows: 4 s; Labelled 2 s), late ones 0.3-3 s after their deadline: never at a deadline.
+    The carrier picks up every packed order 0.3-3 s after Packed, but the missing_pickup ones."""
 
     def d() -> int:
         return rng.randint(300, 3000)
@@ -180,10 +189,13 @@ def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, s
     if kind == "out_of_order":
         shipped = paid + rng.randint(300, 1000)
         packed = shipped + rng.randint(200, 1500)  # still inside packed's own window
-        return [*out, (shipped, "ship", "Shipped"), (packed, "ship", "Packed")]
+        out += [(shipped, "ship", "Shipped"), (packed, "ship", "Packed")]
+        return [*out, (packed + d(), "carrier", "PickedUp")]
     packed = paid + d()
     shipped = packed + d()
     out += [(packed, "ship", "Packed"), (shipped, "ship", "Shipped")]
+    if kind != "missing_pickup":
+        out.append((packed + d(), "carrier", "PickedUp"))
     if kind == "late_label":
         out.append((packed + 2000 + d(), "ship", "Labelled"))
     elif rng.random() < 0.5:
@@ -199,6 +211,7 @@ def make_workload(orders: int, base: int, seed: int) -> Workload:
     seq = 0
     for i, kind in enumerate(kinds_of):
         key = f"o-{i:05d}"
+        tn = f"t-{i:05d}"  # its tracking number, registered by Packed
         kinds[kind].append(key)
         seen: set[int] = set()
         for n, (at, source, etype) in enumerate(order_events(kind, base + i * ORDER_GAP_MS, rng)):
@@ -206,13 +219,23 @@ def make_workload(orders: int, base: int, seed: int) -> Workload:
             extra: tuple[tuple[str, Any], ...] = ()
             if etype == "Placed":
                 extra = (("total", round(10 + rng.random() * 490, 2)),)
-            ev = Ev(t, seq, source, etype, key, f"{key}/{n}", extra)
+            elif etype == "Packed" or source == "carrier":
+                extra = (("tn", tn),)
+            by = tn if source == "carrier" else key  # the carrier knows the tracking number
+            ev = Ev(t, seq, source, etype, by, f"{key}/{n}", extra)
             seq += 1
             events.append(ev)
-            if kind == "duplicates" and etype in ("Paid", "Shipped"):
+            if kind == "duplicates" and etype in ("Paid", "Shipped", "PickedUp"):
                 # the same event again (same id) a little later: changes nothing
-                events.append(Ev(distinct(t + 150, seen), seq, source, etype, key, ev.eid, extra))
+                events.append(Ev(distinct(t + 150, seen), seq, source, etype, by, ev.eid, extra))
                 seq += 1
+    last = max(e.at for e in events)
+    for j in range(round(ORPHANS * orders)):  # pickups of tracking numbers nobody registers
+        tn = f"x-{j:05d}"
+        kinds["orphan_pickup"].append(tn)
+        at = rng.randint(base, last)
+        events.append(Ev(at, seq, "carrier", "PickedUp", tn, f"{tn}/0", (("tn", tn),)))
+        seq += 1
     events.sort()
     return Workload(events, dict(kinds), base, max(e.at for e in events))
 
