@@ -27,6 +27,7 @@ __all__ = [
     "SIGNAL_KINDS",
     "SOURCE_KINDS",
     "Count",
+    "count_signal",
     "signal_kind",
 ]
 
@@ -80,3 +81,33 @@ def signal_kind(what: str, detail: str) -> str | None:
     if kind is None and what == "recorded":
         kind = SIGNAL_KINDS.get((what, detail.partition(":")[0]))
     return kind
+
+
+def count_signal(
+    tally: dict[Count, int],
+    what: str,
+    flow: str,
+    step: str | None,
+    detail: str,
+    source: str | None,
+    orphans: list[str] | None,
+) -> None:
+    """Count an engine signal for its flow or step, and for the source of the event it concerns.
+    `source`: that event's source (None for timers); `orphans`: the sources of the early events
+    the timers dropped, in order (one is taken per orphan signal)."""
+    count: Count | None = None
+    if what == "started":
+        count = ("flow", flow, "started", "")
+    elif what == "ended":
+        count = ("flow", flow, "ended", detail)
+    elif what == "deviation":
+        count = ("step", flow, step or "", detail)
+    elif what != "recorded":
+        return
+    if count is not None:
+        tally[count] = tally.get(count, 0) + 1
+    kind = signal_kind(what, detail)
+    if kind is not None:
+        src = source if source is not None else (orphans.pop(0) if orphans else "")
+        count = ("src", flow, src, kind)
+        tally[count] = tally.get(count, 0) + 1

@@ -4,6 +4,8 @@ A discrete-event simulation: the clock is each record's timestamp (never moving 
 every timer that falls before the next record fires at exactly its own time, in time order,
 before that record is applied; on a tie the record comes first. The watermark is the clock.
 Output is what would be published, one JSON object a line, deterministic byte for byte.
+Messages between slots (aliases: `Hop`) are delivered at once, in the order they were sent,
+after the effects of the engine call that sent them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import heapq
 import io
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 from observer import jsonexact
 from observer.engine.core import Engine
-from observer.engine.effects import Effect, Publish
+from observer.engine.effects import Effect, Hop, Publish
 from observer.engine.state import KeySlot
 from observer.errors import InputError
 from observer.flows.compiler import compile_flows
@@ -173,9 +176,9 @@ class Replayer:
         self.clock = max(self.clock, due)
         slot = self.slots[sk]
         # a timer already overdue (its instance started late) is decided now, not in the past
-        for eff in self.engine.fire(slot, due, now=self.clock):
-            self.emit(eff, self.clock)
+        hops = self._emit(self.engine.fire(slot, due, now=self.clock))
         self._reschedule(sk)
+        self._deliver(hops)
 
     def fire_before(self, t: int, inclusive: bool = False) -> None:
         """Fire every timer due before `t` (or at `t` too, when inclusive), in time order."""
@@ -208,19 +211,47 @@ class Replayer:
             self.emit(decoded.dead_letter, self.clock)
         for flow, event in decoded.events:
             sk = (flow, event.key)
-            slot = self.slots.get(sk)
-            if slot is None:
-                slot = self.slots[sk] = KeySlot(flow, event.key)
-                self._order[sk] = self._ordinal
-                self._ordinal += 1
+            slot = self._slot(sk)
             had_instance = slot.instance is not None
             before = len(slot.instance.observed) if slot.instance is not None else 0
-            for eff in self.engine.apply(slot, event, self.clock):
-                self.emit(eff, self.clock)
+            hops = self._emit(self.engine.apply(slot, event, self.clock))
             if self.observe is not None:
                 self.observe(slot, before)
             if not had_instance and slot.instance is not None:
                 # ties between instances fire in the order the instances started
+                self._order[sk] = self._ordinal
+                self._ordinal += 1
+            self._reschedule(sk)
+            self._deliver(hops)
+
+    def _slot(self, sk: tuple[str, str]) -> KeySlot:
+        slot = self.slots.get(sk)
+        if slot is None:
+            slot = self.slots[sk] = KeySlot(*sk)
+            self._order[sk] = self._ordinal
+            self._ordinal += 1
+        return slot
+
+    def _emit(self, effects: list[Effect]) -> list[Hop]:
+        """Emit an engine call's effects in order; return its messages to other slots."""
+        hops = []
+        for eff in effects:
+            if type(eff) is Hop:
+                hops.append(eff)
+            else:
+                self.emit(eff, self.clock)
+        return hops
+
+    def _deliver(self, hops: list[Hop]) -> None:
+        """Deliver messages to their slots at once, first sent first (and those they send)."""
+        queue = deque(hops)
+        while queue:
+            hop = queue.popleft()
+            sk = hop.target()
+            slot = self._slot(sk)
+            had_instance = slot.instance is not None
+            queue += self._emit(self.engine.deliver(slot, hop, self.clock))
+            if not had_instance and slot.instance is not None:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
             self._reschedule(sk)

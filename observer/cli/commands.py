@@ -269,6 +269,9 @@ def _deployed_versions(config: ObserverConfig) -> FlowRegistry | None:
     help="Flow files or folders (default: every version deployed to the group).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--via", default=None, metavar="ALIAS", help="KEY is a value of this alias of the flow."
+)
 def status(
     flow: str,
     key: str,
@@ -276,8 +279,10 @@ def status(
     key_prefix: str | None,
     flow_paths: tuple[str, ...],
     as_json: bool,
+    via: str | None,
 ) -> None:
-    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown."""
+    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown.
+    With --via ALIAS, KEY is a value of that alias (a tracking number, say)."""
     import orjson
 
     from observer.adapters.redis.query import RedisSlotReader
@@ -306,14 +311,15 @@ def status(
         except FlowError as exc:
             fail(f"cannot load the flows ({', '.join(paths)}); pass --flows:\n{exc}")
             return
-        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key)
+        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key, via=via)
     except StoreError as exc:
         fail(f"observer status: {exc}")
         return
     finally:
         reader.close()
     if view is None:
-        click.echo(f"no instance of flow '{flow}' for key '{key}'", err=True)
+        what = f"key '{key}'" if via is None else f"{via} '{key}'"
+        click.echo(f"no instance of flow '{flow}' for {what}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())

@@ -11,19 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
-from observer.correlation import BUFFERED, MATCHED, STARTED, Count, signal_kind
+from observer.correlation import BUFFERED, MATCHED, STARTED, Count, count_signal
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, VersionUnavailable
-from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
+from observer.runtime.hops import hop_record
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
@@ -59,6 +60,17 @@ class BatchPlan:
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
     # correlation health (issue 16): what became of the events, per source and step
     tally: dict[Count, int] = field(default_factory=dict)
+    # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
+    # of records): what hop marks say once its hops are handed over (`hops.py`)
+    hop_watermarks: dict[int, int] | None = None
+
+
+def _source_of(op: str, arg: Any) -> str | None:
+    """The source of the event an `apply` or a delivered hop brings (None: a hop without one)."""
+    if op == "apply":
+        return cast("Event", arg).source
+    hop = cast("Hop", arg)
+    return hop.events[0].source if hop.events else None
 
 
 class _Work:
@@ -71,8 +83,9 @@ class _Work:
         self.shard = shard
         self.original = original
         self.slot = slot  # None: unreadable
-        self.ops: list[tuple[str, Any]] = []  # ("apply", Event) | ("fire", watermark)
-        self.effects: list[Effect] = []  # rendered into history entries by `finish`
+        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
+        self.ops: list[tuple[str, Any]] = []
+        self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
 
@@ -88,10 +101,13 @@ def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = D
         until = inst.started_at + flow.expire_ms + flow.retain_ms
     else:
         until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
+    hold = slot.hold  # an alias value held: as long as its holder may live
+    if hold is not None:
+        until = max(until, hold.started + flow.expire_ms + flow.retain_ms)
     return max(until - now, 0) + max(slack_ms, 1)
 
 
-def history_entry(eff: Effect, now: int) -> bytes:
+def history_entry(eff: Publish | Signal, now: int) -> bytes:
     """One JSON entry of an instance history (what `/instances` shows)."""
     if isinstance(eff, Signal):
         d: dict[str, Any] = {
@@ -137,11 +153,14 @@ class BatchPlanner:
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
         wire: Mapping[str, bytes] | None = None,
+        hop_topic: str = "",
     ) -> None:
         """`history_cap`: history entries written per slot and batch at most (the newest);
         0 writes no history (and renders none). `wire`: registry subject -> the wire
-        format's header of actions that name one."""
+        format's header of actions that name one. `hop_topic`: where messages between slots
+        go (aliases: the keyed topic)."""
         self.engine = engine
+        self.hop_topic = hop_topic
         self.shard_of = shard_of
         self.now = now
         self.history_cap = history_cap
@@ -156,6 +175,8 @@ class BatchPlanner:
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
         self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
         self._wire = wire
+        # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
+        self.watermarks: Mapping[int, int] = {}
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -185,44 +206,62 @@ class BatchPlanner:
         )
         for op, arg in w.ops:
             if op == "apply":
-                self.engine.apply(slot, arg, self.now)
+                self.engine.apply(slot, arg[0], self.now, arg[1])
+            elif op == "deliver":
+                self.engine.deliver(slot, arg[0], self.now, arg[1])
             else:
                 self.engine.fire(slot, arg, self.now)
         w.slot = slot
 
     def apply(self, sid: str, event: Event) -> None:
-        """Apply an event to a loaded slot. Raises SlotUnreadable, or the engine's error after
-        restoring the slot."""
+        """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
+        SlotUnreadable, or the engine's error after restoring the slot."""
+        self._run(sid, "apply", event)
+
+    def deliver(self, sid: str, hop: Hop) -> None:
+        """Deliver a message of another slot (aliases), like `apply`."""
+        self._run(sid, "deliver", hop)
+
+    def _run(self, sid: str, op: str, arg: Any) -> None:
         w = self._works[sid]
         slot = w.slot
         if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        watermark = self.watermarks.get(w.shard)
         had = inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
         buffered = len(slot.buffer)
+        engine = self.engine
+        run = engine.apply if op == "apply" else engine.deliver
         try:
-            effects = self.engine.apply(slot, event, self.now)
+            effects = run(slot, arg, self.now, watermark)
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("apply", event))
+        w.ops.append((op, (arg, watermark)))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
-        # what became of the event (a drop for a full buffer is counted from its signal)
+        # what became of the event (a drop for a full buffer is counted from its signal); an
+        # event that reaches its instance through an alias is counted when it is delivered
+        source = _source_of(op, arg)
         kind = (
-            MATCHED
-            if had is not None
-            else STARTED
-            if inst is not None
-            else BUFFERED
-            if len(slot.buffer) > buffered
-            else None
+            None
+            if source is None
+            else (
+                MATCHED
+                if had is not None
+                else STARTED
+                if inst is not None
+                else BUFFERED
+                if len(slot.buffer) > buffered
+                else None
+            )
         )
         if kind is not None:
-            count = ("src", slot.flow, event.source, kind)
+            count = ("src", slot.flow, source or "", kind)
             self._tally[count] = self._tally.get(count, 0) + 1
-        self._take(w, effects, event.source)
+        self._take(w, effects, source)
 
     def fire(self, sid: str, watermark: int) -> None:
         """Fire the slot's timers due at or before `watermark`."""
@@ -314,9 +353,16 @@ class BatchPlanner:
             return
         keep = self.history_cap > 0
         started = False
+        hops = False
         for eff in effects:
             if type(eff) is Publish:
                 self._add_record(w.shard, eff)
+            elif type(eff) is Hop:  # kept in the sender's outbox until the keyed topic has it
+                self._records.append(
+                    (w.shard, hop_record(eff, self.hop_topic, self.now, self._seq))
+                )
+                self._seq += 1
+                hops = True
             else:
                 assert isinstance(eff, Signal)
                 self._signals.append(eff)
@@ -328,39 +374,19 @@ class BatchPlanner:
                 elif what == "ended":
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
-                self._count(eff, source, orphans)
+                count_signal(self._tally, eff.what, eff.flow, eff.step, eff.detail, source, orphans)
         if keep:
+            kept = (
+                [e for e in effects if not isinstance(e, Hop)]
+                if hops
+                else cast("list[Publish | Signal]", effects)
+            )
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
                 # (~300 B of Redis each).
-                effects = [
-                    e for e in effects if not (isinstance(e, Signal) and e.what == "started")
-                ]
-            w.effects += effects
-
-    def _count(self, s: Signal, source: str | None, orphans: list[str] | None) -> None:
-        """Correlation health: a signal counted for its flow or step, and for the source of
-        the event it concerns (`observer/correlation.py`)."""
-        what = s.what
-        tally = self._tally
-        count: Count | None = None
-        if what == "started":
-            count = ("flow", s.flow, "started", "")
-        elif what == "ended":
-            count = ("flow", s.flow, "ended", s.detail)
-        elif what == "deviation":
-            count = ("step", s.flow, s.step or "", s.detail)
-        elif what != "recorded":
-            return
-        if count is not None:
-            tally[count] = tally.get(count, 0) + 1
-        if what == "deviation" or what == "recorded":
-            kind = signal_kind(what, s.detail)
-            if kind is not None:
-                src = source if source is not None else (orphans.pop(0) if orphans else "")
-                count = ("src", s.flow, src, kind)
-                tally[count] = tally.get(count, 0) + 1
+                kept = [e for e in kept if not (isinstance(e, Signal) and e.what == "started")]
+            w.effects += kept
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -425,6 +451,7 @@ class Planning:
         history_cap: int,
         ttl_slack_ms: int,
         wire: Mapping[str, bytes] | None = None,
+        hop_topic: str = "",
     ) -> None:
         self.engine = engine
         self.wire = wire  # registry subject -> wire-format header (issue 16)
@@ -432,6 +459,7 @@ class Planning:
         self.cache = cache
         self.history_cap = history_cap
         self.ttl_slack_ms = ttl_slack_ms
+        self.hop_topic = hop_topic
         self._seq = 0
 
     def start(self, now: int) -> BatchPlanner:
@@ -443,6 +471,7 @@ class Planning:
             history_cap=self.history_cap,
             ttl_slack_ms=self.ttl_slack_ms,
             wire=self.wire,
+            hop_topic=self.hop_topic,
         )
 
     def finish(self, planner: BatchPlanner) -> BatchPlan:

@@ -13,6 +13,7 @@ import logging
 
 from observer.config import ObserverConfig
 from observer.engine.core import VersionUnavailable
+from observer.flows.aliases import split_alias_flow
 from observer.flows.registry import FlowRegistry
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlanner, Planning
@@ -87,6 +88,11 @@ class DeadlineTicker:
             self.source_topics = source_topics
             self.refresh_sources()
 
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """Every partition of every source topic, as last learnt."""
+        return self._partitions
+
     def shard_watermarks(self) -> list[tuple[int, int]]:
         """(shard, watermark) of each owned shard whose watermark is known."""
         if self._refresh_every.due():
@@ -139,7 +145,7 @@ class DeadlineTicker:
         if raw is None:
             planner.forget_due(shard, sid)
             return
-        if flow not in names:
+        if split_alias_flow(flow)[0] not in names:  # (an alias value's slot: `<flow>/<alias>`)
             log.warning(
                 "slot %s belongs to flow %r, which is not deployed: its timers are dropped",
                 sid,

@@ -60,7 +60,9 @@ class StoreWrites:
         clock: Clock,
         on_durable: Callable[[Offsets], None],
         tally: MinuteTally | None = None,
+        on_published: Callable[[BatchPlan], None] | None = None,
     ) -> None:
+        """`on_published(plan)`: after a plan's records were handed to the publisher."""
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
@@ -69,6 +71,7 @@ class StoreWrites:
         self._mono = clock.monotonic
         self._on_durable = on_durable
         self._tally = tally  # correlation health: counted once a plan is written
+        self.on_published = on_published  # aliases: hop marks follow the hops
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
@@ -132,6 +135,8 @@ class StoreWrites:
 
     def _written(self, plan: BatchPlan) -> None:
         self.publisher.publish(plan.records)
+        if self.on_published is not None:
+            self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
         if plan.tally:
