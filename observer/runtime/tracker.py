@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine, VersionUnavailable
-from observer.engine.effects import Hop, Publish
+from observer.engine.effects import Hop
 from observer.engine.state import Event, KeySlot
 from observer.errors import ObserverError, StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import SourceRecord
 from observer.metrics import Metrics
-from observer.runtime.batch import BatchPlan, Planning, dead_letter
+from observer.runtime.batch import BatchPlan, Planning
 from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
@@ -46,7 +46,12 @@ from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.hops import hop_marks
-from observer.runtime.keyed import Routed, ShardWatermarks, decode_keyed, encode_event
+from observer.runtime.keyed import (
+    Routed,
+    ShardWatermarks,
+    decode_keyed,
+    routed_dead_letter,
+)
 from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
@@ -446,27 +451,9 @@ class Tracker:
             n = self.config.shards
             for r, reason in dead:
                 shard = shard_of(slot_id(r.flow, r.event.key), n)
-                planner.publish(self._dead_letter(r, reason, originals), shard=shard)
+                planner.publish(routed_dead_letter(r, reason, originals, self.topics), shard=shard)
                 planner.count(("topic", r.topic, "dead_letter", "processing"))
         return self.planning.finish(planner)
-
-    def _dead_letter(
-        self, r: Routed, reason: str, originals: Mapping[tuple[str, int, int], SourceRecord]
-    ) -> Publish:
-        """The dead letter of an event that failed past routing: its source record read again
-        (or, if that is gone, the event as routed, with the same headers)."""
-        original = originals.get((r.topic, r.partition, r.offset))
-        if original is None:
-            original = SourceRecord(
-                r.topic,
-                r.partition,
-                r.offset,
-                r.event.key.encode("utf-8", "surrogatepass"),
-                encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
-                (),
-                r.event.time,
-            )
-        return dead_letter(original, reason, self.topics)
 
     # -- store failures -----------------------------------------------------------------------------
 
