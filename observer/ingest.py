@@ -19,16 +19,25 @@ from observer.engine.budget import dropped_capture
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
+from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
-from observer.flows.selectors import MISSING, RecordView, Selector
+from observer.flows.selectors import MISSING, RecordView, Selector, compile_selector
 from observer.jsonexact import INT_MAX, INT_MIN, dumps, loads_exact, may_be_rounded
 from observer.limits import MAX_CAPTURE_BYTES, MAX_EVENT_ID_BYTES, MAX_KEY_BYTES
 from observer.record_size import fit_dead_letter
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 from observer.topics import Topics
 
-__all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
+__all__ = [
+    "AvroDecoder",
+    "Decoded",
+    "Ingest",
+    "SourceRecord",
+    "ValueDecoder",
+    "dead_letter",
+    "local_decoder",
+]
 
 Headers = Sequence[tuple[str, Any]] | Mapping[str, Any]
 
@@ -54,13 +63,17 @@ class Decoded:
     events: list[tuple[str, Event]] = field(default_factory=list)
     dead_letter: Publish | None = None
     reason: str | None = None
+    # correlation health (issue 16): the dead letter's reason as a short code
+    # (`correlation.DEAD_LETTER_REASONS`) and the (flow, source) that found it, if one did
+    code: str | None = None
+    source: tuple[str, str] | None = None
     # hostile input (issue 12): captured values not kept, over MAX_CAPTURE_BYTES (a note each)
     dropped: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Reader:
-    flow: str
+    flow: str  # where its events go: the flow, or `<flow>/<alias>` for a `via` source
     source: CompiledSource
     wanted: frozenset[str]  # event types some version of the flow reacts to
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
@@ -68,12 +81,18 @@ class _Reader:
     measured: frozenset[str] = frozenset()
 
 
-AvroDecoder = Callable[[bytes, CompiledSource], Any]
+# Reads a value of a registry format (avro, protobuf, json_schema) from its bytes; raises on
+# a value it cannot read (an error with a `code` attribute names the dead letter's reason).
+ValueDecoder = Callable[[bytes, CompiledSource], Any]
+AvroDecoder = ValueDecoder  # its name before protobuf and json_schema
 
 
-def _local_avro(data: bytes, source: CompiledSource) -> Any:
+def local_decoder(data: bytes, source: CompiledSource) -> Any:
+    """Without a schema registry: Avro read schemaless with the source's local schema."""
     import fastavro
 
+    if source.format != "avro":
+        raise ValueError(f"no schema registry to read {source.format} (its wire format)")
     if source.avro_schema is None:
         raise ValueError("no Avro schema for this source (set schema: or a schema registry)")
     return fastavro.schemaless_reader(io.BytesIO(data), source.avro_schema)
@@ -83,10 +102,13 @@ class Ingest:
     """Decodes source records for every deployed flow. Rebuild it when flows are deployed."""
 
     def __init__(
-        self, registry: FlowRegistry, topics: Topics | None = None, avro: AvroDecoder | None = None
+        self,
+        registry: FlowRegistry,
+        topics: Topics | None = None,
+        decoder: ValueDecoder | None = None,
     ) -> None:
         self.topics = topics or Topics()
-        self.avro = avro or _local_avro
+        self.decoder = decoder or local_decoder
         readers: dict[str, dict[tuple[str, str], _Reader]] = {}
         wanted: dict[tuple[str, str], set[str]] = {}
         caps: dict[tuple[str, str], dict[str, dict[str, Selector]]] = {}
@@ -99,13 +121,18 @@ class Ingest:
             for err in flow.errors:
                 for src, etype in err.on:
                     wanted.setdefault((flow.name, src), set()).add(etype)
+            for alias in flow.aliases:  # a `from` event carries the alias value: captured
+                for src, etype in alias.on:
+                    wanted.setdefault((flow.name, src), set()).add(etype)
+                    per_type = caps.setdefault((flow.name, src), {}).setdefault(etype, {})
+                    per_type[alias.value] = compile_selector(alias.value)
         for flow in registry.newest_flows() + list(registry):
             for source in flow.sources.values():
                 slot = readers.setdefault(source.topic, {})
                 if (flow.name, source.name) not in slot:
                     c = caps.get((flow.name, source.name), {})
                     slot[(flow.name, source.name)] = _Reader(
-                        flow.name,
+                        flow.name if source.via is None else alias_flow(flow.name, source.via),
                         source,
                         frozenset(wanted.get((flow.name, source.name), ())),
                         {t: tuple(sel.items()) for t, sel in c.items()},
@@ -142,7 +169,7 @@ class Ingest:
                 try:
                     value = self._decode_value(rec.value, source)
                 except Exception as exc:
-                    return self._dead(rec, f"cannot decode {fmt} value: {exc}")
+                    return self._undecodable(rec, fmt, exc)
                 view = RecordView(value, headers, rec.key, rec.timestamp)
                 view_fmt = fmt
             elif fmt != view_fmt:  # another flow reads this topic in another format
@@ -153,7 +180,7 @@ class Ingest:
                     try:
                         value = self._decode_value(rec.value, source)
                     except Exception as exc:
-                        return self._dead(rec, f"cannot decode {fmt} value: {exc}")
+                        return self._undecodable(rec, fmt, exc)
                     other = views[fmt] = RecordView(value, headers, rec.key, rec.timestamp)
                 view, view_fmt = other, fmt
             try:
@@ -171,17 +198,19 @@ class Ingest:
                 if len(key) > _SHORT or len(eid) > _SHORT:
                     _check_lengths(key, eid, source)
             except _Dead as dead:
-                return self._dead(rec, dead.reason)
+                return self._dead(rec, dead.reason, dead.code, (r.flow, source.name))
             raw_time = source.time(view)
             if type(raw_time) is int and MIN_TIME_MS <= raw_time < MAX_TIME_MS:
                 time = raw_time
             else:
+                where = (r.flow, source.name)
                 if raw_time is MISSING:
-                    return self._dead(rec, f"no event time at {source.time_text}")
+                    return self._dead(rec, f"no event time at {source.time_text}", "no_time", where)
                 try:
                     time = parse_time(raw_time)
                 except ValueError as exc:
-                    return self._dead(rec, f"bad event time at {source.time_text}: {exc}")
+                    reason = f"bad event time at {source.time_text}: {exc}"
+                    return self._dead(rec, reason, "no_time", where)
             sels = r.captures.get(etype)
             captures: dict[str, Any] = {}
             if sels:
@@ -207,11 +236,13 @@ class Ingest:
             if type(value) is bytes or isinstance(value, bytes | bytearray | memoryview | str):
                 return orjson.loads(value)
             return value
+        if source.format != "avro" and not isinstance(value, _ENCODED):
+            return value  # protobuf, json_schema: already decoded (replay's JSON objects)
         if isinstance(value, str):
             value = base64.b64decode(value, validate=True)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
-        return self.avro(bytes(value), source)
+        return self.decoder(bytes(value), source)
 
     @staticmethod
     def _fit_captures(
@@ -235,15 +266,26 @@ class Ingest:
                 f"event's captured values may hold {MAX_CAPTURE_BYTES} bytes together"
             )
 
-    def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
-        return Decoded([], dead_letter(rec, reason, self.topics), reason)
+    def _dead(
+        self, rec: SourceRecord, reason: str, code: str, where: tuple[str, str] | None = None
+    ) -> Decoded:
+        return Decoded([], dead_letter(rec, reason, self.topics), reason, code, where)
+
+    def _undecodable(self, rec: SourceRecord, fmt: str, exc: Exception) -> Decoded:
+        """A value that cannot be decoded; a decoder's error may name its own reason code
+        (`code`, e.g. `schema` for a schema the registry would not give)."""
+        code = getattr(exc, "code", None)
+        return self._dead(
+            rec, f"cannot decode {fmt} value: {exc}", code if type(code) is str else "undecodable"
+        )
 
 
 class _Dead(Exception):
-    """A record goes to the dead-letter topic for `reason`."""
+    """A record goes to the dead-letter topic for `reason` (`code`: its short form)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str) -> None:
         self.reason = reason
+        self.code = code
 
 
 _ENCODED = (bytes, bytearray, memoryview, str)
@@ -254,9 +296,11 @@ _MAX_REASON = 1000  # characters of a dead letter's `observer-error`
 def _check_lengths(key: str, eid: str, source: CompiledSource) -> None:
     """Raise _Dead for a key or event id longer than the limits (bytes of UTF-8)."""
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise _Dead(f"correlation key at {source.key_text} longer than {MAX_KEY_BYTES} bytes")
+        raise _Dead(
+            f"correlation key at {source.key_text} longer than {MAX_KEY_BYTES} bytes", "too_large"
+        )
     if len(eid.encode("utf-8", "surrogatepass")) > MAX_EVENT_ID_BYTES:
-        raise _Dead(f"event id longer than {MAX_EVENT_ID_BYTES} bytes")
+        raise _Dead(f"event id longer than {MAX_EVENT_ID_BYTES} bytes", "too_large")
 
 
 def _json_bytes(value: Any) -> int:
@@ -272,8 +316,9 @@ def _json_bytes(value: Any) -> int:
         return MAX_CAPTURE_BYTES + 1
 
 
-_NO_TYPE = ("no event type", True)  # what is missing; whether a boolean counts as text
-_NO_KEY = ("no correlation key", False)
+# what is missing; whether a boolean counts as text; the reason code
+_NO_TYPE = ("no event type", True, "no_type")
+_NO_KEY = ("no correlation key", False, "no_key")
 
 
 def _exact(source: CompiledSource, selector: Selector, rec: SourceRecord) -> Any:
@@ -290,7 +335,7 @@ def _exact(source: CompiledSource, selector: Selector, rec: SourceRecord) -> Any
 
 def _text_of(
     value: Any,
-    what: tuple[str, bool],
+    what: tuple[str, bool, str],
     where: str,
     source: CompiledSource,
     selector: Selector,
@@ -307,7 +352,7 @@ def _text_of(
         what[1] or not isinstance(value, bool)
     ):
         return str(value)
-    raise _Dead(f"{what[0]} at {where}")
+    raise _Dead(f"{what[0]} at {where}", what[2])
 
 
 def _event_id(value: Any, source: CompiledSource, rec: SourceRecord) -> str:

@@ -51,6 +51,8 @@ class Metrics:
         self._delivery_metrics(registry)
         self._loop_metrics(registry)
         self._hostile_input_metrics(registry)
+        self._version_metrics(registry)
+        self._correlation_metrics(registry)
 
     def _flow_metrics(self, r: CollectorRegistry) -> None:
         """What the flows saw: events, instances, deviations, step latencies."""
@@ -210,6 +212,74 @@ class Metrics:
             "Stored bytes of the slots the tracker keeps decoded in memory.",
             registry=r,
         )
+
+    def _version_metrics(self, r: CollectorRegistry) -> None:
+        """Issue 15: flow versions kept with the state, deployments, hot reload."""
+        self.flow_versions = Gauge(
+            "observer_flow_versions",
+            "Flow versions this process runs (deployed to the group and rebuilt), per flow.",
+            ["flow"],
+            registry=r,
+        )
+        self.deploy_generation = Gauge(
+            "observer_deploy_generation",
+            "The group's deployment generation this process runs (the same on every process "
+            "once a deployment reached them all).",
+            registry=r,
+        )
+        self.deploys = Counter(
+            "observer_deploys_total",
+            "Deployments of flow files by this process (start, change, SIGHUP), by result: "
+            "deployed, unchanged, invalid (a flow file), refused (a changed flow that kept "
+            "its version, or a webhook that cannot be sent).",
+            ["result"],
+            registry=r,
+        )
+        self.version_unavailable = Counter(
+            "observer_version_unavailable_total",
+            "Events and timers of instances whose flow version is not deployed (never run on "
+            "another version: events dead-lettered, timers retried later).",
+            ["flow", "version"],
+            registry=r,
+        )
+        self.version_instances = Gauge(
+            "observer_version_instances",
+            "Open and retained instances of superseded flow versions, as last counted by the "
+            "retirement scan (a version retires at 0).",
+            ["flow", "version"],
+            registry=r,
+        )
+
+    # -- correlation health (issue 16) -------------------------------------------------------------
+
+    def _correlation_metrics(self, r: CollectorRegistry) -> None:
+        """What became of the events of each flow's sources, and why records were
+        dead-lettered (`observer/correlation.py`; `observer health` reads the same counts
+        per minute from Redis)."""
+        self.source_events = Counter(
+            "observer_source_events_total",
+            "Events of a flow's source by what became of them: matched (an instance), started "
+            "(one), buffered (no instance yet), buffer_full (no instance, buffer full: "
+            "dropped), orphaned (a buffered event whose instance never started), no_key, "
+            "no_type, no_time (dead-lettered), alias_conflict.",
+            ["flow", "source", "kind"],
+            registry=r,
+        )
+        self.dead_letter_reasons = Counter(
+            "observer_dead_letter_reasons_total",
+            "Records sent to the dead-letter topic, by source topic and reason (undecodable, "
+            "schema, no_type, no_key, no_time, too_large, processing).",
+            ["topic", "reason"],
+            registry=r,
+        )
+
+    def record_correlation(self, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+        """Correlation counts of one batch (`correlation.py`): sources and dead letters."""
+        for (scope, a, b, c), n in counts.items():
+            if scope == "src":
+                self._child(self.source_events, (a, b, c)).inc(n)
+            elif scope == "topic" and b == "dead_letter":
+                self._child(self.dead_letter_reasons, (a, c)).inc(n)
 
     # -- hooks ------------------------------------------------------------------------------------
 

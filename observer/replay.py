@@ -4,6 +4,8 @@ A discrete-event simulation: the clock is each record's timestamp (never moving 
 every timer that falls before the next record fires at exactly its own time, in time order,
 before that record is applied; on a tie the record comes first. The watermark is the clock.
 Output is what would be published, one JSON object a line, deterministic byte for byte.
+Messages between slots (aliases: `Hop`) are delivered at once, in the order they were sent,
+after the effects of the engine call that sent them.
 """
 
 from __future__ import annotations
@@ -11,24 +13,33 @@ from __future__ import annotations
 import base64
 import heapq
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from observer import jsonexact
 from observer.engine.core import Engine
-from observer.engine.effects import Effect, Publish
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import KeySlot
 from observer.errors import InputError
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
-from observer.ingest import Ingest, SourceRecord
+from observer.ingest import Ingest, SourceRecord, ValueDecoder
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
-__all__ = ["Deploy", "ReplayRecord", "Replayer", "parse_events", "publish_line", "run_replay"]
+__all__ = [
+    "Deploy",
+    "ReplayRecord",
+    "Replayer",
+    "load_all",
+    "parse_events",
+    "publish_line",
+    "run_replay",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +99,23 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
     return out
 
 
-def publish_line(p: Publish, timestamp: int) -> bytes:
-    """The replay output line of a published record."""
+def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = None) -> bytes:
+    """The replay output line of a published record. An Avro action's value is base64 of its
+    encoding: the Avro body, preceded by the wire format's header when the action names a
+    registry subject that `wire` resolves (replay with `--schema-registry`)."""
     value = p.value
     if p.avro_schema is not None and p.category == "action":
         if p.encoded is not None:
-            value = base64.b64encode(p.encoded).decode()
+            body = p.encoded
         else:
             import fastavro
 
             buf = io.BytesIO()
             fastavro.schemaless_writer(buf, p.avro_schema, value)
-            value = base64.b64encode(buf.getvalue()).decode()
+            body = buf.getvalue()
+        if p.subject is not None and wire and p.subject in wire:
+            body = wire[p.subject] + body
+        value = base64.b64encode(body).decode()
     elif isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     headers = {
@@ -123,10 +139,14 @@ class Replayer:
     clock: int = -(2**62)
     # hostile input (issue 12): what a budget dropped (captured values kept as null)
     warn: Callable[[str], None] = field(default=lambda _note: None)
+    # issue 15 (back-testing): told after each event applied, with the slot and how many steps
+    # its instance had observed before (step latencies); replay itself sets none
+    observe: Callable[[KeySlot, int], None] | None = None
+    decoder: ValueDecoder | None = None  # registry formats (issue 16); None: local Avro only
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
-        self.ingest = Ingest(self.registry, self.topics)
+        self.ingest = Ingest(self.registry, self.topics, self.decoder)
         self.slots: dict[tuple[str, str], KeySlot] = {}
         self._order: dict[tuple[str, str], int] = {}  # slot -> creation ordinal (tie-break)
         self._scheduled: dict[tuple[str, str], tuple[int, int]] = {}  # slot -> (due, order)
@@ -163,9 +183,9 @@ class Replayer:
         self.clock = max(self.clock, due)
         slot = self.slots[sk]
         # a timer already overdue (its instance started late) is decided now, not in the past
-        for eff in self.engine.fire(slot, due, now=self.clock):
-            self.emit(eff, self.clock)
+        hops = self._emit(self.engine.fire(slot, due, now=self.clock))
         self._reschedule(sk)
+        self._deliver(hops)
 
     def fire_before(self, t: int, inclusive: bool = False) -> None:
         """Fire every timer due before `t` (or at `t` too, when inclusive), in time order."""
@@ -187,7 +207,7 @@ class Replayer:
     def deploy(self, registry: FlowRegistry) -> None:
         self.registry = registry
         self.engine.registry = registry
-        self.ingest = Ingest(registry, self.topics)
+        self.ingest = Ingest(registry, self.topics, self.decoder)
 
     def apply(self, rec: SourceRecord) -> None:
         t = max(self.clock, rec.timestamp)
@@ -200,16 +220,47 @@ class Replayer:
             self.emit(decoded.dead_letter, self.clock)
         for flow, event in decoded.events:
             sk = (flow, event.key)
-            slot = self.slots.get(sk)
-            if slot is None:
-                slot = self.slots[sk] = KeySlot(flow, event.key)
-                self._order[sk] = self._ordinal
-                self._ordinal += 1
+            slot = self._slot(sk)
             had_instance = slot.instance is not None
-            for eff in self.engine.apply(slot, event, self.clock):
-                self.emit(eff, self.clock)
+            before = len(slot.instance.observed) if slot.instance is not None else 0
+            hops = self._emit(self.engine.apply(slot, event, self.clock))
+            if self.observe is not None:
+                self.observe(slot, before)
             if not had_instance and slot.instance is not None:
                 # ties between instances fire in the order the instances started
+                self._order[sk] = self._ordinal
+                self._ordinal += 1
+            self._reschedule(sk)
+            self._deliver(hops)
+
+    def _slot(self, sk: tuple[str, str]) -> KeySlot:
+        slot = self.slots.get(sk)
+        if slot is None:
+            slot = self.slots[sk] = KeySlot(*sk)
+            self._order[sk] = self._ordinal
+            self._ordinal += 1
+        return slot
+
+    def _emit(self, effects: list[Effect]) -> list[Hop]:
+        """Emit an engine call's effects in order; return its messages to other slots."""
+        hops = []
+        for eff in effects:
+            if type(eff) is Hop:
+                hops.append(eff)
+            else:
+                self.emit(eff, self.clock)
+        return hops
+
+    def _deliver(self, hops: list[Hop]) -> None:
+        """Deliver messages to their slots at once, first sent first (and those they send)."""
+        queue = deque(hops)
+        while queue:
+            hop = queue.popleft()
+            sk = hop.target()
+            slot = self._slot(sk)
+            had_instance = slot.instance is not None
+            queue += self._emit(self.engine.deliver(slot, hop, self.clock))
+            if not had_instance and slot.instance is not None:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
             self._reschedule(sk)
@@ -236,7 +287,7 @@ class Replayer:
             self.drain()
 
 
-def _load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
+def load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
     """Validate every flow file up front (nothing runs if any is invalid)."""
     base = compile_flows(load_flows([flows]))
     out = []
@@ -254,20 +305,26 @@ def run_replay(
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
     warn: Callable[[str], None] | None = None,
+    *,
+    loaded: tuple[FlowRegistry, list[Deploy]] | None = None,
+    decoder: ValueDecoder | None = None,
+    wire: Mapping[str, bytes] | None = None,
 ) -> Iterator[bytes]:
     """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
-    `warn` hears what a budget dropped (early events, captured values)."""
-    registry, deploy_list = _load_all(flows, deploys)
+    `warn` hears what a budget dropped (early events, captured values); `loaded`: the flows
+    already loaded (`load_all`); `decoder` and `wire`: a schema registry's (`observer replay
+    --schema-registry`)."""
+    registry, deploy_list = loaded or load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
     tell = warn or (lambda _note: None)
 
     def emit(eff: Effect, now: int) -> None:
         if isinstance(eff, Publish):
-            lines.append(publish_line(eff, now))
-        elif eff.what == "dropped":
+            lines.append(publish_line(eff, now, wire))
+        elif isinstance(eff, Signal) and eff.what == "dropped":
             tell(f"{eff.flow} {eff.key}: {eff.detail}")
 
-    replayer = Replayer(registry, emit, topics or Topics(), warn=tell)
+    replayer = Replayer(registry, emit, topics or Topics(), warn=tell, decoder=decoder)
     replayer.run(records, deploy_list, until)
     yield from lines

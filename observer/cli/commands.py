@@ -17,6 +17,7 @@ from observer.cli.wiring import build_service, check_access
 from observer.config import ObserverConfig, topics_from_env
 from observer.errors import ConfigError, FlowError, InputError, ObserverError, StoreError
 from observer.flows.compiler import load_registry
+from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
@@ -79,9 +80,23 @@ def _parse_deploy(value: str) -> tuple[int, str]:
     multiple=True,
     help="MS:PATH — deploy more flow files at virtual time MS (repeatable).",
 )
-def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...]) -> None:
+@click.option(
+    "--schema-registry",
+    "schema_registry",
+    default=None,
+    help="A schema registry to read wire-format values and resolve action subjects with "
+    "(looked up only, never changed). Without it, give protobuf and json_schema values as "
+    "JSON objects.",
+)
+def replay(
+    flows: str,
+    events: str,
+    until: str | None,
+    deploys: tuple[str, ...],
+    schema_registry: str | None,
+) -> None:
     """Run the engine on a virtual clock over recorded events; print what would be published."""
-    from observer.replay import run_replay
+    from observer.replay import load_all, run_replay
 
     try:
         until_ms = parse_time(until) if until is not None else None
@@ -98,9 +113,22 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
         click.echo(f"replay: warning: {note}", err=True)
 
     try:
-        topics = _topics_from_env()
-        lines = list(run_replay(flows, events, until_ms, deploy_list, topics, warn))
-    except (FlowError, InputError, ConfigError) as exc:
+        loaded = load_all(flows, deploy_list)
+        decoder, wire = _replay_registry(schema_registry, loaded)
+        lines = list(
+            run_replay(
+                flows,
+                events,
+                until_ms,
+                deploy_list,
+                _topics_from_env(),
+                warn,
+                loaded=loaded,
+                decoder=decoder,
+                wire=wire,
+            )
+        )
+    except (FlowError, InputError, ObserverError) as exc:
         fail(str(exc))
         return
     out = sys.stdout.buffer
@@ -108,6 +136,29 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
         out.write(line + b"\n")
     out.flush()
     click.echo(f"replay: {len(lines)} records published", err=True)
+
+
+def _replay_registry(url: str | None, loaded: Any) -> tuple[Any, dict[str, bytes] | None]:
+    """The decoder and action headers of `--schema-registry` (None, None without it)."""
+    if url is None:
+        return None, None
+    import time
+
+    from observer.adapters.schema_registry import registry_parts
+
+    registry, deploys = loaded
+    flows = [*registry, *(f for d in deploys for f in d.registry)]
+    parts = registry_parts(
+        {"url": url, "timeout": 5.0, "max.retries": 0},
+        flows,
+        negative_ttl_s=3600.0,
+        max_ids=100_000,
+        monotonic=time.monotonic,
+        register=False,
+    )
+    if parts.resolve is not None:
+        parts.resolve()
+    return parts.decoder, parts.wire
 
 
 @main.command()
@@ -171,6 +222,8 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # issue 15: SIGHUP loads the flow files again (they are also watched for changes)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.runtime.reload())
     # The hot path allocates many short-lived objects and no cycles: with the default
     # thresholds the cyclic collector costs about 10 µs per event (benchmarks/PROFILE.md).
     # What is loaded by now (flows, compiled templates, libraries) stays and is never scanned.
@@ -183,6 +236,26 @@ def run(
     except ObserverError as exc:
         click.echo(f"observer run: {exc}", err=True)
         sys.exit(1)
+
+
+def _deployed_versions(config: ObserverConfig) -> FlowRegistry | None:
+    """Every flow version deployed to the group (kept in Redis with its state); None if none
+    is stored (state written before versions were kept: the recorded paths are used)."""
+    from observer.adapters.redis.flows import RedisFlowStore
+    from observer.adapters.redis.keys import Keys
+    from observer.flows.stored import rebuild_all
+
+    store = RedisFlowStore(config.redis(), Keys(config.key_prefix, 1))
+    try:
+        stored = store.stored()
+    finally:
+        store.close()
+    if not stored:
+        return None
+    registry, problems = rebuild_all(stored.values())
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    return registry
 
 
 @main.command()
@@ -198,9 +271,12 @@ def run(
     "--flows",
     "flow_paths",
     multiple=True,
-    help="Flow files or folders (default: those the running observer loaded).",
+    help="Flow files or folders (default: every version deployed to the group).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--via", default=None, metavar="ALIAS", help="KEY is a value of this alias of the flow."
+)
 def status(
     flow: str,
     key: str,
@@ -208,8 +284,10 @@ def status(
     key_prefix: str | None,
     flow_paths: tuple[str, ...],
     as_json: bool,
+    via: str | None,
 ) -> None:
-    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown."""
+    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown.
+    With --via ALIAS, KEY is a value of that alias (a tracking number, say)."""
     import orjson
 
     from observer.adapters.redis.query import RedisSlotReader
@@ -223,7 +301,8 @@ def status(
     reader = RedisSlotReader(config.redis(), config.key_prefix)
     try:
         paths = list(flow_paths)
-        if not paths:
+        registry = None if paths else _deployed_versions(config)
+        if registry is None and not paths:
             deployed = reader.deployed() or {}
             recorded = deployed.get("paths", [])
             paths = [str(p) for p in recorded] if isinstance(recorded, list) else []
@@ -233,18 +312,19 @@ def status(
                 )
                 return
         try:
-            registry = load_registry(paths)
+            registry = registry if registry is not None else load_registry(paths)
         except FlowError as exc:
             fail(f"cannot load the flows ({', '.join(paths)}); pass --flows:\n{exc}")
             return
-        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key)
+        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key, via=via)
     except StoreError as exc:
         fail(f"observer status: {exc}")
         return
     finally:
         reader.close()
     if view is None:
-        click.echo(f"no instance of flow '{flow}' for key '{key}'", err=True)
+        what = f"key '{key}'" if via is None else f"{via} '{key}'"
+        click.echo(f"no instance of flow '{flow}' for {what}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())

@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.adapters.redis.flows import RedisFlowStore
     from observer.adapters.webhook import WebhookPoster
     from observer.http.server import HttpServer
     from observer.metrics import Metrics
@@ -58,15 +60,19 @@ def _webhooks(
     registry: FlowRegistry,
     registry_of: Callable[[], FlowRegistry],
     env: Mapping[str, str] | None,
-) -> tuple[WebhookDispatcher, WebhookPoster]:
-    """The webhook workers; raises ConfigError when a webhook of `registry` (the flows about
-    to run) has a secret that is not set or names a refused destination. `registry_of` gives
-    the flows running later (deployments add to them)."""
+) -> tuple[WebhookDispatcher, WebhookPoster, Callable[[FlowRegistry], None]]:
+    """The webhook workers, and the check of flows about to run (raises ConfigError when a
+    webhook has a secret that is not set or names a refused destination), done here for
+    `registry`. `registry_of` gives the flows running later (every deployed version)."""
     from observer.adapters.webhook import WebhookPoster
     from observer.runtime.webhooks import WebhookDispatcher, WebhookTargets
 
     targets = WebhookTargets(registry_of, os.environ if env is None else env)
-    targets.check(registry, allow_link_local=config.webhook_allow_link_local)
+
+    def check(flows: FlowRegistry) -> None:
+        targets.check(flows, allow_link_local=config.webhook_allow_link_local)
+
+    check(registry)
     poster = WebhookPoster(
         config.webhook_timeout_ms / 1000.0,
         max_response_bytes=config.webhook_max_response_bytes,
@@ -81,7 +87,7 @@ def _webhooks(
         cap_ms=config.webhook_backoff_max_ms,
         max_queued_bytes=config.webhook_queue_bytes,
     )
-    return dispatcher, poster
+    return dispatcher, poster, check
 
 
 def _ops_api(
@@ -126,7 +132,6 @@ def build_service(
     from prometheus_client import CollectorRegistry
 
     from observer.adapters.clock import SystemClock
-    from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
     from observer.adapters.redis.query import RedisSlotReader
     from observer.metrics import Metrics
     from observer.runtime.health import Health
@@ -144,16 +149,17 @@ def build_service(
         max_overdue_ms=config.max_overdue_ms,
         max_lag_records=config.max_lag_records,
     )
-    webhooks, poster = _webhooks(config, registry, lambda: registry, env)
-    schema_registry = None
-    if config.schema_registry_url is not None:
-        schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
+    running = _Running(registry)  # the flows running now: deployments replace them
+    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env)
+    schemas = _schema_registry(config, registry, clock.monotonic)
     flows = [
         {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
         for f in registry
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
     ports, closers = _runtime_ports(config, redis, webhooks, clock)
+    ports, flow_store = _flow_versions(config, redis, ports, flow_paths, registry)
+    ports = replace(ports, decoder=schemas.decoder, wire=schemas.wire)  # issue 16
     runtime = Runtime(
         config,
         registry,
@@ -161,14 +167,15 @@ def build_service(
         metrics=metrics,
         health=health,
         deployed=deployed,
-        avro=ConfluentAvroDecoder(schema_registry),
+        check=_all_of(webhook_check, schemas.check),
+        process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
         redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets
     )
-    http = _ops_api(
-        config, InstanceQuery(registry, reader, config.topics()), health, metrics, flow_paths
-    )
+    query = InstanceQuery(registry, reader, config.topics())
+    runtime.deploy_listeners += [running.set, query.deploy, _slo_flows(metrics)]
+    http = _ops_api(config, query, health, metrics, flow_paths)
     logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
     if ignored:
@@ -176,10 +183,8 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, *closers]
-    if schema_registry is not None:
-        closers.append(schema_registry.close)
-    prepare = _topic_preparation(config)
+    closers = [poster.close, reader.close, flow_store.close, *closers, schemas.close]
+    prepare = _topic_preparation(config, schemas.resolve)
     limits = _record_limits(config, registry, runtime)
 
     def prepare_and_limits() -> None:
@@ -187,6 +192,30 @@ def build_service(
         limits()
 
     return Service(runtime, http, prepare=prepare_and_limits, banner=banner, closers=closers)
+
+
+def _all_of(*checks: Callable[[FlowRegistry], None]) -> Callable[[FlowRegistry], None]:
+    """One check of flows about to run made of several (each may raise ConfigError)."""
+
+    def check(flows: FlowRegistry) -> None:
+        for one in checks:
+            one(flows)
+
+    return check
+
+
+def _schema_registry(config: ObserverConfig, registry: FlowRegistry, monotonic: Any) -> Any:
+    """The Schema Registry's parts (`adapters/schema_registry/setup.py`); a ConfigError
+    when a flow needs a registry and none is configured."""
+    from observer.adapters.schema_registry import registry_parts
+
+    return registry_parts(
+        config.schema_registry_settings(),
+        list(registry),
+        negative_ttl_s=config.schema_registry_negative_ttl_ms / 1000.0,
+        max_ids=config.schema_registry_max_ids,
+        monotonic=monotonic,
+    )
 
 
 def _runtime_ports(
@@ -199,6 +228,7 @@ def _runtime_ports(
     from observer.adapters.redis.keys import Keys
     from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.store import RedisStateStore
+    from observer.adapters.redis.tally import RedisTally
     from observer.runtime.local import LocalKeyedTopic
     from observer.runtime.ports import EventSource, RawSink, RuntimePorts
 
@@ -231,18 +261,68 @@ def _runtime_ports(
         clock=clock,
         lease=lease,
         backlog=backlog,
+        tally=RedisTally(redis, config.key_prefix),  # correlation health, per minute
     )
+    if ports.tally is not None:
+        closers.append(ports.tally.close)
     return ports, closers
 
 
-def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:
-    """What `Service` runs (and retries) before the loop: the topics the observer writes."""
+class _Running:
+    """The flows running now, read by other threads (a reference swapped whole)."""
+
+    def __init__(self, registry: FlowRegistry) -> None:
+        self.registry = registry
+
+    def get(self) -> FlowRegistry:
+        return self.registry
+
+    def set(self, registry: FlowRegistry) -> None:
+        self.registry = registry
+
+
+def _slo_flows(metrics: Metrics) -> Callable[[FlowRegistry], None]:
+    def declare(registry: FlowRegistry) -> None:
+        metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
+
+    return declare
+
+
+def _flow_versions(
+    config: ObserverConfig,
+    redis: RedisSettings,
+    ports: RuntimePorts,
+    flow_paths: tuple[str, ...],
+    ports_registry: FlowRegistry,
+) -> tuple[RuntimePorts, RedisFlowStore]:
+    """Issue 15: the versions deployed to the group, kept in Redis with its state, and the
+    flow files to watch (those the flows were read from, when not named)."""
+    import dataclasses
+
+    from observer.adapters.redis.flows import RedisFlowStore
+    from observer.adapters.redis.keys import Keys
+    from observer.flows.watch import WatchedFlowFiles
+
+    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
+    store = RedisFlowStore(redis, keys)
+    paths = flow_paths or tuple(sorted({f.file for f in ports_registry}))
+    files = WatchedFlowFiles(paths) if paths else None
+    return dataclasses.replace(ports, flows=store, flow_files=files), store
+
+
+def _topic_preparation(
+    config: ObserverConfig, resolve_subjects: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """What `Service` runs (and retries) before the loop: the registry subjects of actions
+    (their wire-format headers), the topics the observer writes."""
     from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
 
     topics = config.topics()
     admin = config.admin_settings()
 
     def prepare() -> None:
+        if resolve_subjects is not None:
+            resolve_subjects()
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
         if config.routing == "direct":

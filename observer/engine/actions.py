@@ -109,14 +109,23 @@ def publish_action(
         raise _failed(f"topic {_short(topic)!r} is not a Kafka topic name")
     encoded = _encode(value, action.avro_schema)
     key_len = 0 if key is None else len(key.encode("utf-8", "surrogatepass"))
-    size = record_bytes(key_len, len(encoded), header_bytes(hdrs))
+    wire = 0 if action.subject is None else 5  # the Confluent wire format's magic byte and id
+    size = record_bytes(key_len, wire + len(encoded), header_bytes(hdrs))
     limit = limits.of(topic)
     if size > limit:
         raise _failed(
             f"its record of {size} bytes is larger than topic {topic!r} accepts ({limit} bytes)"
         )
     return Publish(
-        "action", topic, key, value, hdrs, oid, avro_schema=action.avro_schema, encoded=encoded
+        "action",
+        topic,
+        key,
+        value,
+        hdrs,
+        oid,
+        avro_schema=action.avro_schema,
+        subject=action.subject,  # issue 16: the Confluent wire format (added by the runtime)
+        encoded=encoded,
     )
 
 

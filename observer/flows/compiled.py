@@ -15,6 +15,7 @@ from observer.flows.selectors import Selector
 __all__ = [
     "MAIN_PATH",
     "CompiledAction",
+    "CompiledAlias",
     "CompiledError",
     "CompiledFlow",
     "CompiledHandler",
@@ -38,7 +39,7 @@ class CompiledSource:
 
     name: str
     topic: str
-    format: Literal["json", "avro"]
+    format: Literal["json", "avro", "protobuf", "json_schema"]
     avro_schema: Any | None  # parsed fastavro schema, or None (registry / json)
     type: Selector
     key: Selector
@@ -47,6 +48,9 @@ class CompiledSource:
     type_text: str
     key_text: str
     time_text: str
+    avro_schema_text: str | None = None  # (issue 16) the local schema as written: the reader
+    # schema the registry's Avro deserializer resolves writer schemas to
+    via: str | None = None  # aliases: the alias whose values `key` reads (not instance keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,10 @@ class CompiledAction:
     # webhook: extra headers as written (values may hold `${NAME}`), the variable of the key
     webhook_headers: tuple[tuple[str, str], ...] = ()
     sign_secret_env: str | None = None
+    # (issue 16) the Confluent wire format: the registry subject of `avro_schema`, and that
+    # schema as written (what is looked up, or registered, under the subject)
+    subject: str | None = None
+    avro_schema_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,16 @@ class CompiledSlo:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledAlias:
+    """A second id of an instance: registered from its `on` events, read with `value`."""
+
+    index: int
+    name: str
+    on: frozenset[tuple[str, str]]  # (source, event type) of the `from` events
+    value: str  # the selector, as written: also the name of its captured value in an event
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledFlow:
     """A validated flow version, ready to run."""
 
@@ -168,6 +186,11 @@ class CompiledFlow:
     step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
     slo: CompiledSlo | None = None
+    # aliases (correlation by a second id): in declaration order; the indices of those each
+    # (source, event type) registers; the top-level handler of `alias_conflict`
+    aliases: tuple[CompiledAlias, ...] = ()
+    alias_from: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    if_alias_conflict: CompiledHandler = NO_HANDLER
     # derived, for the hot path: per path index, the steps that can time out (required, with a
     # window) as (step index, anchors, within_ms, warn_ms | None), in declaration order
     timed: tuple[tuple[TimedStep, ...], ...] = field(init=False, repr=False, compare=False)
@@ -187,6 +210,12 @@ class CompiledFlow:
     @property
     def start(self) -> CompiledStep:
         return self.steps[0]
+
+    def alias_named(self, name: str) -> CompiledAlias | None:
+        for a in self.aliases:
+            if a.name == name:
+                return a
+        return None
 
     def step_named(self, name: str) -> CompiledStep:
         for s in self.steps:

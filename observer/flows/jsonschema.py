@@ -102,6 +102,8 @@ def flow_json_schema() -> dict[str, Any]:
     # `schema` is for avro sources only
     source["if"] = {"not": {"required": ["format"], "properties": {"format": {"const": "avro"}}}}
     source["then"] = {"properties": {"schema": {"type": "null"}}}
+    # an action's `subject` (the registry's wire format) names the subject of its `schema`
+    defs["PublishSpec"]["dependentRequired"] = {"subject": ["schema"]}
 
     # -- steps -----------------------------------------------------------------------------------
     step = defs["StepSpec"]["properties"]
@@ -131,6 +133,24 @@ def flow_json_schema() -> dict[str, Any]:
     if "capture" in error:  # accepted on errors[] once the model has it, like a step's capture
         _replace(error["capture"], _one_or_many(selector), nullable=False)
 
+    _alias_patterns(top, defs, event_ref, selector)
+
+    _sla_slo_and_action_patterns(defs)
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+        "title": "Choreography observer flow",
+        "description": (
+            "One flow document of a flow file (a file may hold several as YAML documents). "
+            "See docs/flow-language.md."
+        ),
+    }
+
+
+def _sla_slo_and_action_patterns(defs: dict[str, Any]) -> None:
+    """The flow's SLA and SLO durations; an action is exactly one of publish, alert, webhook."""
     # -- sla -------------------------------------------------------------------------------------
     sla = defs["SlaSpec"]["properties"]
     _set_pattern(sla["within"], DURATION_PATTERN)
@@ -150,16 +170,16 @@ def flow_json_schema() -> dict[str, Any]:
     hook["headers"]["propertyNames"] = {"pattern": webhook.HEADER_NAME.pattern}
     _set_pattern(defs["SignSpec"]["properties"]["secret"], webhook.SECRET_REF_PATTERN)
 
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        **schema,
-        "title": "Choreography observer flow",
-        "description": (
-            "One flow document of a flow file (a file may hold several as YAML documents). "
-            "See docs/flow-language.md."
-        ),
-    }
+
+def _alias_patterns(
+    top: dict[str, Any], defs: dict[str, Any], event_ref: dict[str, Any], selector: dict[str, Any]
+) -> None:
+    """Aliases (correlation by a second id): names, `from`, `value` and a source's `via`."""
+    top["aliases"]["propertyNames"] = {"pattern": spec.ALIAS_NAME.pattern}
+    _set_pattern(defs["SourceSpec"]["properties"]["via"], spec.ALIAS_NAME.pattern)
+    alias = defs["AliasSpec"]["properties"]
+    _replace(alias["from"], _one_or_many(event_ref, min_items=1), nullable=False)
+    _set_pattern(alias["value"], selector["pattern"])
 
 
 def render_schema() -> str:

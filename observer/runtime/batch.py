@@ -8,21 +8,23 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from observer.correlation import BUFFERED, MATCHED, STARTED, Count, count_signal
 from observer.engine.codec import decode_slot, encode_slot
-from observer.engine.core import Engine
-from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.core import Engine, VersionUnavailable
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
+from observer.runtime.hops import hop_record
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
@@ -56,8 +58,21 @@ class BatchPlan:
     slots: int
     next_seq: int
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # correlation health (issue 16): what became of the events, per source and step
+    tally: dict[Count, int] = field(default_factory=dict)
+    # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
+    # of records): what hop marks say once its hops are handed over (`hops.py`)
+    hop_watermarks: dict[int, int] | None = None
     # hostile input (issue 12): signals worth a log line (actions not carried out, drops)
     notes: list[Signal] = field(default_factory=list)
+
+
+def _source_of(op: str, arg: Any) -> str | None:
+    """The source of the event an `apply` or a delivered hop brings (None: a hop without one)."""
+    if op == "apply":
+        return cast("Event", arg).source
+    hop = cast("Hop", arg)
+    return hop.events[0].source if hop.events else None
 
 
 class _Work:
@@ -70,8 +85,9 @@ class _Work:
         self.shard = shard
         self.original = original
         self.slot = slot  # None: unreadable
-        self.ops: list[tuple[str, Any]] = []  # ("apply", Event) | ("fire", watermark)
-        self.effects: list[Effect] = []  # rendered into history entries by `finish`
+        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
+        self.ops: list[tuple[str, Any]] = []
+        self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
 
@@ -87,10 +103,13 @@ def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = D
         until = inst.started_at + flow.expire_ms + flow.retain_ms
     else:
         until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
+    hold = slot.hold  # an alias value held: as long as its holder may live
+    if hold is not None:
+        until = max(until, hold.started + flow.expire_ms + flow.retain_ms)
     return max(until - now, 0) + max(slack_ms, 1)
 
 
-def history_entry(eff: Effect, now: int) -> bytes:
+def history_entry(eff: Publish | Signal, now: int) -> bytes:
     """One JSON entry of an instance history (what `/instances` shows)."""
     if isinstance(eff, Signal):
         d: dict[str, Any] = {
@@ -135,10 +154,15 @@ class BatchPlanner:
         seq: int = 0,
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
+        wire: Mapping[str, bytes] | None = None,
+        hop_topic: str = "",
     ) -> None:
         """`history_cap`: history entries written per slot and batch at most (the newest);
-        0 writes no history (and renders none)."""
+        0 writes no history (and renders none). `wire`: registry subject -> the wire
+        format's header of actions that name one. `hop_topic`: where messages between slots
+        go (aliases: the keyed topic)."""
         self.engine = engine
+        self.hop_topic = hop_topic
         self.shard_of = shard_of
         self.now = now
         self.history_cap = history_cap
@@ -152,6 +176,10 @@ class BatchPlanner:
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
+        self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
+        self._wire = wire
+        # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
+        self.watermarks: Mapping[int, int] = {}
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -181,43 +209,81 @@ class BatchPlanner:
         )
         for op, arg in w.ops:
             if op == "apply":
-                self.engine.apply(slot, arg, self.now)
+                self.engine.apply(slot, arg[0], self.now, arg[1])
+            elif op == "deliver":
+                self.engine.deliver(slot, arg[0], self.now, arg[1])
             else:
                 self.engine.fire(slot, arg, self.now)
         w.slot = slot
 
     def apply(self, sid: str, event: Event) -> None:
-        """Apply an event to a loaded slot. Raises SlotUnreadable, or the engine's error after
-        restoring the slot."""
+        """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
+        SlotUnreadable, or the engine's error after restoring the slot."""
+        self._run(sid, "apply", event)
+
+    def deliver(self, sid: str, hop: Hop) -> None:
+        """Deliver a message of another slot (aliases), like `apply`."""
+        self._run(sid, "deliver", hop)
+
+    def _run(self, sid: str, op: str, arg: Any) -> None:
         w = self._works[sid]
         slot = w.slot
         if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
-        inst = slot.instance
+        watermark = self.watermarks.get(w.shard)
+        had = inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
+        buffered = len(slot.buffer)
+        engine = self.engine
+        run = engine.apply if op == "apply" else engine.deliver
         try:
-            effects = self.engine.apply(slot, event, self.now)
+            effects = run(slot, arg, self.now, watermark)
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("apply", event))
+        w.ops.append((op, (arg, watermark)))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
-        self._take(w, effects)
+        # what became of the event (a drop for a full buffer is counted from its signal); an
+        # event that reaches its instance through an alias is counted when it is delivered
+        source = _source_of(op, arg)
+        kind = (
+            None
+            if source is None
+            else (
+                MATCHED
+                if had is not None
+                else STARTED
+                if inst is not None
+                else BUFFERED
+                if len(slot.buffer) > buffered
+                else None
+            )
+        )
+        if kind is not None:
+            count = ("src", slot.flow, source or "", kind)
+            self._tally[count] = self._tally.get(count, 0) + 1
+        self._take(w, effects, source)
 
     def fire(self, sid: str, watermark: int) -> None:
         """Fire the slot's timers due at or before `watermark`."""
         w = self._works[sid]
-        if w.slot is None:
+        slot = w.slot
+        if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        early = [(b.seq, b.event.source) for b in slot.buffer] if slot.instance is None else []
         try:
-            effects = self.engine.fire(w.slot, watermark, self.now)
+            effects = self.engine.fire(slot, watermark, self.now)
         except Exception:
             self._rebuild(w)
             raise
         w.ops.append(("fire", watermark))
-        self._take(w, effects)
+        if early:  # the early events the timers dropped (orphaned), in buffer order
+            kept = {b.seq for b in slot.buffer}
+            self._take(w, effects, None, [src for seq, src in early if seq not in kept])
+        else:
+            self._take(w, effects, None)
         w.dirty = True  # rewrite the due time even if nothing fired
 
     def defer(self, sid: str, until: int) -> None:
@@ -234,6 +300,10 @@ class BatchPlanner:
         """A record not tied to a slot (a dead letter), kept in `shard`'s outbox (default: the
         shard of its observer-id)."""
         self._add_record(self.shard_of(p.observer_id) if shard is None else shard, p)
+
+    def count(self, count: Count, n: int = 1) -> None:
+        """Add to a correlation-health count of this batch (e.g. a dead letter's reason)."""
+        self._tally[count] = self._tally.get(count, 0) + n
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -255,8 +325,11 @@ class BatchPlanner:
         else:
             new = islice(observed, before, None)
         steps = flow.steps
+        tally = self._tally
         for idx in new:
             step = steps[idx]
+            count = ("step", flow.name, step.name, "observed")
+            tally[count] = tally.get(count, 0) + 1
             if step.is_start:
                 continue
             t = observed[idx]
@@ -265,19 +338,34 @@ class BatchPlanner:
                 self._latencies.append((flow.name, step.name, t - anchor))
 
     def _add_record(self, shard: int, p: Publish) -> None:
-        rec = to_record(p, self.now, self._seq)
+        rec = to_record(p, self.now, self._seq, self._wire)
         self._seq += 1
         self._records.append((shard, rec))
 
-    def _take(self, w: _Work, effects: list[Effect]) -> None:
+    def _take(
+        self,
+        w: _Work,
+        effects: list[Effect],
+        source: str | None,
+        orphans: list[str] | None = None,
+    ) -> None:
+        """Take an engine call's effects in. `source`: the source of the event applied (None
+        for timers); `orphans`: the sources of the early events the timers dropped, in order."""
         w.dirty = True
         if not effects:
             return
         keep = self.history_cap > 0
         started = False
+        hops = False
         for eff in effects:
             if type(eff) is Publish:
                 self._add_record(w.shard, eff)
+            elif type(eff) is Hop:  # kept in the sender's outbox until the keyed topic has it
+                self._records.append(
+                    (w.shard, hop_record(eff, self.hop_topic, self.now, self._seq))
+                )
+                self._seq += 1
+                hops = True
             else:
                 assert isinstance(eff, Signal)
                 self._signals.append(eff)
@@ -291,15 +379,19 @@ class BatchPlanner:
                     self._stats[name] = self._stats.get(name, 0) - 1
                 elif what == "action_error" or what == "dropped":
                     self._notes.append(eff)
+                count_signal(self._tally, eff.what, eff.flow, eff.step, eff.detail, source, orphans)
         if keep:
+            kept = (
+                [e for e in effects if not isinstance(e, Hop)]
+                if hops
+                else cast("list[Publish | Signal]", effects)
+            )
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
                 # (~300 B of Redis each).
-                effects = [
-                    e for e in effects if not (isinstance(e, Signal) and e.what == "started")
-                ]
-            w.effects += effects
+                kept = [e for e in kept if not (isinstance(e, Signal) and e.what == "started")]
+            w.effects += kept
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -323,7 +415,10 @@ class BatchPlanner:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            try:
+                ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            except VersionUnavailable:  # a slot kept as it is (timers deferred): TTLs only grow
+                ttl = slack
             due = w.due_override if w.due_override is not None else next_due(slot)
             state = encode_slot(slot)
             states.append((w.sid, slot, state))
@@ -344,7 +439,8 @@ class BatchPlanner:
             len(self._works),
             self._seq,
             states,
-            self._notes,
+            self._tally,
+            notes=self._notes,
         )
 
 
@@ -360,12 +456,16 @@ class Planning:
         *,
         history_cap: int,
         ttl_slack_ms: int,
+        wire: Mapping[str, bytes] | None = None,
+        hop_topic: str = "",
     ) -> None:
         self.engine = engine
+        self.wire = wire  # registry subject -> wire-format header (issue 16)
         self.shard_of = shard_of
         self.cache = cache
         self.history_cap = history_cap
         self.ttl_slack_ms = ttl_slack_ms
+        self.hop_topic = hop_topic
         self._seq = 0
 
     def start(self, now: int) -> BatchPlanner:
@@ -376,6 +476,8 @@ class Planning:
             seq=self._seq,
             history_cap=self.history_cap,
             ttl_slack_ms=self.ttl_slack_ms,
+            wire=self.wire,
+            hop_topic=self.hop_topic,
         )
 
     def finish(self, planner: BatchPlanner) -> BatchPlan:

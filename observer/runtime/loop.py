@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
-from observer.ingest import AvroDecoder, Ingest
+from observer.ingest import Ingest
 from observer.metrics import Metrics
 from observer.record_size import RecordLimits
+from observer.runtime.deployments import Check, Deployments
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.lease_guard import LeaseGuard
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.router import Router
+from observer.runtime.tally import MinuteTally
 from observer.runtime.tracker import Tracker
 
 __all__ = ["Runtime"]
@@ -57,8 +59,11 @@ class Runtime:
         metrics: Metrics,
         health: Health,
         deployed: Mapping[str, object] | None = None,
-        avro: AvroDecoder | None = None,
+        check: Check | None = None,
+        process: str = "observer",
     ) -> None:
+        """`check`: what flows about to run must pass (webhook secrets); `process`: this
+        process' name among the group's (issue 15: what each process runs)."""
         self.config = config
         self.store = ports.store
         self.clock = ports.clock
@@ -68,7 +73,9 @@ class Runtime:
         self._stop = threading.Event()
         self.started = threading.Event()
         topics = config.topics()
-        self.ingest = Ingest(registry, topics, avro=avro)
+        self._decoder = ports.decoder  # issue 16: the registry formats
+        self.ingest = Ingest(registry, topics, decoder=self._decoder)
+        self.tally = MinuteTally(self.clock.now_ms, ports.tally, self.clock.monotonic)
         self.router = Router(
             config,
             self.ingest,
@@ -77,6 +84,7 @@ class Runtime:
             metrics=metrics,
             clock=self.clock,
             keyed_topic=config.keyed_topic_name(),
+            tally=self.tally,
         )
         self.outage = StoreOutage(health, metrics, self.clock, self._stop)
         self.tracker = Tracker(
@@ -89,6 +97,8 @@ class Runtime:
             health=health,
             outage=self.outage,
             stop=self._stop,
+            tally=self.tally,
+            wire=ports.wire,
         )
         self.lease: LeaseGuard | None = None
         if ports.lease is not None:
@@ -106,6 +116,18 @@ class Runtime:
         self._backlog_limit = 4 * (config.batch_size + config.shards)
         self._probe_every = Every(_PROBE_EVERY_S, self.clock.monotonic)
         self._stats_every = Every(_STATS_EVERY_S, self.clock.monotonic)
+        # issue 15: the deployed versions, kept with the state, reloaded while running
+        self.deployments = Deployments(
+            config,
+            registry,
+            ports.flows,
+            ports.flow_files,
+            clock=self.clock,
+            metrics=metrics,
+            check=check,
+            process=process,
+        )
+        self.deploy_listeners: list[Callable[[FlowRegistry], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -148,12 +170,14 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 self.store.open(self.config.shards, self.deployed)
+                registry = self.deployments.open()
                 self.outage.ok()
                 break
             except StoreError as exc:
                 self.outage.failed(exc, "opening the state store")
         else:
             return False
+        self.deploy(registry)
         if self.lease is not None and not self.lease.take():
             return False
         self.router.start()
@@ -174,16 +198,22 @@ class Runtime:
         except Exception as exc:
             log.warning("router: %s", exc)
         self.tracker.close()
+        self.tally.flush()
         if self.lease is not None:
             self.lease.release()
+        self.deployments.close()
         self.store.close()
         log.info("stopped")
 
     # -- one turn -----------------------------------------------------------------------------------
 
     def cycle(self) -> None:
-        """One turn of the loop: route a batch, track a batch, look at health."""
+        """One turn of the loop: route a batch, track a batch, look at health (and, between
+        batches, run a new deployment of the group's flows)."""
         self.health.beat()
+        deployed = self.deployments.poll()
+        if deployed is not None:
+            self.deploy(deployed)
         half = self.config.poll_timeout_ms / 2000.0
         backlog = self._backlog
         read = backlog is None or backlog() < self._backlog_limit
@@ -192,6 +222,20 @@ class Runtime:
         self._check_health()
         if self.lease is not None:
             self.lease.renew()
+
+    def reload(self) -> None:
+        """Load the flow files again at the next turn (SIGHUP; thread-safe)."""
+        self.deployments.request_reload()
+
+    def deploy(self, registry: FlowRegistry) -> None:
+        """Run `registry` from the next batch on: the engine, what is read (a version may read
+        new topics: the router subscribes to them), the deadlines' sources, the listeners (the
+        ops API, webhooks)."""
+        self.ingest = Ingest(registry, self.config.topics(), decoder=self._decoder)
+        self.router.deploy(self.ingest)
+        self.tracker.deploy(registry, self.ingest.topic_names())
+        for listener in self.deploy_listeners:
+            listener(registry)
 
     def _check_health(self) -> None:
         healthy = self.tracker.source.healthy() and self.router.source.healthy()
@@ -207,3 +251,4 @@ class Runtime:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:
                 self.tracker.recover(exc)
+        self.tally.flush_when_due()

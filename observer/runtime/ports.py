@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from observer.flows.registry import FlowRegistry
+from observer.flows.stored import DeployPlan, StoredFlow
 from observer.ingest import SourceRecord
 from observer.runtime.outbox import OutboxRecord
 from observer.runtime.watermark import TopicPartition
@@ -20,6 +22,8 @@ __all__ = [
     "Clock",
     "DueSlots",
     "EventSource",
+    "FlowFiles",
+    "FlowStore",
     "Lease",
     "Pending",
     "RawSink",
@@ -29,6 +33,7 @@ __all__ = [
     "SlotPut",
     "SlotReader",
     "StateStore",
+    "TallySink",
     "WebhookSender",
     "WriteBatch",
 ]
@@ -290,6 +295,76 @@ class WebhookSender(Protocol):
     def stop(self, timeout_s: float) -> None: ...
 
 
+class FlowStore(Protocol):
+    """The flow versions deployed to the group, kept with its state (issue 15). Every method
+    raises StoreError when the store cannot be reached."""
+
+    def deploy(self, flows: Sequence[StoredFlow]) -> DeployPlan:
+        """Atomically store the versions not stored yet, unless one is refused (its version is
+        stored with another definition): then nothing is stored. A deployment that adds a
+        version moves the generation on."""
+        ...
+
+    def generation(self) -> int:
+        """A number that changes whenever the stored versions do (0: none ever stored)."""
+        ...
+
+    def stored(self) -> dict[str, StoredFlow]:
+        """Every stored version, by `<flow>:<version>`."""
+        ...
+
+    def instances(self, flow: str) -> dict[int, int]:
+        """Open and retained instances of the flow per version, counted in the state (a scan
+        of every slot of the flow: for retirement, not for the hot path)."""
+        ...
+
+    def retire(self, flow: str, version: int, digest: str) -> bool:
+        """Forget a stored version (if it still has that digest); True if it was removed."""
+        ...
+
+    def now_ms(self) -> int:
+        """The store's clock (deployment times are compared with it, never with a process')."""
+        ...
+
+    def report(self, process: str, generation: int) -> None:
+        """Say that `process` runs `generation` (now, by the store's clock): what `observer
+        deploy --wait` waits for."""
+        ...
+
+    def processes(self) -> dict[str, tuple[int, int]]:
+        """process -> (generation, when it last said so, epoch ms of the store's clock)."""
+        ...
+
+    def forget(self, process: str) -> None:
+        """A process that stops, or that stopped long ago."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TallySink(Protocol):
+    """Where the per-minute correlation-health counts go (Redis: one hash per minute that
+    every process adds to; `observer/correlation.py` says what is counted)."""
+
+    def add(self, counts: Mapping[int, Mapping[tuple[str, str, str, str], int]]) -> None:
+        """Add counts (epoch minute -> count -> n). Raises StoreError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FlowFiles(Protocol):
+    """The flow files `observer run` was given, watched for changes (issue 15)."""
+
+    def changed(self) -> bool:
+        """Whether a file changed, was added or removed since the last `load` (cheap)."""
+        ...
+
+    def load(self) -> tuple[FlowRegistry, list[StoredFlow]]:
+        """Load and compile them. Raises FlowError (every problem, by file and line)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimePorts:
     """Everything `Runtime` talks to, as `observer.cli` (or a test) wires it.
@@ -308,3 +383,13 @@ class RuntimePorts:
     clock: Clock
     lease: Lease | None = None
     backlog: Callable[[], int] | None = None
+    # issue 15: the group's deployed flow versions (None: only the flows given, not kept)
+    # and the flow files to watch (None: no hot reload)
+    flows: FlowStore | None = None
+    flow_files: FlowFiles | None = None
+    tally: TallySink | None = None  # correlation health (issue 16); None: counted, not kept
+    # issue 16: reads values of the registry formats (avro, protobuf, json_schema; None: Avro
+    # with local schemas only), and registry subject -> the Confluent wire format's header,
+    # for actions that name a subject (`adapters/schema_registry/`)
+    decoder: Callable[[bytes, Any], Any] | None = None
+    wire: Mapping[str, bytes] | None = None

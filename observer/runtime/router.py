@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from observer.config import ObserverConfig
+from observer.correlation import Count
 from observer.engine.effects import Publish
 from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
@@ -35,6 +36,7 @@ from observer.runtime.every import Every
 from observer.runtime.keyed import encode_event, encode_mark
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition, Watermarks
 
 __all__ = ["Router"]
@@ -64,8 +66,10 @@ class Router:
         metrics: Metrics,
         clock: Clock,
         keyed_topic: str,
+        tally: MinuteTally | None = None,
     ) -> None:
         self.config = config
+        self.tally = tally  # correlation health: records read, ignored, dead letters
         self.ingest = ingest
         self.topics = config.topics()
         self.source = source
@@ -84,11 +88,23 @@ class Router:
         # nothing is read: an idle partition's watermark moves with the clock).
         self._marks_follow_reads = config.routing == "direct"
         self._commit_every = Every(config.commit_interval_ms / 1000.0, clock.monotonic)
+        self._subscribed = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._subscribed = True
         self.source.subscribe(self.ingest.topic_names(), self)
+
+    def deploy(self, ingest: Ingest) -> None:
+        """Decode with the flows of a new deployment; subscribe to the topics it reads when
+        they changed (a rebalance assigns new ones, revokes those no flow reads any more)."""
+        before = self.ingest.topic_names()
+        self.ingest = ingest
+        topics = ingest.topic_names()
+        if topics != before and self._subscribed:
+            log.info("router: now reading %s", ", ".join(topics))
+            self.source.subscribe(topics, self)
 
     def close(self, timeout_s: float) -> None:
         """Flush what was routed, commit it, leave the group."""
@@ -145,12 +161,9 @@ class Router:
             self.commits.commit(wait=False)
         return len(records)
 
-    def _route(self, records: Sequence[SourceRecord]) -> None:
-        """Route one batch. Only the last record of each keyed partition asks for a delivery
-        report: the idempotent producer acknowledges a partition's records in order, so that
-        one stands for all before it (a Python callback per record would cost more than the
-        rest of routing)."""
-        # one pass for offsets and read times per partition (both only move forward)
+    def _observe(self, records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
+        """One pass for the newest offset and read time per partition (both only move
+        forward), told to the watermarks; returns the offsets to commit once routed."""
         seen: dict[TopicPartition, tuple[int, int]] = {}
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -163,11 +176,19 @@ class Router:
         observe = self.watermarks.observe
         for (topic, partition), (offset, ts) in seen.items():
             observe(topic, partition, offset, ts)
-        batch = _Batch({tp: off + 1 for tp, (off, _ts) in seen.items()}, 0)
+        return {tp: off + 1 for tp, (off, _ts) in seen.items()}
+
+    def _route(self, records: Sequence[SourceRecord]) -> None:
+        """Route one batch. Only the last record of each keyed partition asks for a delivery
+        report: the idempotent producer acknowledges a partition's records in order, so that
+        one stands for all before it (a Python callback per record would cost more than the
+        rest of routing)."""
+        batch = _Batch(self._observe(records), 0)
         self._batches.append(batch)
         shards = self.shards
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
+        reasons: Counter[Count] = Counter()  # dead letters by topic and reason; key-less...
         routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
         crc32 = zlib.crc32
@@ -184,10 +205,14 @@ class Router:
                 reason = f"cannot decode: {type(exc).__name__}: {exc}"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", "processing")] += 1
                 continue
             if d.dead_letter is not None:
                 self._dead(batch, d.dead_letter)
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", d.code or "undecodable")] += 1
+                if d.source is not None and d.code is not None:
+                    reasons[("src", d.source[0], d.source[1], d.code)] += 1
                 continue
             events = d.events
             if not events:
@@ -207,6 +232,7 @@ class Router:
                 reason = f"the event is larger than the keyed topic accepts ({keyed_limit} bytes)"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", "too_large")] += 1
                 continue
             outcomes[(rec.topic, "applied")] += 1
             for shard, value in values:
@@ -220,6 +246,18 @@ class Router:
             self.sink.produce_values(self.keyed_topic, routed)
         batch.closed = True
         self.metrics.record_events(outcomes)
+        self._count(outcomes, reasons)
+
+    def _count(self, outcomes: Counter[tuple[str, str]], counts: Counter[Count]) -> None:
+        """Correlation health of a routed batch: records read and ignored per topic, dead
+        letters by reason, events without key, type or time per (flow, source)."""
+        for (topic, outcome), n in outcomes.items():
+            counts[("topic", topic, "read", "")] += n
+            if outcome == "ignored":
+                counts[("topic", topic, "ignored", "")] += n
+        self.metrics.record_correlation(counts)
+        if self.tally is not None:
+            self.tally.add(counts)
 
     def _captures_dropped(self, notes: list[str], rec: SourceRecord) -> None:
         """Captured values kept as null (over the capture budget): logged and counted."""

@@ -31,25 +31,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from observer.config import ObserverConfig
-from observer.engine.core import Engine
-from observer.engine.effects import Publish
+from observer.engine.core import Engine, VersionUnavailable
+from observer.engine.effects import Hop
 from observer.engine.state import Event, KeySlot
-from observer.errors import StoreError
+from observer.errors import ObserverError, StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import SourceRecord
 from observer.metrics import Metrics
-from observer.runtime.batch import BatchPlan, Planning, dead_letter
+from observer.runtime.batch import BatchPlan, Planning
 from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
+from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
 from observer.runtime.health import Health
-from observer.runtime.keyed import Mark, Routed, ShardWatermarks, decode_keyed, encode_event
+from observer.runtime.hops import hop_marks
+from observer.runtime.keyed import (
+    Routed,
+    ShardWatermarks,
+    decode_keyed,
+    routed_dead_letter,
+)
 from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.publisher import Publisher
 from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import ReadProgress, TopicPartition
 from observer.runtime.writes import StoreWrites
 
@@ -62,8 +70,8 @@ log = logging.getLogger(__name__)
 class _Prepared:
     """A decoded batch of keyed records, ready to be run against the state."""
 
-    routed: list[Routed | None]  # per keyed record (None: a mark or unreadable)
-    items: list[tuple[int, str, Event]]  # record index, slot id, event
+    routed: list[Routed | None]  # per keyed record (None: a mark, a hop or unreadable)
+    items: list[tuple[int, str, Event | Hop]]  # record index, slot id, event or message
     slots: list[tuple[int, str]]  # (shard, slot id), unique, first-seen order
     offsets: dict[TopicPartition, int]
 
@@ -84,6 +92,8 @@ class Tracker:
         health: Health,
         outage: StoreOutage,
         stop: threading.Event,
+        tally: MinuteTally | None = None,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics()
@@ -94,37 +104,28 @@ class Tracker:
         self.metrics = metrics
         self.outage = outage
         self.stop = stop
-        self.shards = ShardWatermarks()  # the owned shards
-        self.cache = SlotCache(config.slot_cache_size, config.slot_cache_bytes)
         n = config.shards
+        # aliases: hops between slots, and hop marks in every shard's watermark (`hops.py`)
+        self.hop_sink = ports.router_sink
+        self.hop_marks = hop_marks(config, registry, self.hop_sink, self.clock)
+        self.shards = ShardWatermarks(n if self.hop_marks else 0)  # the owned shards
+        self.cache = SlotCache(config.slot_cache_size, config.slot_cache_bytes)
         self.planning = Planning(
             engine,
             lambda sid: shard_of(sid, n),
             self.cache,
             history_cap=config.history_cap,
             ttl_slack_ms=config.ttl_slack_ms,
+            wire=wire,
+            hop_topic=config.keyed_topic_name(),
         )
         self.progress = ReadProgress()  # of the keyed partitions: the lag
+        self.unavailable = UnavailableVersions(metrics, ports.clock.monotonic)
         mono = self.clock.monotonic
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
         )
-        self.publisher = Publisher(
-            ports.sink,
-            ports.webhooks,
-            metrics,
-            self.clock,
-            retry_backoff_ms=config.retry_backoff_ms,
-            topics=self.topics,
-        )
-        self.writes = StoreWrites(
-            self.store,
-            self.publisher,
-            metrics,
-            commit_delay_ms=config.commit_delay_ms,
-            clock=self.clock,
-            on_durable=self.commits.written,
-        )
+        self.publisher, self.writes = self._pipeline(config, ports, metrics, tally)
         self.ticker = DeadlineTicker(
             config,
             registry,
@@ -137,10 +138,41 @@ class Tracker:
             health=health,
             metrics=metrics,
             clock=self.clock,
+            unavailable=self.unavailable,
         )
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
         self._marks_moved = False  # since the last tick
+
+    def _pipeline(
+        self,
+        config: ObserverConfig,
+        ports: RuntimePorts,
+        metrics: Metrics,
+        tally: MinuteTally | None,
+    ) -> tuple[Publisher, StoreWrites]:
+        """The write pipeline: a plan is written to the store, then its records published."""
+        publisher = Publisher(
+            ports.sink,
+            ports.webhooks,
+            metrics,
+            self.clock,
+            retry_backoff_ms=config.retry_backoff_ms,
+            topics=self.topics,
+            hops=ports.router_sink,
+            shards=config.shards,
+        )
+        writes = StoreWrites(
+            self.store,
+            publisher,
+            metrics,
+            commit_delay_ms=config.commit_delay_ms,
+            clock=self.clock,
+            on_durable=self.commits.written,
+            tally=tally,
+            on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
+        )
+        return publisher, writes
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -148,6 +180,12 @@ class Tracker:
         self.publisher.start()
         self.source.subscribe([self.config.keyed_topic_name()], self)
         self.ticker.refresh_sources()
+
+    def deploy(self, registry: FlowRegistry, source_topics: list[str]) -> None:
+        """Run a new deployment from the next batch on (issue 15)."""
+        self.planning.engine.registry = registry
+        self.ticker.deploy(registry, source_topics)
+        self.deployed(registry)
 
     def finish(self) -> None:
         """Before stopping: settle the write in flight, wait for deliveries, clear the
@@ -162,6 +200,8 @@ class Tracker:
             log.warning(
                 "%d records not acknowledged at shutdown; they stay in the outbox", remaining
             )
+        if self.hop_marks is not None:
+            self.hop_marks.flush(self.config.shutdown_timeout_ms / 1000.0)
         try:
             self.writes.write_acks()
         except StoreError as exc:
@@ -175,6 +215,15 @@ class Tracker:
     def close(self) -> None:
         self.source.close()
         self.publisher.close()
+
+    def deployed(self, registry: FlowRegistry) -> None:
+        """Flows were deployed (a reload): the first flow with aliases turns hop marks on, and
+        from then on every shard's watermark waits for every shard's hop mark."""
+        if self.hop_marks is None:
+            self.hop_marks = hop_marks(self.config, registry, self.hop_sink, self.clock)
+            if self.hop_marks is not None:
+                self.shards.hops = self.config.shards
+                self.writes.on_published = self.hop_marks.handed_over
 
     def lag(self) -> int:
         """Keyed records not read yet on the owned partitions (as last fetched)."""
@@ -209,6 +258,8 @@ class Tracker:
             # included), so nothing of it is committed by mistake below.
             self.recover(exc)
         self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
+        if self.hop_marks is not None:
+            self.hop_marks.flush(self.config.shutdown_timeout_ms / 1000.0)
         try:
             self.writes.write_acks()
         except StoreError as exc:
@@ -230,6 +281,8 @@ class Tracker:
     def _disown(self, tps: list[TopicPartition]) -> None:
         for _t, p in tps:
             self.shards.drop(p)
+        if self.hop_marks is not None:
+            self.hop_marks.drop(p for _t, p in tps)
         self.metrics.owned_shards.set(len(self.shards))
 
     # -- one turn -----------------------------------------------------------------------------------
@@ -247,6 +300,10 @@ class Tracker:
         except StoreError as exc:
             self.recover(exc)
         self.publisher.serve()
+        if self.publisher.hop_failed is not None:
+            raise ObserverError(f"cannot write to the keyed topic: {self.publisher.hop_failed}")
+        if self.hop_marks is not None:
+            self.hop_marks.send()
         if self._commit_every.due():
             self.commit(wait=False)
         self.publisher.count()
@@ -294,6 +351,8 @@ class Tracker:
             misses += absent
             raw = [*raw, *([None] * len(absent))]
         plan = self._plan(prepared, cached, misses, raw)
+        if self.hop_marks is not None:  # what the hop marks say once its hops are handed over
+            plan.hop_watermarks = self.shards.values(self.ticker.partitions, sources_only=True)
         self.writes.settle()
         self.writes.send(plan, prepared.offsets)
         self.metrics.batch_seconds.observe(self.clock.monotonic() - t0)
@@ -301,7 +360,7 @@ class Tracker:
     def _prepare(self, records: list[SourceRecord]) -> _Prepared:
         """Decode keyed records: events become items of their shard's slots, marks advance
         the shard's watermark (they were read after every event they cover)."""
-        items: list[tuple[int, str, Event]] = []
+        items: list[tuple[int, str, Event | Hop]] = []
         routed: list[Routed | None] = []
         seen: set[str] = set()
         slots: list[tuple[int, str]] = []
@@ -319,21 +378,27 @@ class Tracker:
                 self._skip(rec, f"is not one the router writes ({exc})")
                 routed.append(None)
                 continue
-            if isinstance(r, Mark):
+            item: Event | Hop
+            if isinstance(r, Routed):
+                sid = slot_id(r.flow, r.event.key)
+                item = r.event
+            elif isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
+                sid = slot_id(*r.target())
+                item = r
+            else:  # a mark, or a hop mark
                 if shards.observe(shard, r):
                     self._marks_moved = True
                 routed.append(None)
                 continue
-            sid = slot_id(r.flow, r.event.key)
             if shard_of(sid, n) != shard:
                 self._skip(rec, f"belongs to shard {shard_of(sid, n)}")
                 routed.append(None)
                 continue
-            routed.append(r)
+            routed.append(r if isinstance(r, Routed) else None)
             if sid not in seen:
                 seen.add(sid)
                 slots.append((shard, sid))
-            items.append((i, sid, r.event))
+            items.append((i, sid, item))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
         return _Prepared(routed, items, slots, offsets)
 
@@ -362,15 +427,21 @@ class Tracker:
                     extra={"flow": flow, "key": key},
                 )
         failed: dict[int, str] = {}
+        planner.watermarks = self.shards.values(self.ticker.partitions)
         for i, sid, ev in prepared.items:
             try:
-                planner.apply(sid, ev)
+                if isinstance(ev, Hop):
+                    planner.deliver(sid, ev)
+                else:
+                    planner.apply(sid, ev)
+            except VersionUnavailable as exc:
+                self.unavailable.report(exc, f"events of {sid} go to the dead-letter topic")
+                failed.setdefault(i, str(exc))
             except Exception as exc:
                 flow, key = split_slot_id(sid)
                 log.exception(
                     "processing %s %s failed; the record goes to the dead-letter topic",
-                    ev.type,
-                    ev.id,
+                    *((f"message {ev.kind}", ev.id()) if isinstance(ev, Hop) else (ev.type, ev.id)),
                     extra={"flow": flow, "key": key},
                 )
                 self.metrics.processing_errors.labels("apply").inc()
@@ -381,26 +452,9 @@ class Tracker:
             n = self.config.shards
             for r, reason in dead:
                 shard = shard_of(slot_id(r.flow, r.event.key), n)
-                planner.publish(self._dead_letter(r, reason, originals), shard=shard)
+                planner.publish(routed_dead_letter(r, reason, originals, self.topics), shard=shard)
+                planner.count(("topic", r.topic, "dead_letter", "processing"))
         return self.planning.finish(planner)
-
-    def _dead_letter(
-        self, r: Routed, reason: str, originals: Mapping[tuple[str, int, int], SourceRecord]
-    ) -> Publish:
-        """The dead letter of an event that failed past routing: its source record read again
-        (or, if that is gone, the event as routed, with the same headers)."""
-        original = originals.get((r.topic, r.partition, r.offset))
-        if original is None:
-            original = SourceRecord(
-                r.topic,
-                r.partition,
-                r.offset,
-                r.event.key.encode("utf-8", "surrogatepass"),
-                encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
-                (),
-                r.event.time,
-            )
-        return dead_letter(original, reason, self.topics)
 
     # -- store failures -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from observer.runtime.batch import BatchPlan
 from observer.runtime.outbox import InFlight
 from observer.runtime.ports import Clock, Pending, StateStore, WriteBatch
 from observer.runtime.publisher import Publisher
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition
 
 __all__ = ["StoreWrites"]
@@ -61,7 +62,10 @@ class StoreWrites:
         commit_delay_ms: int,
         clock: Clock,
         on_durable: Callable[[Offsets], None],
+        tally: MinuteTally | None = None,
+        on_published: Callable[[BatchPlan], None] | None = None,
     ) -> None:
+        """`on_published(plan)`: after a plan's records were handed to the publisher."""
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
@@ -69,6 +73,8 @@ class StoreWrites:
         self._clock = clock
         self._mono = clock.monotonic
         self._on_durable = on_durable
+        self._tally = tally  # correlation health: counted once a plan is written
+        self.on_published = on_published  # aliases: hop marks follow the hops
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
@@ -132,6 +138,8 @@ class StoreWrites:
 
     def _written(self, plan: BatchPlan) -> None:
         self.publisher.publish(plan.records)
+        if self.on_published is not None:
+            self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
         for note in plan.notes:
@@ -144,6 +152,10 @@ class StoreWrites:
                 note.detail,
                 extra={"flow": note.flow, "key": note.key},
             )
+        if plan.tally:
+            self.metrics.record_correlation(plan.tally)
+            if self._tally is not None:
+                self._tally.add(plan.tally)
 
     def drop(self) -> None:
         """The store failed: forget the write in flight (its records are not published, its

@@ -139,8 +139,10 @@ class _FailingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def apply(self, slot: KeySlot, event: Event, now: int) -> list[Effect]:
-        effects = self._engine.apply(slot, event, now)
+    def apply(
+        self, slot: KeySlot, event: Event, now: int, watermark: int | None = None
+    ) -> list[Effect]:
+        effects = self._engine.apply(slot, event, now, watermark)
         if event.id == "boom":
             raise RuntimeError("boom")
         return effects

@@ -9,20 +9,25 @@ other (they are one adapter) and nothing of the other adapters.
 
 from observer.adapters.memory.broker import InMemoryBroker
 from observer.adapters.memory.clock import ManualClock
+from observer.adapters.memory.flows import InMemoryFlowFiles, InMemoryFlowStore
 from observer.adapters.memory.lease import InMemoryLease, LeaseTable
 from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
 from observer.adapters.memory.store import InMemoryStateStore
+from observer.adapters.memory.tally import InMemoryTally
 from observer.adapters.memory.webhooks import InMemoryWebhookSender
 from observer.adapters.memory.world import InMemoryWorld
 
 __all__ = [
     "InMemoryBroker",
     "InMemoryEventSource",
+    "InMemoryFlowFiles",
+    "InMemoryFlowStore",
     "InMemoryLease",
     "InMemoryRawSink",
     "InMemoryRecordSink",
     "InMemoryStateStore",
+    "InMemoryTally",
     "InMemoryWebhookSender",
     "InMemoryWorld",
     "LeaseTable",

@@ -16,6 +16,18 @@ a slot within its shard and flow, 0 <= n < buckets):
                                      (epoch ms) of the bucket's slots; no member: none is due
     P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, slot's TTL
     P:{s}:outbox              HASH   observer-id -> record to publish until delivery is acked
+    P:{flows}:versions        HASH   `<flow>:<version>` -> a deployed flow version, JSON
+                                     (`flows/stored.py`): what rebuilds it exactly (issue 15)
+    P:{flows}:generation      STRING a counter every deployment that changes them moves on
+    P:{flows}:running         HASH   process -> "<generation>:<epoch ms>": what each process
+                                     runs, said every few seconds (`observer deploy --wait`)
+    P:tally:<minute>          HASH   correlation health (issue 16), one hash per epoch minute
+                                     (epoch ms // 60000) that every process adds to (HINCRBY),
+                                     TTL a day: field `tally_field(count)` -> n, the counts of
+                                     `observer/correlation.py` ("src:<flow>:<source>:<kind>",
+                                     "step:<flow>:<step>:<kind>", "flow:<flow>:started:",
+                                     "flow:<flow>:ended:<outcome>", "topic:<topic>:read:",
+                                     "topic:<topic>:ignored:", "topic:<topic>:dead_letter:<reason>")
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -45,6 +57,8 @@ __all__ = [
     "decode_key",
     "encode_key",
     "pack_value",
+    "tally_count",
+    "tally_field",
     "unpack_value",
 ]
 
@@ -178,6 +192,40 @@ class Keys:
         """STRING: the holder of `routing: direct` (one process per prefix)."""
         return f"{self.prefix}:lease"
 
+    # -- issue 15: flow versions kept with the state (one hash tag: deployed in one MULTI) --
+
+    def flow_versions(self) -> str:
+        """HASH `<flow>:<version>` -> the deployed version (JSON of `StoredFlow`)."""
+        return f"{self.prefix}:{{flows}}:versions"
+
+    def flow_generation(self) -> str:
+        """STRING: moved on by every deployment that changes the stored versions."""
+        return f"{self.prefix}:{{flows}}:generation"
+
+    def flow_processes(self) -> str:
+        """HASH process -> `<generation>:<epoch ms>` (the generation it runs, and when)."""
+        return f"{self.prefix}:{{flows}}:running"
+
+    # correlation health (issue 16): per-minute counts (`adapters/redis/tally.py`)
+    def tally(self, minute: int) -> str:
+        """HASH: the counts of one epoch minute (epoch ms // 60000)."""
+        return f"{self.prefix}:tally:{minute}"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
         return f"{self.prefix}:*"
+
+
+def tally_field(count: tuple[str, str, str, str]) -> str:
+    """The hash field of a correlation count: its four parts joined with ':' (flow, source,
+    step and topic names hold no colon; the last part may)."""
+    return ":".join(count)
+
+
+def tally_count(field: bytes | str) -> tuple[str, str, str, str] | None:
+    """`tally_field`'s inverse; None for a field it did not write."""
+    text = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+    parts = text.split(":", 3)
+    if len(parts) != 4:
+        return None
+    return parts[0], parts[1], parts[2], parts[3]
