@@ -99,7 +99,8 @@ input (dead-lettered)."""
 
 MAX_CAPTURE_BYTES = 64 * 1024
 """What one event's captured values may hold together, as JSON: they are kept in the instance's
-state for its life. A value that does not fit is kept as null (the step is still observed)."""
+state for its life. A value that does not fit is kept as a marker templates cannot use (the step
+is still observed; an action that needs the value is an action error)."""
 
 MAX_EARLY_EVENTS = 1000
 """Early events kept for one (flow, key) before its instance starts; more are dropped."""
