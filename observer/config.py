@@ -113,6 +113,11 @@ class ObserverConfig(BaseModel):
     webhook_backoff_ms: int = Field(200, ge=1)
     webhook_backoff_max_ms: int = Field(30_000, ge=1)
     webhook_workers: int = Field(2, ge=1, le=64)
+    # guardrails (contract §7): `hold` starts with every action of every flow held (a dry run:
+    # `observer actions resume` lifts it); how often the decider of a guarded flow runs
+    actions: Literal["publish", "hold"] = "publish"
+    guard_interval_ms: int = Field(100, ge=1)
+    guard_batch: int = Field(5_000, ge=1)  # waiting deviations decided per pass at most
 
     @field_validator("key_prefix")
     @classmethod

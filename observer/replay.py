@@ -24,6 +24,7 @@ from observer.errors import InputError
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
+from observer.guardrails.book import GuardBook
 from observer.ingest import Ingest, SourceRecord
 from observer.timefmt import parse_time
 from observer.topics import Topics
@@ -106,21 +107,31 @@ def publish_line(p: Publish, timestamp: int) -> bytes:
     if p.webhook is not None:
         line["webhook"] = p.webhook
     line.update(key=p.key, value=value, headers=headers, timestamp=timestamp)
+    if p.held is not None:  # held by the guardrails (contract §7): not published
+        line["held"] = True
     return jsonexact.dumps(line)  # a dead letter's value may hold integers beyond 64 bits
 
 
 @dataclass
 class Replayer:
-    """Runs records through the engine on a virtual clock; `emit` receives every effect."""
+    """Runs records through the engine on a virtual clock; `emit` receives every effect (a
+    record the guardrails hold comes as a `Publish` with `held` set). `hold_actions`: every
+    action held, as `OBSERVER_ACTIONS=hold` does."""
 
     registry: FlowRegistry
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
+    hold_actions: bool = False
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
         self.ingest = Ingest(self.registry, self.topics)
+        self.guards = GuardBook(
+            lambda flow: self.registry.newest(flow).guardrails,
+            self.topics.alerts,
+            hold_all=self.hold_actions,
+        )
         self.slots: dict[tuple[str, str], KeySlot] = {}
         self._order: dict[tuple[str, str], int] = {}  # slot -> creation ordinal (tie-break)
         self._scheduled: dict[tuple[str, str], tuple[int, int]] = {}  # slot -> (due, order)
@@ -154,12 +165,42 @@ class Replayer:
     def _fire_next(self) -> None:
         due, _, sk = heapq.heappop(self._heap)
         self._scheduled.pop(sk, None)
-        self.clock = max(self.clock, due)
+        if due > self.clock:
+            self._advance(due)
         slot = self.slots[sk]
         # a timer already overdue (its instance started late) is decided now, not in the past
-        for eff in self.engine.fire(slot, due, now=self.clock):
-            self.emit(eff, self.clock)
+        self._emit(slot, self.engine.fire(slot, due, now=self.clock))
         self._reschedule(sk)
+
+    def _emit(self, slot: KeySlot, effects: list[Effect]) -> None:
+        """An engine call's effects: out now, or waiting for the guardrails."""
+        for eff in self.guards.take(slot.flow, slot.key, effects):
+            self.emit(eff, self.clock)
+
+    # -- guardrails -------------------------------------------------------------------------------
+
+    def _advance(self, t: int) -> None:
+        """Move the clock on to `t`: what waits for the guardrails up to the clock is decided
+        first (everything up to it has happened), and incidents close at their own times."""
+        while True:
+            self._settle()
+            due = self.guards.next_due()
+            if due is None or due >= t:
+                break
+            self.clock = due
+        self.clock = t
+
+    def _settle(self) -> None:
+        for p in self.guards.settle(self.clock):
+            self.emit(p, self.clock)
+
+    def settle_guards(self) -> None:
+        """At the end of a replay without `--until`: decide everything that waits and let every
+        open incident close."""
+        self._settle()
+        while (due := self.guards.next_due()) is not None:
+            self._advance(max(due, self.clock))
+            self._settle()
 
     def fire_before(self, t: int, inclusive: bool = False) -> None:
         """Fire every timer due before `t` (or at `t` too, when inclusive), in time order."""
@@ -186,7 +227,8 @@ class Replayer:
     def apply(self, rec: SourceRecord) -> None:
         t = max(self.clock, rec.timestamp)
         self.fire_before(t)
-        self.clock = t
+        if t > self.clock:
+            self._advance(t)
         decoded = self.ingest.decode(rec)
         if decoded.dead_letter is not None:
             self.emit(decoded.dead_letter, self.clock)
@@ -198,8 +240,7 @@ class Replayer:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
             had_instance = slot.instance is not None
-            for eff in self.engine.apply(slot, event, self.clock):
-                self.emit(eff, self.clock)
+            self._emit(slot, self.engine.apply(slot, event, self.clock))
             if not had_instance and slot.instance is not None:
                 # ties between instances fire in the order the instances started
                 self._order[sk] = self._ordinal
@@ -214,7 +255,8 @@ class Replayer:
             while pending and pending[0].at <= max(self.clock, rr.record.timestamp):
                 d = pending.pop(0)
                 self.fire_before(d.at)
-                self.clock = max(self.clock, d.at)
+                if d.at > self.clock:
+                    self._advance(d.at)
                 self.deploy(d.registry)
             self.apply(rr.record)
         if until is not None:
@@ -223,9 +265,12 @@ class Replayer:
                     self.fire_before(d.at)
                     self.deploy(d.registry)
             self.fire_before(until, inclusive=True)
-            self.clock = max(self.clock, until)
+            if until > self.clock:
+                self._advance(until)
+            self._settle()
         else:
             self.drain()
+            self.settle_guards()
 
 
 def _load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
@@ -245,8 +290,11 @@ def run_replay(
     until: int | None,
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
+    *,
+    hold_actions: bool = False,
 ) -> Iterator[bytes]:
-    """Run a replay; yields output lines (without newline). Raises FlowError / InputError."""
+    """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
+    `hold_actions`: every action held (`OBSERVER_ACTIONS=hold`)."""
     registry, deploy_list = _load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
@@ -255,6 +303,6 @@ def run_replay(
         if isinstance(eff, Publish):
             lines.append(publish_line(eff, now))
 
-    replayer = Replayer(registry, emit, topics or Topics())
+    replayer = Replayer(registry, emit, topics or Topics(), hold_actions=hold_actions)
     replayer.run(records, deploy_list, until)
     yield from lines

@@ -93,8 +93,16 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
     except ValueError as exc:
         fail(str(exc))
         return
+    hold = os.environ.get("OBSERVER_ACTIONS") or "publish"
+    if hold not in ("publish", "hold"):
+        fail(f"OBSERVER_ACTIONS: '{hold}' is not publish or hold")
+        return
     try:
-        lines = list(run_replay(flows, events, until_ms, deploy_list, _topics_from_env()))
+        lines = list(
+            run_replay(
+                flows, events, until_ms, deploy_list, _topics_from_env(), hold_actions=hold == "hold"
+            )
+        )
     except (FlowError, InputError) as exc:
         fail(str(exc))
         return

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.effects import DeviationRef, Effect, Publish, Signal
 from observer.engine.ids import observer_id
 from observer.engine.state import DEVIATION_KINDS, InstanceState
 from observer.flows.compiled import CompiledAction, CompiledFlow, CompiledHandler, CompiledStep
@@ -39,6 +39,7 @@ class Deviation:
     trigger: str  # the triggering event's id or timer: part of the records' ids
     handler: CompiledHandler | None  # None: recorded only, never alerted
     detail: str = ""  # event type (error, orphaned) or anchor name (out_of_order)
+    at: int | None = None  # its time for the guardrails (DeviationRef.at; None: `now`)
 
 
 def deviation_effects(
@@ -92,16 +93,21 @@ def deviation_effects(
         "summary": summary,
     }
     base = (flow.name, version, key, dev.trigger, step_name)
+    alert_id = observer_id(*base, f"alert:{dev.kind}")
+    ref = DeviationRef(dev.kind, step_name, version, now if dev.at is None else dev.at, alert_id)
     if handler is None or handler.alert:
-        oid = observer_id(*base, f"alert:{dev.kind}")
-        out.append(Publish("alert", alerts_topic, key, alert, (("observer-id", oid),), oid))
+        p = Publish("alert", alerts_topic, key, alert, (("observer-id", alert_id),), alert_id)
+        p.deviation = ref
+        out.append(p)
     if handler is None:
         return out
     for i, action in enumerate(handler.actions):
         if action.kind == "alert":
             continue
         oid = observer_id(*base, f"action:{dev.kind}:{i}:{action.name}")
-        out.append(_action(action, key, alert, ctx, oid))
+        p = _action(action, key, alert, ctx, oid)
+        p.deviation, p.action = ref, action.name
+        out.append(p)
     return out
 
 

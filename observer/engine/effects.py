@@ -5,12 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Effect", "Publish", "Signal"]
+__all__ = ["DeviationRef", "Effect", "Publish", "Signal"]
 
 Category = Literal["action", "alert", "outcome", "dlq", "webhook"]
 
 
 # Not frozen (a frozen dataclass is several times slower to build); effects are never mutated.
+
+
+@dataclass(slots=True)
+class DeviationRef:
+    """The deviation a record belongs to, for the guardrails (contract §7): its kind, step,
+    the flow version of its instance, its time `at` (ms: the timer's due time, or the event
+    time of the event that decided it; what incidents and the rate limit count by) and its
+    `id` (its alert's observer-id, also when no alert is published: orders ties)."""
+
+    kind: str
+    step: str | None
+    version: int
+    at: int
+    id: str
 
 
 @dataclass(slots=True)
@@ -30,6 +44,11 @@ class Publish:
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
+    # guardrails: the deviation of an alert or action record, the action's name, and why a
+    # record is held instead of published (set on held copies; see observer/guardrails/)
+    deviation: DeviationRef | None = None
+    action: str | None = None
+    held: str | None = None
 
 
 @dataclass(slots=True)

@@ -13,10 +13,12 @@ from typing import Any, Literal
 from observer.flows.selectors import Selector
 
 __all__ = [
+    "DEFAULT_GUARDRAILS",
     "MAIN_PATH",
     "CompiledAction",
     "CompiledError",
     "CompiledFlow",
+    "CompiledGuardrails",
     "CompiledHandler",
     "CompiledPath",
     "CompiledSla",
@@ -149,6 +151,29 @@ class CompiledSlo:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledGuardrails:
+    """A flow's guardrails (contract §7), times in ms. An incident opens when `threshold`
+    deviations of one (kind, step) among `incident_kinds` (None: every kind) fall within
+    `within_ms`; at most `max_actions` action records are published per `per_ms` (None: no
+    limit). Without `guardrails.incident`, the built-in one covers `orphaned` only."""
+
+    threshold: int = 100
+    within_ms: int = 60_000
+    incident_kinds: frozenset[str] | None = frozenset({"orphaned"})
+    max_actions: int | None = None
+    per_ms: int | None = None
+
+    def deferred(self, kind: str) -> bool:
+        """Whether a deviation of this kind waits for the guardrails' decision (it may open
+        or join an incident, or its actions count against the rate)."""
+        kinds = self.incident_kinds
+        return self.max_actions is not None or kinds is None or kind in kinds
+
+
+DEFAULT_GUARDRAILS = CompiledGuardrails()
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledFlow:
     """A validated flow version, ready to run."""
 
@@ -168,6 +193,8 @@ class CompiledFlow:
     step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
     slo: CompiledSlo | None = None
+    # guardrails (contract §7): incidents and the action rate limit
+    guardrails: CompiledGuardrails = DEFAULT_GUARDRAILS
     # derived, for the hot path: per path index, the steps that can time out (required, with a
     # window) as (step index, anchors, within_ms, warn_ms | None), in declaration order
     timed: tuple[tuple[TimedStep, ...], ...] = field(init=False, repr=False, compare=False)

@@ -23,6 +23,7 @@ from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
+from observer.runtime.guard_intake import GuardIntake
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
@@ -149,6 +150,7 @@ class BatchPlanner:
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
+        self.guards = GuardIntake(lambda flow: engine.registry.newest(flow).guardrails, now)
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -266,14 +268,37 @@ class BatchPlanner:
         self._seq += 1
         self._records.append((shard, rec))
 
+    def _guard(self, w: _Work, p: Publish) -> None:
+        """A record of a deviation: the guardrails' (waiting, or gated by the pause)."""
+        slot = w.slot
+        assert slot is not None
+        flow, key, intake = slot.flow, slot.key, self.guards
+        waits = intake.waits(flow, p)
+        if not waits and p.action is None:
+            self._add_record(w.shard, p)  # an alert no guardrail waits for
+            return
+        rec = to_record(p, self.now, self._seq)
+        self._seq += 1
+        hist = history_entry(p, self.now)
+        if waits:
+            intake.wait(flow, key, w.shard, w.sid, p, rec, hist)
+        else:
+            intake.gate(flow, key, w.shard, w.sid, p, rec, hist)
+            self._records.append((w.shard, rec))  # published after the write unless held
+
     def _take(self, w: _Work, effects: list[Effect]) -> None:
         w.dirty = True
         if not effects:
             return
         keep = self.history_cap > 0
         started = False
+        guarded = False
         for eff in effects:
             if type(eff) is Publish:
+                if eff.deviation is not None:
+                    self._guard(w, eff)
+                    guarded = True
+                    continue
                 self._add_record(w.shard, eff)
             else:
                 assert isinstance(eff, Signal)
@@ -287,6 +312,8 @@ class BatchPlanner:
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
         if keep:
+            if guarded:  # their history entries are written with what becomes of them
+                effects = [e for e in effects if not (type(e) is Publish and self._guarded(e))]
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
@@ -295,6 +322,12 @@ class BatchPlanner:
                     e for e in effects if not (isinstance(e, Signal) and e.what == "started")
                 ]
             w.effects += effects
+
+    def _guarded(self, p: Publish) -> bool:
+        oid = p.observer_id
+        return oid in self.guards.gated_ids or (
+            p.deviation is not None and p.deviation.id in self.guards.waiting
+        )
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -328,8 +361,12 @@ class BatchPlanner:
             )
             puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
+        gated = self.guards.gated_ids
         for shard, rec in self._records:
-            batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
+            if rec.observer_id not in gated:  # the write puts those in the outbox, or holds them
+                batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
+        batch.waiting = self.guards.waiting_adds()
+        batch.gated = self.guards.gated
         batch.stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
             batch,

@@ -20,6 +20,10 @@ __all__ = [
     "Clock",
     "DueSlots",
     "EventSource",
+    "GatedAction",
+    "GuardCommit",
+    "GuardSnapshot",
+    "HeldActions",
     "Lease",
     "Pending",
     "RawSink",
@@ -29,6 +33,7 @@ __all__ = [
     "SlotPut",
     "SlotReader",
     "StateStore",
+    "WaitingAdd",
     "WebhookSender",
     "WriteBatch",
 ]
@@ -67,8 +72,37 @@ class SlotPut:
 
 
 @dataclass(slots=True)
+class WaitingAdd:
+    """A deviation of a guarded flow waiting for the flow's decider (`held.StoredWaiting`),
+    ordered by its time `at` (ms) and then its `id`."""
+
+    flow: str
+    at: int
+    id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class GatedAction:
+    """An action record of a deviation the guardrails do not wait for: published unless its
+    flow is paused (then held). History entries are appended to the instance's history if it
+    has one: `published` or `held_history`."""
+
+    flow: str
+    action: str
+    shard: int
+    sid: str
+    observer_id: str
+    record: bytes  # the outbox record
+    held: bytes  # the `HeldAction` kept if the flow is paused
+    published: bytes
+    held_history: bytes
+
+
+@dataclass(slots=True)
 class WriteBatch:
-    """Everything one batch (or one tick) changes, written atomically in one round trip."""
+    """Everything one batch (or one tick) changes, written atomically in one round trip. The
+    reply is the observer-ids of the `gated` records held (their flow is paused)."""
 
     puts: list[SlotPut] = field(default_factory=list)
     deletes: list[tuple[int, str]] = field(default_factory=list)  # state, history, due member
@@ -76,6 +110,11 @@ class WriteBatch:
     outbox_adds: list[tuple[int, str, bytes]] = field(default_factory=list)  # shard, id, record
     outbox_dels: list[tuple[int, str]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)  # field -> increment
+    # guardrails (contract §7): deviations waiting for their flow's decider, action records a
+    # pause holds, and (shard, watermark ms) of shards whose timers up to it all fired
+    waiting: list[WaitingAdd] = field(default_factory=list)
+    gated: list[GatedAction] = field(default_factory=list)
+    watermarks: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -86,7 +125,47 @@ class WriteBatch:
             or self.outbox_adds
             or self.outbox_dels
             or self.stats
+            or self.waiting
+            or self.gated
+            or self.watermarks
         )
+
+
+@dataclass(slots=True)
+class GuardSnapshot:
+    """What a flow's decider reads in one request. `watermark`: the lowest watermark stored by
+    the shards' owners (None while a shard has none); `waiting`: the deviations waiting with a
+    time up to max(watermark, upto), in (time, id) order, at most the limit (`more`: there
+    were more); `released`: held entries an operator released (observer-id, `HeldAction`);
+    `held`: held records by action; `totals`: the store's counters (`dropped:<action>`)."""
+
+    rev: int
+    state: bytes | None
+    upto: int | None
+    watermark: int | None
+    waiting: list[bytes]
+    more: bool
+    released: list[tuple[str, bytes]]
+    paused: bool
+    held: dict[str, int]
+    totals: dict[str, int]
+
+
+@dataclass(slots=True)
+class GuardCommit:
+    """What a flow's decider writes, atomically, unless another decider committed since its
+    snapshot (`rev`). `outbox`: (shard, observer-id, record) to publish; `held`: (observer-id,
+    action, `HeldAction`); `history`: (shard, slot id, entry), appended to histories that
+    exist; `decided`, `released`: waiting deviations and released entries done with."""
+
+    rev: int
+    state: bytes
+    upto: int | None
+    decided: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    outbox: list[tuple[int, str, bytes]] = field(default_factory=list)
+    held: list[tuple[str, str, bytes]] = field(default_factory=list)
+    history: list[tuple[int, str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -120,7 +199,9 @@ class StateStore(Protocol):
 
     def load(self, slots: Sequence[tuple[int, str]]) -> Pending[list[bytes | None]]: ...
 
-    def write(self, batch: WriteBatch) -> Pending[None]: ...
+    def write(self, batch: WriteBatch) -> Pending[list[str]]:
+        """Apply `batch`; the reply: observer-ids of its `gated` records held (paused)."""
+        ...
 
     def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
         """Slots due at or before their shard's watermark, for (shard, watermark) pairs."""
@@ -139,6 +220,53 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # guardrails (contract §7)
+
+    def guard_read(self, flow: str, shards: int, limit: int) -> GuardSnapshot:
+        """The snapshot a flow's decider works from (`shards`: how many watermarks to expect)."""
+        ...
+
+    def guard_commit(self, flow: str, commit: GuardCommit) -> bool:
+        """Write a decider's work; False (nothing written) if another committed since."""
+        ...
+
+    def pause(self, flow: str | None, reason: str) -> None:
+        """Hold every action of `flow` (None: of every flow) until resumed."""
+        ...
+
+
+class HeldActions(Protocol):
+    """The held actions and the pause switch, for operators (`observer actions`, the ops API).
+    Thread-safe, off the loop. Every method raises StoreError."""
+
+    def held(self, flow: str) -> list[bytes]:
+        """Every `HeldAction` of the flow (encoded), in no particular order."""
+        ...
+
+    def release(self, flow: str, ids: Sequence[str], at: int) -> int:
+        """Release held actions by observer-id (the flow's decider publishes them, same ids);
+        returns how many were still held."""
+        ...
+
+    def drop(self, flow: str, ids: Sequence[str], at: int) -> int:
+        """Drop held actions by observer-id (recorded in their instances' history); returns
+        how many were still held."""
+        ...
+
+    def pause(self, flow: str | None, reason: str) -> None: ...
+
+    def resume(self, flow: str | None) -> None:
+        """Lift the pause of `flow` (None: every pause)."""
+        ...
+
+    def paused(self) -> dict[str, str]:
+        """Pauses in force: flow (`*`: every flow) -> reason."""
+        ...
+
+    def guard_state(self, flow: str) -> bytes | None:
+        """The flow's `GuardState` as its decider stored it."""
+        ...
 
 
 class SlotReader(Protocol):

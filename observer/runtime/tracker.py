@@ -43,6 +43,7 @@ from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
 from observer.runtime.every import Every
+from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
 from observer.runtime.keyed import Mark, Routed, ShardWatermarks, decode_keyed, encode_event
 from observer.runtime.offsets import next_offsets
@@ -137,6 +138,17 @@ class Tracker:
             metrics=metrics,
             clock=self.clock,
         )
+        self.decider = GuardDecider(
+            registry,
+            self.store,
+            self.publisher,
+            metrics,
+            self.clock,
+            shards=n,
+            limit=config.guard_batch,
+            alerts_topic=self.topics.alerts,
+        )
+        self._guard_every = Every(config.guard_interval_ms / 1000.0, mono)
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
         self._marks_moved = False  # since the last tick
@@ -243,6 +255,8 @@ class Tracker:
             # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
             if self._marks_moved or self._tick_every.due():
                 self._tick()
+            if self._guard_every.due() and self.decider.run(self.shards.owned()):
+                self._guard_every.hurry()  # more waits: decide again at the next turn
         except StoreError as exc:
             self.recover(exc)
         self.publisher.serve()

@@ -53,7 +53,7 @@ LAYERS = [
     {"errors", "limits", "timefmt", "topics", "jsonexact", "masking"},
     {"flows"},
     {"engine"},
-    {"ingest", "replay", "metrics", "config", "redis_settings", "slo_rules"},
+    {"ingest", "replay", "metrics", "config", "redis_settings", "slo_rules", "guardrails"},
     {"runtime"},
     {"adapters"},
     {"http"},

@@ -16,6 +16,10 @@ a slot within its shard and flow, 0 <= n < buckets):
                                      (epoch ms) of the bucket's slots; no member: none is due
     P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, slot's TTL
     P:{s}:outbox              HASH   observer-id -> record to publish until delivery is acked
+    P:guard:<flow>:<part>     the guardrails of a flow (contract §7): its decider's state, the
+                              deviations waiting for it, held actions (`guard()`)
+    P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
+    P:guard-paused            HASH   flow or `*` -> why its actions are held
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -181,3 +185,22 @@ class Keys:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
         return f"{self.prefix}:*"
+
+    # -- guardrails (contract §7) ------------------------------------------------------------------
+
+    def guard(self, flow: str, part: str) -> str:
+        """`P:guard:<flow>:<part>`, one flow's guardrail keys: `state` (HASH: rev, upto, blob:
+        its decider's `GuardState`), `waiting` (ZSET: deviation id by time), `wdata` (HASH: id
+        -> waiting deviation), `held` (HASH: observer-id -> held action), `heldn` (HASH:
+        action -> records held), `released` (HASH: observer-id -> held action an operator
+        released, for the decider to publish), `totals` (HASH: dropped:<action> -> n)."""
+        return f"{self.prefix}:guard:{flow}:{part}"
+
+    def guard_watermarks(self) -> str:
+        """HASH shard -> the watermark (ms) up to which the shard's owner fired every timer and
+        stored every waiting deviation (only ever raised)."""
+        return f"{self.prefix}:guard-watermarks"
+
+    def guard_paused(self) -> str:
+        """HASH flow (`*`: every flow) -> why its actions are held (`observer actions pause`)."""
+        return f"{self.prefix}:guard-paused"
