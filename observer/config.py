@@ -45,6 +45,17 @@ _SECRET = re.compile(
 # Settings the observer's guarantees depend on: never taken from the environment.
 _FORCED_CONSUMER = {"enable.auto.commit": False}
 _FORCED_PRODUCER = {"enable.idempotence": True, "acks": "all"}
+# Group membership (docs/running.md, Failover): a member that stops heartbeating is dropped
+# after 6 s (the smallest session a stock broker accepts, group.min.session.timeout.ms), and
+# members learn of a rebalance within a second. KIP-848's protocol (group.protocol=consumer)
+# keeps both on the broker, so they are left out when it is chosen.
+_CLASSIC_GROUP = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "session.timeout.ms": 6_000,
+    "heartbeat.interval.ms": 1_000,
+}
+# group.instance.id: what Kafka accepts (the characters of a topic name)
+_INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,200}")
 _DEFAULT_TOPICS = Topics()
 
 
@@ -73,6 +84,9 @@ class ObserverConfig(BaseModel):
     schema_registry_url: SecretStr | None = None
     kafka: tuple[tuple[str, SecretStr], ...] = ()  # extra librdkafka settings, dotted names
     client_id: str = Field(default_factory=lambda: f"observer-{socket.gethostname()}")
+    # static group membership: a process restarted with the same id gets its partitions back
+    # at once, instead of after the session timeout; unique per running process (the pod name)
+    instance_id: str = ""
     create_topics: bool = True
     # the loop
     batch_size: int = Field(1000, ge=1, le=100_000)
@@ -113,6 +127,14 @@ class ObserverConfig(BaseModel):
     webhook_backoff_ms: int = Field(200, ge=1)
     webhook_backoff_max_ms: int = Field(30_000, ge=1)
     webhook_workers: int = Field(2, ge=1, le=64)
+    # issue 15: versions kept with the state. How often each process looks for a new
+    # deployment of the group (and for changed flow files); how often it looks for superseded
+    # versions that no instance uses any more, and how long a version must have been
+    # superseded before it may retire (processes that have not seen the newer one yet may
+    # still start instances on it)
+    deploy_poll_ms: int = Field(2_000, ge=100, le=60_000)
+    retire_interval_ms: int = Field(600_000, ge=1_000)
+    retire_after_ms: int = Field(600_000, ge=0)
     # guardrails (contract §7): `hold` starts with every action of every flow held (a dry run:
     # `observer actions resume` lifts it); how often the decider of a guarded flow runs
     actions: Literal["publish", "hold"] = "publish"
@@ -124,6 +146,14 @@ class ObserverConfig(BaseModel):
     def _prefix(cls, v: str) -> str:
         if not v or any(c in v for c in "{} \t\r\n"):
             raise ValueError("a non-empty prefix without braces or whitespace")
+        return v
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _INSTANCE_ID.fullmatch(v):
+            raise ValueError("at most 200 of the characters a-z, A-Z, 0-9, '.', '_', '-'")
         return v
 
     @field_validator("redis_url")
@@ -184,14 +214,25 @@ class ObserverConfig(BaseModel):
             values[name] = value
             origin[name] = "--" + name.replace("_", "-")
         values["kafka"] = tuple((k, SecretStr(str(v))) for k, v in sorted(kafka.items()))
+        _default_instance_id(values, origin, env, kafka)
         try:
-            return cls.model_validate(values)
+            config = cls.model_validate(values)
         except ValidationError as exc:
             problems = []
             for e in exc.errors():
                 field = str(e["loc"][0]) if e["loc"] else "?"
                 problems.append(f"{origin.get(field, field)}: {e['msg']}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+        if config.instance_id and config.kip848():
+            raise ConfigError(
+                f"invalid configuration: {origin.get('instance_id', 'instance_id')} with "
+                "group.protocol=consumer: with that protocol Kafka refuses a process started "
+                "again after a crash until the killed one's session expires (45 s by default), "
+                "so it would exit and be restarted in a loop. Use the classic protocol (the "
+                "default) with an instance id, or group.protocol=consumer without one "
+                "(docs/running.md, Failover)"
+            )
+        return config
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -215,16 +256,29 @@ class ObserverConfig(BaseModel):
         return conf
 
     def consumer_settings(self) -> dict[str, Any]:
+        """The router's consumer: the source topics, in the group `group_id`."""
+        return self._consumer("router", self.group_id)
+
+    def _consumer(self, stage: str, group: str) -> dict[str, Any]:
         conf: dict[str, Any] = {
-            "group.id": self.group_id,
+            "group.id": group,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
             "fetch.queue.backoff.ms": 10,
             "enable.partition.eof": False,
         }
-        conf.update(self._common())
+        common = self._common()
+        if not self.kip848():
+            conf.update(_CLASSIC_GROUP)
+        if self.instance_id:
+            # one id per stage: each stage's consumer is a member of its own group
+            conf["group.instance.id"] = f"{self.instance_id}-{stage}"
+        conf.update(common)
         conf.update(_FORCED_CONSUMER)
         return conf
+
+    def kip848(self) -> bool:
+        """Whether the consumer groups use KIP-848's protocol (OBSERVER_KAFKA_GROUP_PROTOCOL)."""
+        return self.kafka_extra().get("group.protocol", "classic").lower() == "consumer"
 
     def keyed_topic_name(self) -> str:
         """The keyed topic of this group (valid topic characters only)."""
@@ -234,9 +288,7 @@ class ObserverConfig(BaseModel):
 
     def keyed_consumer_settings(self) -> dict[str, Any]:
         """The tracker's consumer: the keyed topic, in the group `<group_id>.keyed`."""
-        conf = self.consumer_settings()
-        conf["group.id"] = f"{self.group_id}.keyed"
-        return conf
+        return self._consumer("tracker", f"{self.group_id}.keyed")
 
     def router_producer_settings(self) -> dict[str, Any]:
         """The router's producer: never gives a record up (a broker restart is waited out)."""
@@ -329,3 +381,22 @@ def topics_from_env(env: Mapping[str, str]) -> Topics:
         outcomes=env.get("OBSERVER_OUTCOMES_TOPIC") or d.outcomes,
         dlq=env.get("OBSERVER_DLQ_TOPIC") or d.dlq,
     )
+
+
+def _default_instance_id(
+    values: dict[str, Any], origin: dict[str, str], env: Mapping[str, str], kafka: Mapping[str, str]
+) -> None:
+    """Static membership by default where the host name is the pod's: in Kubernetes (a
+    `KUBERNETES_SERVICE_HOST` in the environment) the instance id is `HOSTNAME`, so a container
+    restarted in its pod gets its partitions back at once (docs/running.md, Failover). Elsewhere
+    two processes on one host would share a host name, so there is no default. `none` turns it
+    off; KIP-848's protocol never gets one by default."""
+    if values.get("instance_id") == "none":
+        values["instance_id"] = ""
+        return
+    if "instance_id" in values or kafka.get("group.protocol", "classic") == "consumer":
+        return
+    host = env.get("HOSTNAME", "")
+    if env.get("KUBERNETES_SERVICE_HOST") and host and _INSTANCE_ID.fullmatch(host):
+        values["instance_id"] = host
+        origin["instance_id"] = "HOSTNAME (in Kubernetes)"

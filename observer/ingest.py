@@ -18,9 +18,10 @@ import orjson
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
+from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
-from observer.flows.selectors import MISSING, RecordView, Selector
+from observer.flows.selectors import MISSING, RecordView, Selector, compile_selector
 from observer.jsonexact import INT_MAX, INT_MIN, loads_exact, may_be_rounded
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 from observer.topics import Topics
@@ -55,7 +56,7 @@ class Decoded:
 
 @dataclass(frozen=True, slots=True)
 class _Reader:
-    flow: str
+    flow: str  # where its events go: the flow, or `<flow>/<alias>` for a `via` source
     source: CompiledSource
     wanted: frozenset[str]  # event types some version of the flow reacts to
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
@@ -92,13 +93,18 @@ class Ingest:
             for err in flow.errors:
                 for src, etype in err.on:
                     wanted.setdefault((flow.name, src), set()).add(etype)
+            for alias in flow.aliases:  # a `from` event carries the alias value: captured
+                for src, etype in alias.on:
+                    wanted.setdefault((flow.name, src), set()).add(etype)
+                    per_type = caps.setdefault((flow.name, src), {}).setdefault(etype, {})
+                    per_type[alias.value] = compile_selector(alias.value)
         for flow in registry.newest_flows() + list(registry):
             for source in flow.sources.values():
                 slot = readers.setdefault(source.topic, {})
                 if (flow.name, source.name) not in slot:
                     c = caps.get((flow.name, source.name), {})
                     slot[(flow.name, source.name)] = _Reader(
-                        flow.name,
+                        flow.name if source.via is None else alias_flow(flow.name, source.via),
                         source,
                         frozenset(wanted.get((flow.name, source.name), ())),
                         {t: tuple(sel.items()) for t, sel in c.items()},

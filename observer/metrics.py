@@ -50,6 +50,7 @@ class Metrics:
         self._flow_metrics(registry)
         self._delivery_metrics(registry)
         self._loop_metrics(registry)
+        self._version_metrics(registry)
         self._guard_metrics(registry)
 
     def _flow_metrics(self, r: CollectorRegistry) -> None:
@@ -178,6 +179,43 @@ class Metrics:
         self.store_errors = Counter(
             "observer_store_errors_total",
             "Failed requests to the state store (retried).",
+            registry=r,
+        )
+
+    def _version_metrics(self, r: CollectorRegistry) -> None:
+        """Issue 15: flow versions kept with the state, deployments, hot reload."""
+        self.flow_versions = Gauge(
+            "observer_flow_versions",
+            "Flow versions this process runs (deployed to the group and rebuilt), per flow.",
+            ["flow"],
+            registry=r,
+        )
+        self.deploy_generation = Gauge(
+            "observer_deploy_generation",
+            "The group's deployment generation this process runs (the same on every process "
+            "once a deployment reached them all).",
+            registry=r,
+        )
+        self.deploys = Counter(
+            "observer_deploys_total",
+            "Deployments of flow files by this process (start, change, SIGHUP), by result: "
+            "deployed, unchanged, invalid (a flow file), refused (a changed flow that kept "
+            "its version, or a webhook that cannot be sent).",
+            ["result"],
+            registry=r,
+        )
+        self.version_unavailable = Counter(
+            "observer_version_unavailable_total",
+            "Events and timers of instances whose flow version is not deployed (never run on "
+            "another version: events dead-lettered, timers retried later).",
+            ["flow", "version"],
+            registry=r,
+        )
+        self.version_instances = Gauge(
+            "observer_version_instances",
+            "Open and retained instances of superseded flow versions, as last counted by the "
+            "retirement scan (a version retires at 0).",
+            ["flow", "version"],
             registry=r,
         )
 

@@ -4,6 +4,8 @@ A discrete-event simulation: the clock is each record's timestamp (never moving 
 every timer that falls before the next record fires at exactly its own time, in time order,
 before that record is applied; on a tie the record comes first. The watermark is the clock.
 Output is what would be published, one JSON object a line, deterministic byte for byte.
+Messages between slots (aliases: `Hop`) are delivered at once, in the order they were sent,
+after the effects of the engine call that sent them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import heapq
 import io
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +21,10 @@ from typing import Any
 
 from observer import jsonexact
 from observer.engine.core import Engine
-from observer.engine.effects import Effect, Publish
+from observer.engine.effects import Effect, Hop, Publish
 from observer.engine.state import KeySlot
 from observer.errors import InputError
+from observer.flows.aliases import split_alias_flow
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
@@ -122,7 +126,10 @@ class Replayer:
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
-    hold_actions: bool = False
+    # issue 15 (back-testing): told after each event applied, with the slot and how many steps
+    # its instance had observed before (step latencies); replay itself sets none
+    observe: Callable[[KeySlot, int], None] | None = None
+    hold_actions: bool = False  # guardrails: OBSERVER_ACTIONS=hold
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
@@ -169,13 +176,9 @@ class Replayer:
             self._advance(due)
         slot = self.slots[sk]
         # a timer already overdue (its instance started late) is decided now, not in the past
-        self._emit(slot, self.engine.fire(slot, due, now=self.clock))
+        hops = self._emit(slot, self.engine.fire(slot, due, now=self.clock))
         self._reschedule(sk)
-
-    def _emit(self, slot: KeySlot, effects: list[Effect]) -> None:
-        """An engine call's effects: out now, or waiting for the guardrails."""
-        for eff in self.guards.take(slot.flow, slot.key, effects):
-            self.emit(eff, self.clock)
+        self._deliver(hops)
 
     # -- guardrails -------------------------------------------------------------------------------
 
@@ -234,15 +237,48 @@ class Replayer:
             self.emit(decoded.dead_letter, self.clock)
         for flow, event in decoded.events:
             sk = (flow, event.key)
-            slot = self.slots.get(sk)
-            if slot is None:
-                slot = self.slots[sk] = KeySlot(flow, event.key)
-                self._order[sk] = self._ordinal
-                self._ordinal += 1
+            slot = self._slot(sk)
             had_instance = slot.instance is not None
-            self._emit(slot, self.engine.apply(slot, event, self.clock))
+            before = len(slot.instance.observed) if slot.instance is not None else 0
+            hops = self._emit(slot, self.engine.apply(slot, event, self.clock))
+            if self.observe is not None:
+                self.observe(slot, before)
             if not had_instance and slot.instance is not None:
                 # ties between instances fire in the order the instances started
+                self._order[sk] = self._ordinal
+                self._ordinal += 1
+            self._reschedule(sk)
+            self._deliver(hops)
+
+    def _slot(self, sk: tuple[str, str]) -> KeySlot:
+        slot = self.slots.get(sk)
+        if slot is None:
+            slot = self.slots[sk] = KeySlot(*sk)
+            self._order[sk] = self._ordinal
+            self._ordinal += 1
+        return slot
+
+    def _emit(self, slot: KeySlot, effects: list[Effect]) -> list[Hop]:
+        """Emit an engine call's effects in order (those of deviations the guardrails wait
+        for wait in their book); return its messages to other slots."""
+        hops = []
+        for eff in self.guards.take(split_alias_flow(slot.flow)[0], slot.key, effects):
+            if type(eff) is Hop:
+                hops.append(eff)
+            else:
+                self.emit(eff, self.clock)
+        return hops
+
+    def _deliver(self, hops: list[Hop]) -> None:
+        """Deliver messages to their slots at once, first sent first (and those they send)."""
+        queue = deque(hops)
+        while queue:
+            hop = queue.popleft()
+            sk = hop.target()
+            slot = self._slot(sk)
+            had_instance = slot.instance is not None
+            queue += self._emit(slot, self.engine.deliver(slot, hop, self.clock))
+            if not had_instance and slot.instance is not None:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
             self._reschedule(sk)

@@ -17,6 +17,7 @@ from observer.cli.wiring import build_service, check_access
 from observer.config import ObserverConfig, topics_from_env
 from observer.errors import ConfigError, FlowError, InputError, ObserverError, StoreError
 from observer.flows.compiler import load_registry
+from observer.flows.registry import FlowRegistry
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
@@ -100,7 +101,12 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
     try:
         lines = list(
             run_replay(
-                flows, events, until_ms, deploy_list, _topics_from_env(), hold_actions=hold == "hold"
+                flows,
+                events,
+                until_ms,
+                deploy_list,
+                _topics_from_env(),
+                hold_actions=hold == "hold",
             )
         )
     except (FlowError, InputError) as exc:
@@ -174,6 +180,8 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # issue 15: SIGHUP loads the flow files again (they are also watched for changes)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.runtime.reload())
     # The hot path allocates many short-lived objects and no cycles: with the default
     # thresholds the cyclic collector costs about 10 µs per event (benchmarks/PROFILE.md).
     # What is loaded by now (flows, compiled templates, libraries) stays and is never scanned.
@@ -186,6 +194,26 @@ def run(
     except ObserverError as exc:
         click.echo(f"observer run: {exc}", err=True)
         sys.exit(1)
+
+
+def _deployed_versions(config: ObserverConfig) -> FlowRegistry | None:
+    """Every flow version deployed to the group (kept in Redis with its state); None if none
+    is stored (state written before versions were kept: the recorded paths are used)."""
+    from observer.adapters.redis.flows import RedisFlowStore
+    from observer.adapters.redis.keys import Keys
+    from observer.flows.stored import rebuild_all
+
+    store = RedisFlowStore(config.redis(), Keys(config.key_prefix, 1))
+    try:
+        stored = store.stored()
+    finally:
+        store.close()
+    if not stored:
+        return None
+    registry, problems = rebuild_all(stored.values())
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    return registry
 
 
 @main.command()
@@ -201,9 +229,12 @@ def run(
     "--flows",
     "flow_paths",
     multiple=True,
-    help="Flow files or folders (default: those the running observer loaded).",
+    help="Flow files or folders (default: every version deployed to the group).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--via", default=None, metavar="ALIAS", help="KEY is a value of this alias of the flow."
+)
 def status(
     flow: str,
     key: str,
@@ -211,8 +242,10 @@ def status(
     key_prefix: str | None,
     flow_paths: tuple[str, ...],
     as_json: bool,
+    via: str | None,
 ) -> None:
-    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown."""
+    """Print what the observer knows about one instance ("where is my order?"). Exit 1 if unknown.
+    With --via ALIAS, KEY is a value of that alias (a tracking number, say)."""
     import orjson
 
     from observer.adapters.redis.query import RedisSlotReader
@@ -226,7 +259,8 @@ def status(
     reader = RedisSlotReader(config.redis(), config.key_prefix)
     try:
         paths = list(flow_paths)
-        if not paths:
+        registry = None if paths else _deployed_versions(config)
+        if registry is None and not paths:
             deployed = reader.deployed() or {}
             recorded = deployed.get("paths", [])
             paths = [str(p) for p in recorded] if isinstance(recorded, list) else []
@@ -236,18 +270,19 @@ def status(
                 )
                 return
         try:
-            registry = load_registry(paths)
+            registry = registry if registry is not None else load_registry(paths)
         except FlowError as exc:
             fail(f"cannot load the flows ({', '.join(paths)}); pass --flows:\n{exc}")
             return
-        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key)
+        view = InstanceQuery(registry, reader, config.topics()).instance(flow, key, via=via)
     except StoreError as exc:
         fail(f"observer status: {exc}")
         return
     finally:
         reader.close()
     if view is None:
-        click.echo(f"no instance of flow '{flow}' for key '{key}'", err=True)
+        what = f"key '{key}'" if via is None else f"{via} '{key}'"
+        click.echo(f"no instance of flow '{flow}' for {what}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())

@@ -16,6 +16,7 @@ from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
+    from observer.adapters.redis.flows import RedisFlowStore
     from observer.adapters.webhook import WebhookPoster
     from observer.http.server import HttpServer
     from observer.metrics import Metrics
@@ -58,15 +59,19 @@ def _webhooks(
     registry: FlowRegistry,
     registry_of: Callable[[], FlowRegistry],
     env: Mapping[str, str] | None,
-) -> tuple[WebhookDispatcher, WebhookPoster]:
-    """The webhook workers; raises ConfigError when a webhook of `registry` (the flows about
-    to run) has a secret that is not set or names a refused destination. `registry_of` gives
-    the flows running later (deployments add to them)."""
+) -> tuple[WebhookDispatcher, WebhookPoster, Callable[[FlowRegistry], None]]:
+    """The webhook workers, and the check of flows about to run (raises ConfigError when a
+    webhook has a secret that is not set or names a refused destination), done here for
+    `registry`. `registry_of` gives the flows running later (every deployed version)."""
     from observer.adapters.webhook import WebhookPoster
     from observer.runtime.webhooks import WebhookDispatcher, WebhookTargets
 
     targets = WebhookTargets(registry_of, os.environ if env is None else env)
-    targets.check(registry, allow_link_local=config.webhook_allow_link_local)
+
+    def check(flows: FlowRegistry) -> None:
+        targets.check(flows, allow_link_local=config.webhook_allow_link_local)
+
+    check(registry)
     poster = WebhookPoster(
         config.webhook_timeout_ms / 1000.0,
         max_response_bytes=config.webhook_max_response_bytes,
@@ -80,7 +85,7 @@ def _webhooks(
         base_ms=config.webhook_backoff_ms,
         cap_ms=config.webhook_backoff_max_ms,
     )
-    return dispatcher, poster
+    return dispatcher, poster, check
 
 
 def _ops_api(
@@ -143,7 +148,8 @@ def build_service(
         max_overdue_ms=config.max_overdue_ms,
         max_lag_records=config.max_lag_records,
     )
-    webhooks, poster = _webhooks(config, registry, lambda: registry, env)
+    running = _Running(registry)  # the flows running now: deployments replace them
+    webhooks, poster, check = _webhooks(config, registry, running.get, env)
     schema_registry = None
     if config.schema_registry_url is not None:
         schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
@@ -153,6 +159,7 @@ def build_service(
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
     ports, closers = _runtime_ports(config, redis, webhooks, clock)
+    ports, flow_store = _flow_versions(config, redis, ports, flow_paths, registry)
     runtime = Runtime(
         config,
         registry,
@@ -161,13 +168,15 @@ def build_service(
         health=health,
         deployed=deployed,
         avro=ConfluentAvroDecoder(schema_registry),
+        check=check,
+        process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
         redis, config.key_prefix, shards=config.shards, buckets=config.state_buckets
     )
-    http = _ops_api(
-        config, InstanceQuery(registry, reader, config.topics()), health, metrics, flow_paths
-    )
+    query = InstanceQuery(registry, reader, config.topics())
+    runtime.deploy_listeners += [running.set, query.deploy, _slo_flows(metrics)]
+    http = _ops_api(config, query, health, metrics, flow_paths)
     logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
     if ignored:
@@ -175,7 +184,7 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, *closers]
+    closers = [poster.close, reader.close, flow_store.close, *closers]
     if schema_registry is not None:
         closers.append(schema_registry.close)
     return Service(
@@ -227,6 +236,48 @@ def _runtime_ports(
         backlog=backlog,
     )
     return ports, closers
+
+
+class _Running:
+    """The flows running now, read by other threads (a reference swapped whole)."""
+
+    def __init__(self, registry: FlowRegistry) -> None:
+        self.registry = registry
+
+    def get(self) -> FlowRegistry:
+        return self.registry
+
+    def set(self, registry: FlowRegistry) -> None:
+        self.registry = registry
+
+
+def _slo_flows(metrics: Metrics) -> Callable[[FlowRegistry], None]:
+    def declare(registry: FlowRegistry) -> None:
+        metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
+
+    return declare
+
+
+def _flow_versions(
+    config: ObserverConfig,
+    redis: RedisSettings,
+    ports: RuntimePorts,
+    flow_paths: tuple[str, ...],
+    ports_registry: FlowRegistry,
+) -> tuple[RuntimePorts, RedisFlowStore]:
+    """Issue 15: the versions deployed to the group, kept in Redis with its state, and the
+    flow files to watch (those the flows were read from, when not named)."""
+    import dataclasses
+
+    from observer.adapters.redis.flows import RedisFlowStore
+    from observer.adapters.redis.keys import Keys
+    from observer.flows.watch import WatchedFlowFiles
+
+    keys = Keys(config.key_prefix, config.shards, config.state_buckets)
+    store = RedisFlowStore(redis, keys)
+    paths = flow_paths or tuple(sorted({f.file for f in ports_registry}))
+    files = WatchedFlowFiles(paths) if paths else None
+    return dataclasses.replace(ports, flows=store, flow_files=files), store
 
 
 def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:

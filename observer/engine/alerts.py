@@ -14,7 +14,7 @@ import orjson
 
 from observer.engine.effects import DeviationRef, Effect, Publish, Signal
 from observer.engine.ids import observer_id
-from observer.engine.state import DEVIATION_KINDS, InstanceState
+from observer.engine.state import ALIAS_CONFLICT, DEVIATION_KINDS, InstanceState
 from observer.flows.compiled import CompiledAction, CompiledFlow, CompiledHandler, CompiledStep
 from observer.timefmt import format_duration, format_time
 
@@ -39,6 +39,11 @@ class Deviation:
     trigger: str  # the triggering event's id or timer: part of the records' ids
     handler: CompiledHandler | None  # None: recorded only, never alerted
     detail: str = ""  # event type (error, orphaned) or anchor name (out_of_order)
+    # late by arrival: the watermark at observation minus the deadline (None: by event time)
+    late_by: int | None = None
+    # aliases: fields added to the alert record and the template's `deviation`
+    extra: Mapping[str, Any] | None = None
+    source: str | None = None  # correlation health: the source of the event concerned
     at: int | None = None  # its time for the guardrails (DeviationRef.at; None: `now`)
 
 
@@ -54,12 +59,16 @@ def deviation_effects(
     actions in order. `inst` is None for an orphaned event (no instance, the newest version)."""
     version = flow.version if inst is None else inst.version
     step_name = dev.step.name if dev.step else None
-    out: list[Effect] = [Signal("deviation", flow.name, version, key, dev.kind, step_name, now)]
+    out: list[Effect] = [
+        Signal("deviation", flow.name, version, key, dev.kind, step_name, now, source=dev.source)
+    ]
     if dev.kind == "out_of_order" and dev.handler is None:
         return out  # recorded only
     handler = dev.handler
     late_by = (
-        dev.observed_at - dev.deadline
+        dev.late_by
+        if dev.late_by is not None
+        else dev.observed_at - dev.deadline
         if dev.kind == "late" and dev.deadline is not None and dev.observed_at is not None
         else None
     )
@@ -71,6 +80,8 @@ def deviation_effects(
         "late_by": format_duration(late_by) if late_by is not None else None,
         "late_by_ms": late_by,
     }
+    if dev.extra:
+        deviation_ctx.update(dev.extra)
     ctx = template_context(flow, key, version, inst, now, deviation_ctx)
     severity = (handler.severity if handler else None) or _DEFAULT_SEVERITY.get(dev.kind, "warning")
     summary = None
@@ -92,6 +103,8 @@ def deviation_effects(
         "late_by_ms": late_by,
         "summary": summary,
     }
+    if dev.extra:
+        alert.update(dev.extra)
     base = (flow.name, version, key, dev.trigger, step_name)
     alert_id = observer_id(*base, f"alert:{dev.kind}")
     ref = DeviationRef(dev.kind, step_name, version, now if dev.at is None else dev.at, alert_id)
@@ -157,6 +170,8 @@ def outcome_effects(
         "steps": steps,
         "deviations": [DEVIATION_KINDS[k] for k, _ in inst.deviations],
     }
+    if flow.aliases:
+        record["aliases"] = _aliases(flow, inst)
     oid = observer_id(flow.name, inst.version, key, trigger, None, "outcome")
     duration = ended_at - inst.started_at
     return [
@@ -195,8 +210,22 @@ def template_context(
         "steps": steps,
         "deviation": deviation,
     }
+    if flow.aliases:
+        ctx["aliases"] = _aliases(flow, inst)
     ctx[flow.key_name] = key
     return ctx
+
+
+def _aliases(flow: CompiledFlow, inst: InstanceState | None) -> dict[str, str]:
+    """{alias: value} of the values the instance registered and was not refused."""
+    if inst is None or not inst.aliases:
+        return {}
+    names = flow.aliases
+    return {
+        names[i].name: value
+        for i, (value, status) in sorted(inst.aliases.items())
+        if status != ALIAS_CONFLICT
+    }
 
 
 def _nest(target: dict[str, Any], parts: Sequence[str], value: Any) -> None:
@@ -240,5 +269,15 @@ def _default_summary(flow: CompiledFlow, key: str, dev: Deviation, d: Mapping[st
             return f"{who}: SLA breached (deadline {d['deadline']})"
         case "out_of_order":
             return f"{who}: step '{step}' happened before its anchor '{dev.detail}'"
+        case "alias_conflict":
+            return (
+                f"{who}: alias {d['alias']} {d['alias_value']} is held by {d['held_by']}, "
+                "not registered"
+            )
+        case _ if d.get("alias"):
+            return (
+                f"{flow.name} {d['alias']} {key}: {dev.detail} event came via a value no instance "
+                f"registered (buffer ran out {d['deadline']})"
+            )
         case _:
             return f"{who}: {dev.detail} event never matched an instance (buffer ran out {d['deadline']})"

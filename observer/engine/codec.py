@@ -5,13 +5,16 @@ The flow and key are not stored (they are in the store's key). Format 2 (written
 
     [2, version, started_at, [step, time_rel, ...], [step, [value, ...], ...],
      [step, flags, ...], [kind, step, ...], path, sla_bits, outcome|null, ended_rel|null,
-     entries, [step, id_hash, ...], [error_id_hash, ...], buffer|null]
+     entries, [step, id_hash, ...], [error_id_hash, ...], buffer|null,
+     [alias, value, status, ...]]
 
 with trailing fields left out while they hold their default (empty, 0, null). Captured values
 are positional, in the order of the step's `capture` list (a flow that changes what a step
 captures needs a new version anyway). `entries` is `[path, entry_rel, ...]`, or null for the
-usual {main path: started_at}. `[2, null, buffer]` holds only early events. A buffered event
-is `[source, type, id, time, read_at, seq, {selector: value}]` (its key is the slot's).
+usual {main path: started_at}. `[2, null, buffer]` holds only early events; an alias slot
+(aliases: correlation by a second id) is `[2, null, buffer|null, [holder key, holder started_at,
+open 1|0]]` when a holder is known. A buffered event is `[source, type, id, time, read_at, seq,
+{selector: value}]` (its key is the slot's).
 
 Format 1 is not read: only Redis stores of format 1 held it, and those refuse to open
 (`observer.adapters.redis.store`).
@@ -23,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from observer.engine.state import BufferedEvent, Event, InstanceState, KeySlot
+from observer.engine.state import AliasHold, BufferedEvent, Event, InstanceState, KeySlot
 
 __all__ = ["FORMAT", "decode_slot", "encode_slot"]
 
@@ -33,7 +36,8 @@ _loads = orjson.loads
 
 
 # what a trailing field holds when it is left out
-_DEFAULTS: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None, [], [], None]
+_DEFAULTS: list[Any] = [None, None, 0, [], [], [], [], 0, 0, None, None, None, [], [], None, []]
+_FIELDS = len(_DEFAULTS)
 
 
 def _flat(d: dict[int, int], base: int = 0) -> list[int]:
@@ -65,11 +69,21 @@ def _buffer(slot: KeySlot) -> list[Any] | None:
     ]
 
 
+def _aliases(aliases: dict[int, tuple[str, int]]) -> list[Any]:
+    out: list[Any] = []
+    for idx, (value, status) in aliases.items():
+        out += (idx, value, status)
+    return out
+
+
 def encode_slot(slot: KeySlot) -> bytes:
     """Serialise a slot (instance and/or early events) to compact bytes (format 2)."""
     inst = slot.instance
     if inst is None:
-        return _dumps([FORMAT, None, _buffer(slot)])
+        hold = slot.hold
+        if hold is None:
+            return _dumps([FORMAT, None, _buffer(slot)])
+        return _dumps([FORMAT, None, _buffer(slot), [hold.key, hold.started, int(hold.open)]])
     s = inst.started_at
     caps: list[Any] = []
     for k, v in inst.captured.items():
@@ -88,6 +102,7 @@ def encode_slot(slot: KeySlot) -> bytes:
         and not inst.ids
         and not inst.error_ids
         and not slot.buffer
+        and not inst.aliases
     ):  # an open instance on its main path with no deviation yet: the usual slot
         return _dumps([FORMAT, inst.version, s, _flat(inst.observed, s), caps])
     devs: list[int] = []
@@ -110,6 +125,7 @@ def encode_slot(slot: KeySlot) -> bytes:
         _flat(inst.ids),
         inst.error_ids,
         _buffer(slot),
+        _aliases(inst.aliases),
     ]
     n = len(arr)
     defaults = _DEFAULTS
@@ -140,9 +156,12 @@ def _decode(flow: str, key: str, arr: list[Any]) -> KeySlot:
     if arr[1] is None:
         if len(arr) > 2 and arr[2]:
             slot.buffer = _events(key, arr[2])
+        if len(arr) > 3 and arr[3]:
+            holder, started, open_ = arr[3]
+            slot.hold = AliasHold(holder, started, bool(open_))
         return slot
     n = len(arr)
-    if n < 15:
+    if n < _FIELDS:
         arr = arr + _DEFAULTS[n:]
     (
         _,
@@ -160,6 +179,7 @@ def _decode(flow: str, key: str, arr: list[Any]) -> KeySlot:
         ids,
         errs,
         raw_buf,
+        aliases,
     ) = arr
     slot.instance = InstanceState(
         version=version,
@@ -175,6 +195,11 @@ def _decode(flow: str, key: str, arr: list[Any]) -> KeySlot:
         deviations=[(devs[i], devs[i + 1]) for i in range(0, len(devs), 2)],
         outcome=outcome,
         ended_at=None if ended_rel is None else s + ended_rel,
+        aliases=(
+            {aliases[i]: (aliases[i + 1], aliases[i + 2]) for i in range(0, len(aliases), 3)}
+            if aliases
+            else None
+        ),
     )
     if raw_buf:
         slot.buffer = _events(key, raw_buf)

@@ -8,8 +8,9 @@ transitions), `timers` (what is due when) and, through them, `alerts` (what is p
 
 from __future__ import annotations
 
-from observer.engine import timers
-from observer.engine.effects import Effect
+from observer.engine import alias_slots, timers
+from observer.engine.aliases import bounce, pending
+from observer.engine.effects import Effect, Hop
 from observer.engine.machine import (
     Turn,
     apply_to_ended,
@@ -18,17 +19,33 @@ from observer.engine.machine import (
     fire_instance_timer,
     new_turn,
     orphan,
+    receive,
     start,
 )
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.engine.timers import Timer
+from observer.errors import ObserverError
+from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledFlow, CompiledStep
 from observer.flows.registry import FlowRegistry
 from observer.topics import Topics
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "VersionUnavailable"]
 
 _new_turn = object.__new__
+
+
+class VersionUnavailable(ObserverError):
+    """An instance's flow version is not deployed (any more): it is never run on another
+    version. The runtime dead-letters its events and retries its timers later, loudly."""
+
+    def __init__(self, flow: str, version: int, deployed: list[int]) -> None:
+        self.flow, self.version = flow, version
+        have = ", ".join(f"v{v}" for v in deployed) or "none"
+        super().__init__(
+            f"flow '{flow}' version {version} is not deployed (deployed: {have}); "
+            "its instance is not run on another version"
+        )
 
 
 class Engine:
@@ -54,16 +71,22 @@ class Engine:
 
     # -- inputs -----------------------------------------------------------------------------------
 
-    def apply(self, slot: KeySlot, event: Event, now: int) -> list[Effect]:
-        """Apply one event to its slot (mutated in place); `now` is the observer's time (ms)."""
+    def apply(
+        self, slot: KeySlot, event: Event, now: int, watermark: int | None = None
+    ) -> list[Effect]:
+        """Apply one event to its slot (mutated in place); `now` is the observer's time (ms),
+        `watermark` the event-time clock as the event is observed (default: `now`)."""
         out: list[Effect] = []
         inst = slot.instance
         if inst is None:
-            flow = self._registry.newest(slot.flow)
+            name, alias = split_alias_flow(slot.flow)
+            flow = self._registry.newest(name)
+            if alias is not None:  # an event via an alias value
+                return alias_slots.via_event(slot, flow, alias, event, now, self.buffer_limit)
             ref = (event.source, event.type)
             if event.source in flow.sources and ref in flow.start.on:
-                start(slot, flow, event, now, self.topics, out)
-            elif ref in flow.step_index or ref in flow.error_index:
+                start(slot, flow, event, now, self.topics, out, watermark)
+            elif ref in flow.step_index or ref in flow.error_index or ref in flow.alias_from:
                 buffer_early(slot, flow, event, now, self.buffer_limit, out)
             return out
         flow = self._versions.get((slot.flow, inst.version)) or self._flow_of(slot, inst)
@@ -78,7 +101,25 @@ class Engine:
         turn.now = now
         turn.topics = self.topics
         turn.out = out
+        turn.watermark = now if watermark is None else watermark
         apply_to_open(turn, event)
+        return out
+
+    def deliver(
+        self, slot: KeySlot, hop: Hop, now: int, watermark: int | None = None
+    ) -> list[Effect]:
+        """Deliver a message of another slot (aliases) to this one (mutated in place)."""
+        name, alias = split_alias_flow(slot.flow)
+        if alias is not None:
+            flow = self._registry.newest(name)
+            return alias_slots.receive_at_alias(slot, flow, alias, hop, now, self.buffer_limit)
+        inst = slot.instance
+        if inst is None or inst.started_at != hop.started:  # not the instance it was meant for
+            return bounce(hop)
+        out: list[Effect] = []
+        receive(
+            new_turn(slot, inst, self._flow_of(slot, inst), now, self.topics, out, watermark), hop
+        )
         return out
 
     def fire(self, slot: KeySlot, watermark: int, now: int | None = None) -> list[Effect]:
@@ -86,15 +127,18 @@ class Engine:
         time order. `now` (default: the watermark) is recorded as `detected_at`."""
         out: list[Effect] = []
         at = watermark if now is None else now
+        alias = split_alias_flow(slot.flow)[1]
         while slot.instance is not None or slot.buffer:
+            inst = slot.instance
+            if inst is not None and inst.aliases and inst.open and pending(inst):
+                break  # waits for an alias value's answer, which may bring events
             flow = self.flow_of(slot)
             timer = timers.next_timer(flow, slot, True)
             if timer is None or timer[0] > watermark:
                 break
             due, rank, kind, step = timer
-            inst = slot.instance
             if inst is None:  # an orphan timer: `rank` is the early event's reading order
-                out += orphan(slot, flow, due, rank, at, self.topics.alerts)
+                out += orphan(slot, flow, due, rank, at, self.topics.alerts, alias)
             else:
                 turn = new_turn(slot, inst, flow, at, self.topics, out)
                 fire_instance_timer(turn, kind, step, due)
@@ -111,25 +155,30 @@ class Engine:
         expire and retain. Runs for every slot written."""
         inst = slot.instance
         if inst is not None:
+            if inst.aliases and inst.open and pending(inst):
+                return None  # due again once the answer came
             flow = self._versions.get((slot.flow, inst.version)) or self._flow_of(slot, inst)
             return timers.next_due(flow, slot, lifecycle)
         if not slot.buffer:
             return None
-        return timers.next_due(self._registry.newest(slot.flow), slot, lifecycle)
+        return timers.next_due(self.flow_of(slot), slot, lifecycle)
 
     # -- state queries ----------------------------------------------------------------------------
 
     def flow_of(self, slot: KeySlot) -> CompiledFlow:
         """The compiled flow version that governs the slot (its instance's, or the newest)."""
         if slot.instance is None:
-            return self._registry.newest(slot.flow)
+            return self._registry.newest(split_alias_flow(slot.flow)[0])
         return self._flow_of(slot, slot.instance)
 
     def _flow_of(self, slot: KeySlot, inst: InstanceState) -> CompiledFlow:
+        """The instance's own version; raises VersionUnavailable rather than take another."""
         flow = self._versions.get((slot.flow, inst.version))
         if flow is None:
             registry = self._registry
-            flow = registry.get(slot.flow, inst.version) or registry.newest(slot.flow)
+            flow = registry.get(slot.flow, inst.version)
+            if flow is None:
+                raise VersionUnavailable(slot.flow, inst.version, registry.versions(slot.flow))
             self._versions[(slot.flow, inst.version)] = flow
         return flow
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["DeviationRef", "Effect", "Publish", "Signal"]
+from observer.engine.ids import observer_id
+from observer.engine.state import Event
+from observer.flows.aliases import alias_flow
+
+__all__ = ["HOP_KINDS", "DeviationRef", "Effect", "Hop", "HopKind", "Publish", "Signal"]
 
 Category = Literal["action", "alert", "outcome", "dlq", "webhook"]
 
@@ -68,6 +72,53 @@ class Signal:
     step: str | None
     at: int
     value_ms: int | None = None  # duration for `ended` and `slo`
+    # correlation health: the source of the event concerned (`orphaned`, `alias_conflict`)
+    source: str | None = None
 
 
-Effect = Publish | Signal
+# aliases (correlation by a second id): what one slot tells another of the same flow
+HopKind = Literal["register", "registered", "conflict", "forward", "bounce", "ended", "free"]
+HOP_KINDS: tuple[HopKind, ...] = (
+    "register",  # instance -> alias value: the instance asks to hold it
+    "registered",  # alias value -> instance: held; with the events that came via it so far
+    "conflict",  # alias value -> instance: another open instance holds it (`held_by`)
+    "forward",  # alias value -> its holder: an event that came via it
+    "bounce",  # instance -> alias value: events for an instance that is gone, sent back
+    "ended",  # instance -> alias value: the holder ended (a new open instance may take it)
+    "free",  # instance -> alias value: the holder's key is free (after `retain`)
+)
+_TO_ALIAS = frozenset({"register", "bounce", "ended", "free"})
+
+
+@dataclass(slots=True)
+class Hop:
+    """A message from one slot to another of the same flow, between the instance of `key` that
+    started at `started` and the alias slot of (`alias`, `value`). Live it travels through the
+    keyed topic (kept in the sender's outbox until acknowledged, so it survives a crash); in
+    replay it is delivered at once. Handling one twice changes nothing."""
+
+    kind: HopKind
+    flow: str
+    alias: str
+    value: str
+    key: str
+    started: int
+    events: tuple[Event, ...] = ()  # registered, forward, bounce
+    held_by: str | None = None  # conflict
+    source: str | None = None  # register, conflict: the source of the `from` event
+
+    def target(self) -> tuple[str, str]:
+        """(slot flow, slot key) of the receiver: `<flow>/<alias>` and the value, or the
+        flow and the instance's key."""
+        if self.kind in _TO_ALIAS:
+            return alias_flow(self.flow, self.alias), self.value
+        return self.flow, self.key
+
+    def id(self) -> str:
+        """A deterministic id: the same message sent again (after a crash) has the same one."""
+        ids = "\x1e".join(e.id for e in self.events)
+        trigger = f"hop:{self.kind}:{self.alias}:{self.value}:{self.started}:{ids}"
+        return observer_id(self.flow, 0, self.key, trigger, None, "hop")
+
+
+Effect = Publish | Signal | Hop

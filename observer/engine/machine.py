@@ -7,8 +7,9 @@ Every transition works on one `Turn` (one engine call on one slot) and adds its 
 
 from __future__ import annotations
 
+from observer.engine import aliases
 from observer.engine.alerts import Deviation, deviation_effects, outcome_effects
-from observer.engine.effects import Effect, Signal
+from observer.engine.effects import Effect, Hop, Signal
 from observer.engine.ids import event_hash
 from observer.engine.state import (
     DEVIATION_KINDS,
@@ -36,6 +37,7 @@ __all__ = [
     "fire_instance_timer",
     "new_turn",
     "orphan",
+    "receive",
     "start",
 ]
 
@@ -45,11 +47,12 @@ _new_turn = object.__new__
 
 class Turn:
     """One engine call on one slot that holds an instance: the slot, its instance, the flow
-    version that governs it, the observer's time (`now`, ms), where records go, and the
-    effects produced so far (`out`). Made by `new_turn()` (`Engine.apply` builds its own in
-    place, once per event)."""
+    version that governs it, the observer's time (`now`, ms), the watermark when an event is
+    observed (`watermark`: how late a step observed after its `missing` is), where records go,
+    and the effects produced so far (`out`). Made by `new_turn()` (`Engine.apply` builds its
+    own in place, once per event)."""
 
-    __slots__ = ("flow", "inst", "now", "out", "slot", "topics")
+    __slots__ = ("flow", "inst", "now", "out", "slot", "topics", "watermark")
 
     slot: KeySlot
     inst: InstanceState
@@ -57,6 +60,7 @@ class Turn:
     now: int
     topics: Topics
     out: list[Effect]
+    watermark: int
 
     def record(self, note: str, step: str | None = None) -> None:
         """A `recorded` signal: something the history keeps that is not a deviation."""
@@ -81,9 +85,11 @@ def new_turn(
     now: int,
     topics: Topics,
     out: list[Effect],
+    watermark: int | None = None,
 ) -> Turn:
-    """A new `Turn`. Not `Turn(...)`: on Python 3.11 a class call with an `__init__` costs
-    about 3 % of an event's time; allocating and setting the slots costs less than half."""
+    """A new `Turn` (`watermark` default: `now`). Not `Turn(...)`: on Python 3.11 a class call
+    with an `__init__` costs about 3 % of an event's time; allocating and setting the slots
+    costs less than half."""
     turn = _new_turn(Turn)
     turn.slot = slot
     turn.inst = inst
@@ -91,6 +97,7 @@ def new_turn(
     turn.now = now
     turn.topics = topics
     turn.out = out
+    turn.watermark = now if watermark is None else watermark
     return turn
 
 
@@ -98,14 +105,22 @@ def new_turn(
 
 
 def start(
-    slot: KeySlot, flow: CompiledFlow, event: Event, now: int, topics: Topics, out: list[Effect]
+    slot: KeySlot,
+    flow: CompiledFlow,
+    event: Event,
+    now: int,
+    topics: Topics,
+    out: list[Effect],
+    watermark: int | None = None,
 ) -> None:
     """Open an instance with its start event, then apply the early events buffered for it in
     event-time order."""
     inst = InstanceState(flow.version, event.time, 0, {0: event.time})
     slot.instance = inst
-    turn = new_turn(slot, inst, flow, now, topics, out)
+    turn = new_turn(slot, inst, flow, now, topics, out, watermark)
     first = flow.start
+    if flow.alias_from:
+        aliases.register(turn, event)
     _observe(inst, first, event)
     out.append(Signal("started", flow.name, flow.version, slot.key, "", first.name, now))
     buffered = sorted(slot.buffer, key=lambda b: (b.event.time, b.seq)) if slot.buffer else ()
@@ -133,9 +148,16 @@ def buffer_early(
 
 
 def orphan(
-    slot: KeySlot, flow: CompiledFlow, due: int, seq: int, now: int, alerts_topic: str
+    slot: KeySlot,
+    flow: CompiledFlow,
+    due: int,
+    seq: int,
+    now: int,
+    alerts_topic: str,
+    alias: str | None = None,
 ) -> list[Effect]:
-    """The orphan timer `(due, seq)` fired: its early events are dropped and alerted."""
+    """The orphan timer `(due, seq)` fired: its early events are dropped and alerted (`alias`:
+    they came via that alias, whose value is the slot's key)."""
     out: list[Effect] = []
     keep = []
     for b in slot.buffer:
@@ -143,7 +165,10 @@ def orphan(
             ev = b.event
             step_idx = flow.step_index.get((ev.source, ev.type))
             step = flow.steps[step_idx[0]] if step_idx else None
-            dev = Deviation("orphaned", step, due, ev.time, f"orphan:{ev.id}", None, ev.type, due)
+            dev = Deviation("orphaned", step, due, ev.time, f"orphan:{ev.id}", None, ev.type)
+            dev.source, dev.at = ev.source, due
+            if alias is not None:
+                dev.extra = {"alias": alias}
             out += deviation_effects(flow, slot.key, None, dev, now, alerts_topic)
         else:
             keep.append(b)
@@ -161,11 +186,15 @@ def apply_to_open(turn: Turn, event: Event) -> None:
     flow = turn.flow
     inst = turn.inst
     ref = (event.source, event.type)
+    if flow.alias_from and ref in flow.alias_from:
+        aliases.register(turn, event)
     candidates = flow.step_index.get(ref)  # a step's event is never an error's (compiler)
     if candidates is None:
         err = flow.error_index.get(ref)
         if err is not None:
             _apply_error(turn, flow.errors[err].handler, event)
+            return
+        if ref in flow.alias_from:  # only registers aliases: nothing more to do
             return
         step = None
     elif len(candidates) == 1:  # the usual case, inlined
@@ -193,6 +222,8 @@ def apply_to_open(turn: Turn, event: Event) -> None:
         anchor = anchor_of(anchors, observed, inst.entries, step.path)
         if anchor is not None and t > anchor + within:
             _judge_late(turn, step, event.id, t)
+        elif inst.flags and inst.flags.get(idx, 0) & F_MISSING:
+            _late_by_arrival(turn, step, event.id)
     # out of order against its own anchors
     if current and anchors:
         for a in anchors:
@@ -219,7 +250,7 @@ def _apply_error(turn: Turn, handler: CompiledHandler, event: Event) -> None:
         return
     inst.error_ids.append(h)
     t = event.time
-    turn.raise_deviation(Deviation("error", None, None, t, event.id, handler, event.type, t))
+    turn.raise_deviation(Deviation("error", None, None, t, event.id, handler, event.type, at=t))
     if handler.then is not None:
         _switch(turn, handler.then, event.time, event.id)
 
@@ -236,7 +267,9 @@ def apply_to_ended(turn: Turn, event: Event) -> None:
     if due is not None and event.time > due:
         inst.flags[step.index] = inst.flags.get(step.index, 0) | F_LATE
         t = event.time
-        turn.raise_deviation(Deviation("late", step, due, t, event.id, step.if_late, "", t))
+        turn.raise_deviation(Deviation("late", step, due, t, event.id, step.if_late, at=t))
+    elif due is not None and inst.flags.get(step.index, 0) & F_MISSING:
+        _late_by_arrival(turn, step, event.id)
     else:
         turn.record(f"{event.type} after the end", step.name)
 
@@ -288,8 +321,27 @@ def _judge_late(turn: Turn, step: CompiledStep, trigger: str, at: int) -> None:
     if f & F_LATE:
         return
     inst.flags[idx] = f | F_LATE
-    turn.raise_deviation(Deviation("late", step, due, t, trigger, step.if_late, "", at))
+    turn.raise_deviation(Deviation("late", step, due, t, trigger, step.if_late, at=at))
     if step.if_late.then is not None:
+        _switch(turn, step.if_late.then, t, trigger)
+
+
+def _late_by_arrival(turn: Turn, step: CompiledStep, trigger: str) -> None:
+    """Raise `late` once for a step observed after its `missing` fired, on time by its event
+    time (its producer stamped it late): late by the watermark at observation past the
+    deadline (in replay, the virtual clock)."""
+    inst = turn.inst
+    idx = step.index
+    f = inst.flags.get(idx, 0)
+    due = deadline(inst, step)
+    if f & F_LATE or due is None:
+        return
+    inst.flags[idx] = f | F_LATE
+    t = inst.observed[idx]
+    late_by = max(turn.watermark - due, 0)
+    dev = Deviation("late", step, due, t, trigger, step.if_late, late_by=late_by, at=t)
+    turn.raise_deviation(dev)
+    if inst.open and step.if_late.then is not None:
         _switch(turn, step.if_late.then, t, trigger)
 
 
@@ -306,7 +358,7 @@ def _out_of_order(
     h = step.if_out_of_order
     t = inst.observed[idx]
     turn.raise_deviation(
-        Deviation("out_of_order", step, deadline(inst, step), t, trigger, h, anchor.name, at)
+        Deviation("out_of_order", step, deadline(inst, step), t, trigger, h, anchor.name, at=at)
     )
     if h is not None and h.then is not None:
         _switch(turn, h.then, t, trigger)
@@ -322,6 +374,8 @@ def fire_instance_timer(turn: Turn, kind: TimerKind, step_idx: int, due: int) ->
     inst = turn.inst
     flow = turn.flow
     if kind == TimerKind.RETAIN:
+        if inst.aliases:
+            aliases.free_aliases(turn)
         slot.instance = None
         turn.record("retention ended")
         return
@@ -371,6 +425,26 @@ def fire_instance_timer(turn: Turn, kind: TimerKind, step_idx: int, due: int) ->
         _switch(turn, dev.handler.then, due, trigger)
 
 
+# -- aliases ------------------------------------------------------------------------------------
+
+
+def receive(turn: Turn, hop: Hop) -> None:
+    """An alias slot's answer to this instance's register, or events that came via one of its
+    alias values: the answer is taken (a conflict raises `alias_conflict`), the events applied
+    in event-time order (reading order on ties), like early events at the start."""
+    dev = aliases.take_answer(turn, hop)
+    if dev is not None:
+        turn.raise_deviation(dev)
+        if dev.handler is not None and dev.handler.then is not None:
+            _switch(turn, dev.handler.then, turn.now, dev.trigger)
+        return
+    for ev in sorted(hop.events, key=lambda e: e.time):
+        if turn.inst.open:
+            apply_to_open(turn, ev)
+        else:
+            apply_to_ended(turn, ev)
+
+
 # -- paths and the end --------------------------------------------------------------------------
 
 
@@ -410,6 +484,8 @@ def _end(turn: Turn, outcome: str, ended_at: int, trigger: str) -> None:
     turn.out += outcome_effects(
         turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics.outcomes
     )
+    if inst.aliases:
+        aliases.end_aliases(turn)
     slo = turn.flow.slo
     if slo is not None and not inst.sla & SLO_JUDGED:  # judged once, at its end
         took = ended_at - inst.started_at

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ALIAS_CONFLICT",
+    "ALIAS_HELD",
+    "ALIAS_PENDING",
     "DEVIATION_KINDS",
     "F_LATE",
     "F_MISSING",
@@ -19,6 +22,7 @@ __all__ = [
     "SLA_BREACHED",
     "SLA_WARNED",
     "SLO_JUDGED",
+    "AliasHold",
     "BufferedEvent",
     "Event",
     "InstanceState",
@@ -34,6 +38,10 @@ F_OUT_OF_ORDER = 8
 SLA_WARNED = 1
 SLA_BREACHED = 2
 SLO_JUDGED = 4  # counted bad for the flow's SLO while still open (its `within` passed)
+# what an instance knows of an alias value it registered (aliases: correlation by a second id)
+ALIAS_PENDING = 0  # asked for, no answer yet: the instance fires no timer meanwhile
+ALIAS_HELD = 1  # the instance holds the value
+ALIAS_CONFLICT = 2  # another open instance held it: not taken
 
 DEVIATION_KINDS = (
     "missing",
@@ -44,6 +52,7 @@ DEVIATION_KINDS = (
     "sla_breach",
     "out_of_order",
     "orphaned",
+    "alias_conflict",  # aliases: appended, the indices above are stored in instance state
 )
 
 
@@ -90,6 +99,7 @@ class InstanceState:
     deviations: list[tuple[int, int]]  # (kind index, step or -1)
     outcome: str | None
     ended_at: int | None
+    aliases: dict[int, tuple[str, int]]  # alias index -> (value, ALIAS_* status)
 
     def __init__(
         self,
@@ -106,6 +116,7 @@ class InstanceState:
         deviations: list[tuple[int, int]] | None = None,
         outcome: str | None = None,
         ended_at: int | None = None,
+        aliases: dict[int, tuple[str, int]] | None = None,
     ) -> None:
         # written out: the generated __init__ with seven default factories costs 3x as much,
         # once per instance started or decoded
@@ -122,6 +133,7 @@ class InstanceState:
         self.deviations = [] if deviations is None else deviations
         self.outcome = outcome
         self.ended_at = ended_at
+        self.aliases = {} if aliases is None else aliases
 
     @property
     def open(self) -> bool:
@@ -129,14 +141,28 @@ class InstanceState:
 
 
 @dataclass(slots=True)
+class AliasHold:
+    """Who holds an alias value: the instance of `key` that started at `started` (a key reused
+    after `retain` is another instance), and whether it is still open (an ended holder keeps
+    the value until its key is freed, but a new open instance may take it)."""
+
+    key: str
+    started: int
+    open: bool = True
+
+
+@dataclass(slots=True)
 class KeySlot:
-    """Everything the observer holds for one (flow, key)."""
+    """Everything the observer holds for one (flow, key). An alias slot (`flow` is
+    `<flow>/<alias>`, `key` an alias value) holds no instance: its holder, if any, and the
+    events that came via the value before anyone held it."""
 
     flow: str
     key: str
     instance: InstanceState | None = None
     buffer: list[BufferedEvent] = field(default_factory=list)
+    hold: AliasHold | None = None  # alias slots only
 
     @property
     def empty(self) -> bool:
-        return self.instance is None and not self.buffer
+        return self.instance is None and not self.buffer and self.hold is None

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_GUARDRAILS",
     "MAIN_PATH",
     "CompiledAction",
+    "CompiledAlias",
     "CompiledError",
     "CompiledFlow",
     "CompiledGuardrails",
@@ -49,6 +50,7 @@ class CompiledSource:
     type_text: str
     key_text: str
     time_text: str
+    via: str | None = None  # aliases: the alias whose values `key` reads (not instance keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,24 +155,38 @@ class CompiledSlo:
 @dataclass(frozen=True, slots=True)
 class CompiledGuardrails:
     """A flow's guardrails (contract §7), times in ms. An incident opens when `threshold`
-    deviations of one (kind, step) among `incident_kinds` (None: every kind) fall within
-    `within_ms`; at most `max_actions` action records are published per `per_ms` (None: no
-    limit). Without `guardrails.incident`, the built-in one covers `orphaned` only."""
+    deviations of one (kind, step) fall within `within_ms` (None: no incidents); at most
+    `max_actions` action records are published per `per_ms` (None: no limit). The default,
+    for a flow without `guardrails:`, has neither."""
 
-    threshold: int = 100
-    within_ms: int = 60_000
-    incident_kinds: frozenset[str] | None = frozenset({"orphaned"})
+    threshold: int | None = None
+    within_ms: int = 0
     max_actions: int | None = None
     per_ms: int | None = None
 
+    @property
+    def active(self) -> bool:
+        """Whether deviations of the flow wait for the guardrails' decision (an incident may
+        open or hold them, or their actions count against the rate)."""
+        return self.threshold is not None or self.max_actions is not None
+
     def deferred(self, kind: str) -> bool:
-        """Whether a deviation of this kind waits for the guardrails' decision (it may open
-        or join an incident, or its actions count against the rate)."""
-        kinds = self.incident_kinds
-        return self.max_actions is not None or kinds is None or kind in kinds
+        """Whether a deviation of this kind waits for the guardrails' decision (every kind
+        does when the flow has guardrails)."""
+        return self.threshold is not None or self.max_actions is not None
 
 
 DEFAULT_GUARDRAILS = CompiledGuardrails()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledAlias:
+    """A second id of an instance: registered from its `on` events, read with `value`."""
+
+    index: int
+    name: str
+    on: frozenset[tuple[str, str]]  # (source, event type) of the `from` events
+    value: str  # the selector, as written: also the name of its captured value in an event
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +211,11 @@ class CompiledFlow:
     slo: CompiledSlo | None = None
     # guardrails (contract §7): incidents and the action rate limit
     guardrails: CompiledGuardrails = DEFAULT_GUARDRAILS
+    # aliases (correlation by a second id): in declaration order; the indices of those each
+    # (source, event type) registers; the top-level handler of `alias_conflict`
+    aliases: tuple[CompiledAlias, ...] = ()
+    alias_from: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    if_alias_conflict: CompiledHandler = NO_HANDLER
     # derived, for the hot path: per path index, the steps that can time out (required, with a
     # window) as (step index, anchors, within_ms, warn_ms | None), in declaration order
     timed: tuple[tuple[TimedStep, ...], ...] = field(init=False, repr=False, compare=False)
@@ -214,6 +235,12 @@ class CompiledFlow:
     @property
     def start(self) -> CompiledStep:
         return self.steps[0]
+
+    def alias_named(self, name: str) -> CompiledAlias | None:
+        for a in self.aliases:
+            if a.name == name:
+                return a
+        return None
 
     def step_named(self, name: str) -> CompiledStep:
         for s in self.steps:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from observer.errors import FlowError, FlowProblem
+from observer.flows.aliases import compile_aliases
+from observer.flows.avro import load_avro
 from observer.flows.compiled import (
     NO_HANDLER,
     CompiledAction,
@@ -24,6 +25,7 @@ from observer.flows.compiled import (
     CompiledSource,
     CompiledStep,
 )
+from observer.flows.cycles import check_cycles
 from observer.flows.guardrails import compile_guardrails
 from observer.flows.loader import LineMap, LoadedFlow, load_flows
 from observer.flows.registry import FlowRegistry
@@ -45,18 +47,11 @@ def _warn_ms(warn: str | None, within_ms: int) -> int:
     return parse_duration(warn)
 
 
-def _load_avro(path: str, flow_file: str) -> Any:
-    """A local Avro schema; a relative `path` is resolved against the flow file's folder (as
-    an editor resolves the `$schema` comment), so flows validate from any directory."""
-    import fastavro.schema
-
-    return fastavro.schema.load_schema(str(Path(flow_file).parent / path))
-
-
 class _FlowCompiler:
     """Compiles one flow document; collects problems instead of stopping at the first."""
 
     def __init__(self, loaded: LoadedFlow) -> None:
+        self.loaded = loaded
         self.spec: FlowSpec = loaded.spec
         self.file = loaded.file
         self.lines: LineMap = loaded.lines
@@ -74,7 +69,7 @@ class _FlowCompiler:
             schema = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
-                    schema = _load_avro(src.schema_, self.file)
+                    schema = load_avro(src.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -92,6 +87,7 @@ class _FlowCompiler:
                 type_text=src.type,
                 key_text=src.key,
                 time_text=src.time,
+                via=src.via,
             )
         return out
 
@@ -130,7 +126,7 @@ class _FlowCompiler:
             schema = None
             if p.schema_ is not None:
                 try:
-                    schema = _load_avro(p.schema_, self.file)
+                    schema = load_avro(p.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),
@@ -291,31 +287,17 @@ class _FlowCompiler:
             out.append(step)
             if not s.optional:
                 prev_required = step.index
-        self._check_cycles(out, loc)
+        check_cycles(out, loc, self.problem)
         return out
 
-    def _check_cycles(self, steps: list[CompiledStep], loc: tuple[str | int, ...]) -> None:
-        by_index = {s.index: s for s in steps}
-        state: dict[int, int] = {}  # 1 visiting, 2 done
-
-        def visit(i: int, trail: list[str]) -> bool:
-            if state.get(i) == 2:
-                return False
-            if state.get(i) == 1:
-                cycle = [*trail[trail.index(by_index[i].name) :], by_index[i].name]
-                first = steps.index(by_index[i])
-                self.problem((*loc, first, "after"), "anchors form a cycle: " + " -> ".join(cycle))
-                return True
-            state[i] = 1
-            for a in by_index[i].anchors:
-                if a in by_index and visit(a, [*trail, by_index[i].name]):
-                    state[i] = 2
-                    return True
-            state[i] = 2
-            return False
-
-        for s in steps:
-            visit(s.index, [])
+    def _template_context(self, steps: list[StepSpec]) -> TemplateContextSpec:
+        """What templates may name: the key, each step's captures, the aliases (if any)."""
+        aliases = self.spec.aliases
+        return TemplateContextSpec(
+            self.spec.key,
+            {s.step: list(s.capture) for s in steps},
+            aliases=frozenset(aliases) if aliases else None,
+        )
 
     def _slo(self) -> CompiledSlo | None:
         slo = self.spec.slo
@@ -354,7 +336,7 @@ class _FlowCompiler:
                     f"step name '{s.step}' is used twice (step names are unique in a flow)",
                 )
             seen[s.step] = loc
-        ctx = TemplateContextSpec(spec.key, {s.step: list(s.capture) for _, s in all_specs})
+        ctx = self._template_context([s for _, s in all_specs])
         sources = self._sources()
         self._compile_actions(ctx)
         steps = self._steps(0, list(spec.steps), ("steps",), 0)
@@ -404,6 +386,7 @@ class _FlowCompiler:
                 self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
             )
         slo = self._slo()
+        aliases = compile_aliases(spec, self.problem, self._handler)
         step_index: dict[tuple[str, str], list[int]] = {}
         for cs in steps:
             for ref in cs.on:
@@ -454,6 +437,9 @@ class _FlowCompiler:
             error_index=error_index,
             slo=slo,
             guardrails=guardrails,
+            aliases=aliases.aliases,
+            alias_from=aliases.alias_from,
+            if_alias_conflict=aliases.if_alias_conflict,
         )
 
 

@@ -1,8 +1,7 @@
 """`guardrails:` of a flow file (contract §7) compiled: incidents and the action rate limit.
 
-Without `guardrails.incident` a flow still has the built-in incident guardrail for
-`orphaned` (100 within 1m): a flood of orphan events raises one incident, not one critical
-alert per event. A flow's own `incident` covers every kind, `orphaned` included.
+An incident covers deviations of every kind (`orphaned` included); a flow without
+`guardrails:` has none of it and publishes exactly as before.
 """
 
 from __future__ import annotations
@@ -16,14 +15,11 @@ __all__ = ["compile_guardrails"]
 
 def compile_guardrails(spec: GuardrailsSpec | None) -> CompiledGuardrails:
     """The compiled guardrails (the spec checked every value already)."""
-    out = DEFAULT_GUARDRAILS
-    if spec is None:
-        return out
+    if spec is None or (spec.incident is None and spec.max_actions is None):
+        return DEFAULT_GUARDRAILS
+    threshold, within, count, per = None, 0, None, None
     if spec.incident is not None:
-        within = parse_duration(spec.incident.within)
-        out = CompiledGuardrails(spec.incident.threshold, within, None)
+        threshold, within = spec.incident.threshold, parse_duration(spec.incident.within)
     if spec.max_actions is not None:
-        per = parse_duration(spec.max_actions.per)
-        limit = spec.max_actions.count
-        out = CompiledGuardrails(out.threshold, out.within_ms, out.incident_kinds, limit, per)
-    return out
+        count, per = spec.max_actions.count, parse_duration(spec.max_actions.per)
+    return CompiledGuardrails(threshold, within, count, per)

@@ -131,6 +131,8 @@ def flow_json_schema() -> dict[str, Any]:
     if "capture" in error:  # accepted on errors[] once the model has it, like a step's capture
         _replace(error["capture"], _one_or_many(selector), nullable=False)
 
+    _alias_patterns(top, defs, event_ref, selector)
+
     # -- sla -------------------------------------------------------------------------------------
     sla = defs["SlaSpec"]["properties"]
     _set_pattern(sla["within"], DURATION_PATTERN)
@@ -160,6 +162,17 @@ def flow_json_schema() -> dict[str, Any]:
             "See docs/flow-language.md."
         ),
     }
+
+
+def _alias_patterns(
+    top: dict[str, Any], defs: dict[str, Any], event_ref: dict[str, Any], selector: dict[str, Any]
+) -> None:
+    """Aliases (correlation by a second id): names, `from`, `value` and a source's `via`."""
+    top["aliases"]["propertyNames"] = {"pattern": spec.ALIAS_NAME.pattern}
+    _set_pattern(defs["SourceSpec"]["properties"]["via"], spec.ALIAS_NAME.pattern)
+    alias = defs["AliasSpec"]["properties"]
+    _replace(alias["from"], _one_or_many(event_ref, min_items=1), nullable=False)
+    _set_pattern(alias["value"], selector["pattern"])
 
 
 def render_schema() -> str:

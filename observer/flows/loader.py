@@ -6,12 +6,14 @@ pydantic error's location path can be mapped back to the line the user has to fi
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -27,7 +29,15 @@ from observer.limits import (
     MIN_YAML_INT,
 )
 
-__all__ = ["LineMap", "LoadedFlow", "flow_files", "load_flow_file", "load_flows"]
+__all__ = [
+    "LineMap",
+    "LoadedFlow",
+    "document_digest",
+    "flow_files",
+    "load_flow_file",
+    "load_flow_text",
+    "load_flows",
+]
 
 Path_ = tuple[str | int, ...]
 
@@ -58,6 +68,14 @@ class LoadedFlow:
     spec: FlowSpec
     file: str
     lines: LineMap
+    # issue 15 (versions kept with the state): what rebuilds the flow exactly elsewhere — the
+    # text of its file, which document of it this is, the digest of the document as data (the
+    # same whatever its comments and layout), and Avro schema texts by path as written (set
+    # when rebuilt from the store instead of read from files next to the flow)
+    text: str = ""
+    document: int = 0
+    digest: str = ""
+    schemas: Mapping[str, str] | None = None
 
 
 def flow_files(target: str | Path) -> list[Path]:
@@ -259,6 +277,12 @@ def _read(path: str | Path) -> str:
         raise _TooBig(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
+def document_digest(data: Any) -> str:
+    """The digest of a flow document as data: comments, layout and key order do not count."""
+    canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def load_flow_file(path: str | Path) -> tuple[list[LoadedFlow], list[FlowProblem]]:
     """Parse every document of one file; return the flows and all problems found."""
     file = str(path)
@@ -268,6 +292,16 @@ def load_flow_file(path: str | Path) -> tuple[list[LoadedFlow], list[FlowProblem
         return [], [FlowProblem(file, 0, f"cannot read file: {exc}")]
     except _TooBig as exc:
         return [], [FlowProblem(file, exc.line, exc.message)]
+    return load_flow_text(text, file)
+
+
+def load_flow_text(
+    text: str, file: str, schemas: Mapping[str, str] | None = None
+) -> tuple[list[LoadedFlow], list[FlowProblem]]:
+    """Parse every document of a flow file's text (`file` names it in messages); `schemas`:
+    the Avro schemas it names, by path as written (default: read next to `file`)."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FLOW_FILE_BYTES:
+        return [], [FlowProblem(file, 0, f"the file is larger than {MAX_FLOW_FILE_BYTES} bytes")]
     flows: list[LoadedFlow] = []
     problems: list[FlowProblem] = []
     try:
@@ -286,7 +320,7 @@ def load_flow_file(path: str | Path) -> tuple[list[LoadedFlow], list[FlowProblem
         return [], [FlowProblem(file, 0, f"invalid YAML: {exc}")]
     except Exception as exc:  # ruamel raises assorted errors on hostile input
         return [], [FlowProblem(file, 0, f"invalid YAML: {type(exc).__name__}: {exc}")]
-    for data, lines in docs:
+    for document, (data, lines) in enumerate(docs):
         if data is None:
             continue
         if not isinstance(data, dict):
@@ -298,7 +332,7 @@ def load_flow_file(path: str | Path) -> tuple[list[LoadedFlow], list[FlowProblem
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, data, lines, name))
             continue
-        flows.append(LoadedFlow(spec, file, lines))
+        flows.append(LoadedFlow(spec, file, lines, text, document, document_digest(data), schemas))
     if not flows and not problems:
         problems.append(FlowProblem(file, 0, "no flow in this file"))
     return flows, problems

@@ -16,9 +16,11 @@ from observer.limits import MAX_ACTIONS_COUNT, MAX_INCIDENT_THRESHOLD, MAX_VERSI
 from observer.timefmt import parse_duration
 
 __all__ = [
+    "ALIAS_NAME",
     "SELECTOR",
     "ActionSpec",
     "AlertSpec",
+    "AliasSpec",
     "ErrorSpec",
     "FlowSpec",
     "GuardrailsSpec",
@@ -41,6 +43,7 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ACTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 EVENT_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.(\S+)$")
 SELECTOR = re.compile(r"^(key|timestamp|header\.[^.\s][^\s]*|value(\.[^.\s]+)*)$")
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # aliases (correlation by a second id)
 Severity = Literal["info", "warning", "critical"]
 
 
@@ -82,10 +85,23 @@ class SourceSpec(_Model):
         None, description="selector of a unique event id (default: topic/partition/offset)"
     )
     time: str = Field("timestamp", description="selector of event time: epoch ms or ISO-8601")
+    # aliases (correlation by a second id)
+    via: str | None = Field(
+        None,
+        description="an alias name: `key` reads values of that alias, not instance keys "
+        "(such a source cannot start an instance)",
+    )
 
     _selectors = field_validator("type", "key", "id", "time")(
         classmethod(lambda cls, v: v if v is None else check_selector(v))
     )
+
+    @field_validator("via")
+    @classmethod
+    def _via(cls, v: str | None) -> str | None:
+        if v is not None and not ALIAS_NAME.match(v):
+            raise ValueError(f"via '{v}' is not an alias name ({ALIAS_NAME.pattern})")
+        return v
 
     @model_validator(mode="after")
     def _avro_needs_no_schema_for_json(self) -> SourceSpec:
@@ -289,6 +305,23 @@ class ActionSpec(_Model):
         return self
 
 
+class AliasSpec(_Model):
+    """A second id an instance is known by: registered when one of the `from` events is applied
+    to an open instance, its value read from that event with `value`."""
+
+    from_: list[str] = Field(
+        alias="from",
+        min_length=1,
+        description="<source>.<EventType> (or a list) of the instance that carries the value; "
+        "a source without `via`",
+    )
+    value: str = Field(description="selector of the alias value in that event")
+
+    _lists = field_validator("from_", mode="before")(classmethod(lambda cls, v: _as_list(v)))
+    _refs = field_validator("from_")(classmethod(lambda cls, v: StepSpec._refs(v)))
+    _value = field_validator("value")(classmethod(lambda cls, v: check_selector(v)))
+
+
 class IncidentSpec(_Model):
     """A storm of one deviation kind at one step opens an incident (contract §7)."""
 
@@ -338,6 +371,13 @@ class FlowSpec(_Model):
     retain: str = "7d"
     expire: str = "30d"
     actions: dict[str, ActionSpec] = Field(default_factory=dict)
+    # aliases (correlation by a second id)
+    aliases: dict[str, AliasSpec] = Field(
+        default_factory=dict, description="other ids an instance is known by, by name"
+    )
+    if_alias_conflict: HandlerSpec | None = Field(
+        None, description="an open instance registers an alias value another open one holds"
+    )
     # guardrails (contract §7): incidents, the action rate limit
     guardrails: GuardrailsSpec | None = None
 
@@ -366,6 +406,14 @@ class FlowSpec(_Model):
         for name in v:
             if not ACTION_NAME.match(name):
                 raise ValueError(f"action name '{name}' must be letters, digits, _ or -")
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not ALIAS_NAME.match(name):
+                raise ValueError(f"alias name '{name}' must match {ALIAS_NAME.pattern}")
         return v
 
     @field_validator("key")

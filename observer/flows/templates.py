@@ -26,7 +26,18 @@ from observer.limits import MAX_RENDERED_SIZE, MAX_TEMPLATE_CHARS, MAX_TEMPLATE_
 __all__ = ["Template", "TemplateContextSpec", "compile_template", "compile_value"]
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
-DEVIATION_FIELDS = ("kind", "step", "deadline", "observed_at", "late_by", "late_by_ms")
+DEVIATION_FIELDS = (
+    "kind",
+    "step",
+    "deadline",
+    "observed_at",
+    "late_by",
+    "late_by_ms",
+    # alias_conflict only (aliases: correlation by a second id)
+    "alias",
+    "alias_value",
+    "held_by",
+)
 _ENV = BoundedEnvironment()  # the one environment of the process
 
 
@@ -37,6 +48,9 @@ class TemplateContextSpec:
     key_name: str
     captures: Mapping[str, Sequence[str]]  # step name -> captured selectors
     handler: bool = True  # deviation.* available
+    # aliases (correlation by a second id): the names `aliases.NAME` may use; None: the flow
+    # declares none, and `aliases` is not in its context at all
+    aliases: frozenset[str] | None = None
 
 
 def _chains(node: nodes.Node) -> Iterator[list[str]]:
@@ -82,6 +96,11 @@ def _check_chain(chain: list[str], ctx: TemplateContextSpec) -> str | None:
             return (
                 f"'deviation.{rest[0]}' is not known (deviation has {', '.join(DEVIATION_FIELDS)})"
             )
+        return None
+    if root == "aliases" and ctx.aliases is not None:
+        if rest and rest[0] not in ctx.aliases:
+            known = ", ".join(sorted(ctx.aliases))
+            return f"'aliases.{rest[0]}' names no alias of this flow (aliases: {known})"
         return None
     if root == "steps":
         if not rest:
@@ -302,6 +321,8 @@ def _trial_context(ctx: TemplateContextSpec) -> dict[str, Any]:
         "steps": {},
         "deviation": dict.fromkeys(DEVIATION_FIELDS),
     }
+    if ctx.aliases is not None:
+        out["aliases"] = {}
     out[ctx.key_name] = "k"
     return out
 
@@ -364,6 +385,8 @@ def _name_problems(source: str, ast: nodes.Template, ctx: TemplateContextSpec) -
         "steps",
         "deviation",
     }
+    if ctx.aliases is not None:
+        allowed_roots.add("aliases")
     declared = meta.find_undeclared_variables(ast)
     for name in sorted(declared - allowed_roots):
         problems.append(

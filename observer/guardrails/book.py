@@ -36,11 +36,12 @@ class GuardBook:
 
     def take(self, flow: str, key: str, effects: Sequence[Effect]) -> list[Effect]:
         """The effects of one engine call: those that go on now (the rest wait here)."""
-        if not any(isinstance(e, Publish) and e.deviation is not None for e in effects):
+        rails = self.rails_of(flow)
+        if not (rails.active or self.hold_all) or not any(
+            isinstance(e, Publish) and e.deviation is not None for e in effects
+        ):
             return list(effects)
-        now, waiting = split_effects(
-            flow, key, effects, self.rails_of(flow), hold_all=self.hold_all
-        )
+        now, waiting = split_effects(flow, key, effects, rails, hold_all=self.hold_all)
         if waiting:
             self.waiting.setdefault(flow, []).extend(waiting)
         return now
@@ -69,9 +70,7 @@ class GuardBook:
                 paused=self.hold_all,
             )
             for d in decided:
-                if isinstance(d, IncidentNote):
-                    out.append(d.record)
-                elif d.outcome == "publish":
+                if isinstance(d, IncidentNote) or d.outcome == "publish":
                     out.append(d.record)
                 elif d.outcome == "hold":
                     out.append(held_copy(d.record, d.reason or "held"))

@@ -191,8 +191,8 @@ class GuardState:
         alerts_topic: str,
     ) -> str | None:
         """Count a deviation; the id of the incident it belongs to (opened now, perhaps)."""
-        kinds = rails.incident_kinds
-        if kinds is not None and ref.kind not in kinds:
+        n = rails.threshold
+        if n is None:
             return None
         key = (ref.kind, ref.step)
         at = ref.at
@@ -204,7 +204,6 @@ class GuardState:
         times = self.recent.setdefault(key, [])
         i = bisect_right(times, at)
         times.insert(i, at)
-        n = rails.threshold
         for j in range(max(0, i - n + 1), min(i, len(times) - n) + 1):
             if times[j + n - 1] - times[j] <= rails.within_ms:
                 del self.recent[key]
@@ -212,7 +211,9 @@ class GuardState:
                 self.open[key] = inc
                 self.opened_total += 1
                 record = incident_record(flow, rails, ref.kind, ref.step, inc, "incident", at)
-                out.append(IncidentNote(inc.id, "incident", at, _publish(record, inc.id, alerts_topic)))
+                out.append(
+                    IncidentNote(inc.id, "incident", at, _publish(record, inc.id, alerts_topic))
+                )
                 return inc.id
         # only the newest n - 1 within `within` of the newest can still open one
         cut = max(len(times) - (n - 1), bisect_left(times, times[-1] - rails.within_ms))

@@ -4,7 +4,8 @@
     GET /readyz                  200 when Kafka and Redis are reachable and the loop turns, else 503
     GET /metrics                 Prometheus text format
     GET /flows                   deployed flows, versions, files (relative to FLOWS), steps
-    GET /instances/{flow}/{key}  one instance ("where is my order?"); 404 when unknown
+    GET /instances/{flow}/{key}  one instance ("where is my order?"); 404 when unknown;
+                                 `?via=ALIAS`: `key` is a value of that alias
 
 With a token, every endpoint but /healthz and /readyz answers 401 without
 `Authorization: Bearer <token>` (compared in constant time). Endpoints that change anything
@@ -104,14 +105,14 @@ def create_app(
     def instance(request: Request) -> Response:
         flow = request.path_params["flow"]
         key = request.path_params["key"]
+        via = request.query_params.get("via") or None
         try:
-            view = query.instance(flow, key)
+            view = query.instance(flow, key, via=via)
         except StoreError as exc:
             return _Json({"error": str(exc)}, status_code=503)
         if view is None:
-            return _Json(
-                {"error": f"no instance of flow '{flow}' for key '{key}'"}, status_code=404
-            )
+            what = f"key '{key}'" if via is None else f"{via} '{key}'"
+            return _Json({"error": f"no instance of flow '{flow}' for {what}"}, status_code=404)
         return _Json(view)
 
     routes: list[BaseRoute] = [

@@ -8,22 +8,24 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from observer.engine.codec import decode_slot, encode_slot
-from observer.engine.core import Engine
-from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.core import Engine, VersionUnavailable
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
+from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
 from observer.runtime.guard_intake import GuardIntake
+from observer.runtime.hops import hop_record
 from observer.runtime.outbox import OutboxRecord, encode_record, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
@@ -57,6 +59,9 @@ class BatchPlan:
     slots: int
     next_seq: int
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
+    # of records): what hop marks say once its hops are handed over (`hops.py`)
+    hop_watermarks: dict[int, int] | None = None
 
 
 class _Work:
@@ -69,8 +74,9 @@ class _Work:
         self.shard = shard
         self.original = original
         self.slot = slot  # None: unreadable
-        self.ops: list[tuple[str, Any]] = []  # ("apply", Event) | ("fire", watermark)
-        self.effects: list[Effect] = []  # rendered into history entries by `finish`
+        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
+        self.ops: list[tuple[str, Any]] = []
+        self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
 
@@ -86,10 +92,13 @@ def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = D
         until = inst.started_at + flow.expire_ms + flow.retain_ms
     else:
         until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
+    hold = slot.hold  # an alias value held: as long as its holder may live
+    if hold is not None:
+        until = max(until, hold.started + flow.expire_ms + flow.retain_ms)
     return max(until - now, 0) + max(slack_ms, 1)
 
 
-def history_entry(eff: Effect, now: int) -> bytes:
+def history_entry(eff: Publish | Signal, now: int) -> bytes:
     """One JSON entry of an instance history (what `/instances` shows)."""
     if isinstance(eff, Signal):
         d: dict[str, Any] = {
@@ -134,10 +143,13 @@ class BatchPlanner:
         seq: int = 0,
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
+        hop_topic: str = "",
     ) -> None:
         """`history_cap`: history entries written per slot and batch at most (the newest);
-        0 writes no history (and renders none)."""
+        0 writes no history (and renders none). `hop_topic`: where messages between slots
+        go (aliases: the keyed topic)."""
         self.engine = engine
+        self.hop_topic = hop_topic
         self.shard_of = shard_of
         self.now = now
         self.history_cap = history_cap
@@ -150,6 +162,9 @@ class BatchPlanner:
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
+        # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
+        self.watermarks: Mapping[int, int] = {}
+        # guardrails (contract §7): records of deviations and actions, kept apart
         self.guards = GuardIntake(lambda flow: engine.registry.newest(flow).guardrails, now)
 
     # -- slots ------------------------------------------------------------------------------------
@@ -180,26 +195,38 @@ class BatchPlanner:
         )
         for op, arg in w.ops:
             if op == "apply":
-                self.engine.apply(slot, arg, self.now)
+                self.engine.apply(slot, arg[0], self.now, arg[1])
+            elif op == "deliver":
+                self.engine.deliver(slot, arg[0], self.now, arg[1])
             else:
                 self.engine.fire(slot, arg, self.now)
         w.slot = slot
 
     def apply(self, sid: str, event: Event) -> None:
-        """Apply an event to a loaded slot. Raises SlotUnreadable, or the engine's error after
-        restoring the slot."""
+        """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
+        SlotUnreadable, or the engine's error after restoring the slot."""
+        self._run(sid, "apply", event)
+
+    def deliver(self, sid: str, hop: Hop) -> None:
+        """Deliver a message of another slot (aliases), like `apply`."""
+        self._run(sid, "deliver", hop)
+
+    def _run(self, sid: str, op: str, arg: Any) -> None:
         w = self._works[sid]
         slot = w.slot
         if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        watermark = self.watermarks.get(w.shard)
         inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
+        engine = self.engine
+        run = engine.apply if op == "apply" else engine.deliver
         try:
-            effects = self.engine.apply(slot, event, self.now)
+            effects = run(slot, arg, self.now, watermark)
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("apply", event))
+        w.ops.append((op, (arg, watermark)))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
@@ -272,7 +299,7 @@ class BatchPlanner:
         """A record of a deviation: the guardrails' (waiting, or gated by the pause)."""
         slot = w.slot
         assert slot is not None
-        flow, key, intake = slot.flow, slot.key, self.guards
+        flow, key, intake = split_alias_flow(slot.flow)[0], slot.key, self.guards
         waits = intake.waits(flow, p)
         if not waits and p.action is None:
             self._add_record(w.shard, p)  # an alert no guardrail waits for
@@ -292,7 +319,7 @@ class BatchPlanner:
             return
         keep = self.history_cap > 0
         started = False
-        guarded = False
+        hops = guarded = False
         for eff in effects:
             if type(eff) is Publish:
                 if eff.deviation is not None:
@@ -300,6 +327,12 @@ class BatchPlanner:
                     guarded = True
                     continue
                 self._add_record(w.shard, eff)
+            elif type(eff) is Hop:  # kept in the sender's outbox until the keyed topic has it
+                self._records.append(
+                    (w.shard, hop_record(eff, self.hop_topic, self.now, self._seq))
+                )
+                self._seq += 1
+                hops = True
             else:
                 assert isinstance(eff, Signal)
                 self._signals.append(eff)
@@ -312,16 +345,19 @@ class BatchPlanner:
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
         if keep:
+            kept = (
+                [e for e in effects if not isinstance(e, Hop)]
+                if hops
+                else cast("list[Publish | Signal]", effects)
+            )
             if guarded:  # their history entries are written with what becomes of them
-                effects = [e for e in effects if not (type(e) is Publish and self._guarded(e))]
+                kept = [e for e in kept if not (type(e) is Publish and self._guarded(e))]
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
                 # (~300 B of Redis each).
-                effects = [
-                    e for e in effects if not (isinstance(e, Signal) and e.what == "started")
-                ]
-            w.effects += effects
+                kept = [e for e in kept if not (isinstance(e, Signal) and e.what == "started")]
+            w.effects += kept
 
     def _guarded(self, p: Publish) -> bool:
         oid = p.observer_id
@@ -351,7 +387,10 @@ class BatchPlanner:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            try:
+                ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            except VersionUnavailable:  # a slot kept as it is (timers deferred): TTLs only grow
+                ttl = slack
             due = w.due_override if w.due_override is not None else next_due(slot)
             state = encode_slot(slot)
             states.append((w.sid, slot, state))
@@ -391,12 +430,14 @@ class Planning:
         *,
         history_cap: int,
         ttl_slack_ms: int,
+        hop_topic: str = "",
     ) -> None:
         self.engine = engine
         self.shard_of = shard_of
         self.cache = cache
         self.history_cap = history_cap
         self.ttl_slack_ms = ttl_slack_ms
+        self.hop_topic = hop_topic
         self._seq = 0
 
     def start(self, now: int) -> BatchPlanner:
@@ -407,6 +448,7 @@ class Planning:
             seq=self._seq,
             history_cap=self.history_cap,
             ttl_slack_ms=self.ttl_slack_ms,
+            hop_topic=self.hop_topic,
         )
 
     def finish(self, planner: BatchPlanner) -> BatchPlan:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 
 from observer.config import ObserverConfig
+from observer.engine.core import VersionUnavailable
+from observer.flows.aliases import split_alias_flow
 from observer.flows.registry import FlowRegistry
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlanner, Planning
+from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.keyed import ShardWatermarks
@@ -48,8 +51,10 @@ class DeadlineTicker:
         health: Health,
         metrics: Metrics,
         clock: Clock,
+        unavailable: UnavailableVersions | None = None,
     ) -> None:
         self.registry = registry
+        self.unavailable = unavailable or UnavailableVersions(metrics, clock.monotonic)
         self.tick_limit = config.tick_limit
         self.shards = shards
         self.sources = sources
@@ -79,6 +84,18 @@ class DeadlineTicker:
                 "source partitions: %s", ", ".join(f"{t}[{n}]" for t, n in sorted(counts.items()))
             )
             self._partitions = partitions
+
+    def deploy(self, registry: FlowRegistry, source_topics: list[str]) -> None:
+        """A new deployment: its flows, and the topics whose partitions a watermark needs."""
+        self.registry = registry
+        if source_topics != self.source_topics:
+            self.source_topics = source_topics
+            self.refresh_sources()
+
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """Every partition of every source topic, as last learnt."""
+        return self._partitions
 
     def shard_watermarks(self) -> list[tuple[int, int]]:
         """(shard, watermark) of each owned shard whose watermark is known."""
@@ -147,7 +164,7 @@ class DeadlineTicker:
         if raw is None:
             planner.forget_due(shard, sid)
             return
-        if flow not in names:
+        if split_alias_flow(flow)[0] not in names:  # (an alias value's slot: `<flow>/<alias>`)
             log.warning(
                 "slot %s belongs to flow %r, which is not deployed: its timers are dropped",
                 sid,
@@ -165,6 +182,10 @@ class DeadlineTicker:
             return
         try:
             planner.fire(sid, watermark)
+        except VersionUnavailable as exc:
+            why = f"timers of {sid} wait {_DEFER_FAILED_TIMER_MS // 1000}s and try again"
+            self.unavailable.report(exc, why)
+            planner.defer(sid, watermark + _DEFER_FAILED_TIMER_MS)
         except Exception:
             log.exception(
                 "firing timers of %s failed; retrying in %ds",

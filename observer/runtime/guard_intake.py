@@ -78,11 +78,11 @@ class GuardIntake:
         )
         entry = held_history("held", self.now, p.observer_id, p.action, "paused", None)
         self.gated.append(
-            GatedAction(flow, p.action, shard, sid, p.observer_id, record, held.encode(), hist, entry)
+            GatedAction(
+                flow, p.action, shard, sid, p.observer_id, record, held.encode(), hist, entry
+            )
         )
         self.gated_ids.add(p.observer_id)
 
     def waiting_adds(self) -> list[WaitingAdd]:
-        return [
-            WaitingAdd(w.flow, w.ref.at, w.ref.id, w.encode()) for w in self.waiting.values()
-        ]
+        return [WaitingAdd(w.flow, w.ref.at, w.ref.id, w.encode()) for w in self.waiting.values()]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
+from observer.config import ObserverConfig
 from observer.flows.registry import FlowRegistry
 from observer.guardrails.gate import GuardState, IncidentNote, Verdict, Waiting
 from observer.metrics import Metrics
@@ -52,9 +53,7 @@ class GuardDecider:
         publisher: Publisher,
         metrics: Metrics,
         clock: Clock,
-        *,
-        shards: int,
-        limit: int,
+        config: ObserverConfig,
         alerts_topic: str,
     ) -> None:
         self.registry = registry
@@ -62,8 +61,8 @@ class GuardDecider:
         self.publisher = publisher
         self.metrics = metrics
         self.clock = clock
-        self.shards = shards
-        self.limit = limit
+        self.shards = config.shards
+        self.limit = config.guard_batch  # waiting deviations read per pass at most
         self.alerts_topic = alerts_topic
         self._deciding: set[str] = set()  # flows decided here (their gauges are exported here)
         self._dropped_seen: dict[str, dict[str, int]] = {}
@@ -117,7 +116,9 @@ class GuardDecider:
             try:
                 h = HeldAction.decode(data)
             except ValueError as exc:
-                log.error("released action %s of %s cannot be decoded (%s); dropped", oid, flow, exc)
+                log.error(
+                    "released action %s of %s cannot be decoded (%s); dropped", oid, flow, exc
+                )
                 commit.released.append(oid)
                 continue
             commit.outbox.append((gs, oid, h.record))

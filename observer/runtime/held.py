@@ -159,9 +159,7 @@ class StoredWaiting:
             kinds = meta["records"]
             if len(parts) != 2 * len(kinds):
                 raise ValueError("records and parts do not match")
-            records = [
-                (parts[2 * i], a, c, parts[2 * i + 1]) for i, (a, c) in enumerate(kinds)
-            ]
+            records = [(parts[2 * i], a, c, parts[2 * i + 1]) for i, (a, c) in enumerate(kinds)]
             return cls(meta["flow"], meta["key"], ref, meta["shard"], meta["sid"], records)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad waiting deviation: {exc}") from None

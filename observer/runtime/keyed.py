@@ -13,6 +13,14 @@ partition it reads. Per keyed partition the producer keeps order, so a mark sayi
 partition X reached W is read after every event of X up to W routed to that partition. The
 tracker's watermark for a shard is the minimum over all source partitions of the largest
 mark read for them in the shard's partition.
+
+Aliases (correlation by a second id) add two kinds of records, written by trackers: *hops*,
+messages between the slots of one flow (`observer.engine.effects.Hop`), and *hop marks*. An
+event via an alias value is routed to the value's shard, which forwards it to the holder's
+shard: a second hop, after the source marks that covered it reached the holder's shard. So
+when a deployed flow has aliases a shard's watermark is also at most every shard's hop mark:
+the source watermark that shard had when the hops of everything it had read were handed to the
+producer (`hops.py`), sent to every shard after those hops.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ from typing import Any
 
 import orjson
 
+from observer.engine.effects import HOP_KINDS, Hop
 from observer.engine.state import Event
 from observer.runtime.watermark import TopicPartition
 
 __all__ = [
+    "HopMark",
     "Mark",
     "Routed",
     "ShardWatermarks",
     "decode_keyed",
     "encode_event",
+    "encode_hop",
+    "encode_hop_mark",
     "encode_mark",
 ]
 
@@ -55,10 +67,26 @@ class Mark:
     watermarks: tuple[tuple[str, int, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HopMark:
+    """Shards' source watermarks as of hops handed over (aliases): (shard, epoch ms) pairs."""
+
+    watermarks: tuple[tuple[int, int], ...]
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, bytes | bytearray | memoryview):
         return bytes(v).decode("utf-8", "surrogateescape")
     return str(v)
+
+
+def _dumps(row: Any) -> bytes:
+    try:
+        return orjson.dumps(row, default=_jsonable)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
+        return json.dumps(row, default=_jsonable, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass"
+        )
 
 
 def encode_event(flow: str, event: Event, topic: str, partition: int, offset: int) -> bytes:
@@ -76,19 +104,37 @@ def encode_event(flow: str, event: Event, topic: str, partition: int, offset: in
         partition,
         offset,
     ]
-    try:
-        return orjson.dumps(row, default=_jsonable)
-    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
-        return json.dumps(row, default=_jsonable, separators=(",", ":")).encode(
-            "utf-8", "surrogatepass"
-        )
+    return _dumps(row)
 
 
 def encode_mark(watermarks: Iterable[tuple[str, int, int]]) -> bytes:
     return orjson.dumps({"w": [list(w) for w in watermarks]})
 
 
-def decode_keyed(value: bytes) -> Routed | Mark:
+def encode_hop(hop: Hop) -> bytes:
+    """The keyed record of a message between slots (its events without their key: the
+    receiver's)."""
+    events = [[e.source, e.type, e.id, e.time, e.captures or None] for e in hop.events]
+    row = [hop.kind, hop.flow, hop.alias, hop.value, hop.key, hop.started, events]
+    row += [hop.held_by, hop.source]
+    return _dumps({"m": row})
+
+
+def encode_hop_mark(watermarks: Iterable[tuple[int, int]]) -> bytes:
+    return orjson.dumps({"h": [list(w) for w in watermarks]})
+
+
+def _hop(row: Any) -> Hop:
+    kind, flow, alias, value, key, started, events, held_by, source = row
+    if kind not in HOP_KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    hop = Hop(kind, flow, alias, value, key, int(started), (), held_by, source)
+    owner = hop.target()[1]
+    hop.events = tuple(Event(s, t, owner, i, int(ms), c or {}) for s, t, i, ms, c in events)
+    return hop
+
+
+def decode_keyed(value: bytes) -> Routed | Mark | Hop | HopMark:
     """A keyed record's value. Raises ValueError if it is not one the router writes."""
     try:
         data = orjson.loads(value)
@@ -99,9 +145,14 @@ def decode_keyed(value: bytes) -> Routed | Mark:
             raise ValueError(f"not a keyed record: {exc}") from None
     if isinstance(data, dict):
         w = data.get("w")
-        if not isinstance(w, list):
-            raise ValueError("a mark without watermarks")
-        return Mark(tuple((str(t), int(p), int(ms)) for t, p, ms in w))
+        if isinstance(w, list):
+            return Mark(tuple((str(t), int(p), int(ms)) for t, p, ms in w))
+        if "m" in data:
+            return _hop(data["m"])
+        h = data.get("h")
+        if isinstance(h, list):
+            return HopMark(tuple((int(s), int(ms)) for s, ms in h))
+        raise ValueError("a mark without watermarks")
     if not isinstance(data, list) or len(data) != 10:
         raise ValueError("not a keyed event")
     flow, source, etype, key, eid, time, captures, topic, partition, offset = data
@@ -111,10 +162,13 @@ def decode_keyed(value: bytes) -> Routed | Mark:
 
 class ShardWatermarks:
     """The owned shards, and per owned shard the largest watermark read in marks for each
-    source partition (a shard's watermark is the minimum over all of them)."""
+    source partition (a shard's watermark is the minimum over all of them) and, with `hops`
+    (the shard count, when a flow has aliases), the largest hop mark read for each shard."""
 
-    def __init__(self) -> None:
+    def __init__(self, hops: int = 0) -> None:
         self._marks: dict[int, dict[TopicPartition, int]] = {}
+        self._hops: dict[int, dict[int, int]] = {}
+        self.hops = hops
 
     def __contains__(self, shard: object) -> bool:
         return shard in self._marks
@@ -129,14 +183,30 @@ class ShardWatermarks:
     def reset(self, shard: int) -> None:
         """The shard is (again) owned: what it knew comes back with the marks it reads."""
         self._marks[shard] = {}
+        self._hops[shard] = {}
 
     def drop(self, shard: int) -> None:
         """The shard is no longer owned."""
         self._marks.pop(shard, None)
+        self._hops.pop(shard, None)
 
-    def observe(self, shard: int, mark: Mark) -> bool:
-        """Take a mark in; True if it moved any source partition's watermark forward (marks of
-        shards not owned are ignored)."""
+    def _observe_hops(self, shard: int, mark: HopMark) -> bool:
+        known = self._hops.get(shard)
+        if known is None or not self.hops:
+            return False
+        moved = False
+        for origin, wm in mark.watermarks:
+            if wm > known.get(origin, -(2**62)):
+                known[origin] = wm
+                moved = True
+        return moved
+
+    def observe(self, shard: int, mark: Mark | HopMark) -> bool:
+        """Take a mark (or a hop mark) in; True if it moved any source partition's (or shard's)
+        watermark forward (marks of shards not owned are ignored)."""
+        if type(mark) is HopMark:
+            return self._observe_hops(shard, mark)
+        assert isinstance(mark, Mark)
         known = self._marks.get(shard)
         if known is None:
             return False
@@ -150,7 +220,35 @@ class ShardWatermarks:
 
     def value(self, shard: int, sources: Collection[TopicPartition]) -> int | None:
         """The shard's watermark: the minimum over `sources` (every partition of every source
-        topic); None while any of them has no mark yet, or when there are none."""
+        topic) and, with hops, over every shard's hop mark; None while any of them is not
+        known yet, or when there are no sources."""
+        low = self.source_value(shard, sources)
+        if low is None or not self.hops:
+            return low
+        hops = self._hops.get(shard, {})
+        for origin in range(self.hops):
+            wm = hops.get(origin)
+            if wm is None:
+                return None
+            if wm < low:
+                low = wm
+        return low
+
+    def values(
+        self, sources: Collection[TopicPartition], *, sources_only: bool = False
+    ) -> dict[int, int]:
+        """{shard: watermark} of the owned shards whose watermark is known (`sources_only`:
+        from source marks alone)."""
+        value = self.source_value if sources_only else self.value
+        out = {}
+        for shard in self._marks:
+            wm = value(shard, sources)
+            if wm is not None:
+                out[shard] = wm
+        return out
+
+    def source_value(self, shard: int, sources: Collection[TopicPartition]) -> int | None:
+        """The shard's watermark from source marks alone (what its hop marks say)."""
         known = self._marks.get(shard)
         if known is None or not sources:
             return None

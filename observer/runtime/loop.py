@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
@@ -27,6 +27,7 @@ from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import AvroDecoder, Ingest
 from observer.metrics import Metrics
+from observer.runtime.deployments import Check, Deployments
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.lease_guard import LeaseGuard
@@ -56,7 +57,11 @@ class Runtime:
         health: Health,
         deployed: Mapping[str, object] | None = None,
         avro: AvroDecoder | None = None,
+        check: Check | None = None,
+        process: str = "observer",
     ) -> None:
+        """`check`: what flows about to run must pass (webhook secrets); `process`: this
+        process' name among the group's (issue 15: what each process runs)."""
         self.config = config
         self.store = ports.store
         self.clock = ports.clock
@@ -66,6 +71,7 @@ class Runtime:
         self._stop = threading.Event()
         self.started = threading.Event()
         topics = config.topics()
+        self._avro = avro
         self.ingest = Ingest(registry, topics, avro=avro)
         self.router = Router(
             config,
@@ -104,6 +110,18 @@ class Runtime:
         self._backlog_limit = 4 * (config.batch_size + config.shards)
         self._probe_every = Every(_PROBE_EVERY_S, self.clock.monotonic)
         self._stats_every = Every(_STATS_EVERY_S, self.clock.monotonic)
+        # issue 15: the deployed versions, kept with the state, reloaded while running
+        self.deployments = Deployments(
+            config,
+            registry,
+            ports.flows,
+            ports.flow_files,
+            clock=self.clock,
+            metrics=metrics,
+            check=check,
+            process=process,
+        )
+        self.deploy_listeners: list[Callable[[FlowRegistry], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -138,12 +156,14 @@ class Runtime:
                 self.store.open(self.config.shards, self.deployed)
                 if self.config.actions == "hold":  # a dry run: `observer actions resume` ends it
                     self.store.pause(None, "OBSERVER_ACTIONS=hold")
+                registry = self.deployments.open()
                 self.outage.ok()
                 break
             except StoreError as exc:
                 self.outage.failed(exc, "opening the state store")
         else:
             return False
+        self.deploy(registry)
         if self.lease is not None and not self.lease.take():
             return False
         self.router.start()
@@ -166,14 +186,19 @@ class Runtime:
         self.tracker.close()
         if self.lease is not None:
             self.lease.release()
+        self.deployments.close()
         self.store.close()
         log.info("stopped")
 
     # -- one turn -----------------------------------------------------------------------------------
 
     def cycle(self) -> None:
-        """One turn of the loop: route a batch, track a batch, look at health."""
+        """One turn of the loop: route a batch, track a batch, look at health (and, between
+        batches, run a new deployment of the group's flows)."""
         self.health.beat()
+        deployed = self.deployments.poll()
+        if deployed is not None:
+            self.deploy(deployed)
         half = self.config.poll_timeout_ms / 2000.0
         backlog = self._backlog
         read = backlog is None or backlog() < self._backlog_limit
@@ -182,6 +207,20 @@ class Runtime:
         self._check_health()
         if self.lease is not None:
             self.lease.renew()
+
+    def reload(self) -> None:
+        """Load the flow files again at the next turn (SIGHUP; thread-safe)."""
+        self.deployments.request_reload()
+
+    def deploy(self, registry: FlowRegistry) -> None:
+        """Run `registry` from the next batch on: the engine, what is read (a version may read
+        new topics: the router subscribes to them), the deadlines' sources, the listeners (the
+        ops API, webhooks)."""
+        self.ingest = Ingest(registry, self.config.topics(), avro=self._avro)
+        self.router.deploy(self.ingest)
+        self.tracker.deploy(registry, self.ingest.topic_names())
+        for listener in self.deploy_listeners:
+            listener(registry)
 
     def _check_health(self) -> None:
         healthy = self.tracker.source.healthy() and self.router.source.healthy()

@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from observer.flows.registry import FlowRegistry
+from observer.flows.stored import DeployPlan, StoredFlow
 from observer.ingest import SourceRecord
+from observer.runtime.guard_ports import (
+    GatedAction,
+    GuardCommit,
+    GuardSnapshot,
+    HeldActions,
+    WaitingAdd,
+)
 from observer.runtime.outbox import OutboxRecord
 from observer.runtime.watermark import TopicPartition
 
@@ -20,6 +29,8 @@ __all__ = [
     "Clock",
     "DueSlots",
     "EventSource",
+    "FlowFiles",
+    "FlowStore",
     "GatedAction",
     "GuardCommit",
     "GuardSnapshot",
@@ -72,34 +83,6 @@ class SlotPut:
 
 
 @dataclass(slots=True)
-class WaitingAdd:
-    """A deviation of a guarded flow waiting for the flow's decider (`held.StoredWaiting`),
-    ordered by its time `at` (ms) and then its `id`."""
-
-    flow: str
-    at: int
-    id: str
-    data: bytes
-
-
-@dataclass(slots=True)
-class GatedAction:
-    """An action record of a deviation the guardrails do not wait for: published unless its
-    flow is paused (then held). History entries are appended to the instance's history if it
-    has one: `published` or `held_history`."""
-
-    flow: str
-    action: str
-    shard: int
-    sid: str
-    observer_id: str
-    record: bytes  # the outbox record
-    held: bytes  # the `HeldAction` kept if the flow is paused
-    published: bytes
-    held_history: bytes
-
-
-@dataclass(slots=True)
 class WriteBatch:
     """Everything one batch (or one tick) changes, written atomically in one round trip. The
     reply is the observer-ids of the `gated` records held (their flow is paused)."""
@@ -129,43 +112,6 @@ class WriteBatch:
             or self.gated
             or self.watermarks
         )
-
-
-@dataclass(slots=True)
-class GuardSnapshot:
-    """What a flow's decider reads in one request. `watermark`: the lowest watermark stored by
-    the shards' owners (None while a shard has none); `waiting`: the deviations waiting with a
-    time up to max(watermark, upto), in (time, id) order, at most the limit (`more`: there
-    were more); `released`: held entries an operator released (observer-id, `HeldAction`);
-    `held`: held records by action; `totals`: the store's counters (`dropped:<action>`)."""
-
-    rev: int
-    state: bytes | None
-    upto: int | None
-    watermark: int | None
-    waiting: list[bytes]
-    more: bool
-    released: list[tuple[str, bytes]]
-    paused: bool
-    held: dict[str, int]
-    totals: dict[str, int]
-
-
-@dataclass(slots=True)
-class GuardCommit:
-    """What a flow's decider writes, atomically, unless another decider committed since its
-    snapshot (`rev`). `outbox`: (shard, observer-id, record) to publish; `held`: (observer-id,
-    action, `HeldAction`); `history`: (shard, slot id, entry), appended to histories that
-    exist; `decided`, `released`: waiting deviations and released entries done with."""
-
-    rev: int
-    state: bytes
-    upto: int | None
-    decided: list[str] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
-    outbox: list[tuple[int, str, bytes]] = field(default_factory=list)
-    held: list[tuple[str, str, bytes]] = field(default_factory=list)
-    history: list[tuple[int, str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -233,39 +179,6 @@ class StateStore(Protocol):
 
     def pause(self, flow: str | None, reason: str) -> None:
         """Hold every action of `flow` (None: of every flow) until resumed."""
-        ...
-
-
-class HeldActions(Protocol):
-    """The held actions and the pause switch, for operators (`observer actions`, the ops API).
-    Thread-safe, off the loop. Every method raises StoreError."""
-
-    def held(self, flow: str) -> list[bytes]:
-        """Every `HeldAction` of the flow (encoded), in no particular order."""
-        ...
-
-    def release(self, flow: str, ids: Sequence[str], at: int) -> int:
-        """Release held actions by observer-id (the flow's decider publishes them, same ids);
-        returns how many were still held."""
-        ...
-
-    def drop(self, flow: str, ids: Sequence[str], at: int) -> int:
-        """Drop held actions by observer-id (recorded in their instances' history); returns
-        how many were still held."""
-        ...
-
-    def pause(self, flow: str | None, reason: str) -> None: ...
-
-    def resume(self, flow: str | None) -> None:
-        """Lift the pause of `flow` (None: every pause)."""
-        ...
-
-    def paused(self) -> dict[str, str]:
-        """Pauses in force: flow (`*`: every flow) -> reason."""
-        ...
-
-    def guard_state(self, flow: str) -> bytes | None:
-        """The flow's `GuardState` as its decider stored it."""
         ...
 
 
@@ -415,6 +328,65 @@ class WebhookSender(Protocol):
     def stop(self, timeout_s: float) -> None: ...
 
 
+class FlowStore(Protocol):
+    """The flow versions deployed to the group, kept with its state (issue 15). Every method
+    raises StoreError when the store cannot be reached."""
+
+    def deploy(self, flows: Sequence[StoredFlow]) -> DeployPlan:
+        """Atomically store the versions not stored yet, unless one is refused (its version is
+        stored with another definition): then nothing is stored. A deployment that adds a
+        version moves the generation on."""
+        ...
+
+    def generation(self) -> int:
+        """A number that changes whenever the stored versions do (0: none ever stored)."""
+        ...
+
+    def stored(self) -> dict[str, StoredFlow]:
+        """Every stored version, by `<flow>:<version>`."""
+        ...
+
+    def instances(self, flow: str) -> dict[int, int]:
+        """Open and retained instances of the flow per version, counted in the state (a scan
+        of every slot of the flow: for retirement, not for the hot path)."""
+        ...
+
+    def retire(self, flow: str, version: int, digest: str) -> bool:
+        """Forget a stored version (if it still has that digest); True if it was removed."""
+        ...
+
+    def now_ms(self) -> int:
+        """The store's clock (deployment times are compared with it, never with a process')."""
+        ...
+
+    def report(self, process: str, generation: int) -> None:
+        """Say that `process` runs `generation` (now, by the store's clock): what `observer
+        deploy --wait` waits for."""
+        ...
+
+    def processes(self) -> dict[str, tuple[int, int]]:
+        """process -> (generation, when it last said so, epoch ms of the store's clock)."""
+        ...
+
+    def forget(self, process: str) -> None:
+        """A process that stops, or that stopped long ago."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FlowFiles(Protocol):
+    """The flow files `observer run` was given, watched for changes (issue 15)."""
+
+    def changed(self) -> bool:
+        """Whether a file changed, was added or removed since the last `load` (cheap)."""
+        ...
+
+    def load(self) -> tuple[FlowRegistry, list[StoredFlow]]:
+        """Load and compile them. Raises FlowError (every problem, by file and line)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimePorts:
     """Everything `Runtime` talks to, as `observer.cli` (or a test) wires it.
@@ -433,3 +405,7 @@ class RuntimePorts:
     clock: Clock
     lease: Lease | None = None
     backlog: Callable[[], int] | None = None
+    # issue 15: the group's deployed flow versions (None: only the flows given, not kept)
+    # and the flow files to watch (None: no hot reload)
+    flows: FlowStore | None = None
+    flow_files: FlowFiles | None = None

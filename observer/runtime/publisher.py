@@ -8,6 +8,11 @@ a backoff; records found in a shard's outbox (after a crash, a store failure, or
 owner) are handed over again with their own ids, oldest first.
 
 Delivery reports arrive inside `serve` (the producer's poll), on the loop's thread.
+
+Hop records (aliases: messages between slots, `hops.py`) go to the keyed topic through `hops`,
+its producer (the router's, which never gives a record up; or the keyed topic in memory with
+direct routing). Their order per partition is what hop marks rely on, so a hop the producer
+could not deliver is not retried out of order: `hop_failed` says so and the tracker stops.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 from observer.metrics import Metrics
+from observer.runtime.hops import HOP_CATEGORY, hop_partition
 from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
-from observer.runtime.ports import Clock, RecordSink, WebhookSender
+from observer.runtime.ports import Clock, RawSink, RecordSink, WebhookSender
 
 __all__ = ["Publisher"]
 
@@ -38,8 +45,13 @@ class Publisher:
         clock: Clock,
         *,
         retry_backoff_ms: int,
+        hops: RawSink | None = None,
+        shards: int = 1,
     ) -> None:
         self.sink = sink
+        self.hops = hops  # aliases: the keyed topic's producer, for hop records
+        self.shards = shards
+        self.hop_failed: str | None = None
         self.webhooks = webhooks
         self.metrics = metrics
         self.clock = clock
@@ -79,8 +91,18 @@ class Publisher:
     def _dispatch(self, shard: int, rec: OutboxRecord) -> None:
         if rec.webhook is not None:
             self.webhooks.submit(shard, rec)
+        elif rec.category == HOP_CATEGORY and rec.topic is not None and self.hops is not None:
+            partition = hop_partition(rec, self.shards)
+            done = partial(self._on_hop_delivery, rec.observer_id)
+            self.hops.produce_values(rec.topic, [(partition, rec.value or b"", done)])
         else:
             self.sink.send(rec, self._on_delivery)
+
+    def _on_hop_delivery(self, oid: str, error: str | None) -> None:
+        if error is None:
+            self.inflight.delivered(oid)
+        elif self.hop_failed is None:
+            self.hop_failed = error
 
     def _on_delivery(self, oid: str, error: str | None) -> None:
         rec = self.inflight.record(oid)

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from observer.engine.codec import decode_slot
-from observer.engine.core import Engine
+from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.state import (
+    ALIAS_CONFLICT,
     DEVIATION_KINDS,
     F_LATE,
     F_MISSING,
@@ -20,6 +21,7 @@ from observer.engine.state import (
     KeySlot,
 )
 from observer.engine.timers import TimerKind
+from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledFlow
 from observer.flows.registry import FlowRegistry
 from observer.masking import mask_webhook_url
@@ -110,9 +112,18 @@ def describe_instance(
     if state is None and not entries:
         return None
     slot = decode_slot(flow_name, key, state) if state is not None else KeySlot(flow_name, key)
-    flow = engine.flow_of(slot)
+    try:
+        flow = engine.flow_of(slot)
+    except VersionUnavailable as exc:
+        return _unavailable(slot, entries, exc)
     inst = slot.instance
     view: dict[str, Any] = {"flow": flow_name, "key": key}
+    if flow.aliases:  # the alias values it registered (aliases: correlation by a second id)
+        view["aliases"] = {
+            flow.aliases[i].name: value
+            for i, (value, status) in sorted((inst.aliases if inst else {}).items())
+            if status != ALIAS_CONFLICT
+        }
     if inst is None:
         view.update(
             state="buffering" if slot.buffer else "unknown", version=None, outcome=None, path=None
@@ -173,6 +184,37 @@ def describe_instance(
     return view
 
 
+def _unavailable(
+    slot: KeySlot, entries: list[dict[str, Any]], exc: VersionUnavailable
+) -> dict[str, Any]:
+    """The view of an instance whose version is not deployed: what the state says without
+    its flow, and the problem."""
+    inst = slot.instance
+    assert inst is not None
+    return {
+        "flow": slot.flow,
+        "key": slot.key,
+        "state": "open" if inst.open else "ended",
+        "version": inst.version,
+        "outcome": inst.outcome,
+        "path": None,
+        "started_at": _t(inst.started_at),
+        "ended_at": _t(inst.ended_at),
+        "duration_ms": None if inst.ended_at is None else inst.ended_at - inst.started_at,
+        "steps": [],
+        "pending": [],
+        "deviations": [],
+        "actions": [
+            {k: v for k, v in {**e, "at": _t(e.get("at"))}.items() if k != "what"}
+            for e in entries
+            if e.get("what") == "published"
+        ],
+        "buffered": [],
+        "history": [{**e, "at": _t(e.get("at"))} for e in entries],
+        "problem": str(exc),
+    }
+
+
 def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
     """Deployed flows: every version with its sources, paths and steps."""
     out = []
@@ -182,6 +224,10 @@ def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
         for v in registry.versions(name):
             flow = registry.get(name, v)
             assert flow is not None
+            if flow.aliases:  # aliases: only for flows that have them (the view stays as it was)
+                extra: dict[str, Any] = {"aliases": _describe_aliases(flow)}
+            else:
+                extra = {}
             versions.append(
                 {
                     "version": v,
@@ -208,26 +254,47 @@ def describe_flows(registry: FlowRegistry) -> list[dict[str, Any]]:
                     "buffer": format_duration(flow.buffer_ms),
                     "retain": format_duration(flow.retain_ms),
                     "expire": format_duration(flow.expire_ms),
+                    **extra,
                 }
             )
         out.append({"flow": name, "newest": newest, "versions": versions})
     return out
 
 
+def _describe_aliases(flow: CompiledFlow) -> dict[str, Any]:
+    """Each alias: the events that register it, its selector, the sources that read it."""
+    return {
+        a.name: {
+            "from": sorted(f"{src}.{typ}" for src, typ in a.on),
+            "value": a.value,
+            "via": sorted(s.name for s in flow.sources.values() if s.via == a.name),
+        }
+        for a in flow.aliases
+    }
+
+
 def format_instance(view: dict[str, Any]) -> str:
     """The view as readable text (what `observer status` prints)."""
     lines = []
+    via = view.get("via")
+    if via:
+        lines.append(f"via {via['alias']} {via['value']}")
     head = f"{view['flow']} {view['key']}: {view['state']}"
     if view.get("version") is not None:
-        head += f" (version {view['version']}, path {view['path']})"
+        path = f", path {view['path']}" if view.get("path") else ""
+        head += f" (version {view['version']}{path})"
     if view.get("outcome"):
         head += f", outcome {view['outcome']}"
     lines.append(head)
+    if view.get("problem"):
+        lines.append(f"  problem: {view['problem']}")
     if view.get("started_at"):
         line = f"  started {view['started_at']}"
         if view.get("ended_at"):
             line += f", ended {view['ended_at']} after {format_duration(view['duration_ms'])}"
         lines.append(line)
+    if view.get("aliases"):
+        lines.append("  aliases: " + ", ".join(f"{k} {v}" for k, v in view["aliases"].items()))
     if view["steps"]:
         lines.append("steps:")
         width = max(len(s["step"]) for s in view["steps"])
@@ -283,12 +350,43 @@ class InstanceQuery:
         self.reader = reader
         self.engine = Engine(registry, topics or Topics())
 
-    def instance(self, flow: str, key: str) -> dict[str, Any] | None:
-        """The view of (flow, key); None if the flow is not deployed or nothing is stored."""
+    def deploy(self, registry: FlowRegistry) -> None:
+        """Answer from a new deployment's flows (called from the loop's thread; the two
+        references are swapped whole, a request in flight may use the previous ones)."""
+        self.engine = Engine(registry, self.engine.topics)
+        self.registry = registry
+
+    def instance(self, flow: str, key: str, via: str | None = None) -> dict[str, Any] | None:
+        """The view of (flow, key); None if the flow is not deployed or nothing is stored.
+        With `via` (an alias name), `key` is a value of that alias: the view of the instance
+        that holds it (with `via`: the alias and the value), or, while nobody does, of the
+        events that came via it (state `buffering`)."""
         if flow not in self.registry.names():
             return None
-        state, history = self.reader.read(flow, key)
-        return describe_instance(self.engine, flow, key, state, history)
+        if via is None:
+            state, history = self.reader.read(flow, key)
+            return describe_instance(self.engine, flow, key, state, history)
+        if not any(f.alias_named(via) for f in self._versions(flow)):
+            return None
+        name = alias_flow(flow, via)
+        state, history = self.reader.read(name, key)
+        slot = decode_slot(name, key, state) if state is not None else None
+        found = {"alias": via, "value": key}
+        if slot is not None and slot.hold is not None:
+            holder = slot.hold.key
+            state, history = self.reader.read(flow, holder)
+            view = describe_instance(self.engine, flow, holder, state, history)
+        else:
+            view = describe_instance(self.engine, name, key, state, history)
+            if view is not None:
+                view["flow"] = flow
+        if view is not None:
+            view["via"] = found
+        return view
+
+    def _versions(self, flow: str) -> list[CompiledFlow]:
+        registry = self.registry
+        return [f for v in registry.versions(flow) if (f := registry.get(flow, v)) is not None]
 
     def flows(self) -> list[dict[str, Any]]:
         return describe_flows(self.registry)

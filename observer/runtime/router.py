@@ -86,11 +86,23 @@ class Router:
         # nothing is read: an idle partition's watermark moves with the clock).
         self._marks_follow_reads = config.routing == "direct"
         self._commit_every = Every(config.commit_interval_ms / 1000.0, clock.monotonic)
+        self._subscribed = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._subscribed = True
         self.source.subscribe(self.ingest.topic_names(), self)
+
+    def deploy(self, ingest: Ingest) -> None:
+        """Decode with the flows of a new deployment; subscribe to the topics it reads when
+        they changed (a rebalance assigns new ones, revokes those no flow reads any more)."""
+        before = self.ingest.topic_names()
+        self.ingest = ingest
+        topics = ingest.topic_names()
+        if topics != before and self._subscribed:
+            log.info("router: now reading %s", ", ".join(topics))
+            self.source.subscribe(topics, self)
 
     def close(self, timeout_s: float) -> None:
         """Flush what was routed, commit it, leave the group."""

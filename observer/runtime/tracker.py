@@ -31,10 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from observer.config import ObserverConfig
-from observer.engine.core import Engine
-from observer.engine.effects import Publish
+from observer.engine.core import Engine, VersionUnavailable
+from observer.engine.effects import Hop, Publish
 from observer.engine.state import Event, KeySlot
-from observer.errors import StoreError
+from observer.errors import ObserverError, StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import SourceRecord
 from observer.metrics import Metrics
@@ -42,10 +42,12 @@ from observer.runtime.batch import BatchPlan, Planning, dead_letter
 from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
+from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
 from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
-from observer.runtime.keyed import Mark, Routed, ShardWatermarks, decode_keyed, encode_event
+from observer.runtime.hops import hop_marks
+from observer.runtime.keyed import Routed, ShardWatermarks, decode_keyed, encode_event
 from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
@@ -63,8 +65,8 @@ log = logging.getLogger(__name__)
 class _Prepared:
     """A decoded batch of keyed records, ready to be run against the state."""
 
-    routed: list[Routed | None]  # per keyed record (None: a mark or unreadable)
-    items: list[tuple[int, str, Event]]  # record index, slot id, event
+    routed: list[Routed | None]  # per keyed record (None: a mark, a hop or unreadable)
+    items: list[tuple[int, str, Event | Hop]]  # record index, slot id, event or message
     slots: list[tuple[int, str]]  # (shard, slot id), unique, first-seen order
     offsets: dict[TopicPartition, int]
 
@@ -95,17 +97,22 @@ class Tracker:
         self.metrics = metrics
         self.outage = outage
         self.stop = stop
-        self.shards = ShardWatermarks()  # the owned shards
-        self.cache = SlotCache(config.slot_cache_size)
         n = config.shards
+        # aliases: hops between slots, and hop marks in every shard's watermark (`hops.py`)
+        self.hop_sink = ports.router_sink
+        self.hop_marks = hop_marks(config, registry, self.hop_sink, self.clock)
+        self.shards = ShardWatermarks(n if self.hop_marks else 0)  # the owned shards
+        self.cache = SlotCache(config.slot_cache_size)
         self.planning = Planning(
             engine,
             lambda sid: shard_of(sid, n),
             self.cache,
             history_cap=config.history_cap,
             ttl_slack_ms=config.ttl_slack_ms,
+            hop_topic=config.keyed_topic_name(),
         )
         self.progress = ReadProgress()  # of the keyed partitions: the lag
+        self.unavailable = UnavailableVersions(metrics, ports.clock.monotonic)
         mono = self.clock.monotonic
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
@@ -116,6 +123,8 @@ class Tracker:
             metrics,
             self.clock,
             retry_backoff_ms=config.retry_backoff_ms,
+            hops=ports.router_sink,
+            shards=n,
         )
         self.writes = StoreWrites(
             self.store,
@@ -124,6 +133,7 @@ class Tracker:
             commit_delay_ms=config.commit_delay_ms,
             clock=self.clock,
             on_durable=self.commits.written,
+            on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
         )
         self.ticker = DeadlineTicker(
             config,
@@ -137,16 +147,10 @@ class Tracker:
             health=health,
             metrics=metrics,
             clock=self.clock,
+            unavailable=self.unavailable,
         )
         self.decider = GuardDecider(
-            registry,
-            self.store,
-            self.publisher,
-            metrics,
-            self.clock,
-            shards=n,
-            limit=config.guard_batch,
-            alerts_topic=self.topics.alerts,
+            registry, self.store, self.publisher, metrics, self.clock, config, self.topics.alerts
         )
         self._guard_every = Every(config.guard_interval_ms / 1000.0, mono)
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
@@ -159,6 +163,13 @@ class Tracker:
         self.publisher.start()
         self.source.subscribe([self.config.keyed_topic_name()], self)
         self.ticker.refresh_sources()
+
+    def deploy(self, registry: FlowRegistry, source_topics: list[str]) -> None:
+        """Run a new deployment from the next batch on (issue 15)."""
+        self.planning.engine.registry = registry
+        self.decider.registry = registry
+        self.ticker.deploy(registry, source_topics)
+        self.deployed(registry)
 
     def finish(self) -> None:
         """Before stopping: settle the write in flight, wait for deliveries, clear the
@@ -173,6 +184,8 @@ class Tracker:
             log.warning(
                 "%d records not acknowledged at shutdown; they stay in the outbox", remaining
             )
+        if self.hop_marks is not None:
+            self.hop_marks.flush(self.config.shutdown_timeout_ms / 1000.0)
         try:
             self.writes.write_acks()
         except StoreError as exc:
@@ -186,6 +199,15 @@ class Tracker:
     def close(self) -> None:
         self.source.close()
         self.publisher.close()
+
+    def deployed(self, registry: FlowRegistry) -> None:
+        """Flows were deployed (a reload): the first flow with aliases turns hop marks on, and
+        from then on every shard's watermark waits for every shard's hop mark."""
+        if self.hop_marks is None:
+            self.hop_marks = hop_marks(self.config, registry, self.hop_sink, self.clock)
+            if self.hop_marks is not None:
+                self.shards.hops = self.config.shards
+                self.writes.on_published = self.hop_marks.handed_over
 
     def lag(self) -> int:
         """Keyed records not read yet on the owned partitions (as last fetched)."""
@@ -220,6 +242,8 @@ class Tracker:
             # included), so nothing of it is committed by mistake below.
             self.recover(exc)
         self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
+        if self.hop_marks is not None:
+            self.hop_marks.flush(self.config.shutdown_timeout_ms / 1000.0)
         try:
             self.writes.write_acks()
         except StoreError as exc:
@@ -241,6 +265,8 @@ class Tracker:
     def _disown(self, tps: list[TopicPartition]) -> None:
         for _t, p in tps:
             self.shards.drop(p)
+        if self.hop_marks is not None:
+            self.hop_marks.drop(p for _t, p in tps)
         self.metrics.owned_shards.set(len(self.shards))
 
     # -- one turn -----------------------------------------------------------------------------------
@@ -260,6 +286,10 @@ class Tracker:
         except StoreError as exc:
             self.recover(exc)
         self.publisher.serve()
+        if self.publisher.hop_failed is not None:
+            raise ObserverError(f"cannot write to the keyed topic: {self.publisher.hop_failed}")
+        if self.hop_marks is not None:
+            self.hop_marks.send()
         if self._commit_every.due():
             self.commit(wait=False)
         self.publisher.count()
@@ -307,6 +337,8 @@ class Tracker:
             misses += absent
             raw = [*raw, *([None] * len(absent))]
         plan = self._plan(prepared, cached, misses, raw)
+        if self.hop_marks is not None:  # what the hop marks say once its hops are handed over
+            plan.hop_watermarks = self.shards.values(self.ticker.partitions, sources_only=True)
         self.writes.settle()
         self.writes.send(plan, prepared.offsets)
         self.metrics.batch_seconds.observe(self.clock.monotonic() - t0)
@@ -314,7 +346,7 @@ class Tracker:
     def _prepare(self, records: list[SourceRecord]) -> _Prepared:
         """Decode keyed records: events become items of their shard's slots, marks advance
         the shard's watermark (they were read after every event they cover)."""
-        items: list[tuple[int, str, Event]] = []
+        items: list[tuple[int, str, Event | Hop]] = []
         routed: list[Routed | None] = []
         seen: set[str] = set()
         slots: list[tuple[int, str]] = []
@@ -332,21 +364,27 @@ class Tracker:
                 self._skip(rec, f"is not one the router writes ({exc})")
                 routed.append(None)
                 continue
-            if isinstance(r, Mark):
+            item: Event | Hop
+            if isinstance(r, Routed):
+                sid = slot_id(r.flow, r.event.key)
+                item = r.event
+            elif isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
+                sid = slot_id(*r.target())
+                item = r
+            else:  # a mark, or a hop mark
                 if shards.observe(shard, r):
                     self._marks_moved = True
                 routed.append(None)
                 continue
-            sid = slot_id(r.flow, r.event.key)
             if shard_of(sid, n) != shard:
                 self._skip(rec, f"belongs to shard {shard_of(sid, n)}")
                 routed.append(None)
                 continue
-            routed.append(r)
+            routed.append(r if isinstance(r, Routed) else None)
             if sid not in seen:
                 seen.add(sid)
                 slots.append((shard, sid))
-            items.append((i, sid, r.event))
+            items.append((i, sid, item))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
         return _Prepared(routed, items, slots, offsets)
 
@@ -375,15 +413,21 @@ class Tracker:
                     extra={"flow": flow, "key": key},
                 )
         failed: dict[int, str] = {}
+        planner.watermarks = self.shards.values(self.ticker.partitions)
         for i, sid, ev in prepared.items:
             try:
-                planner.apply(sid, ev)
+                if isinstance(ev, Hop):
+                    planner.deliver(sid, ev)
+                else:
+                    planner.apply(sid, ev)
+            except VersionUnavailable as exc:
+                self.unavailable.report(exc, f"events of {sid} go to the dead-letter topic")
+                failed.setdefault(i, str(exc))
             except Exception as exc:
                 flow, key = split_slot_id(sid)
                 log.exception(
                     "processing %s %s failed; the record goes to the dead-letter topic",
-                    ev.type,
-                    ev.id,
+                    *((f"message {ev.kind}", ev.id()) if isinstance(ev, Hop) else (ev.type, ev.id)),
                     extra={"flow": flow, "key": key},
                 )
                 self.metrics.processing_errors.labels("apply").inc()

@@ -58,7 +58,9 @@ class StoreWrites:
         commit_delay_ms: int,
         clock: Clock,
         on_durable: Callable[[Offsets], None],
+        on_published: Callable[[BatchPlan], None] | None = None,
     ) -> None:
+        """`on_published(plan)`: after a plan's records were handed to the publisher."""
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
@@ -66,6 +68,7 @@ class StoreWrites:
         self._clock = clock
         self._mono = clock.monotonic
         self._on_durable = on_durable
+        self.on_published = on_published  # aliases: hop marks follow the hops
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
@@ -137,6 +140,8 @@ class StoreWrites:
                 (g.flow, g.action, "paused") for g in plan.write.gated if g.observer_id in ids
             )
         self.publisher.publish(records)
+        if self.on_published is not None:
+            self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
 

@@ -3,8 +3,11 @@
 The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`) are the
 integration ones, imported from tests/integration/conftest.py (see there). Here:
 
-- `ObserverProcess`: one `observer run` subprocess, its stderr collected by a thread, its ops
-  API port read from the start-up line.
+- `ObserverProcess`: one `observer run` subprocess, its stderr collected by a thread (each
+  line with when it was read), its ops API port read from the start-up line, and what it owns
+  at a given moment (from its log).
+- `coverage_restored`: when the processes alive together owned every shard and every source
+  partition again after a moment (a kill): the recovery figures of the failover tests.
 - `observer_procs` (function): a list the test appends its processes to; every one still
   running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test fails.
 - `figures` (function): lines a test records; they are printed in pytest's terminal summary
@@ -35,6 +38,7 @@ __all__ = [
     "OBSERVER",
     "ObserverProcess",
     "admin",
+    "coverage_restored",
     "create_topics",
     "figures",
     "observer_procs",
@@ -46,6 +50,9 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 OBSERVER = str(Path(sys.executable).with_name("observer"))
 _FIGURES = pytest.StashKey[list[tuple[str, list[str]]]]()
+# what `observer run` logs when a stage's assignment changes (runtime/loop.py, runtime/router.py)
+_TRACKER = re.compile(r"tracker: (assigned|revoked|lost) shards ([0-9, ]*)")
+_ROUTER = re.compile(r"router: (assigned|revoked|lost) ((?:[\w.-]+\[\d+\](?:, )?)+)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -83,6 +90,7 @@ class ObserverProcess:
     def __init__(self, name: str, flow: Path, env: dict[str, str], *args: str) -> None:
         self.name = name
         self.lines: list[str] = []
+        self.read_at: list[float] = []  # when each line was read (time.monotonic())
         self.port: int | None = None
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -103,7 +111,24 @@ class ObserverProcess:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.read_at.append(time.monotonic())
             self.lines.append(line)
+
+    def owned(self, at: float) -> tuple[set[int], set[str]]:
+        """The shards (tracker) and source partitions (router, as `topic[p]`) this process
+        owned at `at` (time.monotonic()), from its log."""
+        shards: set[int] = set()
+        parts: set[str] = set()
+        for t, line in zip(list(self.read_at), list(self.lines), strict=False):
+            if t > at:
+                break
+            if m := _TRACKER.search(line):
+                got = {int(s) for s in m.group(2).split(",") if s.strip()}
+                shards = shards | got if m.group(1) == "assigned" else shards - got
+            elif m := _ROUTER.search(line):
+                tps = set(m.group(2).split(", "))
+                parts = parts | tps if m.group(1) == "assigned" else parts - tps
+        return shards, parts
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -164,6 +189,29 @@ class ObserverProcess:
     @property
     def log(self) -> str:
         return "".join(self.lines)
+
+
+def coverage_restored(
+    alive: list[ObserverProcess], since: float, shards: int, partitions: int, timeout: float
+) -> float | None:
+    """Seconds from `since` (time.monotonic()) to the first moment the processes `alive`
+    together owned all `shards` and all `partitions` source partitions, waiting up to
+    `timeout` s for it; None if they did not."""
+    deadline = since + timeout
+    while True:
+        moments = sorted({since, *(t for p in alive for t in list(p.read_at) if t >= since)})
+        for t in moments:
+            owned_shards: set[int] = set()
+            owned_parts: set[str] = set()
+            for p in alive:
+                s, r = p.owned(t)
+                owned_shards |= s
+                owned_parts |= r
+            if len(owned_shards) == shards and len(owned_parts) == partitions:
+                return t - since
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -4,8 +4,12 @@ publish what `observer replay` publishes for the same records — at least once,
 
 The workload: ORDERS orders of the flow in chaos.flow.yaml, seeded, with a known mix of
 deviations (missing steps, a late optional step, out-of-order steps, error events with and
-without the compensation that follows, duplicate events), on three source topics of PARTITIONS
-partitions. Event time = record timestamp, from "now" on, one order every ORDER_GAP_MS; the
+without the compensation that follows, duplicate events), on four source topics of PARTITIONS
+partitions. The fourth is a carrier's, keyed by tracking number (an alias, contract section
+6): every order that is packed registers its tracking number, and the carrier's PickedUp event
+reaches it through a second hop of the keyed topic, from whichever process reads it to the one
+that owns the order; some never come (`missing`, and a chase addressed by tracking number), and
+ORPHANS pickups carry tracking numbers nobody registers (`orphaned`, by alias). Event time = record timestamp, from "now" on, one order every ORDER_GAP_MS; the
 records are produced in global event-time order (every partition in time order), keyed by the
 order id, in WAVES waves while the processes run, with a chaos action after each wave.
 
@@ -23,14 +27,20 @@ observer-id is published, no other id is, and repeats of an id are allowed (at l
 counted. The figures are printed in the terminal summary.
 
 The chaos, one action after each wave: start 1 process | scale to 3 | SIGKILL a random process
-and start another | again | restart Redis | SIGKILL + start | restart the broker | SIGKILL +
-start | scale to 1 (SIGTERM two) | the last waves and the ticks. Then the test waits until the
-group has committed every source record and every expected record is published, then until
-the tracker's group has committed the keyed topic up to where it ended then and the outbox is
-empty (whatever else the observer would publish for these records is on Kafka by then), stops
-the last process, and reads every output topic to its end. A process that exits by itself fails
-the test (it is replaced meanwhile, so the figures still come). Process logs are kept under the
-test's tmp_path (logs/).
+and start it again | again | restart Redis | SIGKILL + start again | restart the broker |
+SIGKILL + start again | SIGKILL one, not restarted (3 -> 2) | scale to 1 (SIGTERM one) | the
+last waves and the ticks. Then the test waits until the group has committed every source
+record and every expected record is published, then until the tracker's group has committed
+the keyed topic up to where it ended then and the outbox is empty (whatever else the observer
+would publish for these records is on Kafka by then), stops the last process, and reads every
+output topic to its end. A process that exits by itself fails the test (it is replaced
+meanwhile, so the figures still come). Process logs are kept under the test's tmp_path (logs/).
+
+Failover (issue 13): the processes run on the observer's defaults for group membership, each
+with its own OBSERVER_INSTANCE_ID; a process started again after a SIGKILL gets the killed
+one's id, as the kubelet restarts a container in its pod. After each SIGKILL the figures show
+the seconds until the processes alive owned every shard and every source partition again
+(from their logs): printed, not asserted, except that it must happen within 60 s.
 
 CHAOS_SEED=<int> changes the workload and the choice of processes killed (default 5).
 """
@@ -57,7 +67,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tests.e2e.conftest import OBSERVER, ObserverProcess
+from tests.e2e.conftest import OBSERVER, ObserverProcess, coverage_restored
 from tests.integration.conftest import CreateTopics, Stack
 from tests.integration.kafka_helpers import Record, consume_all, wait_caught_up
 
@@ -70,11 +80,13 @@ ORDERS = 20_000
 PARTITIONS = 4
 WAVES = 10
 ORDER_GAP_MS = 10  # event time between two order starts: 20k orders span 200 s of event time
-SOURCES = ("orders", "pay", "ship")
+SOURCES = ("orders", "pay", "ship", "carrier")
 OUTPUTS = ("alerts", "outcomes", "cmds", "dlq")
 IDLE_GRACE_MS = 10 * 24 * 3600 * 1000  # fully read partitions never move the watermark
 TICK_AFTER_MS = 2 * 3600 * 1000  # ticks this long after the last start: past retain/buffer (1h)
 SEED = int(os.environ.get("CHAOS_SEED", "5"))
+SHARDS = 16  # the observer's default
+RECOVERY_LIMIT_S = 60  # a killed process's work must be owned again within this (not a timing)
 
 # The known mix: kind -> share of the orders (the rest are happy).
 MIX = {
@@ -84,8 +96,10 @@ MIX = {
     "out_of_order": 0.02,  # Shipped before Packed: out_of_order + audit, completed
     "error": 0.02,  # Failed then Refunded: error + refund, compensated
     "error_unrefunded": 0.01,  # Failed, no Refunded: error + refund, missing, sla..., expired
-    "duplicates": 0.015,  # Paid and Shipped sent twice (same event id): completed
+    "duplicates": 0.015,  # Paid, Shipped and PickedUp sent twice (same event id): completed
+    "missing_pickup": 0.015,  # packed, never picked up: missing + chase, sla_breach..., expired
 }
+ORPHANS = 0.005  # pickups with tracking numbers nobody registers, per order: `orphaned`
 
 # Per kind, what one order publishes: (output, label) -> count; label = alert kind, outcome, or
 # command type. A self-check of the workload against the replay (not of the observer).
@@ -108,6 +122,8 @@ PER_KIND: dict[str, dict[tuple[str, str], int]] = {
         ("alerts", "missing"): 1,
         **_EXPIRED,
     },
+    "missing_pickup": {("alerts", "missing"): 1, ("cmds", "Chase"): 1, **_EXPIRED},
+    "orphan_pickup": {("alerts", "orphaned"): 1},  # not an order: a stray tracking number
 }
 
 
@@ -150,7 +166,8 @@ def order_kinds(orders: int, rng: random.Random) -> list[str]:
 
 def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, str, str]]:
     """(event time, source, type) of one order. On-time steps come 0.3-3 s after their anchor
-    (windows: 4 s; Labelled 2 s), late ones 0.3-3 s after their deadline: never at a deadline."""
+    (windows: 4 s; Labelled 2 s), late ones 0.3-3 s after their deadline: never at a deadline.
+    The carrier picks up every packed order 0.3-3 s after Packed, but the missing_pickup ones."""
 
     def d() -> int:
         return rng.randint(300, 3000)
@@ -172,10 +189,13 @@ def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, s
     if kind == "out_of_order":
         shipped = paid + rng.randint(300, 1000)
         packed = shipped + rng.randint(200, 1500)  # still inside packed's own window
-        return [*out, (shipped, "ship", "Shipped"), (packed, "ship", "Packed")]
+        out += [(shipped, "ship", "Shipped"), (packed, "ship", "Packed")]
+        return [*out, (packed + d(), "carrier", "PickedUp")]
     packed = paid + d()
     shipped = packed + d()
     out += [(packed, "ship", "Packed"), (shipped, "ship", "Shipped")]
+    if kind != "missing_pickup":
+        out.append((packed + d(), "carrier", "PickedUp"))
     if kind == "late_label":
         out.append((packed + 2000 + d(), "ship", "Labelled"))
     elif rng.random() < 0.5:
@@ -191,6 +211,7 @@ def make_workload(orders: int, base: int, seed: int) -> Workload:
     seq = 0
     for i, kind in enumerate(kinds_of):
         key = f"o-{i:05d}"
+        tn = f"t-{i:05d}"  # its tracking number, registered by Packed
         kinds[kind].append(key)
         seen: set[int] = set()
         for n, (at, source, etype) in enumerate(order_events(kind, base + i * ORDER_GAP_MS, rng)):
@@ -198,13 +219,23 @@ def make_workload(orders: int, base: int, seed: int) -> Workload:
             extra: tuple[tuple[str, Any], ...] = ()
             if etype == "Placed":
                 extra = (("total", round(10 + rng.random() * 490, 2)),)
-            ev = Ev(t, seq, source, etype, key, f"{key}/{n}", extra)
+            elif etype == "Packed" or source == "carrier":
+                extra = (("tn", tn),)
+            by = tn if source == "carrier" else key  # the carrier knows the tracking number
+            ev = Ev(t, seq, source, etype, by, f"{key}/{n}", extra)
             seq += 1
             events.append(ev)
-            if kind == "duplicates" and etype in ("Paid", "Shipped"):
+            if kind == "duplicates" and etype in ("Paid", "Shipped", "PickedUp"):
                 # the same event again (same id) a little later: changes nothing
-                events.append(Ev(distinct(t + 150, seen), seq, source, etype, key, ev.eid, extra))
+                events.append(Ev(distinct(t + 150, seen), seq, source, etype, by, ev.eid, extra))
                 seq += 1
+    last = max(e.at for e in events)
+    for j in range(round(ORPHANS * orders)):  # pickups of tracking numbers nobody registers
+        tn = f"x-{j:05d}"
+        kinds["orphan_pickup"].append(tn)
+        at = rng.randint(base, last)
+        events.append(Ev(at, seq, "carrier", "PickedUp", tn, f"{tn}/0", (("tn", tn),)))
+        seq += 1
     events.sort()
     return Workload(events, dict(kinds), base, max(e.at for e in events))
 
@@ -453,15 +484,26 @@ class Chaos:
     crashed: list[str] = field(default_factory=list)
     redis_restarts: int = 0
     broker_restarts: int = 0
+    # seconds from a SIGKILL until the processes alive owned every shard and source partition
+    # again (None: not within RECOVERY_LIMIT_S)
+    restart_recovery: list[float | None] = field(default_factory=list)
+    takeover_recovery: list[float | None] = field(default_factory=list)
+    instance: dict[str, str] = field(default_factory=dict)  # process name -> OBSERVER_INSTANCE_ID
 
-    def start(self) -> ObserverProcess:
+    def start(self, instance_id: str | None = None) -> ObserverProcess:
         self.started += 1
         name = f"observer-{self.started}"
-        p = ObserverProcess(name, self.flow, self.env, "--group-id", self.group)
+        instance_id = instance_id or f"obs-{self.started}"
+        env = {**self.env, "OBSERVER_INSTANCE_ID": instance_id}
+        p = ObserverProcess(name, self.flow, env, "--group-id", self.group)
         self.procs.append(p)
+        self.instance[name] = instance_id
         p.wait_ready()
         self.alive.append(p)
-        self.log(f"started {p.name} (pid {p.pid}, port {p.port}); running: {self.names()}")
+        self.log(
+            f"started {p.name} as {instance_id} (pid {p.pid}, port {p.port}); "
+            f"running: {self.names()}"
+        )
         return p
 
     def names(self) -> str:
@@ -491,13 +533,41 @@ class Chaos:
         self.log(f"stopped {p.name} with SIGTERM: exit {rc}; running: {self.names() or '-'}")
 
     def kill_and_restart(self) -> None:
-        p = self.rng.choice(self.alive)
+        """SIGKILL a process and start it again at once with its instance id."""
+        p = self._victim()
         self.alive.remove(p)
         rc = p.kill()
+        killed = time.monotonic()
         self.kills += 1
         self.log(f"SIGKILL {p.name} (pid {p.pid}): exit {rc}")
         self.restarts += 1
-        self.start()
+        self.start(self.instance[p.name])
+        self.restart_recovery.append(self._recovered(killed))
+
+    def kill(self) -> None:
+        """SIGKILL a process, not restarted: the others take its work over."""
+        p = self._victim()
+        self.alive.remove(p)
+        rc = p.kill()
+        killed = time.monotonic()
+        self.kills += 1
+        self.log(f"SIGKILL {p.name} (pid {p.pid}): exit {rc}; not restarted")
+        self.takeover_recovery.append(self._recovered(killed))
+
+    def _victim(self) -> ObserverProcess:
+        """A random process among those that own work (a process started a moment ago may own
+        nothing yet: killing it would show no failover)."""
+        now = time.monotonic()
+        owning = [p for p in self.alive if any(p.owned(now))]
+        return self.rng.choice(owning or self.alive)
+
+    def _recovered(self, killed: float) -> float | None:
+        took = coverage_restored(
+            self.alive, killed, SHARDS, len(SOURCES) * PARTITIONS, RECOVERY_LIMIT_S
+        )
+        said = "never" if took is None else f"{took:.1f}s"
+        self.log(f"every shard and source partition owned again {said} after the SIGKILL")
+        return took
 
     def restart_service(self, stack: Stack, service: str) -> None:
         t = time.monotonic()
@@ -535,8 +605,6 @@ def observer_env(stack: Stack, unique: str, topics: dict[str, str]) -> dict[str,
         OBSERVER_IDLE_GRACE_MS=str(IDLE_GRACE_MS),
         OBSERVER_TICK_INTERVAL_MS="50",
         OBSERVER_COMMIT_INTERVAL_MS="100",
-        OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
-        OBSERVER_KAFKA_HEARTBEAT_INTERVAL_MS="500",
     )
     return env
 
@@ -614,6 +682,10 @@ def write_comparison(
                 f.write(f"    {line}\n")
 
 
+def seconds(values: Sequence[float | None]) -> str:
+    return ", ".join("never" if v is None else f"{v:.1f}" for v in values) or "-"
+
+
 def examples(ids: Sequence[str], where: dict[str, Published]) -> str:
     return "\n".join(f"  {i}: {where[i]}" for i in ids[:5])
 
@@ -680,7 +752,8 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         ("SIGKILL + restart", chaos.kill_and_restart),
         ("restart the broker", lambda: chaos.restart_service(stack, "kafka")),
         ("SIGKILL + restart", chaos.kill_and_restart),
-        ("scale 3 -> 1", lambda: chaos.scale(1)),
+        ("SIGKILL, no restart (3 -> 2)", chaos.kill),
+        ("scale 2 -> 1", lambda: chaos.scale(1)),
     ]
     source_topics = [topics[s] for s in SOURCES]
     try:
@@ -775,6 +848,9 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         f"missing {len(missing)}, unexpected {len(unexpected)}, wrong topic/key {len(misplaced)}; "
         f"`missing` alerts expected {len(missing_expected)}, found {len(missing_found)}, "
         f"false {len(false_missing)}",
+        f"failover, s from a SIGKILL until every shard and source partition is owned again: "
+        f"restarted at once (same instance id) {seconds(chaos.restart_recovery)}; "
+        f"not restarted, taken over {seconds(chaos.takeover_recovery)}",
         f"took {time.monotonic() - t_begin:.0f}s; process logs and the records in {tmp_path}",
     ]
     if missing or unexpected:
@@ -800,3 +876,7 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
     )
     assert no_id == 0, f"{no_id} published records without an observer-id header"
     assert not chaos.crashed, "processes exited by themselves:\n" + "\n".join(chaos.crashed)
+    recoveries = chaos.restart_recovery + chaos.takeover_recovery
+    assert None not in recoveries, (
+        f"a killed process's work was not owned again within {RECOVERY_LIMIT_S}s: {recoveries}"
+    )

@@ -1,7 +1,8 @@
 """Recorded event timelines and their expected output through `observer replay`, byte for byte.
 
 Each folder holds `events.jsonl`, `expected.jsonl` and optionally `args` (extra CLI arguments,
-one a line) and `flow.yaml` (default: `spec-example.flow.yaml`, the contract's own example).
+one a line) and `flow.yaml`, or `flow` naming a flow file of this folder that several cases
+share (default: `spec-example.flow.yaml`, the contract's own example).
 Regenerate after an intended change with `python tests/golden/test_golden.py --update`, then
 read the diff: every changed line must be explained by the change.
 """
@@ -19,8 +20,16 @@ ROOT = HERE.parents[1]
 CASES = sorted(p for p in HERE.iterdir() if p.is_dir() and (p / "events.jsonl").exists())
 
 
+def flow_of(case: Path) -> Path:
+    if (case / "flow.yaml").exists():
+        return case / "flow.yaml"
+    if (case / "flow").exists():
+        return HERE / (case / "flow").read_text().strip()
+    return HERE / "spec-example.flow.yaml"
+
+
 def replay(case: Path) -> subprocess.CompletedProcess[bytes]:
-    flow = case / "flow.yaml" if (case / "flow.yaml").exists() else HERE / "spec-example.flow.yaml"
+    flow = flow_of(case)
     args = (case / "args").read_text().split("\n") if (case / "args").exists() else []
     cmd = [
         sys.executable,

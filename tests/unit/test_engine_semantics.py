@@ -142,8 +142,17 @@ def test_cancelled_step_on_time_is_recorded_late_one_raises_late(tmp_path: Path)
             ev("Refunded", "o1", 6),
         ],
     )
-    # read after the late Paid (12s): refunded's deadline (7s) fired before Paid was applied
-    assert [k for k, s, _ in alerts(lines)] == ["error", "missing", "late"]
+    # read after the late Paid (12s): refunded's deadline (7s) fired before Paid was applied;
+    # Refunded (event time 6s) is then observed after its `missing`: late by arrival, by the
+    # clock at observation (12s) minus the deadline
+    assert [(k, s) for k, s, _ in alerts(lines)] == [
+        ("error", None),
+        ("missing", "refunded"),
+        ("late", "paid"),
+        ("late", "refunded"),
+    ]
+    late = [x["value"] for x in on_topic(lines, "observer.alerts")][-1]
+    assert late["late_by_ms"] == 5000 and late["observed_at"] == "2026-01-01T00:00:06Z"
     assert outcomes(lines)[0]["outcome"] == "compensated"
 
 

@@ -100,9 +100,16 @@ def _avro_blank(schema: Any) -> Any:
 
 
 def _record(
-    spec: SourceSpec, source: CompiledSource, etype: str, key: str, eid: str, t: int
+    spec: SourceSpec,
+    source: CompiledSource,
+    etype: str,
+    key: str,
+    eid: str,
+    t: int,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """A replay record that the source's selectors read as (etype, key, eid, t)."""
+    """A replay record that the source's selectors read as (etype, key, eid, t), and each
+    (selector, text) of `extra` (alias values) as that text."""
     schema = source.avro_schema
     avro = schema is not None
     value: dict[str, Any] = _avro_blank(schema) if avro else {}
@@ -113,6 +120,7 @@ def _record(
         (spec.key, key),
         (spec.time, t if avro else format_time(t)),
         (spec.id or "", eid),
+        *extra,
     ):
         if selector.startswith("value."):
             node = value
@@ -144,11 +152,16 @@ def happy_path(loaded: LoadedFlow, flow: CompiledFlow, key: str) -> list[dict[st
             window = step.warn_ms or step.within_ms or 10_000
             times[step.index] = T0 if step.is_start else anchor + max(1, window // 10)
     records = []
+    value_of = {a.name: f"{a.name}-{key}" for a in flow.aliases}  # each alias's value
     for step in main:
         source, etype = sorted(step.on)[0]
         eid = f"{step.name}-{key}"
         spec = loaded.spec.sources[source]
-        records.append(_record(spec, flow.sources[source], etype, key, eid, times[step.index]))
+        extra = tuple((a.value, value_of[a.name]) for a in flow.aliases if (source, etype) in a.on)
+        by = key if spec.via is None else value_of[spec.via]  # via: keyed by the alias value
+        records.append(
+            _record(spec, flow.sources[source], etype, by, eid, times[step.index], extra)
+        )
     return sorted(records, key=lambda r: r["timestamp"])
 
 

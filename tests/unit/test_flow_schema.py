@@ -166,6 +166,15 @@ def test_short_forms_are_accepted() -> None:
         (("slo",), {"objective": "99.5%", "within": "30m", "window": "a month"}),
         (("slo",), {"objective": "99.5%", "within": "30m", "budget": "0.5%"}),
         (("slo",), "99.5%"),
+        (("aliases",), {"tracking": {"from": "orders.Booked"}}),  # no value
+        (("aliases",), {"tracking": {"value": "value.t"}}),  # no from
+        (("aliases",), {"tracking": {"from": [], "value": "value.t"}}),
+        (("aliases",), {"tracking": {"from": "Booked", "value": "value.t"}}),
+        (("aliases",), {"tracking": {"from": "orders.Booked", "value": "t"}}),
+        (("aliases",), {"Tracking": {"from": "orders.Booked", "value": "value.t"}}),
+        (("aliases",), {"tracking": {"from": "orders.Booked", "value": "value.t", "x": 1}}),
+        (("sources", "orders", "via"), "Tracking"),
+        (("if_alias_conflict",), 7),
     ],
 )
 def test_invalid_documents_are_rejected_by_schema_and_model(
@@ -212,6 +221,11 @@ def test_names_the_language_reserves_are_checked_by_the_schema(
         (("slo",), {"objective": "99.5%", "within": "30m", "window": "28d"}),
         (("slo",), {"objective": "99.95 %", "within": "PT30M"}),
         (("slo",), {"objective": "90%", "within": "1.5h", "window": "P7D"}),
+        (("aliases",), {"tracking": {"from": "orders.Booked", "value": "value.t"}}),
+        (("aliases",), {"tracking_no2": {"from": ["orders.Booked"], "value": "header.t"}}),
+        (("sources", "orders", "via"), "tracking"),
+        (("if_alias_conflict",), "cancel"),
+        (("if_alias_conflict",), {"do": ["cancel"], "alert": False}),
     ],
 )
 def test_valid_variants_are_accepted_by_schema_and_model(

@@ -84,8 +84,15 @@ def test_base_flow_is_valid(tmp_path: Path) -> None:
 def test_problem_is_named_with_its_line(
     tmp_path: Path, old: str, new: str, needle: str, message: str
 ) -> None:
-    assert old in BASE_FLOW
-    text = BASE_FLOW.replace(old, new, 1)
+    assert_named_at(tmp_path, BASE_FLOW, old, new, needle, message)
+
+
+def assert_named_at(
+    tmp_path: Path, flow: str, old: str, new: str, needle: str, message: str
+) -> None:
+    """`flow` with `old` replaced by `new` is refused with `message` at the line of `needle`."""
+    assert old in flow
+    text = flow.replace(old, new, 1)
     got = problems(tmp_path, text)
     expected_line = line_of(text, needle)
     assert any(
@@ -139,3 +146,79 @@ def test_handler_never_firing_is_an_error(tmp_path: Path) -> None:
     text = BASE_FLOW.replace("    within: 20s\n", "    if_missing: [cancel]\n")
     got = problems(tmp_path, text)
     assert any("if_missing never fires without 'within'" in p for p in got), got
+
+
+# -- aliases (correlation by a second id) -----------------------------------------------------------
+
+
+def _alias_flow() -> str:
+    from tests.unit.test_engine_aliases import FLOW
+
+    return FLOW
+
+
+def test_the_alias_example_is_valid(tmp_path: Path) -> None:
+    (tmp_path / "f.yaml").write_text(_alias_flow())
+    (flow,) = load_registry([tmp_path / "f.yaml"])
+    assert [a.name for a in flow.aliases] == ["tracking"]
+    assert flow.sources["carrier"].via == "tracking"
+    assert flow.alias_from == {("shipping", "TransportBooked"): (0,)}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "message"),
+    [
+        (
+            "    via: tracking",
+            "    via: parcel",
+            "via: parcel",
+            "source 'carrier': via names unknown alias 'parcel' (aliases: tracking)",
+        ),
+        (
+            "from: shipping.TransportBooked",
+            "from: carrier.Booked",
+            "from: carrier.Booked",
+            "alias 'tracking': from names source 'carrier', which reads values of alias "
+            "'tracking' (via)",
+        ),
+        (
+            "from: shipping.TransportBooked",
+            "from: [shipping.TransportBooked, shiping.X]",
+            "from: [shipping",
+            "alias 'tracking': from refers to unknown source 'shiping'",
+        ),
+        (
+            "    on: orders.OrderPlaced",
+            "    on: [orders.OrderPlaced, carrier.Created]",
+            "carrier.Created",
+            "a via source cannot start an instance",
+        ),
+        # (a name is reported at the mapping that holds it, like path and action names)
+        ("  tracking:\n", "  Tracking:\n", "aliases:", "alias name 'Tracking' must match"),
+        ("value: value.tracking_no", "value: tracking_no", "value: tracking_no", "not a selector"),
+        (
+            'key: "{{ aliases.tracking }}"',
+            'key: "{{ aliases.parcel }}"',
+            "    publish:",
+            "'aliases.parcel' names no alias of this flow (aliases: tracking)",
+        ),
+        ("key: order_id", "key: aliases", "key: aliases", "key name 'aliases' collides"),
+    ],
+)
+def test_alias_problems_are_named_with_their_line(
+    tmp_path: Path, old: str, new: str, needle: str, message: str
+) -> None:
+    assert_named_at(tmp_path, _alias_flow(), old, new, needle, message)
+
+
+def test_aliases_in_templates_and_the_conflict_handler_need_aliases(tmp_path: Path) -> None:
+    text = BASE_FLOW.replace(
+        'value: {type: Refund, id: "{{ key }}"}', 'value: {type: Refund, id: "{{ aliases.x }}"}'
+    ).replace("buffer: 30s", "buffer: 30s\nif_alias_conflict: [refund]")
+    got = problems(tmp_path, text)
+    assert any(
+        p.startswith(f"{tmp_path / 'flow.yaml'}:{line_of(text, 'if_alias_conflict')}:")
+        and "if_alias_conflict never fires: the flow has no aliases" in p
+        for p in got
+    ), got
+    assert any("names 'aliases', which is not in the template context" in p for p in got), got

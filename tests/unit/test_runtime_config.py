@@ -109,3 +109,76 @@ def test_the_model_is_frozen() -> None:
     c = ObserverConfig.load({}, {})
     with pytest.raises(Exception, match="frozen"):
         c.group_id = "x"  # type: ignore[misc]
+
+
+# -- group membership (docs/running.md, Failover) ----------------------------------------------
+
+
+def test_membership_defaults_drop_a_dead_member_within_seconds_and_use_no_instance_id() -> None:
+    c = ObserverConfig.load({}, {})
+    for conf in (c.consumer_settings(), c.keyed_consumer_settings()):
+        assert conf["session.timeout.ms"] == 6000 and conf["heartbeat.interval.ms"] == 1000
+        assert conf["partition.assignment.strategy"] == "cooperative-sticky"
+        assert "group.instance.id" not in conf and "group.protocol" not in conf
+    assert c.consumer_settings()["group.id"] == "observer"
+    assert c.keyed_consumer_settings()["group.id"] == "observer.keyed"
+
+
+def test_instance_id_gives_each_stage_its_own_static_member_id() -> None:
+    c = ObserverConfig.load({}, {"OBSERVER_INSTANCE_ID": "observer-0", "OBSERVER_GROUP_ID": "g"})
+    assert c.instance_id == "observer-0"
+    assert c.consumer_settings()["group.instance.id"] == "observer-0-router"
+    assert c.keyed_consumer_settings()["group.instance.id"] == "observer-0-tracker"
+    assert c.keyed_consumer_settings()["session.timeout.ms"] == 6000
+    assert "group.instance.id" not in c.producer_settings()
+    assert "group.instance.id" not in c.admin_settings()
+
+
+def test_membership_settings_stay_overridable() -> None:
+    env = {
+        "OBSERVER_KAFKA_SESSION_TIMEOUT_MS": "45000",
+        "OBSERVER_KAFKA_HEARTBEAT_INTERVAL_MS": "3000",
+    }
+    conf = ObserverConfig.load({}, env).keyed_consumer_settings()
+    assert (conf["session.timeout.ms"], conf["heartbeat.interval.ms"]) == ("45000", "3000")
+
+
+def test_kip_848_protocol_leaves_the_session_and_assignor_to_the_broker() -> None:
+    """librdkafka refuses the classic protocol's assignor, session and heartbeat settings
+    with group.protocol=consumer: the observer's defaults for them are left out."""
+    c = ObserverConfig.load({}, {"OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"})
+    for conf in (c.consumer_settings(), c.keyed_consumer_settings()):
+        assert conf["group.protocol"] == "consumer"
+        for classic in (
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+        ):
+            assert classic not in conf
+
+
+@pytest.mark.parametrize("bad", ["two words", "a/b", "é", "x" * 201])
+def test_an_invalid_instance_id_names_the_variable(bad: str) -> None:
+    with pytest.raises(ConfigError, match="OBSERVER_INSTANCE_ID"):
+        ObserverConfig.load({}, {"OBSERVER_INSTANCE_ID": bad})
+
+
+def test_an_instance_id_with_the_kip_848_protocol_is_refused() -> None:
+    """Measured (docs/running.md, Failover): with group.protocol=consumer the broker refuses a
+    restarted static member until the killed one's session expires, so it would crash-loop."""
+    env = {"OBSERVER_INSTANCE_ID": "observer-0", "OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"}
+    with pytest.raises(ConfigError, match=r"OBSERVER_INSTANCE_ID with group\.protocol=consumer"):
+        ObserverConfig.load({}, env)
+
+
+def test_in_kubernetes_the_pod_name_is_the_instance_id_unless_turned_off() -> None:
+    k8s = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "observer-7d9c-x2"}
+    c = ObserverConfig.load({}, k8s)
+    assert c.instance_id == "observer-7d9c-x2"
+    assert c.consumer_settings()["group.instance.id"] == "observer-7d9c-x2-router"
+    assert ObserverConfig.load({}, {**k8s, "OBSERVER_INSTANCE_ID": "none"}).instance_id == ""
+    assert ObserverConfig.load({}, {**k8s, "OBSERVER_INSTANCE_ID": "pod-a"}).instance_id == "pod-a"
+    kip848 = {**k8s, "OBSERVER_KAFKA_GROUP_PROTOCOL": "consumer"}
+    assert ObserverConfig.load({}, kip848).instance_id == ""
+    # outside Kubernetes a host name is no instance id: two processes on one host share it
+    assert ObserverConfig.load({}, {"HOSTNAME": "laptop"}).instance_id == ""

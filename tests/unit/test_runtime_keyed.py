@@ -6,13 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from observer.engine.effects import HOP_KINDS, Hop, HopKind
 from observer.engine.state import Event
 from observer.runtime.keyed import (
+    HopMark,
     Mark,
     Routed,
     ShardWatermarks,
     decode_keyed,
     encode_event,
+    encode_hop,
+    encode_hop_mark,
     encode_mark,
 )
 
@@ -73,3 +77,54 @@ def test_a_shard_watermark_is_the_minimum_over_every_source_partition() -> None:
     assert clocks.value(2, set()) is None  # no source partitions known yet
     clocks.drop(2)
     assert clocks.value(2, sources) is None
+
+
+# -- aliases: hops and hop marks -------------------------------------------------------------------
+
+
+@given(
+    kind=st.sampled_from(HOP_KINDS),
+    value=st.text(max_size=12),
+    key=st.text(max_size=12),
+    eids=st.lists(st.text(max_size=6), max_size=3),
+    captures=st.dictionaries(st.text(max_size=6), json_values, max_size=2),
+)
+def test_a_hop_survives_the_keyed_topic(
+    kind: HopKind, value: str, key: str, eids: list[str], captures: dict[str, object]
+) -> None:
+    hop = Hop(kind, "delivery", "tracking", value, key, 7, (), "o-0", "shipping")
+    owner = hop.target()[1]  # the events of a message belong to its receiver
+    hop.events = tuple(Event("carrier", "PickedUp", owner, e, 5, captures) for e in eids)
+    back = decode_keyed(encode_hop(hop))
+    assert back == hop and isinstance(back, Hop)
+    assert back.id() == hop.id()
+
+
+def test_a_hop_mark_round_trips() -> None:
+    assert decode_keyed(encode_hop_mark([(0, 5), (3, 9)])) == HopMark(((0, 5), (3, 9)))
+    with pytest.raises(ValueError):
+        decode_keyed(b'{"m": ["teleport", "f", "a", "v", "k", 1, [], null, null]}')
+
+
+def test_with_hops_a_shard_watermark_waits_for_every_shard_s_hop_mark() -> None:
+    sources = {("orders", 0), ("pay", 0)}
+    wms = ShardWatermarks(hops=3)
+    wms.reset(1)
+    wms.observe(1, Mark((("orders", 0, 100), ("pay", 0, 90))))
+    assert wms.source_value(1, sources) == 90
+    assert wms.value(1, sources) is None  # no hop mark of any shard yet
+    assert wms.observe(1, HopMark(((0, 80), (1, 95))))
+    assert wms.value(1, sources) is None  # shard 2 has said nothing
+    assert wms.observe(1, HopMark(((2, 200),)))
+    assert wms.value(1, sources) == 80
+    assert not wms.observe(1, HopMark(((0, 70),)))  # older: the largest one holds
+    wms.observe(1, HopMark(((0, 300),)))
+    assert wms.value(1, sources) == 90
+    assert wms.values(sources) == {1: 90} and wms.values(sources, sources_only=True) == {1: 90}
+    wms.reset(1)  # owned again: everything comes back with the marks
+    assert wms.value(1, sources) is None
+    without = ShardWatermarks()
+    without.reset(0)
+    without.observe(0, Mark((("orders", 0, 5), ("pay", 0, 6))))
+    assert not without.observe(0, HopMark(((0, 1),)))  # no aliases: hop marks change nothing
+    assert without.value(0, sources) == 5

@@ -104,3 +104,62 @@ def test_flows_list_versions_paths_and_steps(tmp_path: Path) -> None:
         ("placed", None, []),
         ("paid", "10s", ["placed"]),
     ]
+
+
+# -- aliases: "where is my parcel?" by its tracking number ------------------------------------------
+
+
+class Slots:
+    """A SlotReader over slots kept in a dict: (flow, key) -> state bytes."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], bytes] = {}
+
+    def read(self, flow: str, key: str) -> tuple[bytes | None, list[bytes]]:
+        return self.states.get((flow, key)), []
+
+    def deployed(self) -> dict[str, object] | None:
+        return None
+
+
+def test_an_instance_is_found_by_an_alias_value(tmp_path: Path) -> None:
+    from observer.engine.effects import Hop
+    from observer.flows.aliases import alias_flow
+    from tests.unit.test_engine_aliases import FLOW as DELIVERY
+
+    (tmp_path / "delivery.yaml").write_text(DELIVERY)
+    registry = load_registry([tmp_path / "delivery.yaml"])
+    engine = Engine(registry, Topics())
+    order, value = KeySlot("delivery", "o-1"), KeySlot(alias_flow("delivery", "tracking"), "T1")
+    engine.apply(order, Event("orders", "OrderPlaced", "o-1", "p", T0), T0)
+    booked = Event("shipping", "TransportBooked", "o-1", "b", T0, {"value.tracking_no": "T1"})
+    (register,) = [e for e in engine.apply(order, booked, T0) if isinstance(e, Hop)]
+    early = KeySlot(alias_flow("delivery", "tracking"), "T2")
+    engine.apply(early, Event("carrier", "PickedUp", "T2", "c", T0), T0)
+    slots = Slots()
+    query = InstanceQuery(registry, slots)
+    slots.states[("delivery", "o-1")] = encode_slot(order)
+    slots.states[(early.flow, "T2")] = encode_slot(early)
+    assert query.instance("delivery", "T1", via="tracking") is None  # not held yet
+    (answer,) = [e for e in engine.deliver(value, register, T0) if isinstance(e, Hop)]
+    engine.deliver(order, answer, T0)
+    slots.states[("delivery", "o-1")] = encode_slot(order)
+    slots.states[(value.flow, "T1")] = encode_slot(value)
+    view = query.instance("delivery", "T1", via="tracking")
+    assert view is not None and view["key"] == "o-1" and view["state"] == "open"
+    assert view["via"] == {"alias": "tracking", "value": "T1"}
+    assert view["aliases"] == {"tracking": "T1"}
+    assert format_instance(view).startswith("via tracking T1\ndelivery o-1: open")
+    waiting = query.instance("delivery", "T2", via="tracking")
+    assert waiting is not None and waiting["state"] == "buffering"
+    assert [b["type"] for b in waiting["buffered"]] == ["PickedUp"]
+    assert [p["kind"] for p in waiting["pending"]] == ["orphan"]
+    assert query.instance("delivery", "T1", via="parcel") is None  # no such alias
+    (flow,) = describe_flows(registry)
+    assert flow["versions"][0]["aliases"] == {
+        "tracking": {
+            "from": ["shipping.TransportBooked"],
+            "value": "value.tracking_no",
+            "via": ["carrier"],
+        }
+    }

@@ -3,6 +3,12 @@
 Manual commits only (`enable.auto.commit=false`); batches via `consume(num_messages, timeout)`;
 the cooperative-sticky assignor, so a rebalance only moves the partitions that change owner.
 Rebalance callbacks run inside `poll` on the loop's thread and are forwarded to a listener.
+
+A fatal consumer error ends the process: the consumer cannot be used again. The one to expect
+is the fence of static membership: another process joined the group with this process's
+`group.instance.id` (OBSERVER_INSTANCE_ID given to two running processes) and Kafka handed it
+this member's partitions. The partitions are then reported *lost* to the listener (nothing of
+them is committed, their shards are no longer processed here) before `poll` raises.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ log = logging.getLogger(__name__)
 
 _DOWN = {KafkaError._ALL_BROKERS_DOWN}
 _QUIET = {KafkaError._PARTITION_EOF}
+# librdkafka hands a fatal error to `consume` as a message error with this code (its own
+# `fatal()` is false); the broker's error is in the text
+_FATAL = KafkaError._FATAL
 
 
 class KafkaEventSource:
@@ -46,6 +55,8 @@ class KafkaEventSource:
         self._listener: RebalanceListener | None = None
         self._down_since: float | None = None
         self._last_error_log = 0.0
+        self._owned: set[TP] = set()  # partitions assigned and not yet revoked or lost
+        self._fatal: str | None = None
 
     # -- health -----------------------------------------------------------------------------------
 
@@ -54,8 +65,9 @@ class KafkaEventSource:
             if self._down_since is None:
                 self._down_since = time.monotonic()
             log.warning("Kafka: %s", err.str())
-        elif err.fatal():
+        elif err.fatal() or err.code() == _FATAL:
             log.error("Kafka fatal error: %s", err.str())
+            self._fatal = self._fatal or err.str()
         else:
             log.info("Kafka: %s", err.str())
 
@@ -95,24 +107,52 @@ class KafkaEventSource:
         return [(p.topic, p.partition) for p in parts]
 
     def _assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        self._owned.update(self._tps(parts))
         if self._listener is not None and parts:
             self._listener.assigned(self._tps(parts))
 
     def _revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
-        if self._listener is not None and parts:
+        self._owned.difference_update(self._tps(parts))
+        # after a fatal error the partitions were reported lost already: closing the consumer
+        # revokes them again, and an orderly revocation would commit
+        if self._listener is not None and parts and self._fatal is None:
             self._listener.revoked(self._tps(parts))
 
     def _lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
-        if self._listener is not None and parts:
+        self._owned.difference_update(self._tps(parts))
+        if self._listener is not None and parts and self._fatal is None:
             self._listener.lost(self._tps(parts))
+
+    def _give_up(self, reason: str) -> None:
+        """A fatal error: every partition still held is lost (not committed, no longer
+        processed here), then raise."""
+        lost = sorted(self._owned)
+        self._owned.clear()
+        if self._listener is not None and lost:
+            self._listener.lost(lost)
+        group = self._settings.get("group.id")
+        instance = self._settings.get("group.instance.id")
+        reason = reason.split(": Fatal consumer error:")[0]  # librdkafka says it twice
+        if instance and ("instance" in reason.lower() or "fenced" in reason.lower()):
+            raise ObserverError(
+                f"Kafka: group {group}: {reason}. Another process runs with the same instance "
+                f"id ({instance}; OBSERVER_INSTANCE_ID must be unique per running process, "
+                "e.g. the pod name); this one gave its partitions up without committing and "
+                "stops"
+            )
+        raise ObserverError(f"Kafka consumer fatal error (group {group}): {reason}")
 
     # -- reading ----------------------------------------------------------------------------------
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        if self._fatal is not None:
+            self._give_up(self._fatal)
         try:
             msgs: list[Any] = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as exc:
             raise ObserverError(f"Kafka consume failed: {exc}") from exc
+        if self._fatal is not None:  # reported to error_cb during this call
+            self._give_up(self._fatal)
         out: list[SourceRecord] = []
         append = out.append
         if self._values_only:
@@ -147,8 +187,9 @@ class KafkaEventSource:
     def _message_error(self, err: KafkaError, m: Any) -> None:
         if err.code() in _QUIET:
             return
-        if err.fatal():
-            raise ObserverError(f"Kafka consumer fatal error: {err.str()}")
+        if err.fatal() or err.code() == _FATAL:
+            self._fatal = err.str()
+            self._give_up(self._fatal)
         now = time.monotonic()
         if now - self._last_error_log > 5.0:  # e.g. a source topic that does not exist yet
             self._last_error_log = now
@@ -233,8 +274,14 @@ class KafkaEventSource:
             left.setdefault((topic, partition), set()).add(offset)
         conf = {k: v for k, v in self._settings.items() if not callable(v)}
         conf["group.id"] = f"{conf.get('group.id', 'observer')}.fetch"
-        conf.pop("partition.assignment.strategy", None)
-        conf.pop("group.protocol", None)
+        for membership in (
+            "partition.assignment.strategy",
+            "group.protocol",
+            "group.instance.id",  # a reader that never joins must not fence the member
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+        ):
+            conf.pop(membership, None)
         conf["enable.auto.commit"] = False
         reader = Consumer(conf)
         try:

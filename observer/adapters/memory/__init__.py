@@ -9,6 +9,7 @@ other (they are one adapter) and nothing of the other adapters.
 
 from observer.adapters.memory.broker import InMemoryBroker
 from observer.adapters.memory.clock import ManualClock
+from observer.adapters.memory.flows import InMemoryFlowFiles, InMemoryFlowStore
 from observer.adapters.memory.lease import InMemoryLease, LeaseTable
 from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
@@ -19,6 +20,8 @@ from observer.adapters.memory.world import InMemoryWorld
 __all__ = [
     "InMemoryBroker",
     "InMemoryEventSource",
+    "InMemoryFlowFiles",
+    "InMemoryFlowStore",
     "InMemoryLease",
     "InMemoryRawSink",
     "InMemoryRecordSink",

@@ -94,7 +94,9 @@ class GuardData:
         marks = [wm for s, wm in self.watermarks.items() if 0 <= s < shards]
         low = min(marks) if len(marks) >= shards else None
         hi = low if g.upto is None else (g.upto if low is None else max(low, g.upto))
-        ready = [] if hi is None else sorted((at, i) for i, (at, _d) in g.waiting.items() if at <= hi)
+        ready = (
+            [] if hi is None else sorted((at, i) for i, (at, _d) in g.waiting.items() if at <= hi)
+        )
         return GuardSnapshot(
             rev=g.rev,
             state=g.blob,
@@ -127,9 +129,7 @@ class GuardData:
             append(sid, entry)
         return True
 
-    def take_held(
-        self, flow: str, ids: Sequence[str], at: int, mode: str, append: Append
-    ) -> int:
+    def take_held(self, flow: str, ids: Sequence[str], at: int, mode: str, append: Append) -> int:
         """Release (to `released`, for the decider) or drop held entries."""
         g = self.flow(flow)
         done = 0

@@ -92,10 +92,16 @@ class InMemoryEventSource:
         if listener is None:
             return
         if self._subscribed_at_poll:
+            # a subscription (or a new one): partitions of new topics are assigned, those of
+            # topics no longer subscribed revoked, the others kept where they are
             self._subscribed_at_poll = False
             tps = [(t, p) for t in self._topics for p in range(self.broker.partitions(t) or 0)]
-            if tps:
-                self._events.insert(0, ("assigned", tps))
+            gone = [tp for tp in self._positions if tp[0] not in self._topics]
+            new = [tp for tp in tps if tp not in self._positions]
+            if new:
+                self._events.insert(0, ("assigned", new))
+            if gone:
+                self._events.insert(0, ("revoked", sorted(gone)))
         while self._events:
             kind, tps = self._events.pop(0)
             if kind == "assigned":

@@ -295,6 +295,10 @@ class InMemoryStateStore:
     def slot_ids(self) -> list[str]:
         return sorted(self._data.slots)
 
+    def slot_states(self) -> list[tuple[str, bytes]]:
+        """(slot id, state) of every slot (issue 15: instances per flow version)."""
+        return [(sid, s.state) for sid, s in self._data.slots.items()]
+
     def outbox_entries(self) -> dict[str, bytes]:
         """Every observer-id left in any outbox, with its record."""
         return {oid: rec for box in self._data.outbox.values() for oid, rec in box.items()}

@@ -8,6 +8,7 @@ from typing import Any
 
 from observer.adapters.memory.broker import InMemoryBroker
 from observer.adapters.memory.clock import ManualClock
+from observer.adapters.memory.flows import InMemoryFlowFiles, InMemoryFlowStore
 from observer.adapters.memory.lease import InMemoryLease, LeaseTable
 from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
@@ -36,7 +37,12 @@ class InMemoryWorld:
         store: InMemoryStateStore | None = None,
         lease_table: LeaseTable | None = None,
         owner: str = "process-1",
+        flows: InMemoryFlowStore | None = None,
+        flow_files: InMemoryFlowFiles | None = None,
     ) -> None:
+        """`flows`: the group's deployed versions (issue 15; shared by the worlds of one
+        group; none: the runtime runs only the flows it is given); `flow_files`: the flow
+        files this process watches."""
         self.config = config
         self.clock = clock or ManualClock()
         self.broker = broker or InMemoryBroker()
@@ -57,6 +63,8 @@ class InMemoryWorld:
             self.broker.create(keyed, config.shards)
             self.keyed_source = InMemoryEventSource(self.broker, f"{config.group_id}.keyed")
         self.lease = InMemoryLease(self.lease_table, owner, config.lease_ttl_ms)
+        self.flows = flows
+        self.flow_files = flow_files
 
     def ports(self) -> RuntimePorts:
         source: EventSource
@@ -79,6 +87,8 @@ class InMemoryWorld:
             clock=self.clock,
             lease=lease,
             backlog=backlog,
+            flows=self.flows,
+            flow_files=self.flow_files,
         )
 
     def produce(

@@ -63,7 +63,7 @@ def parse_snapshot(raw: Any) -> GuardSnapshot:
     """`guard_read.lua`'s reply."""
     if not isinstance(raw, list) or len(raw) != 11:
         raise StoreError(f"unexpected reply to a guardrails read: {raw!r}")
-    rev, upto, blob, wm, more, paused, ids, datas, released, heldn, totals = raw
+    rev, upto, blob, wm, more, paused, _ids, datas, released, heldn, totals = raw
     waiting = [d for d in datas if d is not None]  # an id without data: gone meanwhile
     return GuardSnapshot(
         rev=int(rev),

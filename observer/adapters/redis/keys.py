@@ -16,6 +16,11 @@ a slot within its shard and flow, 0 <= n < buckets):
                                      (epoch ms) of the bucket's slots; no member: none is due
     P:{s}:hist:<flow>:<key>   LIST   the instance history (JSON entries), capped, slot's TTL
     P:{s}:outbox              HASH   observer-id -> record to publish until delivery is acked
+    P:{flows}:versions        HASH   `<flow>:<version>` -> a deployed flow version, JSON
+                                     (`flows/stored.py`): what rebuilds it exactly (issue 15)
+    P:{flows}:generation      STRING a counter every deployment that changes them moves on
+    P:{flows}:running         HASH   process -> "<generation>:<epoch ms>": what each process
+                                     runs, said every few seconds (`observer deploy --wait`)
     P:guard:<flow>:<part>     the guardrails of a flow (contract §7): its decider's state, the
                               deviations waiting for it, held actions (`guard()`)
     P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
@@ -181,6 +186,20 @@ class Keys:
     def lease(self) -> str:
         """STRING: the holder of `routing: direct` (one process per prefix)."""
         return f"{self.prefix}:lease"
+
+    # -- issue 15: flow versions kept with the state (one hash tag: deployed in one MULTI) --
+
+    def flow_versions(self) -> str:
+        """HASH `<flow>:<version>` -> the deployed version (JSON of `StoredFlow`)."""
+        return f"{self.prefix}:{{flows}}:versions"
+
+    def flow_generation(self) -> str:
+        """STRING: moved on by every deployment that changes the stored versions."""
+        return f"{self.prefix}:{{flows}}:generation"
+
+    def flow_processes(self) -> str:
+        """HASH process -> `<generation>:<epoch ms>` (the generation it runs, and when)."""
+        return f"{self.prefix}:{{flows}}:running"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
