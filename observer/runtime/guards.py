@@ -25,6 +25,7 @@ from observer.config import ObserverConfig
 from observer.flows.registry import FlowRegistry
 from observer.guardrails.gate import GuardState, IncidentNote, Verdict, Waiting
 from observer.metrics import Metrics
+from observer.runtime.every import Every
 from observer.runtime.held import HeldAction, StoredWaiting, held_history
 from observer.runtime.outbox import OutboxRecord, decode_record, encode_record, to_record
 from observer.runtime.ports import Clock, GuardCommit, GuardSnapshot, StateStore
@@ -64,8 +65,14 @@ class GuardDecider:
         self.shards = config.shards
         self.limit = config.guard_batch  # waiting deviations read per pass at most
         self.alerts_topic = alerts_topic
+        self._every = Every(config.guard_interval_ms / 1000.0, clock.monotonic)
         self._deciding: set[str] = set()  # flows decided here (their gauges are exported here)
         self._dropped_seen: dict[str, dict[str, int]] = {}
+
+    def turn(self, owned: Collection[int]) -> None:
+        """A pass every guard interval (at once again while more waits). Raises StoreError."""
+        if self._every.due() and self.run(owned):
+            self._every.hurry()
 
     def run(self, owned: Collection[int]) -> bool:
         """One pass for each flow this process decides; True if any has more waiting.

@@ -152,7 +152,6 @@ class Tracker:
         self.decider = GuardDecider(
             registry, self.store, self.publisher, metrics, self.clock, config, self.topics.alerts
         )
-        self._guard_every = Every(config.guard_interval_ms / 1000.0, mono)
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
         self._marks_moved = False  # since the last tick
@@ -281,8 +280,7 @@ class Tracker:
             # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
             if self._marks_moved or self._tick_every.due():
                 self._tick()
-            if self._guard_every.due() and self.decider.run(self.shards.owned()):
-                self._guard_every.hurry()  # more waits: decide again at the next turn
+            self.decider.turn(self.shards.owned())  # guardrails, every guard interval
         except StoreError as exc:
             self.recover(exc)
         self.publisher.serve()
