@@ -22,7 +22,7 @@ from observer.metrics import Metrics
 from observer.runtime.health import Health
 from observer.runtime.held_ops import Selection, held_actions, release_or_drop
 from observer.runtime.loop import Runtime
-from observer.runtime.query import InstanceQuery
+from observer.runtime.query import InstanceQuery, format_instance
 from observer.runtime.shards import shard_of, slot_id
 
 FLOW = """
@@ -77,6 +77,8 @@ class Group:
         self.broker.create("orders", 2)
         self.broker.create("pay", 2)
         self.runtimes: list[Runtime] = []
+        self.registries: list[CollectorRegistry] = []
+        self.worlds: list[InMemoryWorld] = []
 
     def start(self, keyed: list[int]) -> Runtime:
         world = InMemoryWorld(self.config, clock=self.clock, broker=self.broker, store=self.store)
@@ -87,11 +89,13 @@ class Group:
             self.config,
             load_registry([self.flow]),
             world.ports(),
-            metrics=Metrics(CollectorRegistry()),
+            metrics=Metrics(registry := CollectorRegistry()),
             health=Health(self.clock.monotonic),
         )
         assert runtime.open()
         self.runtimes.append(runtime)
+        self.registries.append(registry)
+        self.worlds.append(world)
         return runtime
 
     def turn(self, n: int = 1, seconds: float = TURN_S) -> None:
@@ -120,6 +124,10 @@ class Group:
         self.turn(5)
         self.clock.advance(n + 15.0)  # read partitions: their watermark is the clock
         self.turn(30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Summed over the processes (the guardrails' gauges come from the deciding one)."""
+        return sum(r.get_sample_value(name, labels) or 0.0 for r in self.registries)
 
     def close(self) -> None:
         for r in self.runtimes:
@@ -153,10 +161,22 @@ def test_two_processes_open_one_incident_and_publish_at_most_count_actions(group
     assert len(held) == 10
     assert {h.reason for h in held} == {"rate", "incident"}
     assert len([h for h in held if h.reason == "incident"]) == 8
+    assert group.metric("observer_incidents_open", flow="shop") == 1
+    assert group.metric("observer_incidents_opened_total", flow="shop") == 1
+    assert group.metric("observer_actions_held", flow="shop", action="cancel") == 10
+    rate = {"flow": "shop", "action": "cancel", "reason": "rate"}
+    assert group.metric("observer_held_actions_total", **rate) == 2
     group.clock.advance(40.0)
     group.turn(10)
     (resolved,) = group.alerts("incident_resolved")
     assert resolved["count"] == 12  # the five that opened it and the seven after
+    assert group.metric("observer_incidents_open", flow="shop") == 0
+    release_or_drop(group.store, Selection("shop", key="o-2"), "release", 0)
+    release_or_drop(group.store, Selection("shop", key="o-3"), "drop", 0)
+    group.turn(10)
+    assert group.metric("observer_actions_released_total", flow="shop", action="cancel") == 1
+    assert group.metric("observer_actions_dropped_total", flow="shop", action="cancel") == 1
+    assert group.metric("observer_actions_held", flow="shop", action="cancel") == 8
 
 
 def test_released_actions_are_published_once_with_their_ids_and_dropped_ones_recorded(
@@ -225,3 +245,27 @@ def test_a_decider_that_dies_after_deciding_loses_nothing_and_repeats_no_id(
     ids = [i for _v, i in group.out("cmds")]
     assert len(ids) == len(set(ids)) == 2
     assert len(held_actions(group.store, Selection("shop"))) == 6
+
+
+def test_webhook_actions_are_held_and_released_the_same_way(tmp_path: Path) -> None:
+    hooked = PLAIN.replace("if_missing: [cancel]", "if_missing: [page]").replace(
+        "actions:\n", 'actions:\n  page:\n    webhook: {url: "http://hooks.invalid/oncall"}\n'
+    )
+    g = Group(tmp_path, hooked)
+    try:
+        g.start([0, 1, 2, 3])
+        g.store.pause(None, "dry run")
+        g.storm(2)
+        (world,) = g.worlds
+        assert world.webhooks.submitted == []
+        held = held_actions(g.store, Selection("plain"))
+        assert [(h.category, h.reason) for h in held] == [("webhook", "paused")] * 2
+        release_or_drop(g.store, Selection("plain", key=held[0].key), "release", 0)
+        g.turn(10)
+        assert [r.observer_id for _s, r in world.webhooks.submitted] == [held[0].observer_id]
+        text = format_instance(
+            InstanceQuery(load_registry([g.flow]), g.store).instance("plain", held[1].key) or {}
+        )
+        assert "held actions" in text and held[1].observer_id in text
+    finally:
+        g.close()
