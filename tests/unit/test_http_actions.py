@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer.engine.core import Topics
+from observer.topics import Topics
 from observer.flows.compiler import load_registry
 from observer.http.actions import action_routes
 from observer.http.app import create_app

@@ -235,7 +235,7 @@ def test_a_decider_that_dies_after_deciding_loses_nothing_and_repeats_no_id(
 ) -> None:
     first = group.start([0, 1, 2, 3])
     published: list[Any] = []
-    first.tracker.decider.publisher.publish = published.append  # type: ignore[method-assign]
+    first.tracker.decider.publisher.publish = published.append  # type: ignore[method-assign,assignment]
     group.storm(8)  # decided and committed, never published: the process "dies" here
     assert published and group.out("cmds") == [] and group.alerts("incident") == []
     group.runtimes.remove(first)  # kill -9: no stop, no close
