@@ -10,12 +10,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer.topics import Topics
 from observer.flows.compiler import load_registry
 from observer.http.actions import action_routes
 from observer.http.app import create_app
 from observer.http.server import HttpServer
 from observer.runtime.query import InstanceQuery
+from observer.topics import Topics
 from tests.unit.test_runtime_guardrails import Group
 
 TOKEN = "0123456789abcdef-token"
