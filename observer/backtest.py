@@ -28,7 +28,7 @@ from observer.engine.effects import Effect, Publish, Signal
 from observer.engine.state import KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.flows.registry import FlowRegistry
-from observer.ingest import SourceRecord
+from observer.ingest import SourceRecord, ValueDecoder
 from observer.replay import Replayer
 from observer.timefmt import format_duration, format_time, parse_time
 from observer.topics import Topics
@@ -148,10 +148,18 @@ class FlowTally:
 class Backtest:
     """Feeds records to the replay engine and tallies what it would have published."""
 
-    def __init__(self, registry: FlowRegistry, period: Period, topics: Topics | None = None):
+    def __init__(
+        self,
+        registry: FlowRegistry,
+        period: Period,
+        topics: Topics | None = None,
+        decoder: ValueDecoder | None = None,  # issue 16: the schema registry's formats
+    ):
         self.registry = registry
         self.period = period
-        self.replayer = Replayer(registry, self._emit, topics or Topics(), observe=self._observe)
+        self.replayer = Replayer(
+            registry, self._emit, topics or Topics(), observe=self._observe, decoder=decoder
+        )
         self.tallies = {name: FlowTally(name) for name in registry.names()}
         self.alerts: Counter[AlertKey] = Counter()
         self.records = 0

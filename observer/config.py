@@ -135,6 +135,19 @@ class ObserverConfig(BaseModel):
     deploy_poll_ms: int = Field(2_000, ge=100, le=60_000)
     retire_interval_ms: int = Field(600_000, ge=1_000)
     retire_after_ms: int = Field(600_000, ge=0)
+    # Schema Registry (issue 16): the URL is `schema_registry_url` above; basic auth as
+    # "user:password" (or in the URL), TLS as confluent-kafka's client takes it (file paths)
+    schema_registry_basic_auth: SecretStr | None = None
+    schema_registry_ca: str | None = None  # CA file or directory
+    schema_registry_cert: str | None = None  # client certificate (PEM)
+    schema_registry_key: str | None = None  # its private key (PEM)
+    schema_registry_key_password: SecretStr | None = None
+    # one lookup of a schema id waits at most this long, on the loop's thread, and is not
+    # retried there: a failing id is not asked again for `negative_ttl` (its records go to
+    # the dead-letter topic); one source may bring at most `max_ids` distinct schema ids
+    schema_registry_timeout_ms: int = Field(2_000, ge=100, le=60_000)
+    schema_registry_negative_ttl_ms: int = Field(30_000, ge=0)
+    schema_registry_max_ids: int = Field(256, ge=1, le=100_000)
     # guardrails (contract §7): `hold` starts with every action of every flow held (a dry run:
     # `observer actions resume` lifts it); how often the decider of a guarded flow runs
     actions: Literal["publish", "hold"] = "publish"
@@ -243,6 +256,28 @@ class ObserverConfig(BaseModel):
     def topics(self) -> Topics:
         return Topics(alerts=self.alerts_topic, outcomes=self.outcomes_topic, dlq=self.dlq_topic)
 
+    def schema_registry_settings(self) -> dict[str, Any] | None:
+        """The Schema Registry client's configuration (confluent-kafka's names, secrets
+        revealed: for the client only); None without a registry URL."""
+        if self.schema_registry_url is None:
+            return None
+        conf: dict[str, Any] = {
+            "url": self.schema_registry_url.get_secret_value(),
+            "timeout": self.schema_registry_timeout_ms / 1000.0,
+            "max.retries": 0,  # never a retry loop on the loop's thread: a negative cache
+        }
+        if self.schema_registry_basic_auth is not None:
+            conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        optional = {
+            "ssl.ca.location": self.schema_registry_ca,
+            "ssl.certificate.location": self.schema_registry_cert,
+            "ssl.key.location": self.schema_registry_key,
+        }
+        conf.update({k: v for k, v in optional.items() if v})
+        if self.schema_registry_key_password is not None:
+            conf["ssl.key.password"] = self.schema_registry_key_password.get_secret_value()
+        return conf
+
     def kafka_extra(self) -> dict[str, str]:
         """The OBSERVER_KAFKA_* settings, secrets revealed (for the clients only)."""
         return {k: v.get_secret_value() for k, v in self.kafka}
@@ -322,7 +357,11 @@ class ObserverConfig(BaseModel):
                 out[name] = {k: (MASK if is_secret_key(k) else s.get_secret_value()) for k, s in v}
             elif name in ("redis_url", "schema_registry_url"):
                 out[name] = None if v is None else mask_url(v.get_secret_value())
-            elif name == "http_token":
+            elif name in (
+                "http_token",
+                "schema_registry_basic_auth",
+                "schema_registry_key_password",
+            ):
                 out[name] = None if v is None else MASK
             else:
                 out[name] = v

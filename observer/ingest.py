@@ -26,7 +26,15 @@ from observer.jsonexact import INT_MAX, INT_MIN, loads_exact, may_be_rounded
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 from observer.topics import Topics
 
-__all__ = ["Decoded", "Ingest", "SourceRecord", "dead_letter"]
+__all__ = [
+    "AvroDecoder",
+    "Decoded",
+    "Ingest",
+    "SourceRecord",
+    "ValueDecoder",
+    "dead_letter",
+    "local_decoder",
+]
 
 Headers = Sequence[tuple[str, Any]] | Mapping[str, Any]
 
@@ -52,6 +60,10 @@ class Decoded:
     events: list[tuple[str, Event]] = field(default_factory=list)
     dead_letter: Publish | None = None
     reason: str | None = None
+    # correlation health (issue 16): the dead letter's reason as a short code
+    # (`correlation.DEAD_LETTER_REASONS`) and the (flow, source) that found it, if one did
+    code: str | None = None
+    source: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +74,18 @@ class _Reader:
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
 
 
-AvroDecoder = Callable[[bytes, CompiledSource], Any]
+# Reads a value of a registry format (avro, protobuf, json_schema) from its bytes; raises on
+# a value it cannot read (an error with a `code` attribute names the dead letter's reason).
+ValueDecoder = Callable[[bytes, CompiledSource], Any]
+AvroDecoder = ValueDecoder  # its name before protobuf and json_schema
 
 
-def _local_avro(data: bytes, source: CompiledSource) -> Any:
+def local_decoder(data: bytes, source: CompiledSource) -> Any:
+    """Without a schema registry: Avro read schemaless with the source's local schema."""
     import fastavro
 
+    if source.format != "avro":
+        raise ValueError(f"no schema registry to read {source.format} (its wire format)")
     if source.avro_schema is None:
         raise ValueError("no Avro schema for this source (set schema: or a schema registry)")
     return fastavro.schemaless_reader(io.BytesIO(data), source.avro_schema)
@@ -77,10 +95,13 @@ class Ingest:
     """Decodes source records for every deployed flow. Rebuild it when flows are deployed."""
 
     def __init__(
-        self, registry: FlowRegistry, topics: Topics | None = None, avro: AvroDecoder | None = None
+        self,
+        registry: FlowRegistry,
+        topics: Topics | None = None,
+        decoder: ValueDecoder | None = None,
     ) -> None:
         self.topics = topics or Topics()
-        self.avro = avro or _local_avro
+        self.decoder = decoder or local_decoder
         readers: dict[str, dict[tuple[str, str], _Reader]] = {}
         wanted: dict[tuple[str, str], set[str]] = {}
         caps: dict[tuple[str, str], dict[str, dict[str, Selector]]] = {}
@@ -138,7 +159,7 @@ class Ingest:
                 try:
                     value = self._decode_value(rec.value, source)
                 except Exception as exc:
-                    return self._dead(rec, f"cannot decode {fmt} value: {exc}")
+                    return self._undecodable(rec, fmt, exc)
                 view = RecordView(value, headers, rec.key, rec.timestamp)
                 view_fmt = fmt
             elif fmt != view_fmt:  # another flow reads this topic in another format
@@ -149,7 +170,7 @@ class Ingest:
                     try:
                         value = self._decode_value(rec.value, source)
                     except Exception as exc:
-                        return self._dead(rec, f"cannot decode {fmt} value: {exc}")
+                        return self._undecodable(rec, fmt, exc)
                     other = views[fmt] = RecordView(value, headers, rec.key, rec.timestamp)
                 view, view_fmt = other, fmt
             try:
@@ -165,17 +186,19 @@ class Ingest:
                 if type(eid) is not str:
                     eid = _event_id(eid, source, rec)
             except _Dead as dead:
-                return self._dead(rec, dead.reason)
+                return self._dead(rec, dead.reason, dead.code, (r.flow, source.name))
             raw_time = source.time(view)
             if type(raw_time) is int and MIN_TIME_MS <= raw_time < MAX_TIME_MS:
                 time = raw_time
             else:
+                where = (r.flow, source.name)
                 if raw_time is MISSING:
-                    return self._dead(rec, f"no event time at {source.time_text}")
+                    return self._dead(rec, f"no event time at {source.time_text}", "no_time", where)
                 try:
                     time = parse_time(raw_time)
                 except ValueError as exc:
-                    return self._dead(rec, f"bad event time at {source.time_text}: {exc}")
+                    reason = f"bad event time at {source.time_text}: {exc}"
+                    return self._dead(rec, reason, "no_time", where)
             sels = r.captures.get(etype)
             captures: dict[str, Any] = {}
             if sels:
@@ -196,26 +219,40 @@ class Ingest:
             if type(value) is bytes or isinstance(value, bytes | bytearray | memoryview | str):
                 return orjson.loads(value)
             return value
+        if source.format != "avro" and not isinstance(value, _ENCODED):
+            return value  # protobuf, json_schema: already decoded (replay's JSON objects)
         if isinstance(value, str):
             value = base64.b64decode(value, validate=True)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
-        return self.avro(bytes(value), source)
+        return self.decoder(bytes(value), source)
 
-    def _dead(self, rec: SourceRecord, reason: str) -> Decoded:
-        return Decoded([], dead_letter(rec, reason, self.topics), reason)
+    def _dead(
+        self, rec: SourceRecord, reason: str, code: str, where: tuple[str, str] | None = None
+    ) -> Decoded:
+        return Decoded([], dead_letter(rec, reason, self.topics), reason, code, where)
+
+    def _undecodable(self, rec: SourceRecord, fmt: str, exc: Exception) -> Decoded:
+        """A value that cannot be decoded; a decoder's error may name its own reason code
+        (`code`, e.g. `schema` for a schema the registry would not give)."""
+        code = getattr(exc, "code", None)
+        return self._dead(
+            rec, f"cannot decode {fmt} value: {exc}", code if type(code) is str else "undecodable"
+        )
 
 
 class _Dead(Exception):
-    """A record goes to the dead-letter topic for `reason`."""
+    """A record goes to the dead-letter topic for `reason` (`code`: its short form)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str) -> None:
         self.reason = reason
+        self.code = code
 
 
 _ENCODED = (bytes, bytearray, memoryview, str)
-_NO_TYPE = ("no event type", True)  # what is missing; whether a boolean counts as text
-_NO_KEY = ("no correlation key", False)
+# what is missing; whether a boolean counts as text; the reason code
+_NO_TYPE = ("no event type", True, "no_type")
+_NO_KEY = ("no correlation key", False, "no_key")
 
 
 def _exact(source: CompiledSource, selector: Selector, rec: SourceRecord) -> Any:
@@ -232,7 +269,7 @@ def _exact(source: CompiledSource, selector: Selector, rec: SourceRecord) -> Any
 
 def _text_of(
     value: Any,
-    what: tuple[str, bool],
+    what: tuple[str, bool, str],
     where: str,
     source: CompiledSource,
     selector: Selector,
@@ -249,7 +286,7 @@ def _text_of(
         what[1] or not isinstance(value, bool)
     ):
         return str(value)
-    raise _Dead(f"{what[0]} at {where}")
+    raise _Dead(f"{what[0]} at {where}", what[2])
 
 
 def _event_id(value: Any, source: CompiledSource, rec: SourceRecord) -> str:

@@ -51,6 +51,7 @@ class Metrics:
         self._delivery_metrics(registry)
         self._loop_metrics(registry)
         self._version_metrics(registry)
+        self._correlation_metrics(registry)
         self._guard_metrics(registry)
 
     def _flow_metrics(self, r: CollectorRegistry) -> None:
@@ -218,6 +219,37 @@ class Metrics:
             ["flow", "version"],
             registry=r,
         )
+
+    # -- correlation health (issue 16) -------------------------------------------------------------
+
+    def _correlation_metrics(self, r: CollectorRegistry) -> None:
+        """What became of the events of each flow's sources, and why records were
+        dead-lettered (`observer/correlation.py`; `observer health` reads the same counts
+        per minute from Redis)."""
+        self.source_events = Counter(
+            "observer_source_events_total",
+            "Events of a flow's source by what became of them: matched (an instance), started "
+            "(one), buffered (no instance yet), buffer_full (no instance, buffer full: "
+            "dropped), orphaned (a buffered event whose instance never started), no_key, "
+            "no_type, no_time (dead-lettered), alias_conflict.",
+            ["flow", "source", "kind"],
+            registry=r,
+        )
+        self.dead_letter_reasons = Counter(
+            "observer_dead_letter_reasons_total",
+            "Records sent to the dead-letter topic, by source topic and reason (undecodable, "
+            "schema, no_type, no_key, no_time, too_large, processing).",
+            ["topic", "reason"],
+            registry=r,
+        )
+
+    def record_correlation(self, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+        """Correlation counts of one batch (`correlation.py`): sources and dead letters."""
+        for (scope, a, b, c), n in counts.items():
+            if scope == "src":
+                self._child(self.source_events, (a, b, c)).inc(n)
+            elif scope == "topic" and b == "dead_letter":
+                self._child(self.dead_letter_reasons, (a, c)).inc(n)
 
     def _guard_metrics(self, r: CollectorRegistry) -> None:
         """The guardrails (contract §7). The gauges are exported by the process that decides

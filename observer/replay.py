@@ -14,7 +14,7 @@ import base64
 import heapq
 import io
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,19 @@ from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
 from observer.guardrails.book import GuardBook
-from observer.ingest import Ingest, SourceRecord
+from observer.ingest import Ingest, SourceRecord, ValueDecoder
 from observer.timefmt import parse_time
 from observer.topics import Topics
 
-__all__ = ["Deploy", "ReplayRecord", "Replayer", "parse_events", "publish_line", "run_replay"]
+__all__ = [
+    "Deploy",
+    "ReplayRecord",
+    "Replayer",
+    "load_all",
+    "parse_events",
+    "publish_line",
+    "run_replay",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +101,17 @@ def parse_events(path: str | Path) -> list[ReplayRecord]:
     return out
 
 
-def publish_line(p: Publish, timestamp: int) -> bytes:
-    """The replay output line of a published record."""
+def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = None) -> bytes:
+    """The replay output line of a published record. An Avro action's value is base64 of its
+    encoding: the Avro body, preceded by the wire format's header when the action names a
+    registry subject that `wire` resolves (replay with `--schema-registry`)."""
     value = p.value
     if p.avro_schema is not None and p.category == "action":
         import fastavro
 
         buf = io.BytesIO()
+        if p.subject is not None and wire and p.subject in wire:
+            buf.write(wire[p.subject])
         fastavro.schemaless_writer(buf, p.avro_schema, value)
         value = base64.b64encode(buf.getvalue()).decode()
     elif isinstance(value, bytes):
@@ -129,11 +141,12 @@ class Replayer:
     # issue 15 (back-testing): told after each event applied, with the slot and how many steps
     # its instance had observed before (step latencies); replay itself sets none
     observe: Callable[[KeySlot, int], None] | None = None
+    decoder: ValueDecoder | None = None  # registry formats (issue 16); None: local Avro only
     hold_actions: bool = False  # guardrails: OBSERVER_ACTIONS=hold
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
-        self.ingest = Ingest(self.registry, self.topics)
+        self.ingest = Ingest(self.registry, self.topics, self.decoder)
         self.guards = GuardBook(
             lambda flow: self.registry.newest(flow).guardrails,
             self.topics.alerts,
@@ -225,7 +238,7 @@ class Replayer:
     def deploy(self, registry: FlowRegistry) -> None:
         self.registry = registry
         self.engine.registry = registry
-        self.ingest = Ingest(registry, self.topics)
+        self.ingest = Ingest(registry, self.topics, self.decoder)
 
     def apply(self, rec: SourceRecord) -> None:
         t = max(self.clock, rec.timestamp)
@@ -309,7 +322,7 @@ class Replayer:
             self.settle_guards()
 
 
-def _load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
+def load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
     """Validate every flow file up front (nothing runs if any is invalid)."""
     base = compile_flows(load_flows([flows]))
     out = []
@@ -327,18 +340,25 @@ def run_replay(
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
     *,
+    loaded: tuple[FlowRegistry, list[Deploy]] | None = None,
+    decoder: ValueDecoder | None = None,
+    wire: Mapping[str, bytes] | None = None,
     hold_actions: bool = False,
 ) -> Iterator[bytes]:
     """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
-    `hold_actions`: every action held (`OBSERVER_ACTIONS=hold`)."""
-    registry, deploy_list = _load_all(flows, deploys)
+    `loaded`: the flows already loaded (`load_all`); `decoder` and `wire`: a schema
+    registry's (`observer replay --schema-registry`); `hold_actions`: every action held
+    (`OBSERVER_ACTIONS=hold`)."""
+    registry, deploy_list = loaded or load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
 
     def emit(eff: Effect, now: int) -> None:
         if isinstance(eff, Publish):
-            lines.append(publish_line(eff, now))
+            lines.append(publish_line(eff, now, wire))
 
-    replayer = Replayer(registry, emit, topics or Topics(), hold_actions=hold_actions)
+    replayer = Replayer(
+        registry, emit, topics or Topics(), decoder=decoder, hold_actions=hold_actions
+    )
     replayer.run(records, deploy_list, until)
     yield from lines

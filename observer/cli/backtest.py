@@ -171,6 +171,25 @@ def _live_alerts(config: ObserverConfig, period: Period) -> Iterator[dict[str, A
         reader.close()
 
 
+def _schema_decoder(config: ObserverConfig, registry: FlowRegistry) -> Any:
+    """Issue 16: values of the registry formats are read with OBSERVER_SCHEMA_REGISTRY_URL's
+    registry (None without one: Avro with local schemas only)."""
+    if config.schema_registry_url is None:
+        return None
+    import time
+
+    from observer.adapters.schema_registry import registry_parts
+
+    return registry_parts(
+        config.schema_registry_settings(),
+        list(registry),
+        negative_ttl_s=config.schema_registry_negative_ttl_ms / 1000.0,
+        max_ids=config.schema_registry_max_ids,
+        monotonic=time.monotonic,
+        register=False,
+    ).decoder
+
+
 @main.command()
 @period_options
 @click.option(
@@ -199,7 +218,7 @@ def backtest(
         fail(str(exc))
         return
     period = resolve_period(registry, since, until, warmup)
-    run = Backtest(registry, period, config.topics())
+    run = Backtest(registry, period, config.topics(), _schema_decoder(config, registry))
     comparison = None
     try:
         run.feed(read_period(config, registry, period, "backtest"))

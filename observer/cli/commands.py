@@ -80,9 +80,23 @@ def _parse_deploy(value: str) -> tuple[int, str]:
     multiple=True,
     help="MS:PATH — deploy more flow files at virtual time MS (repeatable).",
 )
-def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...]) -> None:
+@click.option(
+    "--schema-registry",
+    "schema_registry",
+    default=None,
+    help="A schema registry to read wire-format values and resolve action subjects with "
+    "(looked up only, never changed). Without it, give protobuf and json_schema values as "
+    "JSON objects.",
+)
+def replay(
+    flows: str,
+    events: str,
+    until: str | None,
+    deploys: tuple[str, ...],
+    schema_registry: str | None,
+) -> None:
     """Run the engine on a virtual clock over recorded events; print what would be published."""
-    from observer.replay import run_replay
+    from observer.replay import load_all, run_replay
 
     try:
         until_ms = parse_time(until) if until is not None else None
@@ -99,6 +113,8 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
         fail(f"OBSERVER_ACTIONS: '{hold}' is not publish or hold")
         return
     try:
+        loaded = load_all(flows, deploy_list)
+        decoder, wire = _replay_registry(schema_registry, loaded)
         lines = list(
             run_replay(
                 flows,
@@ -106,10 +122,13 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
                 until_ms,
                 deploy_list,
                 _topics_from_env(),
+                loaded=loaded,
+                decoder=decoder,
+                wire=wire,
                 hold_actions=hold == "hold",
             )
         )
-    except (FlowError, InputError) as exc:
+    except (FlowError, InputError, ObserverError) as exc:
         fail(str(exc))
         return
     out = sys.stdout.buffer
@@ -117,6 +136,29 @@ def replay(flows: str, events: str, until: str | None, deploys: tuple[str, ...])
         out.write(line + b"\n")
     out.flush()
     click.echo(f"replay: {len(lines)} records published", err=True)
+
+
+def _replay_registry(url: str | None, loaded: Any) -> tuple[Any, dict[str, bytes] | None]:
+    """The decoder and action headers of `--schema-registry` (None, None without it)."""
+    if url is None:
+        return None, None
+    import time
+
+    from observer.adapters.schema_registry import registry_parts
+
+    registry, deploys = loaded
+    flows = [*registry, *(f for d in deploys for f in d.registry)]
+    parts = registry_parts(
+        {"url": url, "timeout": 5.0, "max.retries": 0},
+        flows,
+        negative_ttl_s=3600.0,
+        max_ids=100_000,
+        monotonic=time.monotonic,
+        register=False,
+    )
+    if parts.resolve is not None:
+        parts.resolve()
+    return parts.decoder, parts.wire
 
 
 @main.command()

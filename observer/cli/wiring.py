@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +134,6 @@ def build_service(
     from prometheus_client import CollectorRegistry
 
     from observer.adapters.clock import SystemClock
-    from observer.adapters.kafka.serde import ConfluentAvroDecoder, SchemaRegistryClient
     from observer.adapters.redis.query import RedisSlotReader
     from observer.metrics import Metrics
     from observer.runtime.health import Health
@@ -152,10 +152,8 @@ def build_service(
         max_lag_records=config.max_lag_records,
     )
     running = _Running(registry)  # the flows running now: deployments replace them
-    webhooks, poster, check = _webhooks(config, registry, running.get, env)
-    schema_registry = None
-    if config.schema_registry_url is not None:
-        schema_registry = SchemaRegistryClient(config.schema_registry_url.get_secret_value())
+    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env)
+    schemas = _schema_registry(config, registry, clock.monotonic)
     flows = [
         {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
         for f in registry
@@ -163,6 +161,7 @@ def build_service(
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
     ports, closers = _runtime_ports(config, redis, webhooks, clock)
     ports, flow_store = _flow_versions(config, redis, ports, flow_paths, registry)
+    ports = replace(ports, decoder=schemas.decoder, wire=schemas.wire)  # issue 16
     runtime = Runtime(
         config,
         registry,
@@ -170,8 +169,7 @@ def build_service(
         metrics=metrics,
         health=health,
         deployed=deployed,
-        avro=ConfluentAvroDecoder(schema_registry),
-        check=check,
+        check=_all_of(webhook_check, schemas.check),
         process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
@@ -188,11 +186,32 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, flow_store.close, close_held, *closers]
-    if schema_registry is not None:
-        closers.append(schema_registry.close)
-    return Service(
-        runtime, http, prepare=_topic_preparation(config), banner=banner, closers=closers
+    closers = [poster.close, reader.close, flow_store.close, close_held, *closers, schemas.close]
+    prepare = _topic_preparation(config, schemas.resolve)
+    return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)
+
+
+def _all_of(*checks: Callable[[FlowRegistry], None]) -> Callable[[FlowRegistry], None]:
+    """One check of flows about to run made of several (each may raise ConfigError)."""
+
+    def check(flows: FlowRegistry) -> None:
+        for one in checks:
+            one(flows)
+
+    return check
+
+
+def _schema_registry(config: ObserverConfig, registry: FlowRegistry, monotonic: Any) -> Any:
+    """The Schema Registry's parts (`adapters/schema_registry/setup.py`); a ConfigError
+    when a flow needs a registry and none is configured."""
+    from observer.adapters.schema_registry import registry_parts
+
+    return registry_parts(
+        config.schema_registry_settings(),
+        list(registry),
+        negative_ttl_s=config.schema_registry_negative_ttl_ms / 1000.0,
+        max_ids=config.schema_registry_max_ids,
+        monotonic=monotonic,
     )
 
 
@@ -218,6 +237,7 @@ def _runtime_ports(
     from observer.adapters.redis.keys import Keys
     from observer.adapters.redis.lease import RedisLease
     from observer.adapters.redis.store import RedisStateStore
+    from observer.adapters.redis.tally import RedisTally
     from observer.runtime.local import LocalKeyedTopic
     from observer.runtime.ports import EventSource, RawSink, RuntimePorts
 
@@ -250,7 +270,10 @@ def _runtime_ports(
         clock=clock,
         lease=lease,
         backlog=backlog,
+        tally=RedisTally(redis, config.key_prefix),  # correlation health, per minute
     )
+    if ports.tally is not None:
+        closers.append(ports.tally.close)
     return ports, closers
 
 
@@ -296,14 +319,19 @@ def _flow_versions(
     return dataclasses.replace(ports, flows=store, flow_files=files), store
 
 
-def _topic_preparation(config: ObserverConfig) -> Callable[[], None]:
-    """What `Service` runs (and retries) before the loop: the topics the observer writes."""
+def _topic_preparation(
+    config: ObserverConfig, resolve_subjects: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """What `Service` runs (and retries) before the loop: the registry subjects of actions
+    (their wire-format headers), the topics the observer writes."""
     from observer.adapters.kafka.admin import ensure_keyed_topic, ensure_topics
 
     topics = config.topics()
     admin = config.admin_settings()
 
     def prepare() -> None:
+        if resolve_subjects is not None:
+            resolve_subjects()
         if config.create_topics:
             ensure_topics(admin, [topics.alerts, topics.outcomes, topics.dlq])
         if config.routing == "direct":

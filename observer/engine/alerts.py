@@ -149,6 +149,7 @@ def _action(
         hdrs,
         oid,
         avro_schema=action.avro_schema,
+        subject=action.subject,  # issue 16: the Confluent wire format (added by the runtime)
     )
 
 

@@ -48,6 +48,9 @@ class Publish:
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
+    # issue 16: with `avro_schema`, the schema registry subject it is registered under: the
+    # value is published in the Confluent wire format (magic byte, schema id, Avro body)
+    subject: str | None = None
     # guardrails: the deviation of an alert or action record, the action's name, and why a
     # record is held instead of published (set on held copies; see observer/guardrails/)
     deviation: DeviationRef | None = None

@@ -15,7 +15,7 @@ import orjson
 from observer.flows.loader import LoadedFlow
 from observer.flows.spec import FlowSpec
 
-__all__ = ["avro_paths", "load_avro", "read_avro_texts"]
+__all__ = ["avro_paths", "avro_text", "load_avro", "read_avro_texts"]
 
 
 def avro_paths(spec: FlowSpec) -> list[str]:
@@ -36,6 +36,17 @@ def load_avro(path: str, loaded: LoadedFlow) -> Any:
             raise ValueError("the schema was not stored with the flow")
         return fastavro.parse_schema(orjson.loads(text))
     return fastavro.schema.load_schema(str(Path(loaded.file).parent / path))
+
+
+def avro_text(path: str, loaded: LoadedFlow) -> str:
+    """The schema at `path` as written (issue 16: what a schema registry is given, and the
+    reader schema of its Avro deserializer). Raises on any problem."""
+    if loaded.schemas is not None:
+        text = loaded.schemas.get(path)
+        if text is None:
+            raise ValueError("the schema was not stored with the flow")
+        return text
+    return (Path(loaded.file).parent / path).read_text(encoding="utf-8")
 
 
 def read_avro_texts(loaded: LoadedFlow) -> tuple[dict[str, str], list[tuple[str, str]]]:

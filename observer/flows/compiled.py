@@ -41,7 +41,7 @@ class CompiledSource:
 
     name: str
     topic: str
-    format: Literal["json", "avro"]
+    format: Literal["json", "avro", "protobuf", "json_schema"]
     avro_schema: Any | None  # parsed fastavro schema, or None (registry / json)
     type: Selector
     key: Selector
@@ -50,6 +50,8 @@ class CompiledSource:
     type_text: str
     key_text: str
     time_text: str
+    avro_schema_text: str | None = None  # (issue 16) the local schema as written: the reader
+    # schema the registry's Avro deserializer resolves writer schemas to
     via: str | None = None  # aliases: the alias whose values `key` reads (not instance keys)
 
 
@@ -71,6 +73,10 @@ class CompiledAction:
     # webhook: extra headers as written (values may hold `${NAME}`), the variable of the key
     webhook_headers: tuple[tuple[str, str], ...] = ()
     sign_secret_env: str | None = None
+    # (issue 16) the Confluent wire format: the registry subject of `avro_schema`, and that
+    # schema as written (what is looked up, or registered, under the subject)
+    subject: str | None = None
+    avro_schema_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from observer.errors import FlowError, FlowProblem
 from observer.flows.aliases import compile_aliases
-from observer.flows.avro import load_avro
+from observer.flows.avro import avro_text, load_avro
 from observer.flows.compiled import (
     NO_HANDLER,
     CompiledAction,
@@ -66,10 +66,11 @@ class _FlowCompiler:
     def _sources(self) -> dict[str, CompiledSource]:
         out: dict[str, CompiledSource] = {}
         for name, src in self.spec.sources.items():
-            schema = None
+            schema = text = None
             if src.format == "avro" and src.schema_ is not None:
                 try:
                     schema = load_avro(src.schema_, self.loaded)
+                    text = avro_text(src.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         ("sources", name, "schema"),
@@ -87,6 +88,7 @@ class _FlowCompiler:
                 type_text=src.type,
                 key_text=src.key,
                 time_text=src.time,
+                avro_schema_text=text,
                 via=src.via,
             )
         return out
@@ -123,10 +125,11 @@ class _FlowCompiler:
             headers, e3 = compile_value(p.headers, ctx)
             value, e4 = compile_value(p.value, ctx)
             errs = e1 + e2 + e3 + e4
-            schema = None
+            schema = text = None
             if p.schema_ is not None:
                 try:
                     schema = load_avro(p.schema_, self.loaded)
+                    text = avro_text(p.schema_, self.loaded)
                 except Exception as exc:
                     self.problem(
                         (*loc, "publish", "schema"),
@@ -143,6 +146,8 @@ class _FlowCompiler:
                 value=value,
                 value_is_mapping=isinstance(p.value, Mapping),
                 avro_schema=schema,
+                subject=p.subject,
+                avro_schema_text=text,
             )
         if act.alert is not None:
             summary = None

@@ -102,6 +102,8 @@ def flow_json_schema() -> dict[str, Any]:
     # `schema` is for avro sources only
     source["if"] = {"not": {"required": ["format"], "properties": {"format": {"const": "avro"}}}}
     source["then"] = {"properties": {"schema": {"type": "null"}}}
+    # an action's `subject` (the registry's wire format) names the subject of its `schema`
+    defs["PublishSpec"]["dependentRequired"] = {"subject": ["schema"]}
 
     # -- steps -----------------------------------------------------------------------------------
     step = defs["StepSpec"]["properties"]

@@ -75,7 +75,11 @@ class SourceSpec(_Model):
     """Where events come from and how to read their type, key, id and time."""
 
     topic: str = Field(min_length=1, description="Kafka topic to read")
-    format: Literal["json", "avro"] = Field("json", description="value encoding")
+    format: Literal["json", "avro", "protobuf", "json_schema"] = Field(
+        "json",
+        description="value encoding: json, or avro, protobuf or json_schema in the Confluent "
+        "wire format (schemas from the schema registry; avro also plain with a local schema)",
+    )
     schema_: str | None = Field(
         None, alias="schema", description="avro only: path of a local .avsc schema"
     )
@@ -105,7 +109,7 @@ class SourceSpec(_Model):
 
     @model_validator(mode="after")
     def _avro_needs_no_schema_for_json(self) -> SourceSpec:
-        if self.format == "json" and self.schema_ is not None:
+        if self.format != "avro" and self.schema_ is not None:
             raise ValueError("'schema' is only for format: avro")
         return self
 
@@ -261,6 +265,18 @@ class PublishSpec(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     value: Any = None
     schema_: str | None = Field(None, alias="schema", description="publish the value as Avro")
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        description="with schema: publish in the Confluent wire format, the schema's id "
+        "being the one registered under this subject of the schema registry",
+    )
+
+    @model_validator(mode="after")
+    def _subject_needs_a_schema(self) -> PublishSpec:
+        if self.subject is not None and self.schema_ is None:
+            raise ValueError("'subject' needs 'schema' (the .avsc the value is encoded with)")
+        return self
 
 
 class AlertSpec(_Model):

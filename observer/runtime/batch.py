@@ -9,24 +9,24 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
 
 import orjson
 
+from observer.correlation import BUFFERED, MATCHED, STARTED, Count, count_signal
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
-from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
 from observer.runtime.guard_intake import GuardIntake
 from observer.runtime.hops import hop_record
-from observer.runtime.outbox import OutboxRecord, encode_record, to_record
+from observer.runtime.outbox import OutboxRecord, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
 
 __all__ = [
@@ -59,9 +59,19 @@ class BatchPlan:
     slots: int
     next_seq: int
     states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # correlation health (issue 16): what became of the events, per source and step
+    tally: dict[Count, int] = field(default_factory=dict)
     # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
     # of records): what hop marks say once its hops are handed over (`hops.py`)
     hop_watermarks: dict[int, int] | None = None
+
+
+def _source_of(op: str, arg: Any) -> str | None:
+    """The source of the event an `apply` or a delivered hop brings (None: a hop without one)."""
+    if op == "apply":
+        return cast("Event", arg).source
+    hop = cast("Hop", arg)
+    return hop.events[0].source if hop.events else None
 
 
 class _Work:
@@ -143,10 +153,12 @@ class BatchPlanner:
         seq: int = 0,
         history_cap: int = 100,
         ttl_slack_ms: int = DAY_MS,
+        wire: Mapping[str, bytes] | None = None,
         hop_topic: str = "",
     ) -> None:
         """`history_cap`: history entries written per slot and batch at most (the newest);
-        0 writes no history (and renders none). `hop_topic`: where messages between slots
+        0 writes no history (and renders none). `wire`: registry subject -> the wire
+        format's header of actions that name one. `hop_topic`: where messages between slots
         go (aliases: the keyed topic)."""
         self.engine = engine
         self.hop_topic = hop_topic
@@ -162,10 +174,11 @@ class BatchPlanner:
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
+        self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
+        self._wire = wire
         # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
         self.watermarks: Mapping[int, int] = {}
-        # guardrails (contract §7): records of deviations and actions, kept apart
-        self.guards = GuardIntake(lambda flow: engine.registry.newest(flow).guardrails, now)
+        self.guards = GuardIntake.of(engine, now)  # guardrails: deviations' records apart
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -217,8 +230,9 @@ class BatchPlanner:
         if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
         watermark = self.watermarks.get(w.shard)
-        inst = slot.instance
+        had = inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
+        buffered = len(slot.buffer)
         engine = self.engine
         run = engine.apply if op == "apply" else engine.deliver
         try:
@@ -230,20 +244,45 @@ class BatchPlanner:
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
-        self._take(w, effects)
+        # what became of the event (a drop for a full buffer is counted from its signal); an
+        # event that reaches its instance through an alias is counted when it is delivered
+        source = _source_of(op, arg)
+        kind = (
+            None
+            if source is None
+            else (
+                MATCHED
+                if had is not None
+                else STARTED
+                if inst is not None
+                else BUFFERED
+                if len(slot.buffer) > buffered
+                else None
+            )
+        )
+        if kind is not None:
+            count = ("src", slot.flow, source or "", kind)
+            self._tally[count] = self._tally.get(count, 0) + 1
+        self._take(w, effects, source)
 
     def fire(self, sid: str, watermark: int) -> None:
         """Fire the slot's timers due at or before `watermark`."""
         w = self._works[sid]
-        if w.slot is None:
+        slot = w.slot
+        if slot is None:
             raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        early = [(b.seq, b.event.source) for b in slot.buffer] if slot.instance is None else []
         try:
-            effects = self.engine.fire(w.slot, watermark, self.now)
+            effects = self.engine.fire(slot, watermark, self.now)
         except Exception:
             self._rebuild(w)
             raise
         w.ops.append(("fire", watermark))
-        self._take(w, effects)
+        if early:  # the early events the timers dropped (orphaned), in buffer order
+            kept = {b.seq for b in slot.buffer}
+            self._take(w, effects, None, [src for seq, src in early if seq not in kept])
+        else:
+            self._take(w, effects, None)
         w.dirty = True  # rewrite the due time even if nothing fired
 
     def defer(self, sid: str, until: int) -> None:
@@ -260,6 +299,10 @@ class BatchPlanner:
         """A record not tied to a slot (a dead letter), kept in `shard`'s outbox (default: the
         shard of its observer-id)."""
         self._add_record(self.shard_of(p.observer_id) if shard is None else shard, p)
+
+    def count(self, count: Count, n: int = 1) -> None:
+        """Add to a correlation-health count of this batch (e.g. a dead letter's reason)."""
+        self._tally[count] = self._tally.get(count, 0) + n
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -281,8 +324,11 @@ class BatchPlanner:
         else:
             new = islice(observed, before, None)
         steps = flow.steps
+        tally = self._tally
         for idx in new:
             step = steps[idx]
+            count = ("step", flow.name, step.name, "observed")
+            tally[count] = tally.get(count, 0) + 1
             if step.is_start:
                 continue
             t = observed[idx]
@@ -291,29 +337,31 @@ class BatchPlanner:
                 self._latencies.append((flow.name, step.name, t - anchor))
 
     def _add_record(self, shard: int, p: Publish) -> None:
-        rec = to_record(p, self.now, self._seq)
+        rec = to_record(p, self.now, self._seq, self._wire)
         self._seq += 1
         self._records.append((shard, rec))
 
-    def _guard(self, w: _Work, p: Publish) -> None:
-        """A record of a deviation: the guardrails' (waiting, or gated by the pause)."""
-        slot = w.slot
-        assert slot is not None
-        flow, key, intake = split_alias_flow(slot.flow)[0], slot.key, self.guards
-        waits = intake.waits(flow, p)
-        if not waits and p.action is None:
-            self._add_record(w.shard, p)  # an alert no guardrail waits for
-            return
-        rec = to_record(p, self.now, self._seq)
+    def _guard(self, w: _Work, p: Publish) -> bool:
+        """Give a deviation's record to the guardrails (False: an alert none waits for)."""
+        slot = cast("KeySlot", w.slot)
+        if p.action is None and not self.guards.waits(slot.flow, p):
+            return False
+        rec = to_record(p, self.now, self._seq, self._wire)
         self._seq += 1
         hist = history_entry(p, self.now)
-        if waits:
-            intake.wait(flow, key, w.shard, w.sid, p, rec, hist)
-        else:
-            intake.gate(flow, key, w.shard, w.sid, p, rec, hist)
-            self._records.append((w.shard, rec))  # published after the write unless held
+        if self.guards.take(slot.flow, slot.key, w.shard, w.sid, p, rec, hist):
+            self._records.append((w.shard, rec))  # gated: published after the write unless held
+        return True
 
-    def _take(self, w: _Work, effects: list[Effect]) -> None:
+    def _take(
+        self,
+        w: _Work,
+        effects: list[Effect],
+        source: str | None,
+        orphans: list[str] | None = None,
+    ) -> None:
+        """Take an engine call's effects in. `source`: the source of the event applied (None
+        for timers); `orphans`: the sources of the early events the timers dropped, in order."""
         w.dirty = True
         if not effects:
             return
@@ -322,8 +370,7 @@ class BatchPlanner:
         hops = guarded = False
         for eff in effects:
             if type(eff) is Publish:
-                if eff.deviation is not None:
-                    self._guard(w, eff)
+                if eff.deviation is not None and self._guard(w, eff):
                     guarded = True
                     continue
                 self._add_record(w.shard, eff)
@@ -344,26 +391,20 @@ class BatchPlanner:
                 elif what == "ended":
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
+                count_signal(self._tally, eff.what, eff.flow, eff.step, eff.detail, source, orphans)
         if keep:
             kept = (
                 [e for e in effects if not isinstance(e, Hop)]
                 if hops
                 else cast("list[Publish | Signal]", effects)
             )
-            if guarded:  # their history entries are written with what becomes of them
-                kept = [e for e in kept if not (type(e) is Publish and self._guarded(e))]
+            kept = self.guards.not_taken(kept) if guarded else kept  # their history: their fate
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
                 # (~300 B of Redis each).
                 kept = [e for e in kept if not (isinstance(e, Signal) and e.what == "started")]
             w.effects += kept
-
-    def _guarded(self, p: Publish) -> bool:
-        oid = p.observer_id
-        return oid in self.guards.gated_ids or (
-            p.deviation is not None and p.deviation.id in self.guards.waiting
-        )
 
     # -- the plan ---------------------------------------------------------------------------------
 
@@ -400,12 +441,7 @@ class BatchPlanner:
             )
             puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
-        gated = self.guards.gated_ids
-        for shard, rec in self._records:
-            if rec.observer_id not in gated:  # the write puts those in the outbox, or holds them
-                batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
-        batch.waiting = self.guards.waiting_adds()
-        batch.gated = self.guards.gated
+        self.guards.plan(batch, self._records)  # the outbox, and what the guardrails take
         batch.stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
             batch,
@@ -415,6 +451,7 @@ class BatchPlanner:
             len(self._works),
             self._seq,
             states,
+            self._tally,
         )
 
 
@@ -430,9 +467,11 @@ class Planning:
         *,
         history_cap: int,
         ttl_slack_ms: int,
+        wire: Mapping[str, bytes] | None = None,
         hop_topic: str = "",
     ) -> None:
         self.engine = engine
+        self.wire = wire  # registry subject -> wire-format header (issue 16)
         self.shard_of = shard_of
         self.cache = cache
         self.history_cap = history_cap
@@ -448,6 +487,7 @@ class Planning:
             seq=self._seq,
             history_cap=self.history_cap,
             ttl_slack_ms=self.ttl_slack_ms,
+            wire=self.wire,
             hop_topic=self.hop_topic,
         )
 

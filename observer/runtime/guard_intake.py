@@ -10,16 +10,19 @@ the outbox, and it is published after the write like the others.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
+from observer.engine.core import Engine
 from observer.engine.effects import Publish
+from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledGuardrails
 from observer.runtime.held import HeldAction, StoredWaiting, held_history
 from observer.runtime.outbox import OutboxRecord, encode_record
-from observer.runtime.ports import GatedAction, WaitingAdd
+from observer.runtime.ports import GatedAction, WaitingAdd, WriteBatch
 
 __all__ = ["GuardIntake"]
 
-History = Callable[[Publish], bytes]
+E = TypeVar("E")
 
 
 class GuardIntake:
@@ -33,13 +36,41 @@ class GuardIntake:
         self.gated_ids: set[str] = set()
         self._rails: dict[str, CompiledGuardrails] = {}
 
+    @classmethod
+    def of(cls, engine: Engine, now: int) -> GuardIntake:
+        """The intake of a batch of `engine` (the newest version's guardrails are in force)."""
+        return cls(lambda flow: engine.registry.newest(flow).guardrails, now)
+
     def waits(self, flow: str, p: Publish) -> bool:
-        """Whether the record's deviation waits for the flow's decider."""
+        """Whether the record's deviation waits for the flow's decider (`flow`: the slot's; an
+        alias slot's records count for their flow)."""
+        flow = split_alias_flow(flow)[0]
         rails = self._rails.get(flow)
         if rails is None:
             rails = self._rails[flow] = self.rails_of(flow)
         assert p.deviation is not None
         return rails.deferred(p.deviation.kind)
+
+    def take(
+        self, flow: str, key: str, shard: int, sid: str, p: Publish, rec: OutboxRecord, hist: bytes
+    ) -> bool:
+        """Take a deviation's record (with its history entry): it waits for the decider, or it
+        is gated (True: the caller publishes it after the write unless the write held it)."""
+        flow = split_alias_flow(flow)[0]
+        if self.waits(flow, p):
+            self.wait(flow, key, shard, sid, p, rec, hist)
+            return False
+        self.gate(flow, key, shard, sid, p, rec, hist)
+        return True
+
+    def not_taken(self, effects: list[E]) -> list[E]:
+        """The effects but the records this intake took (their history entries are written
+        with what becomes of them)."""
+        return [e for e in effects if not (isinstance(e, Publish) and self._took(e))]
+
+    def _took(self, p: Publish) -> bool:
+        ref = p.deviation
+        return p.observer_id in self.gated_ids or (ref is not None and ref.id in self.waiting)
 
     def wait(
         self, flow: str, key: str, shard: int, sid: str, p: Publish, rec: OutboxRecord, hist: bytes
@@ -83,6 +114,16 @@ class GuardIntake:
             )
         )
         self.gated_ids.add(p.observer_id)
+
+    def plan(self, batch: WriteBatch, records: list[tuple[int, OutboxRecord]]) -> None:
+        """Fill the batch's outbox (but the gated records: the write puts those in the outbox,
+        or holds them) and its guardrails' part."""
+        gated = self.gated_ids
+        for shard, rec in records:
+            if rec.observer_id not in gated:
+                batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
+        batch.waiting = self.waiting_adds()
+        batch.gated = self.gated
 
     def waiting_adds(self) -> list[WaitingAdd]:
         return [WaitingAdd(w.flow, w.ref.at, w.ref.id, w.encode()) for w in self.waiting.values()]

@@ -26,15 +26,17 @@ producer (`hops.py`), sent to every shard after those hops.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from observer.engine.effects import HOP_KINDS, Hop
+from observer.engine.effects import HOP_KINDS, Hop, Publish
 from observer.engine.state import Event
+from observer.ingest import SourceRecord, dead_letter
 from observer.runtime.watermark import TopicPartition
+from observer.topics import Topics
 
 __all__ = [
     "HopMark",
@@ -46,6 +48,7 @@ __all__ = [
     "encode_hop",
     "encode_hop_mark",
     "encode_mark",
+    "routed_dead_letter",
 ]
 
 
@@ -260,3 +263,25 @@ class ShardWatermarks:
             if low is None or wm < low:
                 low = wm
         return low
+
+
+def routed_dead_letter(
+    r: Routed,
+    reason: str,
+    originals: Mapping[tuple[str, int, int], SourceRecord],
+    topics: Topics,
+) -> Publish:
+    """The dead letter of an event that failed past routing: its source record read again
+    (or, if that is gone, the event as routed, with the same headers)."""
+    original = originals.get((r.topic, r.partition, r.offset))
+    if original is None:
+        original = SourceRecord(
+            r.topic,
+            r.partition,
+            r.offset,
+            r.event.key.encode("utf-8", "surrogatepass"),
+            encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
+            (),
+            r.event.time,
+        )
+    return dead_letter(original, reason, topics)

@@ -25,7 +25,7 @@ from observer.config import ObserverConfig
 from observer.engine.core import Engine
 from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
-from observer.ingest import AvroDecoder, Ingest
+from observer.ingest import Ingest
 from observer.metrics import Metrics
 from observer.runtime.deployments import Check, Deployments
 from observer.runtime.every import Every
@@ -34,6 +34,7 @@ from observer.runtime.lease_guard import LeaseGuard
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.router import Router
+from observer.runtime.tally import MinuteTally
 from observer.runtime.tracker import Tracker
 
 __all__ = ["Runtime"]
@@ -56,7 +57,6 @@ class Runtime:
         metrics: Metrics,
         health: Health,
         deployed: Mapping[str, object] | None = None,
-        avro: AvroDecoder | None = None,
         check: Check | None = None,
         process: str = "observer",
     ) -> None:
@@ -71,8 +71,9 @@ class Runtime:
         self._stop = threading.Event()
         self.started = threading.Event()
         topics = config.topics()
-        self._avro = avro
-        self.ingest = Ingest(registry, topics, avro=avro)
+        self._decoder = ports.decoder  # issue 16: the registry formats
+        self.ingest = Ingest(registry, topics, decoder=self._decoder)
+        self.tally = MinuteTally(self.clock.now_ms, ports.tally, self.clock.monotonic)
         self.router = Router(
             config,
             self.ingest,
@@ -81,6 +82,7 @@ class Runtime:
             metrics=metrics,
             clock=self.clock,
             keyed_topic=config.keyed_topic_name(),
+            tally=self.tally,
         )
         self.outage = StoreOutage(health, metrics, self.clock, self._stop)
         self.tracker = Tracker(
@@ -93,6 +95,8 @@ class Runtime:
             health=health,
             outage=self.outage,
             stop=self._stop,
+            tally=self.tally,
+            wire=ports.wire,
         )
         self.lease: LeaseGuard | None = None
         if ports.lease is not None:
@@ -184,6 +188,7 @@ class Runtime:
         except Exception as exc:
             log.warning("router: %s", exc)
         self.tracker.close()
+        self.tally.flush()
         if self.lease is not None:
             self.lease.release()
         self.deployments.close()
@@ -216,7 +221,7 @@ class Runtime:
         """Run `registry` from the next batch on: the engine, what is read (a version may read
         new topics: the router subscribes to them), the deadlines' sources, the listeners (the
         ops API, webhooks)."""
-        self.ingest = Ingest(registry, self.config.topics(), avro=self._avro)
+        self.ingest = Ingest(registry, self.config.topics(), decoder=self._decoder)
         self.router.deploy(self.ingest)
         self.tracker.deploy(registry, self.ingest.topic_names())
         for listener in self.deploy_listeners:
@@ -235,3 +240,4 @@ class Runtime:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:
                 self.tracker.recover(exc)
+        self.tally.flush_when_due()

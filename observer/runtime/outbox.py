@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +62,11 @@ def _bytes(v: Any) -> bytes:
     return str(v).encode()
 
 
-def serialize_value(p: Publish) -> bytes | None:
+def serialize_value(p: Publish, wire: Mapping[str, bytes] | None = None) -> bytes | None:
     """The record value: a mapping/list/number as JSON (Avro with `avro_schema`), a str as
-    UTF-8, bytes as is, None as a null value."""
+    UTF-8, bytes as is, None as a null value. An Avro action that names a registry `subject`
+    gets the Confluent wire format's header from `wire` (subject -> magic byte and schema id,
+    resolved when the observer starts)."""
     value = p.value
     if value is None and p.category == "dlq":
         return None
@@ -74,6 +76,11 @@ def serialize_value(p: Publish) -> bytes | None:
         import fastavro
 
         buf = io.BytesIO()
+        if p.subject is not None:
+            header = None if wire is None else wire.get(p.subject)
+            if header is None:
+                raise ValueError(f"schema registry subject '{p.subject}' was not resolved")
+            buf.write(header)
         fastavro.schemaless_writer(buf, p.avro_schema, value)
         return buf.getvalue()
     try:
@@ -82,8 +89,11 @@ def serialize_value(p: Publish) -> bytes | None:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
-def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
-    """Serialise an effect into the record that is stored and published."""
+def to_record(
+    p: Publish, created_at: int, seq: int, wire: Mapping[str, bytes] | None = None
+) -> OutboxRecord:
+    """Serialise an effect into the record that is stored and published (`wire`: the wire
+    format's headers of registry subjects, see `serialize_value`)."""
     key = None if p.key is None else _bytes(p.key)
     headers = tuple([(k, None if v is None else _bytes(v)) for k, v in p.headers])
     return OutboxRecord(
@@ -91,7 +101,7 @@ def to_record(p: Publish, created_at: int, seq: int) -> OutboxRecord:
         p.category,
         p.topic,
         key,
-        serialize_value(p),
+        serialize_value(p, wire),
         headers,
         p.webhook,
         created_at,

@@ -44,6 +44,7 @@ __all__ = [
     "SlotPut",
     "SlotReader",
     "StateStore",
+    "TallySink",
     "WaitingAdd",
     "WebhookSender",
     "WriteBatch",
@@ -375,6 +376,17 @@ class FlowStore(Protocol):
     def close(self) -> None: ...
 
 
+class TallySink(Protocol):
+    """Where the per-minute correlation-health counts go (Redis: one hash per minute that
+    every process adds to; `observer/correlation.py` says what is counted)."""
+
+    def add(self, counts: Mapping[int, Mapping[tuple[str, str, str, str], int]]) -> None:
+        """Add counts (epoch minute -> count -> n). Raises StoreError."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class FlowFiles(Protocol):
     """The flow files `observer run` was given, watched for changes (issue 15)."""
 
@@ -409,3 +421,9 @@ class RuntimePorts:
     # and the flow files to watch (None: no hot reload)
     flows: FlowStore | None = None
     flow_files: FlowFiles | None = None
+    tally: TallySink | None = None  # correlation health (issue 16); None: counted, not kept
+    # issue 16: reads values of the registry formats (avro, protobuf, json_schema; None: Avro
+    # with local schemas only), and registry subject -> the Confluent wire format's header,
+    # for actions that name a subject (`adapters/schema_registry/`)
+    decoder: Callable[[bytes, Any], Any] | None = None
+    wire: Mapping[str, bytes] | None = None

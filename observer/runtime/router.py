@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from observer.config import ObserverConfig
+from observer.correlation import Count
 from observer.engine.effects import Publish
 from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
@@ -34,6 +35,7 @@ from observer.runtime.every import Every
 from observer.runtime.keyed import encode_event, encode_mark
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition, Watermarks
 
 __all__ = ["Router"]
@@ -66,8 +68,10 @@ class Router:
         metrics: Metrics,
         clock: Clock,
         keyed_topic: str,
+        tally: MinuteTally | None = None,
     ) -> None:
         self.config = config
+        self.tally = tally  # correlation health: records read, ignored, dead letters
         self.ingest = ingest
         self.topics = config.topics()
         self.source = source
@@ -182,6 +186,7 @@ class Router:
         shards = self.shards
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
+        reasons: Counter[Count] = Counter()  # dead letters by topic and reason; key-less...
         routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
         crc32 = zlib.crc32
@@ -197,10 +202,14 @@ class Router:
                 reason = f"cannot decode: {type(exc).__name__}: {exc}"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", "processing")] += 1
                 continue
             if d.dead_letter is not None:
                 self._dead(batch, d.dead_letter)
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", d.code or "undecodable")] += 1
+                if d.source is not None and d.code is not None:
+                    reasons[("src", d.source[0], d.source[1], d.code)] += 1
                 continue
             events = d.events
             if not events:
@@ -218,6 +227,7 @@ class Router:
                 reason = f"the event is larger than {_MAX_KEYED_BYTES} bytes once decoded"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
+                reasons[("topic", rec.topic, "dead_letter", "too_large")] += 1
                 continue
             outcomes[(rec.topic, "applied")] += 1
             for shard, value in values:
@@ -231,6 +241,18 @@ class Router:
             self.sink.produce_values(self.keyed_topic, routed)
         batch.closed = True
         self.metrics.record_events(outcomes)
+        self._count(outcomes, reasons)
+
+    def _count(self, outcomes: Counter[tuple[str, str]], counts: Counter[Count]) -> None:
+        """Correlation health of a routed batch: records read and ignored per topic, dead
+        letters by reason, events without key, type or time per (flow, source)."""
+        for (topic, outcome), n in outcomes.items():
+            counts[("topic", topic, "read", "")] += n
+            if outcome == "ignored":
+                counts[("topic", topic, "ignored", "")] += n
+        self.metrics.record_correlation(counts)
+        if self.tally is not None:
+            self.tally.add(counts)
 
     def _dead(self, batch: _Batch, p: Publish) -> None:
         batch.outstanding += 1

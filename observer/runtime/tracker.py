@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine, VersionUnavailable
-from observer.engine.effects import Hop, Publish
+from observer.engine.effects import Hop
 from observer.engine.state import Event, KeySlot
 from observer.errors import ObserverError, StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import SourceRecord
 from observer.metrics import Metrics
-from observer.runtime.batch import BatchPlan, Planning, dead_letter
+from observer.runtime.batch import BatchPlan, Planning
 from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
@@ -47,12 +47,18 @@ from observer.runtime.every import Every
 from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
 from observer.runtime.hops import hop_marks
-from observer.runtime.keyed import Routed, ShardWatermarks, decode_keyed, encode_event
+from observer.runtime.keyed import (
+    Routed,
+    ShardWatermarks,
+    decode_keyed,
+    routed_dead_letter,
+)
 from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.publisher import Publisher
 from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import ReadProgress, TopicPartition
 from observer.runtime.writes import StoreWrites
 
@@ -87,6 +93,8 @@ class Tracker:
         health: Health,
         outage: StoreOutage,
         stop: threading.Event,
+        tally: MinuteTally | None = None,
+        wire: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics()
@@ -109,6 +117,7 @@ class Tracker:
             self.cache,
             history_cap=config.history_cap,
             ttl_slack_ms=config.ttl_slack_ms,
+            wire=wire,
             hop_topic=config.keyed_topic_name(),
         )
         self.progress = ReadProgress()  # of the keyed partitions: the lag
@@ -117,24 +126,7 @@ class Tracker:
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
         )
-        self.publisher = Publisher(
-            ports.sink,
-            ports.webhooks,
-            metrics,
-            self.clock,
-            retry_backoff_ms=config.retry_backoff_ms,
-            hops=ports.router_sink,
-            shards=n,
-        )
-        self.writes = StoreWrites(
-            self.store,
-            self.publisher,
-            metrics,
-            commit_delay_ms=config.commit_delay_ms,
-            clock=self.clock,
-            on_durable=self.commits.written,
-            on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
-        )
+        self.publisher, self.writes = self._pipeline(config, ports, metrics, tally)
         self.ticker = DeadlineTicker(
             config,
             registry,
@@ -155,6 +147,35 @@ class Tracker:
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
         self._marks_moved = False  # since the last tick
+
+    def _pipeline(
+        self,
+        config: ObserverConfig,
+        ports: RuntimePorts,
+        metrics: Metrics,
+        tally: MinuteTally | None,
+    ) -> tuple[Publisher, StoreWrites]:
+        """The write pipeline: a plan is written to the store, then its records published."""
+        publisher = Publisher(
+            ports.sink,
+            ports.webhooks,
+            metrics,
+            self.clock,
+            retry_backoff_ms=config.retry_backoff_ms,
+            hops=ports.router_sink,
+            shards=config.shards,
+        )
+        writes = StoreWrites(
+            self.store,
+            publisher,
+            metrics,
+            commit_delay_ms=config.commit_delay_ms,
+            clock=self.clock,
+            on_durable=self.commits.written,
+            tally=tally,
+            on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
+        )
+        return publisher, writes
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -436,26 +457,9 @@ class Tracker:
             n = self.config.shards
             for r, reason in dead:
                 shard = shard_of(slot_id(r.flow, r.event.key), n)
-                planner.publish(self._dead_letter(r, reason, originals), shard=shard)
+                planner.publish(routed_dead_letter(r, reason, originals, self.topics), shard=shard)
+                planner.count(("topic", r.topic, "dead_letter", "processing"))
         return self.planning.finish(planner)
-
-    def _dead_letter(
-        self, r: Routed, reason: str, originals: Mapping[tuple[str, int, int], SourceRecord]
-    ) -> Publish:
-        """The dead letter of an event that failed past routing: its source record read again
-        (or, if that is gone, the event as routed, with the same headers)."""
-        original = originals.get((r.topic, r.partition, r.offset))
-        if original is None:
-            original = SourceRecord(
-                r.topic,
-                r.partition,
-                r.offset,
-                r.event.key.encode("utf-8", "surrogatepass"),
-                encode_event(r.flow, r.event, r.topic, r.partition, r.offset),
-                (),
-                r.event.time,
-            )
-        return dead_letter(original, reason, self.topics)
 
     # -- store failures -----------------------------------------------------------------------------
 

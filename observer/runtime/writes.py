@@ -23,6 +23,7 @@ from observer.runtime.batch import BatchPlan
 from observer.runtime.outbox import InFlight
 from observer.runtime.ports import Clock, Pending, StateStore, WriteBatch
 from observer.runtime.publisher import Publisher
+from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition
 
 __all__ = ["StoreWrites"]
@@ -58,6 +59,7 @@ class StoreWrites:
         commit_delay_ms: int,
         clock: Clock,
         on_durable: Callable[[Offsets], None],
+        tally: MinuteTally | None = None,
         on_published: Callable[[BatchPlan], None] | None = None,
     ) -> None:
         """`on_published(plan)`: after a plan's records were handed to the publisher."""
@@ -68,6 +70,7 @@ class StoreWrites:
         self._clock = clock
         self._mono = clock.monotonic
         self._on_durable = on_durable
+        self._tally = tally  # correlation health: counted once a plan is written
         self.on_published = on_published  # aliases: hop marks follow the hops
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
@@ -144,6 +147,10 @@ class StoreWrites:
             self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
+        if plan.tally:
+            self.metrics.record_correlation(plan.tally)
+            if self._tally is not None:
+                self._tally.add(plan.tally)
 
     def drop(self) -> None:
         """The store failed: forget the write in flight (its records are not published, its

@@ -206,3 +206,27 @@ def routing() -> str:
     """How `make` (test_runtime_flows.py) wires an observer: `keyed` unless a module asks for
     more (test_runtime_flows.py runs every flow test with both routings)."""
     return "keyed"
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[str]:
+    """The URL of a Confluent-compatible schema registry: OBSERVER_TEST_SCHEMA_REGISTRY_URL as
+    it is, else `ops/stack start registry` (Apicurio Registry on OBSERVER_REGISTRY_PORT,
+    default 8081), stopped afterwards if this fixture started it."""
+    given = os.environ.get("OBSERVER_TEST_SCHEMA_REGISTRY_URL")
+    if given:
+        yield given
+        return
+    port = os.environ.get("OBSERVER_REGISTRY_PORT", "8081")
+    status = subprocess.run(
+        [str(OPS_STACK), "status", "registry"], capture_output=True, text=True, check=False
+    )
+    running = re.search(r"^registry\s+up", status.stdout, re.M) is not None
+    try:
+        _run_ops_stack(["start", "registry"], timeout=600)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"could not start the schema registry with ops/stack: {exc}")
+    yield f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    if not running:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            _run_ops_stack(["stop", "registry"], timeout=120)

@@ -1,3 +1,3 @@
 """Kafka adapters over confluent-kafka: the consumer (`KafkaEventSource`), the idempotent
 producer (`KafkaRecordSink`), topic creation (`ensure_topics`) and Avro decoding with a
-schema registry (`serde`)."""
+schema registry (now `adapters/schema_registry/`)."""

@@ -14,6 +14,7 @@ from observer.adapters.memory.lease import InMemoryLease, LeaseTable
 from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
 from observer.adapters.memory.store import InMemoryStateStore
+from observer.adapters.memory.tally import InMemoryTally
 from observer.adapters.memory.webhooks import InMemoryWebhookSender
 from observer.adapters.memory.world import InMemoryWorld
 
@@ -26,6 +27,7 @@ __all__ = [
     "InMemoryRawSink",
     "InMemoryRecordSink",
     "InMemoryStateStore",
+    "InMemoryTally",
     "InMemoryWebhookSender",
     "InMemoryWorld",
     "LeaseTable",

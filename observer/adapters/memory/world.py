@@ -13,6 +13,7 @@ from observer.adapters.memory.lease import InMemoryLease, LeaseTable
 from observer.adapters.memory.sink import InMemoryRawSink, InMemoryRecordSink
 from observer.adapters.memory.source import InMemoryEventSource
 from observer.adapters.memory.store import InMemoryStateStore
+from observer.adapters.memory.tally import InMemoryTally
 from observer.adapters.memory.webhooks import InMemoryWebhookSender
 from observer.config import ObserverConfig
 from observer.ingest import SourceRecord
@@ -51,6 +52,7 @@ class InMemoryWorld:
         self.router_sink = InMemoryRawSink(self.broker)
         self.router_source = InMemoryEventSource(self.broker, config.group_id)
         self.webhooks = InMemoryWebhookSender()
+        self.tally = InMemoryTally()  # correlation health: per-minute counts
         self.lease_table = lease_table or LeaseTable(self.clock.monotonic)
         self.local: LocalKeyedTopic | None = None
         self.keyed_source: InMemoryEventSource | None = None
@@ -89,6 +91,7 @@ class InMemoryWorld:
             backlog=backlog,
             flows=self.flows,
             flow_files=self.flow_files,
+            tally=self.tally,
         )
 
     def produce(

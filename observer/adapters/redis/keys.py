@@ -21,6 +21,13 @@ a slot within its shard and flow, 0 <= n < buckets):
     P:{flows}:generation      STRING a counter every deployment that changes them moves on
     P:{flows}:running         HASH   process -> "<generation>:<epoch ms>": what each process
                                      runs, said every few seconds (`observer deploy --wait`)
+    P:tally:<minute>          HASH   correlation health (issue 16), one hash per epoch minute
+                                     (epoch ms // 60000) that every process adds to (HINCRBY),
+                                     TTL a day: field `tally_field(count)` -> n, the counts of
+                                     `observer/correlation.py` ("src:<flow>:<source>:<kind>",
+                                     "step:<flow>:<step>:<kind>", "flow:<flow>:started:",
+                                     "flow:<flow>:ended:<outcome>", "topic:<topic>:read:",
+                                     "topic:<topic>:ignored:", "topic:<topic>:dead_letter:<reason>")
     P:guard:<flow>:<part>     the guardrails of a flow (contract §7): its decider's state, the
                               deviations waiting for it, held actions (`guard()`)
     P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
@@ -54,6 +61,8 @@ __all__ = [
     "decode_key",
     "encode_key",
     "pack_value",
+    "tally_count",
+    "tally_field",
     "unpack_value",
 ]
 
@@ -201,6 +210,11 @@ class Keys:
         """HASH process -> `<generation>:<epoch ms>` (the generation it runs, and when)."""
         return f"{self.prefix}:{{flows}}:running"
 
+    # correlation health (issue 16): per-minute counts (`adapters/redis/tally.py`)
+    def tally(self, minute: int) -> str:
+        """HASH: the counts of one epoch minute (epoch ms // 60000)."""
+        return f"{self.prefix}:tally:{minute}"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
         return f"{self.prefix}:*"
@@ -223,3 +237,18 @@ class Keys:
     def guard_paused(self) -> str:
         """HASH flow (`*`: every flow) -> why its actions are held (`observer actions pause`)."""
         return f"{self.prefix}:guard-paused"
+
+
+def tally_field(count: tuple[str, str, str, str]) -> str:
+    """The hash field of a correlation count: its four parts joined with ':' (flow, source,
+    step and topic names hold no colon; the last part may)."""
+    return ":".join(count)
+
+
+def tally_count(field: bytes | str) -> tuple[str, str, str, str] | None:
+    """`tally_field`'s inverse; None for a field it did not write."""
+    text = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+    parts = text.split(":", 3)
+    if len(parts) != 4:
+        return None
+    return parts[0], parts[1], parts[2], parts[3]
