@@ -253,7 +253,7 @@ class Metrics:
 
     def _guard_metrics(self, r: CollectorRegistry) -> None:
         """The guardrails (contract §7). The gauges are exported by the process that decides
-        the flow (one per group, docs/guardrails.md), so summing them over processes counts
+        the flow (one per group, docs/running.md), so summing them over processes counts
         each once; the counters by the process that did it."""
         self.incidents_open = Gauge(
             "observer_incidents_open", "Guardrail incidents open, per flow.", ["flow"], registry=r

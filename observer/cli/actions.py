@@ -1,5 +1,5 @@
 """`observer actions list|release|drop|pause|resume`: held actions and the kill switch
-(contract §7; docs/guardrails.md). Talks to Redis only (the group's state): a release is
+(contract §7; docs/running.md, "Held actions and incidents"). Talks to Redis only (the group's state): a release is
 published by the flow's decider in the running group, with the record's own observer-id."""
 
 from __future__ import annotations

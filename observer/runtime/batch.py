@@ -441,7 +441,7 @@ class BatchPlanner:
             )
             puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
-        self.guards.plan(batch, self._records)  # the outbox, and what the guardrails take
+        self.guards.plan(batch, self._records, states, self.watermarks)  # outbox, guardrails
         batch.stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
             batch,

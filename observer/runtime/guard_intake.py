@@ -9,11 +9,14 @@ the outbox, and it is published after the write like the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from observer.engine import timers
+from observer.engine.aliases import pending
 from observer.engine.core import Engine
 from observer.engine.effects import Publish
+from observer.engine.state import KeySlot
 from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledGuardrails
 from observer.runtime.held import HeldAction, StoredWaiting, held_history
@@ -35,11 +38,18 @@ class GuardIntake:
         self.gated: list[GatedAction] = []
         self.gated_ids: set[str] = set()
         self._rails: dict[str, CompiledGuardrails] = {}
+        self.engine: Engine | None = None
+        self.floored: set[str] = set()  # guarded flows with aliases: their slots have floors
 
     @classmethod
     def of(cls, engine: Engine, now: int) -> GuardIntake:
         """The intake of a batch of `engine` (the newest version's guardrails are in force)."""
-        return cls(lambda flow: engine.registry.newest(flow).guardrails, now)
+        intake = cls(lambda flow: engine.registry.newest(flow).guardrails, now)
+        intake.engine = engine
+        intake.floored = {
+            f.name for f in engine.registry.newest_flows() if f.guardrails.active and f.aliases
+        }
+        return intake
 
     def waits(self, flow: str, p: Publish) -> bool:
         """Whether the record's deviation waits for the flow's decider (`flow`: the slot's; an
@@ -115,15 +125,51 @@ class GuardIntake:
         )
         self.gated_ids.add(p.observer_id)
 
-    def plan(self, batch: WriteBatch, records: list[tuple[int, OutboxRecord]]) -> None:
+    def plan(
+        self,
+        batch: WriteBatch,
+        records: list[tuple[int, OutboxRecord]],
+        slots: Sequence[tuple[str, KeySlot | None, bytes | None]],
+        watermarks: Mapping[int, int],
+    ) -> None:
         """Fill the batch's outbox (but the gated records: the write puts those in the outbox,
-        or holds them) and its guardrails' part."""
+        or holds them) and its guardrails' part. `slots`: (slot id, slot) of the batch;
+        `watermarks`: its shards' as it was applied."""
         gated = self.gated_ids
         for shard, rec in records:
             if rec.observer_id not in gated:
                 batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
         batch.waiting = self.waiting_adds()
         batch.gated = self.gated
+        if self.floored:
+            batch.floors = self._floors(batch, slots, watermarks)
+
+    def _floors(
+        self,
+        batch: WriteBatch,
+        slots: Sequence[tuple[str, KeySlot | None, bytes | None]],
+        watermarks: Mapping[int, int],
+    ) -> list[tuple[str, str, int | None]]:
+        """An instance that waits for an alias answer fires no timer, however far its shard's
+        watermark went: until it fired them, its earliest timer is a floor under the watermark
+        its flow's decider decides by (else a deviation could come after the decider passed
+        its time, and be decided out of order)."""
+        assert self.engine is not None
+        by_sid = {sid: slot for sid, slot, _state in slots}
+        out: list[tuple[str, str, int | None]] = []
+        for put in batch.puts:
+            slot = by_sid.get(put.sid)
+            if slot is None or slot.flow not in self.floored:  # (an alias value's slot: not)
+                continue
+            floor = None
+            inst = slot.instance
+            if inst is not None and inst.open and inst.aliases:
+                due = timers.next_due(self.engine.flow_of(slot), slot, False)
+                wm = watermarks.get(put.shard, self.now)
+                if due is not None and (pending(inst) or due <= wm):
+                    floor = due
+            out.append((slot.flow, put.sid, floor))
+        return out
 
     def waiting_adds(self) -> list[WaitingAdd]:
         return [WaitingAdd(w.flow, w.ref.at, w.ref.id, w.encode()) for w in self.waiting.values()]

@@ -99,6 +99,9 @@ class WriteBatch:
     waiting: list[WaitingAdd] = field(default_factory=list)
     gated: list[GatedAction] = field(default_factory=list)
     watermarks: list[tuple[int, int]] = field(default_factory=list)
+    # (flow, slot id, due ms or None to remove): instances of a guarded flow with timers that
+    # have not fired yet though due (waiting for an alias answer): the flow's decider waits
+    floors: list[tuple[str, str, int | None]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -112,6 +115,7 @@ class WriteBatch:
             or self.waiting
             or self.gated
             or self.watermarks
+            or self.floors
         )
 
 

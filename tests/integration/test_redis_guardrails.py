@@ -134,6 +134,11 @@ def test_waiting_deviations_are_read_up_to_the_lowest_watermark_and_committed_on
     assert [StoredWaiting.decode(d).key for d in snap.waiting] == ["k2"]
     assert sorted(pair.real.outbox(range(SHARDS))) == sorted(pair.memory.outbox(range(SHARDS)))
     pair.same("shop", keys)
+    _shard, sid, _ = instance("k5")
+    pair.write(WriteBatch(floors=[("shop", sid, T0 + 2_000)]))  # k5 waits for an alias answer
+    assert pair.read("shop").watermark == T0 + 1_999  # decided only below its timer
+    pair.write(WriteBatch(floors=[("shop", sid, None)]))
+    assert pair.read("shop").watermark == T0 + 2_500
 
 
 def test_pauses_hold_gated_actions_and_operators_release_or_drop_them_once(pair: Pair) -> None:

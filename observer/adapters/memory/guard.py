@@ -27,6 +27,7 @@ class FlowGuard:
     heldn: dict[str, int] = field(default_factory=dict)
     released: dict[str, bytes] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    floor: dict[str, int] = field(default_factory=dict)  # slot id -> due (alias answers)
 
     def copy(self) -> FlowGuard:
         return FlowGuard(
@@ -38,6 +39,7 @@ class FlowGuard:
             dict(self.heldn),
             dict(self.released),
             dict(self.totals),
+            dict(self.floor),
         )
 
 
@@ -87,12 +89,19 @@ class GuardData:
             else:
                 outbox(g.shard, g.observer_id, g.record)
                 append(g.sid, g.published)
+        for flow, sid, due in batch.floors:
+            if due is None:
+                self.flow(flow).floor.pop(sid, None)
+            else:
+                self.flow(flow).floor[sid] = due
         return held
 
     def read(self, flow: str, shards: int, limit: int) -> GuardSnapshot:
         g = self.flow(flow)
         marks = [wm for s, wm in self.watermarks.items() if 0 <= s < shards]
         low = min(marks) if len(marks) >= shards else None
+        if low is not None and g.floor:
+            low = min(low, min(g.floor.values()) - 1)
         hi = low if g.upto is None else (g.upto if low is None else max(low, g.upto))
         ready = (
             [] if hi is None else sorted((at, i) for i, (at, _d) in g.waiting.items() if at <= hi)

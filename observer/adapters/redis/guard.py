@@ -35,6 +35,9 @@ def guard_write_args(keys: Keys, batch: WriteBatch, cap: int) -> list[Any]:
             g.published,
             g.held_history,
         ]
+    args.append(len(batch.floors))
+    for flow, sid, due in batch.floors:
+        args += [keys.guard(flow, "floor"), sid, "" if due is None else due]
     return args
 
 
@@ -52,6 +55,7 @@ def read_args(keys: Keys, flow: str, shards: int, limit: int) -> list[Any]:
         limit,
         g(flow, "heldn"),
         g(flow, "totals"),
+        g(flow, "floor"),
     ]
 
 

@@ -1,9 +1,12 @@
 -- What a flow's decider reads, in one round trip (guardrails, contract §7; key names and what
 -- they hold: observer/adapters/redis/keys.py, Keys.guard).
--- ARGV: state, watermarks, shards, waiting, wdata, released, paused, flow, limit, heldn, totals
+-- ARGV: state, watermarks, shards, waiting, wdata, released, paused, flow, limit, heldn, totals,
+--   floor
 -- Returns {rev, upto|false, blob|false, watermark|false, more (0/1), paused (0/1),
 --          {id...}, {data...}, {released oid, entry, ...}, {action, n, ...}, {name, n, ...}}
--- watermark: the lowest of the shards' stored watermarks, false while a shard has none; the
+-- watermark: the lowest of the shards' stored watermarks, false while a shard has none, and
+-- below the earliest timer of the flow's instances that have not fired it though due (they
+-- wait for an alias answer: `floor`, slot id by due time); the
 -- waiting deviations are those with a time up to max(watermark, upto), at most `limit`, in
 -- (time, id) order.
 local state, wm, shards = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -23,6 +26,11 @@ for j = 1, #marks, 2 do
   end
 end
 if seen < shards then low, low_text = nil, false end
+local floor = redis.call('ZRANGE', ARGV[12], 0, 0, 'WITHSCORES')
+if low ~= nil and floor[2] ~= nil and tonumber(floor[2]) - 1 < low then
+  low = tonumber(floor[2]) - 1
+  low_text = string.format('%d', low)
+end
 local hi = low_text
 if upto and (low == nil or tonumber(upto) > low) then hi = upto end
 local ids, datas, more = {}, {}, 0

@@ -226,7 +226,9 @@ class Keys:
         its decider's `GuardState`), `waiting` (ZSET: deviation id by time), `wdata` (HASH: id
         -> waiting deviation), `held` (HASH: observer-id -> held action), `heldn` (HASH:
         action -> records held), `released` (HASH: observer-id -> held action an operator
-        released, for the decider to publish), `totals` (HASH: dropped:<action> -> n)."""
+        released, for the decider to publish), `totals` (HASH: dropped:<action> -> n), `floor`
+        (ZSET: slot id by the due time of a timer its instance has not fired though due, while
+        it waits for an alias answer: the decider decides only below it)."""
         return f"{self.prefix}:guard:{flow}:{part}"
 
     def guard_watermarks(self) -> str:

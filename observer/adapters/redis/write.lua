@@ -115,12 +115,13 @@ for _ = 1, n do
   i = i + 2
 end
 
--- == guardrails (contract §7; docs/guardrails.md) ============================================
+-- == guardrails (contract §7; docs/architecture.md) ==========================================
 -- ARGV continues:
 --   wm_key, n_wm, then per shard: shard, watermark_ms   (a shard's watermark is only raised)
 --   n_wait, then per deviation: waiting_zset, wdata_hash, at_ms, id, data
 --   paused_key, cap, n_gated, then per record: flow, outbox_key, observer_id, record,
 --     held_key, heldn_key, action, held_entry, hist_key, published_entry, held_history
+--   n_floor, then per slot: floor_zset, slot_id, due_ms ('' = no floor any more)
 -- Returns the observer-ids of the gated records held (their flow, or every flow, is paused).
 local wm_key = a[i]
 n = tonumber(a[i + 1]); i = i + 2
@@ -155,5 +156,11 @@ for _ = 1, n do
   end
   if redis.call('RPUSHX', hist, entry) > 0 then redis.call('LTRIM', hist, -cap, -1) end
   i = i + 11
+end
+n = tonumber(a[i]); i = i + 1
+for _ = 1, n do
+  if a[i + 2] == '' then redis.call('ZREM', a[i], a[i + 1])
+  else redis.call('ZADD', a[i], a[i + 2], a[i + 1]) end
+  i = i + 3
 end
 return held
