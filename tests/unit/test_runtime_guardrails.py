@@ -269,3 +269,35 @@ def test_webhook_actions_are_held_and_released_the_same_way(tmp_path: Path) -> N
         assert "held actions" in text and held[1].observer_id in text
     finally:
         g.close()
+
+
+def test_an_instance_waiting_for_an_alias_answer_is_a_floor_of_its_guarded_flow(
+    tmp_path: Path,
+) -> None:
+    """Its timers wait for the answer however far the watermark went; until they fired, the
+    flow's decider decides only below the earliest (else a deviation could come late)."""
+    from observer.engine.core import Engine
+    from observer.engine.state import KeySlot
+    from observer.runtime.guard_intake import GuardIntake
+    from observer.runtime.ports import SlotPut, WriteBatch
+    from tests.unit.test_engine_alias_messages import booked, placed
+    from tests.unit.test_engine_aliases import FLOW as DELIVERY
+
+    f = tmp_path / "delivery.yaml"
+    f.write_text(DELIVERY + "guardrails:\n  incident: {threshold: 10, within: 1m}\n")
+    engine = Engine(load_registry([f]))
+    slot = KeySlot("delivery", "d-1")
+    engine.apply(slot, placed("d-1"), T0)
+    engine.apply(slot, booked("d-1", "tn-1"), T0 + 60_000)  # registers tn-1: waits for the answer
+    assert engine.next_due(slot) is None  # no timer while waiting
+    intake = GuardIntake.of(engine, T0)
+    batch = WriteBatch(puts=[SlotPut(0, "delivery:d-1", b"", 1, None)])
+    intake.plan(batch, [], [("delivery:d-1", slot, b"")], {0: T0 + 60_000})
+    ((flow, sid, floor),) = batch.floors
+    assert (flow, sid) == ("delivery", "delivery:d-1") and floor is not None
+    assert floor > T0 + 60_000  # the earliest of its timers
+    plain = GuardIntake.of(Engine(load_registry([tmp_path / "delivery.yaml"])), T0)
+    plain.floored.clear()  # a flow without guardrails (or without aliases) has no floors
+    batch = WriteBatch(puts=[SlotPut(0, "delivery:d-1", b"", 1, None)])
+    plain.plan(batch, [], [("delivery:d-1", slot, b"")], {0: T0})
+    assert batch.floors == []
