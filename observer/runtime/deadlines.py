@@ -131,6 +131,7 @@ class DeadlineTicker:
             return False
         by_shard = dict(marks)
         planner = self.planning.start(self.clock.now_ms())
+        planner.watermarks = by_shard  # the guardrails' floors compare due times with them
         names = set(self.registry.names())
         for shard, sid, raw in due.slots:
             self._fire(planner, shard, sid, raw, by_shard[shard], names)

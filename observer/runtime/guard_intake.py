@@ -22,6 +22,7 @@ from observer.flows.compiled import CompiledGuardrails
 from observer.runtime.held import HeldAction, StoredWaiting, held_history
 from observer.runtime.outbox import OutboxRecord, encode_record
 from observer.runtime.ports import GatedAction, WaitingAdd, WriteBatch
+from observer.runtime.shards import split_slot_id
 
 __all__ = ["GuardIntake"]
 
@@ -169,6 +170,10 @@ class GuardIntake:
                 if due is not None and (pending(inst) or due <= wm):
                     floor = due
             out.append((slot.flow, put.sid, floor))
+        for _shard, sid in batch.deletes:  # a slot that goes takes its floor with it
+            flow = split_slot_id(sid)[0]
+            if flow in self.floored:
+                out.append((flow, sid, None))
         return out
 
     def waiting_adds(self) -> list[WaitingAdd]:
