@@ -296,6 +296,9 @@ def test_an_instance_waiting_for_an_alias_answer_is_a_floor_of_its_guarded_flow(
     ((flow, sid, floor),) = batch.floors
     assert (flow, sid) == ("delivery", "delivery:d-1") and floor is not None
     assert floor > T0 + 60_000  # the earliest of its timers
+    gone = WriteBatch(deletes=[(0, "delivery:d-1")])
+    intake.plan(gone, [], [], {})
+    assert gone.floors == [("delivery", "delivery:d-1", None)]  # a slot that goes: no floor
     plain = GuardIntake.of(Engine(load_registry([tmp_path / "delivery.yaml"])), T0)
     plain.floored.clear()  # a flow without guardrails (or without aliases) has no floors
     batch = WriteBatch(puts=[SlotPut(0, "delivery:d-1", b"", 1, None)])
