@@ -135,6 +135,22 @@ def flow_json_schema() -> dict[str, Any]:
 
     _alias_patterns(top, defs, event_ref, selector)
 
+    _sla_slo_and_action_patterns(defs)
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+        "title": "Choreography observer flow",
+        "description": (
+            "One flow document of a flow file (a file may hold several as YAML documents). "
+            "See docs/flow-language.md."
+        ),
+    }
+
+
+def _sla_slo_and_action_patterns(defs: dict[str, Any]) -> None:
+    """The flow's SLA and SLO durations; an action is exactly one of publish, alert, webhook."""
     # -- sla -------------------------------------------------------------------------------------
     sla = defs["SlaSpec"]["properties"]
     _set_pattern(sla["within"], DURATION_PATTERN)
@@ -153,17 +169,6 @@ def flow_json_schema() -> dict[str, Any]:
     _set_pattern(hook["url"], webhook.URL_PATTERN)
     hook["headers"]["propertyNames"] = {"pattern": webhook.HEADER_NAME.pattern}
     _set_pattern(defs["SignSpec"]["properties"]["secret"], webhook.SECRET_REF_PATTERN)
-
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        **schema,
-        "title": "Choreography observer flow",
-        "description": (
-            "One flow document of a flow file (a file may hold several as YAML documents). "
-            "See docs/flow-language.md."
-        ),
-    }
 
 
 def _alias_patterns(
