@@ -156,6 +156,11 @@ class ObserverConfig(BaseModel):
     schema_registry_timeout_ms: int = Field(2_000, ge=100, le=60_000)
     schema_registry_negative_ttl_ms: int = Field(30_000, ge=0)
     schema_registry_max_ids: int = Field(256, ge=1, le=100_000)
+    # guardrails (contract §7): `hold` starts with every action of every flow held (a dry run:
+    # `observer actions resume` lifts it); how often the decider of a guarded flow runs
+    actions: Literal["publish", "hold"] = "publish"
+    guard_interval_ms: int = Field(100, ge=1)
+    guard_batch: int = Field(5_000, ge=1)  # waiting deviations decided per pass at most
 
     @field_validator("key_prefix")
     @classmethod

@@ -8,6 +8,7 @@ a number the observer cannot store; docs/flow-language.md lists them for users.
 from __future__ import annotations
 
 __all__ = [
+    "MAX_ACTIONS_COUNT",
     "MAX_CAPTURE_BYTES",
     "MAX_DURATION_MS",
     "MAX_EARLY_EVENTS",
@@ -16,6 +17,7 @@ __all__ = [
     "MAX_EVENT_INT",
     "MAX_FLOW_FILE_BYTES",
     "MAX_FORMAT_WIDTH",
+    "MAX_INCIDENT_THRESHOLD",
     "MAX_JSON_INDENT",
     "MAX_KEY_BYTES",
     "MAX_LOOP_ITERATIONS",
@@ -54,6 +56,14 @@ MAX_DURATION_MS = 36_500 * 86_400_000
 """A duration (`within`, `warn`, `buffer`, `retain`, `expire`, `sla`) is at most 100 years
 (36500d): event times end at year 9000, and a time plus a few durations must still be a date
 ISO-8601 can write (up to year 9999) and an integer of milliseconds that fits in 64 bits."""
+
+MAX_INCIDENT_THRESHOLD = 10_000
+"""`guardrails.incident.threshold`: the times of the last deviations of each kind and step are
+kept with the flow's guardrail state until the threshold is reached."""
+
+MAX_ACTIONS_COUNT = 10_000
+"""`guardrails.max_actions.count`: the times of the actions published in the last interval are
+kept with the flow's guardrail state."""
 
 # -- templates ---------------------------------------------------------------------------------
 MAX_TEMPLATE_CHARS = 10_000

@@ -53,6 +53,7 @@ class Metrics:
         self._hostile_input_metrics(registry)
         self._version_metrics(registry)
         self._correlation_metrics(registry)
+        self._guard_metrics(registry)
 
     def _flow_metrics(self, r: CollectorRegistry) -> None:
         """What the flows saw: events, instances, deviations, step latencies."""
@@ -281,6 +282,43 @@ class Metrics:
             elif scope == "topic" and b == "dead_letter":
                 self._child(self.dead_letter_reasons, (a, c)).inc(n)
 
+    def _guard_metrics(self, r: CollectorRegistry) -> None:
+        """The guardrails (contract §7). The gauges are exported by the process that decides
+        the flow (one per group, docs/running.md), so summing them over processes counts
+        each once; the counters by the process that did it."""
+        self.incidents_open = Gauge(
+            "observer_incidents_open", "Guardrail incidents open, per flow.", ["flow"], registry=r
+        )
+        self.actions_held = Gauge(
+            "observer_actions_held",
+            "Action records held (an incident, the rate limit or a pause), waiting for an "
+            "operator to release or drop them.",
+            ["flow", "action"],
+            registry=r,
+        )
+        self.incidents_opened = Counter(
+            "observer_incidents_opened_total", "Guardrail incidents opened.", ["flow"], registry=r
+        )
+        self.actions_held_total = Counter(
+            "observer_held_actions_total",
+            "Action records held, by reason (incident, rate, paused).",
+            ["flow", "action", "reason"],
+            registry=r,
+        )
+        self.actions_released = Counter(
+            "observer_actions_released_total",
+            "Held action records released by an operator and published.",
+            ["flow", "action"],
+            registry=r,
+        )
+        self.actions_dropped = Counter(
+            "observer_actions_dropped_total",
+            "Held action records dropped by an operator.",
+            ["flow", "action"],
+            registry=r,
+        )
+        self._held_actions: dict[str, set[str]] = {}  # flow -> actions with a gauge here
+
     # -- hooks ------------------------------------------------------------------------------------
 
     def declare_slo_flows(self, flows: Iterable[str]) -> None:
@@ -370,6 +408,44 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def record_held(self, held: Iterable[tuple[str, str, str]]) -> None:
+        """(flow, action, reason) of action records just held."""
+        for flow, action, reason in held:
+            self._child(self.actions_held_total, (flow, action, reason)).inc()
+
+    def record_guard(
+        self,
+        flow: str,
+        *,
+        open_incidents: int,
+        held: Mapping[str, int],
+        opened: int,
+        newly_held: Iterable[tuple[str, str]],
+        released: Iterable[str],
+        dropped: Mapping[str, int],
+    ) -> None:
+        """One pass of a flow's decider: its gauges, and what it did."""
+        self.incidents_open.labels(flow).set(open_incidents)
+        known = self._held_actions.setdefault(flow, set())
+        for action in known | set(held):
+            self.actions_held.labels(flow, action).set(max(held.get(action, 0), 0))
+        known |= set(held)
+        if opened:
+            self._child(self.incidents_opened, (flow,)).inc(opened)
+        self.record_held((flow, action, reason) for action, reason in newly_held)
+        for action in released:
+            self._child(self.actions_released, (flow, action)).inc()
+        for action, n in dropped.items():
+            self._child(self.actions_dropped, (flow, action)).inc(n)
+
+    def forget_guard(self, flow: str) -> None:
+        """This process no longer decides `flow`: its gauges go (the new decider's count)."""
+        with contextlib.suppress(KeyError):
+            self.incidents_open.remove(flow)
+        for action in self._held_actions.pop(flow, set()):
+            with contextlib.suppress(KeyError):
+                self.actions_held.remove(flow, action)
 
     def set_open(self, stats: Mapping[str, int]) -> None:
         for name, n in stats.items():

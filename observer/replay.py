@@ -24,9 +24,11 @@ from observer.engine.core import Engine
 from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import KeySlot
 from observer.errors import InputError
+from observer.flows.aliases import split_alias_flow
 from observer.flows.compiler import compile_flows
 from observer.flows.loader import load_flows
 from observer.flows.registry import FlowRegistry
+from observer.guardrails.book import GuardBook
 from observer.ingest import Ingest, SourceRecord, ValueDecoder
 from observer.timefmt import parse_time
 from observer.topics import Topics
@@ -126,12 +128,16 @@ def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = 
         line["webhook"] = p.webhook
     key = p.key.decode("utf-8", "replace") if isinstance(p.key, bytes) else p.key
     line.update(key=key, value=value, headers=headers, timestamp=timestamp)
+    if p.held is not None:  # held by the guardrails (contract §7): not published
+        line["held"] = True
     return jsonexact.dumps(line)  # a dead letter's value may hold integers beyond 64 bits
 
 
 @dataclass
 class Replayer:
-    """Runs records through the engine on a virtual clock; `emit` receives every effect."""
+    """Runs records through the engine on a virtual clock; `emit` receives every effect (a
+    record the guardrails hold comes as a `Publish` with `held` set). `hold_actions`: every
+    action held, as `OBSERVER_ACTIONS=hold` does."""
 
     registry: FlowRegistry
     emit: Callable[[Effect, int], None]
@@ -143,10 +149,16 @@ class Replayer:
     # its instance had observed before (step latencies); replay itself sets none
     observe: Callable[[KeySlot, int], None] | None = None
     decoder: ValueDecoder | None = None  # registry formats (issue 16); None: local Avro only
+    hold_actions: bool = False  # guardrails: OBSERVER_ACTIONS=hold
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.registry, self.topics)
         self.ingest = Ingest(self.registry, self.topics, self.decoder)
+        self.guards = GuardBook(
+            lambda flow: self.registry.newest(flow).guardrails,
+            self.topics.alerts,
+            hold_all=self.hold_actions,
+        )
         self.slots: dict[tuple[str, str], KeySlot] = {}
         self._order: dict[tuple[str, str], int] = {}  # slot -> creation ordinal (tie-break)
         self._scheduled: dict[tuple[str, str], tuple[int, int]] = {}  # slot -> (due, order)
@@ -180,12 +192,38 @@ class Replayer:
     def _fire_next(self) -> None:
         due, _, sk = heapq.heappop(self._heap)
         self._scheduled.pop(sk, None)
-        self.clock = max(self.clock, due)
+        if due > self.clock:
+            self._advance(due)
         slot = self.slots[sk]
         # a timer already overdue (its instance started late) is decided now, not in the past
-        hops = self._emit(self.engine.fire(slot, due, now=self.clock))
+        hops = self._emit(slot, self.engine.fire(slot, due, now=self.clock))
         self._reschedule(sk)
         self._deliver(hops)
+
+    # -- guardrails -------------------------------------------------------------------------------
+
+    def _advance(self, t: int) -> None:
+        """Move the clock on to `t`: what waits for the guardrails up to the clock is decided
+        first (everything up to it has happened), and incidents close at their own times."""
+        while True:
+            self._settle()
+            due = self.guards.next_due()
+            if due is None or due >= t:
+                break
+            self.clock = due
+        self.clock = t
+
+    def _settle(self) -> None:
+        for p in self.guards.settle(self.clock):
+            self.emit(p, self.clock)
+
+    def settle_guards(self) -> None:
+        """At the end of a replay without `--until`: decide everything that waits and let every
+        open incident close."""
+        self._settle()
+        while (due := self.guards.next_due()) is not None:
+            self._advance(max(due, self.clock))
+            self._settle()
 
     def fire_before(self, t: int, inclusive: bool = False) -> None:
         """Fire every timer due before `t` (or at `t` too, when inclusive), in time order."""
@@ -212,7 +250,8 @@ class Replayer:
     def apply(self, rec: SourceRecord) -> None:
         t = max(self.clock, rec.timestamp)
         self.fire_before(t)
-        self.clock = t
+        if t > self.clock:
+            self._advance(t)
         decoded = self.ingest.decode(rec)
         for note in decoded.dropped or ():
             self.warn(f"{rec.topic}/{rec.partition}/{rec.offset}: {note}")
@@ -223,7 +262,7 @@ class Replayer:
             slot = self._slot(sk)
             had_instance = slot.instance is not None
             before = len(slot.instance.observed) if slot.instance is not None else 0
-            hops = self._emit(self.engine.apply(slot, event, self.clock))
+            hops = self._emit(slot, self.engine.apply(slot, event, self.clock))
             if self.observe is not None:
                 self.observe(slot, before)
             if not had_instance and slot.instance is not None:
@@ -241,10 +280,11 @@ class Replayer:
             self._ordinal += 1
         return slot
 
-    def _emit(self, effects: list[Effect]) -> list[Hop]:
-        """Emit an engine call's effects in order; return its messages to other slots."""
+    def _emit(self, slot: KeySlot, effects: list[Effect]) -> list[Hop]:
+        """Emit an engine call's effects in order (those of deviations the guardrails wait
+        for wait in their book); return its messages to other slots."""
         hops = []
-        for eff in effects:
+        for eff in self.guards.take(split_alias_flow(slot.flow)[0], slot.key, effects):
             if type(eff) is Hop:
                 hops.append(eff)
             else:
@@ -259,7 +299,7 @@ class Replayer:
             sk = hop.target()
             slot = self._slot(sk)
             had_instance = slot.instance is not None
-            queue += self._emit(self.engine.deliver(slot, hop, self.clock))
+            queue += self._emit(slot, self.engine.deliver(slot, hop, self.clock))
             if not had_instance and slot.instance is not None:
                 self._order[sk] = self._ordinal
                 self._ordinal += 1
@@ -273,7 +313,8 @@ class Replayer:
             while pending and pending[0].at <= max(self.clock, rr.record.timestamp):
                 d = pending.pop(0)
                 self.fire_before(d.at)
-                self.clock = max(self.clock, d.at)
+                if d.at > self.clock:
+                    self._advance(d.at)
                 self.deploy(d.registry)
             self.apply(rr.record)
         if until is not None:
@@ -282,9 +323,12 @@ class Replayer:
                     self.fire_before(d.at)
                     self.deploy(d.registry)
             self.fire_before(until, inclusive=True)
-            self.clock = max(self.clock, until)
+            if until > self.clock:
+                self._advance(until)
+            self._settle()
         else:
             self.drain()
+            self.settle_guards()
 
 
 def load_all(flows: str, deploys: list[tuple[int, str]]) -> tuple[FlowRegistry, list[Deploy]]:
@@ -309,11 +353,12 @@ def run_replay(
     loaded: tuple[FlowRegistry, list[Deploy]] | None = None,
     decoder: ValueDecoder | None = None,
     wire: Mapping[str, bytes] | None = None,
+    hold_actions: bool = False,
 ) -> Iterator[bytes]:
     """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
     `warn` hears what a budget dropped (early events, captured values); `loaded`: the flows
     already loaded (`load_all`); `decoder` and `wire`: a schema registry's (`observer replay
-    --schema-registry`)."""
+    --schema-registry`); `hold_actions`: every action held (`OBSERVER_ACTIONS=hold`)."""
     registry, deploy_list = loaded or load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
@@ -325,6 +370,8 @@ def run_replay(
         elif isinstance(eff, Signal) and eff.what == "dropped":
             tell(f"{eff.flow} {eff.key}: {eff.detail}")
 
-    replayer = Replayer(registry, emit, topics or Topics(), warn=tell, decoder=decoder)
+    replayer = Replayer(
+        registry, emit, topics or Topics(), warn=tell, decoder=decoder, hold_actions=hold_actions
+    )
     replayer.run(records, deploy_list, until)
     yield from lines

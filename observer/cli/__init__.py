@@ -4,6 +4,7 @@ Only this package wires concrete pieces together (`wiring.py`) and configures lo
 (`logs.py`); each command lives in `commands.py` or a module of its own.
 """
 
+from observer.cli import actions as _actions  # noqa: F401  (registers `observer actions`)
 from observer.cli import backtest as _backtest  # noqa: F401  (registers `observer backtest`)
 from observer.cli import deploy as _deploy  # noqa: F401  (registers `observer deploy`)
 from observer.cli import health as _health  # noqa: F401  (registers `observer health`)

@@ -112,6 +112,10 @@ def replay(
     def warn(note: str) -> None:
         click.echo(f"replay: warning: {note}", err=True)
 
+    hold = os.environ.get("OBSERVER_ACTIONS") or "publish"
+    if hold not in ("publish", "hold"):
+        fail(f"OBSERVER_ACTIONS: '{hold}' is not publish or hold")
+        return
     try:
         loaded = load_all(flows, deploy_list)
         decoder, wire = _replay_registry(schema_registry, loaded)
@@ -126,6 +130,7 @@ def replay(
                 loaded=loaded,
                 decoder=decoder,
                 wire=wire,
+                hold_actions=hold == "hold",
             )
         )
     except (FlowError, InputError, ObserverError) as exc:

@@ -96,8 +96,10 @@ def _ops_api(
     health: Health,
     metrics: Metrics,
     flow_paths: tuple[str, ...],
+    control_routes: list[Any] | None = None,
 ) -> HttpServer:
-    """The ops API's server: bound to OBSERVER_HTTP_HOST, guarded by OBSERVER_HTTP_TOKEN."""
+    """The ops API's server: bound to OBSERVER_HTTP_HOST, guarded by OBSERVER_HTTP_TOKEN
+    (`control_routes`, endpoints that change anything, only exist with the token)."""
     from observer.http.app import create_app, flow_file_labels
     from observer.http.server import HttpServer
 
@@ -108,6 +110,7 @@ def _ops_api(
         metrics.registry,
         token=token,
         file_label=flow_file_labels(flow_paths),
+        control_routes=control_routes or (),
     )
     if token is None and not _loopback(config.http_host):
         logging.getLogger(__name__).warning(
@@ -175,7 +178,8 @@ def build_service(
     )
     query = InstanceQuery(registry, reader, config.topics())
     runtime.deploy_listeners += [running.set, query.deploy, _slo_flows(metrics)]
-    http = _ops_api(config, query, health, metrics, flow_paths)
+    held_routes, close_held = _held_actions(config, redis, clock)
+    http = _ops_api(config, query, health, metrics, flow_paths, held_routes)
     logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
     if ignored:
@@ -183,7 +187,7 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, flow_store.close, *closers, schemas.close]
+    closers = [poster.close, reader.close, flow_store.close, close_held, *closers, schemas.close]
     prepare = _topic_preparation(config, schemas.resolve)
     limits = _record_limits(config, registry, runtime)
 
@@ -216,6 +220,18 @@ def _schema_registry(config: ObserverConfig, registry: FlowRegistry, monotonic: 
         max_ids=config.schema_registry_max_ids,
         monotonic=monotonic,
     )
+
+
+def _held_actions(
+    config: ObserverConfig, redis: RedisSettings, clock: Any
+) -> tuple[list[Any], Callable[[], None]]:
+    """Guardrails (contract §7): the ops API's endpoints for held actions (mounted only with
+    a token), and what closes their Redis connections."""
+    from observer.adapters.redis.held import RedisHeldActions
+    from observer.http.actions import action_routes
+
+    port = RedisHeldActions(redis, config.key_prefix, history_cap=config.history_cap)
+    return action_routes(port, clock.now_ms), port.close
 
 
 def _runtime_ports(

@@ -16,7 +16,7 @@ import orjson
 
 from observer.engine.actions import ActionFailed, action_dead_letter, publish_action
 from observer.engine.budget import DROPPED
-from observer.engine.effects import Effect, Publish, Signal
+from observer.engine.effects import DeviationRef, Effect, Publish, Signal
 from observer.engine.ids import observer_id
 from observer.engine.state import ALIAS_CONFLICT, DEVIATION_KINDS, InstanceState
 from observer.errors import RenderError
@@ -56,6 +56,7 @@ class Deviation:
     # aliases: fields added to the alert record and the template's `deviation`
     extra: Mapping[str, Any] | None = None
     source: str | None = None  # correlation health: the source of the event concerned
+    at: int | None = None  # its time for the guardrails (DeviationRef.at; None: `now`)
 
 
 def deviation_effects(
@@ -118,8 +119,12 @@ def deviation_effects(
     errors = [{"action": a.name, "error": r} for _, a, _, r in rendered if type(r) is str]
     if errors:
         alert["action_errors"] = errors
+    alert_id = observer_id(*base, f"alert:{dev.kind}")
+    ref = DeviationRef(dev.kind, step_name, version, now if dev.at is None else dev.at, alert_id)
     if handler is None or handler.alert:
-        out.append(_alert_record(alert, key, observer_id(*base, f"alert:{dev.kind}"), topics))
+        p = _alert_record(alert, key, alert_id, topics)
+        p.deviation = ref
+        out.append(p)
     for i, action, oid, result in rendered:
         if type(result) is str:
             dead_id = observer_id(*base, f"dlq:{dev.kind}:{i}:{action.name}")
@@ -128,10 +133,15 @@ def deviation_effects(
             )
             note = f"{action.name}: {result}"
             out.append(Signal("action_error", flow.name, version, key, note, step_name, now))
-        elif action.kind == "webhook":
-            out.append(_webhook(action, key, alert, oid))
+            continue
+        if action.kind == "webhook":
+            p = _webhook(action, key, alert, oid)
         elif type(result) is Publish:
-            out.append(result)
+            p = result
+        else:
+            continue
+        p.deviation, p.action = ref, action.name
+        out.append(p)
     return out
 
 

@@ -9,12 +9,26 @@ from observer.engine.ids import observer_id
 from observer.engine.state import Event
 from observer.flows.aliases import alias_flow
 
-__all__ = ["HOP_KINDS", "Effect", "Hop", "HopKind", "Publish", "Signal"]
+__all__ = ["HOP_KINDS", "DeviationRef", "Effect", "Hop", "HopKind", "Publish", "Signal"]
 
 Category = Literal["action", "alert", "outcome", "dlq", "webhook"]
 
 
 # Not frozen (a frozen dataclass is several times slower to build); effects are never mutated.
+
+
+@dataclass(slots=True)
+class DeviationRef:
+    """The deviation a record belongs to, for the guardrails (contract §7): its kind, step,
+    the flow version of its instance, its time `at` (ms: the timer's due time, or the event
+    time of the event that decided it; what incidents and the rate limit count by) and its
+    `id` (its alert's observer-id, also when no alert is published: orders ties)."""
+
+    kind: str
+    step: str | None
+    version: int
+    at: int
+    id: str
 
 
 @dataclass(slots=True)
@@ -40,6 +54,11 @@ class Publish:
     # issue 16: with `avro_schema`, the schema registry subject it is registered under: the
     # value is published in the Confluent wire format (magic byte, schema id, Avro body)
     subject: str | None = None
+    # guardrails: the deviation of an alert or action record, the action's name, and why a
+    # record is held instead of published (set on held copies; see observer/guardrails/)
+    deviation: DeviationRef | None = None
+    action: str | None = None
+    held: str | None = None
 
 
 @dataclass(slots=True)

@@ -166,7 +166,7 @@ def orphan(
             step_idx = flow.step_index.get((ev.source, ev.type))
             step = flow.steps[step_idx[0]] if step_idx else None
             dev = Deviation("orphaned", step, due, ev.time, f"orphan:{ev.id}", None, ev.type)
-            dev.source = ev.source
+            dev.source, dev.at = ev.source, due
             if alias is not None:
                 dev.extra = {"alias": alias}
             out += deviation_effects(flow, slot.key, None, dev, now, topics)
@@ -221,7 +221,7 @@ def apply_to_open(turn: Turn, event: Event) -> None:
     if within is not None:
         anchor = anchor_of(anchors, observed, inst.entries, step.path)
         if anchor is not None and t > anchor + within:
-            _judge_late(turn, step, event.id)
+            _judge_late(turn, step, event.id, t)
         elif inst.flags and inst.flags.get(idx, 0) & F_MISSING:
             _late_by_arrival(turn, step, event.id)
     # out of order against its own anchors
@@ -229,15 +229,15 @@ def apply_to_open(turn: Turn, event: Event) -> None:
         for a in anchors:
             ta = observed.get(a)
             if ta is not None and t < ta:
-                _out_of_order(turn, step, flow.steps[a], event.id)
+                _out_of_order(turn, step, flow.steps[a], event.id, t)
                 break
     # steps anchored at this one: now judged (out of order, or late now that armed)
     for d in step.dependents:
         other = flow.steps[d]
         if other.index in observed:
             if other.path == inst.path and observed[other.index] < t:
-                _out_of_order(turn, other, step, event.id)
-            _judge_late(turn, other, event.id)
+                _out_of_order(turn, other, step, event.id, t)
+            _judge_late(turn, other, event.id, t)
     if len(observed) >= len(flow.paths[inst.path].required):  # else it cannot be complete
         _check_complete(turn, t)
 
@@ -249,7 +249,8 @@ def _apply_error(turn: Turn, handler: CompiledHandler, event: Event) -> None:
     if h in inst.error_ids:
         return
     inst.error_ids.append(h)
-    turn.raise_deviation(Deviation("error", None, None, event.time, event.id, handler, event.type))
+    t = event.time
+    turn.raise_deviation(Deviation("error", None, None, t, event.id, handler, event.type, at=t))
     if handler.then is not None:
         _switch(turn, handler.then, event.time, event.id)
 
@@ -265,7 +266,8 @@ def apply_to_ended(turn: Turn, event: Event) -> None:
     due = deadline(inst, step)
     if due is not None and event.time > due:
         inst.flags[step.index] = inst.flags.get(step.index, 0) | F_LATE
-        turn.raise_deviation(Deviation("late", step, due, event.time, event.id, step.if_late))
+        t = event.time
+        turn.raise_deviation(Deviation("late", step, due, t, event.id, step.if_late, at=t))
     elif due is not None and inst.flags.get(step.index, 0) & F_MISSING:
         _late_by_arrival(turn, step, event.id)
     else:
@@ -304,8 +306,9 @@ def _observe(inst: InstanceState, step: CompiledStep, event: Event) -> None:
         inst.captured[idx] = list(map(event.captures.get, step.capture_names))
 
 
-def _judge_late(turn: Turn, step: CompiledStep, trigger: str) -> None:
-    """Raise `late` once for an observed step past its deadline."""
+def _judge_late(turn: Turn, step: CompiledStep, trigger: str, at: int) -> None:
+    """Raise `late` once for an observed step past its deadline (`at`: the time of the event
+    that decided it, the deviation's time for the guardrails)."""
     inst = turn.inst
     idx = step.index
     t = inst.observed.get(idx)
@@ -318,7 +321,7 @@ def _judge_late(turn: Turn, step: CompiledStep, trigger: str) -> None:
     if f & F_LATE:
         return
     inst.flags[idx] = f | F_LATE
-    turn.raise_deviation(Deviation("late", step, due, t, trigger, step.if_late))
+    turn.raise_deviation(Deviation("late", step, due, t, trigger, step.if_late, at=at))
     if step.if_late.then is not None:
         _switch(turn, step.if_late.then, t, trigger)
 
@@ -336,13 +339,16 @@ def _late_by_arrival(turn: Turn, step: CompiledStep, trigger: str) -> None:
     inst.flags[idx] = f | F_LATE
     t = inst.observed[idx]
     late_by = max(turn.watermark - due, 0)
-    turn.raise_deviation(Deviation("late", step, due, t, trigger, step.if_late, late_by=late_by))
+    dev = Deviation("late", step, due, t, trigger, step.if_late, late_by=late_by, at=t)
+    turn.raise_deviation(dev)
     if inst.open and step.if_late.then is not None:
         _switch(turn, step.if_late.then, t, trigger)
 
 
-def _out_of_order(turn: Turn, step: CompiledStep, anchor: CompiledStep, trigger: str) -> None:
-    """Raise `out_of_order` once for a step observed before its `anchor`."""
+def _out_of_order(
+    turn: Turn, step: CompiledStep, anchor: CompiledStep, trigger: str, at: int
+) -> None:
+    """Raise `out_of_order` once for a step observed before its `anchor` (`at`: as for late)."""
     inst = turn.inst
     idx = step.index
     f = inst.flags.get(idx, 0)
@@ -352,7 +358,7 @@ def _out_of_order(turn: Turn, step: CompiledStep, anchor: CompiledStep, trigger:
     h = step.if_out_of_order
     t = inst.observed[idx]
     turn.raise_deviation(
-        Deviation("out_of_order", step, deadline(inst, step), t, trigger, h, anchor.name)
+        Deviation("out_of_order", step, deadline(inst, step), t, trigger, h, anchor.name, at=at)
     )
     if h is not None and h.then is not None:
         _switch(turn, h.then, t, trigger)
@@ -413,6 +419,7 @@ def fire_instance_timer(turn: Turn, kind: TimerKind, step_idx: int, due: int) ->
         else:
             inst.sla |= SLA_BREACHED
             dev = Deviation("sla_breach", None, sla_due, None, trigger, sla.if_breached)
+    dev.at = due  # the timer's own time: what the guardrails count it at
     turn.raise_deviation(dev)
     if dev.handler is not None and dev.handler.then is not None:
         _switch(turn, dev.handler.then, due, trigger)

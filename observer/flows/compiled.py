@@ -13,11 +13,13 @@ from typing import Any, Literal
 from observer.flows.selectors import Selector
 
 __all__ = [
+    "DEFAULT_GUARDRAILS",
     "MAIN_PATH",
     "CompiledAction",
     "CompiledAlias",
     "CompiledError",
     "CompiledFlow",
+    "CompiledGuardrails",
     "CompiledHandler",
     "CompiledPath",
     "CompiledSla",
@@ -157,6 +159,33 @@ class CompiledSlo:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledGuardrails:
+    """A flow's guardrails (contract §7), times in ms. An incident opens when `threshold`
+    deviations of one (kind, step) fall within `within_ms` (None: no incidents); at most
+    `max_actions` action records are published per `per_ms` (None: no limit). The default,
+    for a flow without `guardrails:`, has neither."""
+
+    threshold: int | None = None
+    within_ms: int = 0
+    max_actions: int | None = None
+    per_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether deviations of the flow wait for the guardrails' decision (an incident may
+        open or hold them, or their actions count against the rate)."""
+        return self.threshold is not None or self.max_actions is not None
+
+    def deferred(self, kind: str) -> bool:
+        """Whether a deviation of this kind waits for the guardrails' decision (every kind
+        does when the flow has guardrails)."""
+        return self.threshold is not None or self.max_actions is not None
+
+
+DEFAULT_GUARDRAILS = CompiledGuardrails()
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledAlias:
     """A second id of an instance: registered from its `on` events, read with `value`."""
 
@@ -186,6 +215,8 @@ class CompiledFlow:
     step_index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     error_index: Mapping[tuple[str, str], int] = field(default_factory=dict)
     slo: CompiledSlo | None = None
+    # guardrails (contract §7): incidents and the action rate limit
+    guardrails: CompiledGuardrails = DEFAULT_GUARDRAILS
     # aliases (correlation by a second id): in declaration order; the indices of those each
     # (source, event type) registers; the top-level handler of `alias_conflict`
     aliases: tuple[CompiledAlias, ...] = ()

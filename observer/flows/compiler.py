@@ -26,6 +26,7 @@ from observer.flows.compiled import (
     CompiledStep,
 )
 from observer.flows.cycles import check_cycles
+from observer.flows.guardrails import compile_guardrails
 from observer.flows.loader import LineMap, LoadedFlow, load_flows
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import compile_selector
@@ -167,9 +168,7 @@ class _FlowCompiler:
         if h is None:
             return NO_HANDLER
         actions = []
-        severity = None
-        summary = None
-        alert_seen = False
+        severity, summary, alert_seen = None, None, False
         for j, name in enumerate(h.do):
             act = self.actions.get(name)
             if act is None:
@@ -375,8 +374,7 @@ class _FlowCompiler:
             )
         sla = None
         if spec.sla is not None:
-            within = parse_duration(spec.sla.within)
-            warn = None
+            within, warn = parse_duration(spec.sla.within), None
             if spec.sla.warn is not None:
                 warn = _warn_ms(spec.sla.warn, within)
                 if warn >= within:
@@ -424,6 +422,7 @@ class _FlowCompiler:
                         f"errors[{ce.index}]: {ref[0]}.{ref[1]} is also a step's event",
                     )
                 error_index.setdefault(ref, ce.index)
+        guardrails = compile_guardrails(spec.guardrails)
         if self.problems:
             return None
         return CompiledFlow(
@@ -442,6 +441,7 @@ class _FlowCompiler:
             step_index={k: tuple(v) for k, v in step_index.items()},
             error_index=error_index,
             slo=slo,
+            guardrails=guardrails,
             aliases=aliases.aliases,
             alias_from=aliases.alias_from,
             if_alias_conflict=aliases.if_alias_conflict,

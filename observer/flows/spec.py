@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from observer.limits import MAX_VERSION
+from observer.limits import MAX_ACTIONS_COUNT, MAX_INCIDENT_THRESHOLD, MAX_VERSION
 from observer.timefmt import parse_duration
 
 __all__ = [
@@ -23,7 +23,10 @@ __all__ = [
     "AliasSpec",
     "ErrorSpec",
     "FlowSpec",
+    "GuardrailsSpec",
     "HandlerSpec",
+    "IncidentSpec",
+    "MaxActionsSpec",
     "PathSpec",
     "PublishSpec",
     "SignSpec",
@@ -335,6 +338,36 @@ class AliasSpec(_Model):
     _value = field_validator("value")(classmethod(lambda cls, v: check_selector(v)))
 
 
+class IncidentSpec(_Model):
+    """A storm of one deviation kind at one step opens an incident (contract §7)."""
+
+    threshold: int = Field(
+        ge=2,
+        le=MAX_INCIDENT_THRESHOLD,
+        description="this many deviations of one kind at one step open an incident",
+    )
+    within: str = Field(description="... detected within this much watermark time (a duration)")
+
+    _durations = field_validator("within")(classmethod(lambda cls, v: _check_duration(v)))
+
+
+class MaxActionsSpec(_Model):
+    """At most `count` action records per `per` (watermark time, per flow); the rest are held."""
+
+    count: int = Field(ge=1, le=MAX_ACTIONS_COUNT, description="action records per interval")
+    per: str = Field(description="the interval (a duration)")
+
+    _durations = field_validator("per")(classmethod(lambda cls, v: _check_duration(v)))
+
+
+class GuardrailsSpec(_Model):
+    """Storms and rate limits: incidents hold their deviations' actions, `max_actions` holds
+    what is beyond the rate (docs/flow-language.md, Guardrails)."""
+
+    incident: IncidentSpec | None = None
+    max_actions: MaxActionsSpec | None = None
+
+
 class FlowSpec(_Model):
     """One flow file document, as written."""
 
@@ -361,6 +394,8 @@ class FlowSpec(_Model):
     if_alias_conflict: HandlerSpec | None = Field(
         None, description="an open instance registers an alias value another open one holds"
     )
+    # guardrails (contract §7): incidents, the action rate limit
+    guardrails: GuardrailsSpec | None = None
 
     _durations = field_validator("buffer", "retain", "expire", mode="before")(
         classmethod(lambda cls, v: _check_duration(str(v)) if v is not None else v)

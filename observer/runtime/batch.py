@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
 
-import orjson
-
 from observer.correlation import BUFFERED, MATCHED, STARTED, Count, count_signal
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, VersionUnavailable
@@ -22,11 +20,12 @@ from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
-from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
+from observer.runtime.guard_intake import GuardIntake
 from observer.runtime.hops import hop_record
-from observer.runtime.outbox import OutboxRecord, encode_record, to_record
+from observer.runtime.outbox import OutboxRecord, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
+from observer.runtime.slot_history import DAY_MS, history_entry, safety_ttl_ms  # re-exported
 
 __all__ = [
     "BatchPlan",
@@ -37,8 +36,6 @@ __all__ = [
     "history_entry",
     "safety_ttl_ms",
 ]
-
-DAY_MS = 86_400_000
 
 
 class SlotUnreadable(Exception):
@@ -92,55 +89,6 @@ class _Work:
         self.due_override: int | None = None
 
 
-def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = DAY_MS) -> int:
-    """A TTL for a slot's keys that outlives its logical life (the engine's own retain and
-    expire timers delete it first): open until `expire` + `retain`, ended until `retain`,
-    early events until `buffer`; plus `slack_ms`. `flow` governs the slot."""
-    inst = slot.instance
-    if inst is None:
-        until = max((b.read_at for b in slot.buffer), default=now) + flow.buffer_ms
-    elif inst.open:
-        until = inst.started_at + flow.expire_ms + flow.retain_ms
-    else:
-        until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
-    hold = slot.hold  # an alias value held: as long as its holder may live
-    if hold is not None:
-        until = max(until, hold.started + flow.expire_ms + flow.retain_ms)
-    return max(until - now, 0) + max(slack_ms, 1)
-
-
-def history_entry(eff: Publish | Signal, now: int) -> bytes:
-    """One JSON entry of an instance history (what `/instances` shows)."""
-    if isinstance(eff, Signal):
-        d: dict[str, Any] = {
-            "at": eff.at,
-            "what": eff.what,
-            "detail": eff.detail,
-            "step": eff.step,
-            "version": eff.version,
-        }
-        if eff.value_ms is not None:
-            d["value_ms"] = eff.value_ms
-        return orjson.dumps(d)
-    d = {
-        "at": now,
-        "what": "published",
-        "category": eff.category,
-        "topic": eff.topic,
-        "key": eff.key,
-        "observer_id": eff.observer_id,
-    }
-    if eff.webhook is not None:  # the URL may carry a credential: never stored whole
-        d["webhook"] = mask_webhook_url(eff.webhook)
-    if eff.category == "alert" and isinstance(eff.value, dict):
-        d["kind"] = eff.value.get("kind")
-        d["step"] = eff.value.get("step")
-        d["severity"] = eff.value.get("severity")
-    if eff.category == "outcome" and isinstance(eff.value, dict):
-        d["outcome"] = eff.value.get("outcome")
-    return orjson.dumps(d, default=str)
-
-
 class BatchPlanner:
     """Work on slots for one batch of events or one tick, planned into one write. Not
     thread-safe; one per batch."""
@@ -180,6 +128,7 @@ class BatchPlanner:
         self._wire = wire
         # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
         self.watermarks: Mapping[int, int] = {}
+        self.guards = GuardIntake.of(engine, now)  # guardrails: deviations' records apart
 
     # -- slots ------------------------------------------------------------------------------------
 
@@ -342,6 +291,18 @@ class BatchPlanner:
         self._seq += 1
         self._records.append((shard, rec))
 
+    def _guard(self, w: _Work, p: Publish) -> bool:
+        """Give a deviation's record to the guardrails (False: an alert none waits for)."""
+        slot = cast("KeySlot", w.slot)
+        if p.action is None and not self.guards.waits(slot.flow, p):
+            return False
+        rec = to_record(p, self.now, self._seq, self._wire)
+        self._seq += 1
+        hist = history_entry(p, self.now)
+        if self.guards.take(slot.flow, slot.key, w.shard, w.sid, p, rec, hist):
+            self._records.append((w.shard, rec))  # gated: published after the write unless held
+        return True
+
     def _take(
         self,
         w: _Work,
@@ -356,9 +317,12 @@ class BatchPlanner:
             return
         keep = self.history_cap > 0
         started = False
-        hops = False
+        hops = guarded = False
         for eff in effects:
             if type(eff) is Publish:
+                if eff.deviation is not None and self._guard(w, eff):
+                    guarded = True
+                    continue
                 self._add_record(w.shard, eff)
             elif type(eff) is Hop:  # kept in the sender's outbox until the keyed topic has it
                 self._records.append(
@@ -386,6 +350,7 @@ class BatchPlanner:
                 if hops
                 else cast("list[Publish | Signal]", effects)
             )
+            kept = self.guards.not_taken(kept) if guarded else kept  # their history: their fate
             if started:
                 # The state says when and in which version an instance started: leaving
                 # `started` out of the history spares most open instances a history key
@@ -428,8 +393,7 @@ class BatchPlanner:
             )
             puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
-        for shard, rec in self._records:
-            batch.outbox_adds.append((shard, rec.observer_id, encode_record(rec)))
+        self.guards.plan(batch, self._records, states, self.watermarks)  # outbox, guardrails
         batch.stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
             batch,

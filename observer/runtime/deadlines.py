@@ -67,6 +67,10 @@ class DeadlineTicker:
         self.clock = clock
         self._partitions: frozenset[TopicPartition] = frozenset()
         self._refresh_every = Every(_SOURCES_EVERY_S, clock.monotonic)
+        # guardrails: the watermarks stored for the flows' deciders (written at most every
+        # guard interval, once every timer up to them fired)
+        self._stored: dict[int, int] = {}
+        self._store_every = Every(config.guard_interval_ms / 1000.0, clock.monotonic)
 
     def refresh_sources(self) -> None:
         """Every partition of every source topic: a shard's watermark needs a mark for each."""
@@ -119,16 +123,32 @@ class DeadlineTicker:
         due = self.store.due(marks, self.tick_limit)
         self.health.overdue_ms = due.overdue_ms or 0
         self.metrics.overdue.set((due.overdue_ms or 0) / 1000.0)
+        more = len(due.slots) >= self.tick_limit
+        store = [] if more else self._to_store(marks)
         if not due.slots:
-            self.writes.write_acks()
+            self.writes.write_acks(store)
+            self._stored.update(store)
             return False
         by_shard = dict(marks)
         planner = self.planning.start(self.clock.now_ms())
+        planner.watermarks = by_shard  # the guardrails' floors compare due times with them
         names = set(self.registry.names())
         for shard, sid, raw in due.slots:
             self._fire(planner, shard, sid, raw, by_shard[shard], names)
-        self.writes.write(self.planning.finish(planner))
-        return len(due.slots) >= self.tick_limit
+        plan = self.planning.finish(planner)
+        plan.write.watermarks = store
+        self.writes.write(plan)
+        self._stored.update(store)
+        return more
+
+    def _to_store(self, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The shards' watermarks to store with this tick's write (every timer up to them has
+        fired by then): those that moved, at most every guard interval."""
+        stored = self._stored
+        moved = [(s, wm) for s, wm in marks if stored.get(s) != wm]
+        if not moved or not self._store_every.due():
+            return []
+        return moved
 
     def _fire(
         self,

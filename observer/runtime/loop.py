@@ -170,6 +170,8 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 self.store.open(self.config.shards, self.deployed)
+                if self.config.actions == "hold":  # a dry run: `observer actions resume` ends it
+                    self.store.pause(None, "OBSERVER_ACTIONS=hold")
                 registry = self.deployments.open()
                 self.outage.ok()
                 break

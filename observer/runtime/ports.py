@@ -15,6 +15,13 @@ from typing import Any, Protocol, TypeVar
 from observer.flows.registry import FlowRegistry
 from observer.flows.stored import DeployPlan, StoredFlow
 from observer.ingest import SourceRecord
+from observer.runtime.guard_ports import (
+    GatedAction,
+    GuardCommit,
+    GuardSnapshot,
+    HeldActions,
+    WaitingAdd,
+)
 from observer.runtime.outbox import OutboxRecord
 from observer.runtime.watermark import TopicPartition
 
@@ -24,6 +31,10 @@ __all__ = [
     "EventSource",
     "FlowFiles",
     "FlowStore",
+    "GatedAction",
+    "GuardCommit",
+    "GuardSnapshot",
+    "HeldActions",
     "Lease",
     "Pending",
     "RawSink",
@@ -34,6 +45,7 @@ __all__ = [
     "SlotReader",
     "StateStore",
     "TallySink",
+    "WaitingAdd",
     "WebhookSender",
     "WriteBatch",
 ]
@@ -73,7 +85,8 @@ class SlotPut:
 
 @dataclass(slots=True)
 class WriteBatch:
-    """Everything one batch (or one tick) changes, written atomically in one round trip."""
+    """Everything one batch (or one tick) changes, written atomically in one round trip. The
+    reply is the observer-ids of the `gated` records held (their flow is paused)."""
 
     puts: list[SlotPut] = field(default_factory=list)
     deletes: list[tuple[int, str]] = field(default_factory=list)  # state, history, due member
@@ -81,6 +94,14 @@ class WriteBatch:
     outbox_adds: list[tuple[int, str, bytes]] = field(default_factory=list)  # shard, id, record
     outbox_dels: list[tuple[int, str]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)  # field -> increment
+    # guardrails (contract §7): deviations waiting for their flow's decider, action records a
+    # pause holds, and (shard, watermark ms) of shards whose timers up to it all fired
+    waiting: list[WaitingAdd] = field(default_factory=list)
+    gated: list[GatedAction] = field(default_factory=list)
+    watermarks: list[tuple[int, int]] = field(default_factory=list)
+    # (flow, slot id, due ms or None to remove): instances of a guarded flow with timers that
+    # have not fired yet though due (waiting for an alias answer): the flow's decider waits
+    floors: list[tuple[str, str, int | None]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -91,6 +112,10 @@ class WriteBatch:
             or self.outbox_adds
             or self.outbox_dels
             or self.stats
+            or self.waiting
+            or self.gated
+            or self.watermarks
+            or self.floors
         )
 
 
@@ -125,7 +150,9 @@ class StateStore(Protocol):
 
     def load(self, slots: Sequence[tuple[int, str]]) -> Pending[list[bytes | None]]: ...
 
-    def write(self, batch: WriteBatch) -> Pending[None]: ...
+    def write(self, batch: WriteBatch) -> Pending[list[str]]:
+        """Apply `batch`; the reply: observer-ids of its `gated` records held (paused)."""
+        ...
 
     def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
         """Slots due at or before their shard's watermark, for (shard, watermark) pairs."""
@@ -144,6 +171,20 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # guardrails (contract §7)
+
+    def guard_read(self, flow: str, shards: int, limit: int) -> GuardSnapshot:
+        """The snapshot a flow's decider works from (`shards`: how many watermarks to expect)."""
+        ...
+
+    def guard_commit(self, flow: str, commit: GuardCommit) -> bool:
+        """Write a decider's work; False (nothing written) if another committed since."""
+        ...
+
+    def pause(self, flow: str | None, reason: str) -> None:
+        """Hold every action of `flow` (None: of every flow) until resumed."""
+        ...
 
 
 class SlotReader(Protocol):

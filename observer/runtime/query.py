@@ -180,8 +180,34 @@ def describe_instance(
         }
         for b in slot.buffer
     ]
+    view.update(_guarded(entries))
     view["history"] = [{**e, "at": _t(e.get("at"))} for e in entries]
     return view
+
+
+def _guarded(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Guardrails (contract §7), from the history: the instance's actions still held (held,
+    not released or dropped since) and the incidents that held or silenced any of them."""
+    held: dict[str, dict[str, Any]] = {}
+    incidents: list[str] = []
+    for e in entries:
+        what, oid = e.get("what"), e.get("observer_id")
+        if what not in ("held", "released", "dropped", "suppressed") or not isinstance(oid, str):
+            continue
+        inc = e.get("incident")
+        if isinstance(inc, str) and inc not in incidents:
+            incidents.append(inc)
+        if what == "held":
+            held[oid] = {
+                "observer_id": oid,
+                "action": e.get("action"),
+                "reason": e.get("reason"),
+                "incident": inc,
+                "held_at": _t(e.get("at")),
+            }
+        elif what != "suppressed":
+            held.pop(oid, None)
+    return {"held": list(held.values()), "incidents": incidents}
 
 
 def _unavailable(
@@ -331,6 +357,13 @@ def format_instance(view: dict[str, Any]) -> str:
             if a.get("outcome"):
                 what += f" {a['outcome']}"
             lines.append(f"  {a['at']}  {what} -> {target}  observer-id {a.get('observer_id')}")
+    if view.get("held"):
+        lines.append("held actions (observer actions list|release|drop):")
+        for h in view["held"]:
+            why = h["reason"] + (f" {h['incident']}" if h.get("incident") else "")
+            lines.append(f"  {h['held_at']}  {h['action']} ({why})  observer-id {h['observer_id']}")
+    if view.get("incidents"):
+        lines.append("incidents: " + ", ".join(view["incidents"]))
     if view["buffered"]:
         lines.append("early events buffered:")
         for b in view["buffered"]:

@@ -44,6 +44,7 @@ from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
 from observer.runtime.deployments import UnavailableVersions
 from observer.runtime.every import Every
+from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
 from observer.runtime.hops import hop_marks
 from observer.runtime.keyed import (
@@ -140,6 +141,9 @@ class Tracker:
             clock=self.clock,
             unavailable=self.unavailable,
         )
+        self.decider = GuardDecider(
+            registry, self.store, self.publisher, metrics, self.clock, config, self.topics.alerts
+        )
         self._tick_every = Every(config.tick_interval_ms / 1000.0, mono)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, mono)
         self._marks_moved = False  # since the last tick
@@ -184,6 +188,7 @@ class Tracker:
     def deploy(self, registry: FlowRegistry, source_topics: list[str]) -> None:
         """Run a new deployment from the next batch on (issue 15)."""
         self.planning.engine.registry = registry
+        self.decider.registry = registry
         self.ticker.deploy(registry, source_topics)
         self.deployed(registry)
 
@@ -297,6 +302,7 @@ class Tracker:
             # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
             if self._marks_moved or self._tick_every.due():
                 self._tick()
+            self.decider.turn(self.shards.owned())  # guardrails, every guard interval
         except StoreError as exc:
             self.recover(exc)
         self.publisher.serve()

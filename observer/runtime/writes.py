@@ -42,7 +42,7 @@ _STOPPING_DURABLE_WAIT_S = 2.0
 class _Sent:
     """A write whose reply has not been read, and what to do once it has."""
 
-    reply: Pending[None]
+    reply: Pending[list[str]]
     acked: list[tuple[int, str]]  # outbox deletions it carries
     plan: BatchPlan | None = None
     offsets: Offsets | None = None  # committable once it is durable (None: not a batch)
@@ -91,10 +91,11 @@ class StoreWrites:
             self._inflight.restore_acked(acked)
             raise
 
-    def _wait(self, sent: _Sent) -> None:
-        """Read the reply of a sent write; a failed write's deletions are kept for the next."""
+    def _wait(self, sent: _Sent) -> list[str]:
+        """Read the reply of a sent write (the observer-ids of gated records it held); a
+        failed write's deletions are kept for the next."""
         try:
-            sent.reply.result()
+            return sent.reply.result()
         except StoreError:
             self._inflight.restore_acked(sent.acked)
             raise
@@ -120,24 +121,31 @@ class StoreWrites:
         if sent is None:
             return
         self._pending = None
-        self._wait(sent)
+        held = self._wait(sent)
         assert sent.plan is not None
-        self._written(sent.plan)
+        self._written(sent.plan, held)
         if sent.offsets is not None:
             self._durable.append((self._mono() + self.commit_delay_s, sent.offsets))
 
     def write(self, plan: BatchPlan) -> None:
         """Write a tick's plan and wait for it; then publish its records."""
-        self._wait(self._send(plan.write))
-        self._written(plan)
+        self._written(plan, self._wait(self._send(plan.write)))
 
-    def write_acks(self) -> None:
-        """Delete the acknowledged records from the outbox, if there are any."""
-        if self._inflight.has_acked():
-            self._wait(self._send(WriteBatch()))
+    def write_acks(self, watermarks: list[tuple[int, int]] | None = None) -> None:
+        """Delete the acknowledged records from the outbox, if there are any, and store the
+        shards' `watermarks` (guardrails), if given."""
+        if self._inflight.has_acked() or watermarks:
+            self._wait(self._send(WriteBatch(watermarks=list(watermarks or ()))))
 
-    def _written(self, plan: BatchPlan) -> None:
-        self.publisher.publish(plan.records)
+    def _written(self, plan: BatchPlan, held: list[str]) -> None:
+        records = plan.records
+        if held:  # gated action records of a paused flow: the store keeps them, held
+            ids = set(held)
+            records = [(s, r) for s, r in records if r.observer_id not in ids]
+            self.metrics.record_held(
+                (g.flow, g.action, "paused") for g in plan.write.gated if g.observer_id in ids
+            )
+        self.publisher.publish(records)
         if self.on_published is not None:
             self.on_published(plan)
         self.metrics.record_signals(plan.signals)

@@ -100,6 +100,11 @@ MIX = {
     "missing_pickup": 0.015,  # packed, never picked up: missing + chase, sla_breach..., expired
 }
 ORPHANS = 0.005  # pickups with tracking numbers nobody registers, per order: `orphaned`
+# The storm (issue 14): every order started in this share of the run misses `paid` (the payment
+# service is silenced): `incident`s hold their commands (chaos.flow.yaml, guardrails)
+STORM = (0.45, 0.465)
+STORM_THRESHOLD = 100  # chaos.flow.yaml: guardrails.incident.threshold
+INCIDENT_KINDS = ("incident", "incident_resolved")
 
 # Per kind, what one order publishes: (output, label) -> count; label = alert kind, outcome, or
 # command type. A self-check of the workload against the replay (not of the observer).
@@ -125,6 +130,7 @@ PER_KIND: dict[str, dict[tuple[str, str], int]] = {
     "missing_pickup": {("alerts", "missing"): 1, ("cmds", "Chase"): 1, **_EXPIRED},
     "orphan_pickup": {("alerts", "orphaned"): 1},  # not an order: a stray tracking number
 }
+PER_KIND["storm"] = PER_KIND["missing_paid"]  # what it would publish without guardrails
 
 
 # -- the workload ---------------------------------------------------------------------------------
@@ -161,6 +167,8 @@ def order_kinds(orders: int, rng: random.Random) -> list[str]:
         kinds += [kind] * round(share * orders)
     kinds += ["happy"] * (orders - len(kinds))
     rng.shuffle(kinds)
+    for i in range(round(STORM[0] * orders), round(STORM[1] * orders)):
+        kinds[i] = "storm"  # payments silenced: whatever the order would have done
     return kinds
 
 
@@ -180,7 +188,7 @@ def order_events(kind: str, start: int, rng: random.Random) -> list[tuple[int, s
         if kind == "error":
             out.append((failed + d(), "pay", "Refunded"))
         return out
-    if kind == "missing_paid":
+    if kind in ("missing_paid", "storm"):
         return out
     paid = placed + d()
     out.append((paid, "pay", "Paid"))
@@ -609,10 +617,21 @@ def observer_env(stack: Stack, unique: str, topics: dict[str, str]) -> dict[str,
     return env
 
 
+@dataclass
+class Expected:
+    """What replay says: records published (by id), action records held (by id), and the
+    incident records (their values)."""
+
+    read: int
+    published: dict[str, Published]
+    held: dict[str, Published]
+    incidents: list[dict[str, Any]]
+
+
 def expected_records(
     bootstrap: str, flow: Path, topics: dict[str, str], env: dict[str, str], until: int, tmp: Path
-) -> tuple[int, dict[str, Published]]:
-    """`observer replay --until` of what the source topics hold: (records read, id -> record)."""
+) -> Expected:
+    """`observer replay --until` of what the source topics hold."""
     sources = [r for s in SOURCES for r in consume_all(bootstrap, topics[s], timeout=120)]
     events = tmp / "events.jsonl"
     events.write_bytes(b"\n".join(replay_lines(sources)) + b"\n")
@@ -624,14 +643,44 @@ def expected_records(
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    expected: dict[str, Published] = {}
+    out = Expected(len(sources), {}, {}, [])
     for raw in done.stdout.splitlines():
         line = orjson.loads(raw)
         oid = line["headers"]["observer-id"]
         output = next((o for o in OUTPUTS if topics[o] == line["topic"]), str(line["topic"]))
-        assert oid not in expected, f"replay published {oid} twice"
-        expected[oid] = Published(line["topic"], line["key"], label_of(output, line["value"]))
-    return len(sources), expected
+        where = out.held if line.get("held") else out.published
+        assert oid not in out.published and oid not in out.held, f"replay wrote {oid} twice"
+        where[oid] = Published(line["topic"], line["key"], label_of(output, line["value"]))
+        if output == "alerts" and line["value"].get("kind") in INCIDENT_KINDS:
+            out.incidents.append(line["value"])
+    return out
+
+
+def mix_of_replay(exp: Expected, topics: dict[str, str]) -> Counter[tuple[str, str]]:
+    """What replay publishes or holds, by (output, label), as if no incident had silenced
+    alerts: each closed incident gives back the alerts it suppressed (every deviation of it
+    from the one that opened it on)."""
+    out: Counter[tuple[str, str]] = Counter()
+    for p in [*exp.published.values(), *exp.held.values()]:
+        if p.label not in INCIDENT_KINDS:
+            out[(next(o for o in OUTPUTS if topics[o] == p.topic), p.label)] += 1
+    for inc in exp.incidents:
+        if inc["kind"] == "incident_resolved":
+            out[("alerts", inc["deviation"])] += inc["count"] - STORM_THRESHOLD + 1
+    return out
+
+
+def held_in_redis(env: dict[str, str], flow: str) -> set[str]:
+    """The observer-ids `observer actions list FLOW --json` shows held."""
+    done = subprocess.run(
+        [OBSERVER, "actions", "list", flow, "--json"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return {orjson.loads(line)["observer_id"] for line in done.stdout.splitlines()}
 
 
 def published_records(
@@ -775,17 +824,22 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
 
         # what `observer replay` publishes for exactly the records the topics hold
         t_replay = time.monotonic()
-        read, expected = expected_records(
-            stack.bootstrap_servers, flow, topics, env, tick_at, tmp_path
-        )
+        replayed = expected_records(stack.bootstrap_servers, flow, topics, env, tick_at, tmp_path)
+        read, expected = replayed.read, replayed.published
         took = time.monotonic() - t_replay
-        log(f"replay of {read} records: {len(expected)} records expected ({took:.1f}s)")
+        log(
+            f"replay of {read} records: {len(expected)} records expected, "
+            f"{len(replayed.held)} held, {len(replayed.incidents)} incident records ({took:.1f}s)"
+        )
         assert read == n + ticks, f"read back {read} source records, produced {n} + {ticks}"
         # the workload does what it says (a check of the test, not of the observer)
         by_mix = expected_by_mix(work.kinds)
-        by_replay = Counter(
-            (next(o for o in OUTPUTS if topics[o] == p.topic), p.label) for p in expected.values()
-        )
+        by_replay = mix_of_replay(replayed, topics)
+        storm = [i for i in replayed.incidents if i["kind"] == "incident"]
+        assert {(i["deviation"], i["step"]) for i in storm} == {
+            ("missing", "paid"),
+            ("sla_breach", None),
+        }, f"the storm should open one incident at paid and one of the SLA: {storm}"
         assert by_replay == by_mix, (
             f"the workload's expectations and the replay differ (a bug of the test): "
             f"replay - mix {dict(by_replay - by_mix)}, mix - replay {dict(by_mix - by_replay)}"
@@ -811,6 +865,7 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
     for p in list(chaos.alive):
         chaos.stop(p)
     tracebacks = chaos.save_logs(tmp_path / "logs")
+    held = held_in_redis(env, "chaos")
 
     total, no_id, found = published_records(stack.bootstrap_servers, topics)
     first = {oid: copies[0] for oid, copies in found.items()}
@@ -851,6 +906,10 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         f"failover, s from a SIGKILL until every shard and source partition is owned again: "
         f"restarted at once (same instance id) {seconds(chaos.restart_recovery)}; "
         f"not restarted, taken over {seconds(chaos.takeover_recovery)}",
+        f"storm: {len(work.kinds.get('storm', []))} orders without payment; incident records "
+        f"{labels([o for o, p in expected.items() if p.label in INCIDENT_KINDS], expected)}; "
+        f"held {len(held)} (replay {len(replayed.held)}: {labels(replayed.held, replayed.held)}), "
+        f"held but published {len(set(replayed.held) & set(found))}",
         f"took {time.monotonic() - t_begin:.0f}s; process logs and the records in {tmp_path}",
     ]
     if missing or unexpected:
@@ -875,6 +934,11 @@ def test_chaos_three_processes_kills_scaling_redis_and_broker_restarts_lose_noth
         f"records on another topic or key than in replay:\n{examples(misplaced, first)}"
     )
     assert no_id == 0, f"{no_id} published records without an observer-id header"
+    assert held == set(replayed.held), (
+        f"held in Redis but not in replay: {len(held - set(replayed.held))}, "
+        f"held in replay but not in Redis: {len(set(replayed.held) - held)}"
+    )
+    assert not set(replayed.held) & set(found), "held actions were published without a release"
     assert not chaos.crashed, "processes exited by themselves:\n" + "\n".join(chaos.crashed)
     recoveries = chaos.restart_recovery + chaos.takeover_recovery
     assert None not in recoveries, (

@@ -71,6 +71,7 @@ LAYERS = [
         "slo_rules",
         "backtest",
         "suggest",
+        "guardrails",
         "health_report",
     },
     {"runtime"},

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from observer.adapters.memory.guard import GuardData
 from observer.errors import ConfigError, StoreError
-from observer.runtime.ports import DueSlots, WriteBatch
+from observer.runtime.ports import DueSlots, GuardCommit, GuardSnapshot, WriteBatch
 from observer.runtime.shards import shard_of, slot_id
 
 __all__ = ["InMemoryStateStore"]
@@ -48,6 +49,7 @@ class _Data:
     outbox: dict[int, dict[str, bytes]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     meta: dict[str, object] = field(default_factory=dict)
+    guard: GuardData = field(default_factory=GuardData)  # the guardrails' (contract §7)
 
     def copy(self) -> _Data:
         return _Data(
@@ -56,6 +58,7 @@ class _Data:
             {shard: dict(box) for shard, box in self.outbox.items()},
             dict(self.stats),
             dict(self.meta),
+            self.guard.copy(),
         )
 
 
@@ -160,18 +163,17 @@ class InMemoryStateStore:
             out.append(None if s is None else s.state)
         return _Reply(self, out, None)
 
-    def write(self, batch: WriteBatch) -> _Reply[None]:
+    def write(self, batch: WriteBatch) -> _Reply[list[str]]:
         self._check()
         if self._failing_writes:
             applied = self._failing_writes.pop(0)
             if applied:
                 self._apply(batch)
             self._epoch += 1
-            return _Reply(self, None, StoreError("the in-memory store failed a write"))
-        self._apply(batch)
-        return _Reply(self, None, None)
+            return _Reply(self, [], StoreError("the in-memory store failed a write"))
+        return _Reply(self, self._apply(batch), None)
 
-    def _apply(self, batch: WriteBatch) -> None:
+    def _apply(self, batch: WriteBatch) -> list[str]:
         data = self._data
         slots, history, cap = data.slots, data.history, self.history_cap
         for p in batch.puts:
@@ -194,6 +196,17 @@ class InMemoryStateStore:
         for name, inc in batch.stats.items():
             data.stats[name] = data.stats.get(name, 0) + inc
         self.writes += 1
+        return data.guard.write(batch, self._append, self._outbox_put)
+
+    def _append(self, sid: str, entry: bytes) -> None:
+        """Append to a history that exists (RPUSHX), capped."""
+        h = self._data.history.get(sid)
+        if h:
+            h.append(entry)
+            del h[: -self.history_cap]
+
+    def _outbox_put(self, shard: int, oid: str, record: bytes) -> None:
+        self._data.outbox.setdefault(shard, {})[oid] = record
 
     def due(self, watermarks: Sequence[tuple[int, int]], limit: int) -> DueSlots:
         self._check()
@@ -224,6 +237,44 @@ class InMemoryStateStore:
     def stats(self) -> dict[str, int]:
         self._check()
         return dict(self._data.stats)
+
+    # -- the guardrails (contract §7): the loop's requests, then the operators' (HeldActions) --------
+
+    def guard_read(self, flow: str, shards: int, limit: int) -> GuardSnapshot:
+        self._check()
+        return self._data.guard.read(flow, shards, limit)
+
+    def guard_commit(self, flow: str, commit: GuardCommit) -> bool:
+        self._check()
+        return self._data.guard.commit(flow, commit, self._append, self._outbox_put)
+
+    def pause(self, flow: str | None, reason: str) -> None:
+        self._check()
+        self._data.guard.paused[flow or "*"] = reason
+
+    def resume(self, flow: str | None) -> None:
+        self._check()
+        self._data.guard.resume(flow)
+
+    def paused(self) -> dict[str, str]:
+        self._check()
+        return dict(self._data.guard.paused)
+
+    def held(self, flow: str) -> list[bytes]:
+        self._check()
+        return list(self._data.guard.flow(flow).held.values())
+
+    def release(self, flow: str, ids: Sequence[str], at: int) -> int:
+        self._check()
+        return self._data.guard.take_held(flow, ids, at, "release", self._append)
+
+    def drop(self, flow: str, ids: Sequence[str], at: int) -> int:
+        self._check()
+        return self._data.guard.take_held(flow, ids, at, "drop", self._append)
+
+    def guard_state(self, flow: str) -> bytes | None:
+        self._check()
+        return self._data.guard.flow(flow).blob
 
     # -- the SlotReader port, and looking inside (tests) --------------------------------------------
 

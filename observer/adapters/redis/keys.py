@@ -28,6 +28,10 @@ a slot within its shard and flow, 0 <= n < buckets):
                                      "step:<flow>:<step>:<kind>", "flow:<flow>:started:",
                                      "flow:<flow>:ended:<outcome>", "topic:<topic>:read:",
                                      "topic:<topic>:ignored:", "topic:<topic>:dead_letter:<reason>")
+    P:guard:<flow>:<part>     the guardrails of a flow (contract §7): its decider's state, the
+                              deviations waiting for it, held actions (`guard()`)
+    P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
+    P:guard-paused            HASH   flow or `*` -> why its actions are held
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -214,6 +218,27 @@ class Keys:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (tests and cleanup)."""
         return f"{self.prefix}:*"
+
+    # -- guardrails (contract §7) ------------------------------------------------------------------
+
+    def guard(self, flow: str, part: str) -> str:
+        """`P:guard:<flow>:<part>`, one flow's guardrail keys: `state` (HASH: rev, upto, blob:
+        its decider's `GuardState`), `waiting` (ZSET: deviation id by time), `wdata` (HASH: id
+        -> waiting deviation), `held` (HASH: observer-id -> held action), `heldn` (HASH:
+        action -> records held), `released` (HASH: observer-id -> held action an operator
+        released, for the decider to publish), `totals` (HASH: dropped:<action> -> n), `floor`
+        (ZSET: slot id by the due time of a timer its instance has not fired though due, while
+        it waits for an alias answer: the decider decides only below it)."""
+        return f"{self.prefix}:guard:{flow}:{part}"
+
+    def guard_watermarks(self) -> str:
+        """HASH shard -> the watermark (ms) up to which the shard's owner fired every timer and
+        stored every waiting deviation (only ever raised)."""
+        return f"{self.prefix}:guard-watermarks"
+
+    def guard_paused(self) -> str:
+        """HASH flow (`*`: every flow) -> why its actions are held (`observer actions pause`)."""
+        return f"{self.prefix}:guard-paused"
 
 
 def tally_field(count: tuple[str, str, str, str]) -> str:

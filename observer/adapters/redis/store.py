@@ -20,11 +20,17 @@ from typing import Any, Generic, TypeVar
 import hiredis
 import orjson
 
+from observer.adapters.redis.guard import (
+    commit_args,
+    guard_write_args,
+    parse_snapshot,
+    read_args,
+)
 from observer.adapters.redis.keys import DUE_BYTES, Keys, pack_value
 from observer.adapters.redis.wire import RedisWire
 from observer.errors import ConfigError, StoreError
 from observer.redis_settings import RedisSettings, parse_redis_url
-from observer.runtime.ports import DueSlots, WriteBatch
+from observer.runtime.ports import DueSlots, GuardCommit, GuardSnapshot, WriteBatch
 
 __all__ = ["RedisStateStore", "load_script"]
 
@@ -102,9 +108,13 @@ class RedisStateStore:
         self._write_src = load_script("write.lua", values=True)
         self._due_src = load_script("due.lua", values=True)
         self._load_src = load_script("load.lua")
+        self._guard_read_src = load_script("guard_read.lua")
+        self._guard_commit_src = load_script("guard_commit.lua")
         self._write_sha = hashlib.sha1(self._write_src).hexdigest()
         self._due_sha = hashlib.sha1(self._due_src).hexdigest()
         self._load_sha = hashlib.sha1(self._load_src).hexdigest()
+        self._guard_read_sha = hashlib.sha1(self._guard_read_src).hexdigest()
+        self._guard_commit_sha = hashlib.sha1(self._guard_commit_src).hexdigest()
         self._queue: deque[_Reply[Any]] = deque()
 
     @property
@@ -172,6 +182,8 @@ class RedisStateStore:
         self._wire.call("SCRIPT", "LOAD", self._write_src)
         self._wire.call("SCRIPT", "LOAD", self._due_src)
         self._wire.call("SCRIPT", "LOAD", self._load_src)
+        self._wire.call("SCRIPT", "LOAD", self._guard_read_src)
+        self._wire.call("SCRIPT", "LOAD", self._guard_commit_src)
 
     def close(self) -> None:
         self._wire.close()
@@ -220,9 +232,12 @@ class RedisStateStore:
         reply._set(self._reads.read())
         return reply
 
-    def write(self, batch: WriteBatch) -> _Reply[None]:
-        """Apply a batch atomically (one EVALSHA); the reply confirms it."""
-        return self._send(_pack(("EVALSHA", self._write_sha, 0, *self._write_args(batch))), _ignore)
+    def write(self, batch: WriteBatch) -> _Reply[list[str]]:
+        """Apply a batch atomically (one EVALSHA); the reply confirms it, with the observer-ids
+        of the gated records it held."""
+        args = self._write_args(batch)
+        args += guard_write_args(self.keys, batch, self.history_cap)
+        return self._send(_pack(("EVALSHA", self._write_sha, 0, *args)), _held_ids)
 
     def _write_args(self, batch: WriteBatch) -> list[Any]:
         k = self.keys
@@ -301,6 +316,24 @@ class RedisStateStore:
         raw = self._wire.call("HGETALL", self.keys.stats())
         return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
 
+    # -- guardrails (contract §7; the scripts' arguments and replies: guard.py) --------------------
+
+    def guard_read(self, flow: str, shards: int, limit: int) -> GuardSnapshot:
+        self._drain()
+        args = read_args(self.keys, flow, shards, limit)
+        raw = self._send(_pack(("EVALSHA", self._guard_read_sha, 0, *args)), _as_list).result()
+        return parse_snapshot(raw)
+
+    def guard_commit(self, flow: str, commit: GuardCommit) -> bool:
+        self._drain()
+        args = commit_args(self.keys, flow, commit, self.history_cap)
+        reply = self._send(_pack(("EVALSHA", self._guard_commit_sha, 0, *args)), _int).result()
+        return reply == 1
+
+    def pause(self, flow: str | None, reason: str) -> None:
+        self._drain()
+        self._wire.call("HSET", self.keys.guard_paused(), flow or "*", reason)
+
 
 def _pack(args: tuple[Any, ...]) -> bytes:
     packed: bytes = hiredis.pack_command(args)
@@ -318,5 +351,11 @@ def _states(raw: Any) -> list[bytes | None]:
     return [None if v is None else v[DUE_BYTES:] for v in _as_list(raw)]
 
 
-def _ignore(raw: Any) -> None:
-    return None
+def _held_ids(raw: Any) -> list[str]:
+    return [v.decode() for v in _as_list(raw)]
+
+
+def _int(raw: Any) -> int:
+    if not isinstance(raw, int):
+        raise StoreError(f"unexpected Redis reply {raw!r}")
+    return raw

@@ -10,6 +10,7 @@
 --   n_odel,   then per entry: outbox_key, observer_id
 --   n_oadd,   then per entry: outbox_key, observer_id, record
 --   stats_key, n_stats, then per stat: field, increment
+--   then the guardrails' block (see there)
 local a = ARGV
 local i = 1
 
@@ -113,4 +114,53 @@ for _ = 1, n do
   redis.call('HINCRBY', stats, a[i], a[i + 1])
   i = i + 2
 end
-return 1
+
+-- == guardrails (contract §7; docs/architecture.md) ==========================================
+-- ARGV continues:
+--   wm_key, n_wm, then per shard: shard, watermark_ms   (a shard's watermark is only raised)
+--   n_wait, then per deviation: waiting_zset, wdata_hash, at_ms, id, data
+--   paused_key, cap, n_gated, then per record: flow, outbox_key, observer_id, record,
+--     held_key, heldn_key, action, held_entry, hist_key, published_entry, held_history
+--   n_floor, then per slot: floor_zset, slot_id, due_ms ('' = no floor any more)
+-- Returns the observer-ids of the gated records held (their flow, or every flow, is paused).
+local wm_key = a[i]
+n = tonumber(a[i + 1]); i = i + 2
+for _ = 1, n do
+  local old = redis.call('HGET', wm_key, a[i])
+  if not old or tonumber(old) < tonumber(a[i + 1]) then redis.call('HSET', wm_key, a[i], a[i + 1]) end
+  i = i + 2
+end
+n = tonumber(a[i]); i = i + 1
+for _ = 1, n do
+  redis.call('ZADD', a[i], a[i + 2], a[i + 3])
+  redis.call('HSET', a[i + 1], a[i + 3], a[i + 4])
+  i = i + 5
+end
+local paused_key, cap = a[i], tonumber(a[i + 1])
+n = tonumber(a[i + 2]); i = i + 3
+local held, paused = {}, {}
+local everything = n > 0 and redis.call('HEXISTS', paused_key, '*') == 1
+for _ = 1, n do
+  local flow = a[i]
+  if paused[flow] == nil then
+    paused[flow] = everything or redis.call('HEXISTS', paused_key, flow) == 1
+  end
+  local hist, entry = a[i + 8], a[i + 9]
+  if paused[flow] then
+    redis.call('HSET', a[i + 4], a[i + 2], a[i + 7])
+    redis.call('HINCRBY', a[i + 5], a[i + 6], 1)
+    held[#held + 1] = a[i + 2]
+    entry = a[i + 10]
+  else
+    redis.call('HSET', a[i + 1], a[i + 2], a[i + 3])
+  end
+  if redis.call('RPUSHX', hist, entry) > 0 then redis.call('LTRIM', hist, -cap, -1) end
+  i = i + 11
+end
+n = tonumber(a[i]); i = i + 1
+for _ = 1, n do
+  if a[i + 2] == '' then redis.call('ZREM', a[i], a[i + 1])
+  else redis.call('ZADD', a[i], a[i + 2], a[i + 1]) end
+  i = i + 3
+end
+return held
