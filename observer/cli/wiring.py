@@ -60,6 +60,7 @@ def _webhooks(
     registry: FlowRegistry,
     registry_of: Callable[[], FlowRegistry],
     env: Mapping[str, str] | None,
+    clock: Any,
 ) -> tuple[WebhookDispatcher, WebhookPoster, Callable[[FlowRegistry], None]]:
     """The webhook workers, and the check of flows about to run (raises ConfigError when a
     webhook has a secret that is not set or names a refused destination), done here for
@@ -86,6 +87,7 @@ def _webhooks(
         base_ms=config.webhook_backoff_ms,
         cap_ms=config.webhook_backoff_max_ms,
         max_queued_bytes=config.webhook_queue_bytes,
+        monotonic=clock.monotonic,
     )
     return dispatcher, poster, check
 
@@ -153,7 +155,7 @@ def build_service(
         max_lag_records=config.max_lag_records,
     )
     running = _Running(registry)  # the flows running now: deployments replace them
-    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env)
+    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env, clock)
     schemas = _schema_registry(config, registry, clock.monotonic)
     flows = [
         {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
