@@ -141,6 +141,10 @@ class Ingest:
                         ),
                     )
         self._readers = {t: tuple(r.values()) for t, r in readers.items()}
+        # topics every flow reads as JSON: their captured values are JSON's types already
+        self.json_topics = frozenset(
+            t for t, rs in self._readers.items() if all(r.source.format == "json" for r in rs)
+        )
 
     def topic_names(self) -> list[str]:
         return sorted(self._readers)
