@@ -6,7 +6,7 @@ workload, detection latency with a live producer, and Redis memory per open inst
     python benchmarks/run.py --orders 5000 --only observer,quix --processes 1,2
 
 Needs Kafka on --bootstrap-servers and Redis on --redis-url (`ops/stack start`). The peers
-need `pip install -e '.[bench]'` (see docs/benchmarks.md: a separate venv, benchmarks/.venv,
+need `pip install -r benchmarks/peers/requirements.txt` (see docs/benchmarks.md: a separate venv, benchmarks/.venv,
 is used by default when it exists, because quixstreams pins older confluent-kafka/pydantic).
 Prints a table and writes every figure to benchmarks/results/<timestamp>.json; process logs
 and the workload files go to benchmarks/results/<timestamp>/. docs/benchmarks.md says what

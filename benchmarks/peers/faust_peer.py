@@ -10,7 +10,7 @@ Offsets are committed by faust (every second here, 2.8 s by default).
         [--bootstrap-servers 127.0.0.1:9092] [--data-dir DIR]
 
 Run by `benchmarks/run.py --only faust`; stop it with SIGTERM. Installed with the `bench` extra
-(`benchmarks/.venv/bin/pip install -e '.[bench]'`, see quix_peer.py).
+(`benchmarks/.venv/bin/pip install -r benchmarks/peers/requirements.txt`, see quix_peer.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Offsets are committed by Quix (every second here, 5 s by default).
 
 Run by `benchmarks/run.py --only quix`; stop it with SIGTERM. Installed with the `bench` extra
 in its own environment (quixstreams pins older confluent-kafka and pydantic):
-`python -m venv benchmarks/.venv && benchmarks/.venv/bin/pip install -e '.[bench]'`.
+`python -m venv benchmarks/.venv && benchmarks/.venv/bin/pip install -r benchmarks/peers/requirements.txt`
+(the peers import nothing of the observer, so the project is not installed there).
 """
 
 from __future__ import annotations
