@@ -8,6 +8,8 @@ one redis-py reads:
     redis://[[user]:password@]host[:port][/db][?option=value&...]
     rediss://...      TLS
     unix:///path/to/redis.sock[?db=N&password=...]
+    redis+cluster://host:port, rediss+cluster://...
+                      a Redis Cluster: any of its nodes (the others are learnt); database 0
 
 Options: `db`, `username`, `password` (userinfo wins over these two, as in redis-py),
 `ssl_ca_certs` (CA file), `ssl_ca_path` (CA directory), `ssl_certfile` + `ssl_keyfile` (client
@@ -67,6 +69,7 @@ class RedisSettings:
     key_password: str | None = None
     cert_reqs: str = "required"
     check_hostname: bool = True
+    cluster: bool = False  # issue 18: a Redis Cluster (host:port is any of its nodes)
 
     def __repr__(self) -> str:
         return f"RedisSettings({self.where}, tls={self.tls})"
@@ -76,7 +79,7 @@ class RedisSettings:
         """The address without secrets, for messages."""
         if self.unix_path is not None:
             return f"unix://{self.unix_path} db {self.db}"
-        scheme = "rediss" if self.tls else "redis"
+        scheme = ("rediss" if self.tls else "redis") + ("+cluster" if self.cluster else "")
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -97,6 +100,18 @@ class RedisSettings:
                 "ssl_ca_certs, ssl_ca_path, ssl_certfile and ssl_keyfile in the Redis URL"
             ) from exc
         return ctx
+
+    def redis_py_client(self, timeout_s: float) -> Any:
+        """A redis-py client with these settings: `redis.Redis`, or `redis.cluster.RedisCluster`
+        for a cluster (it follows the slot map and redirections itself)."""
+        import redis
+        from redis.cluster import RedisCluster
+
+        kwargs = self.redis_py_kwargs(timeout_s)
+        if self.cluster:
+            kwargs.pop("db")
+            return RedisCluster(**kwargs)
+        return redis.Redis(**kwargs)
 
     def redis_py_kwargs(self, timeout_s: float) -> dict[str, Any]:
         """Keyword arguments of `redis.Redis(...)` with exactly these settings."""
@@ -155,13 +170,14 @@ def parse_redis_url(url: str) -> RedisSettings:
         port = parts.port
     except ValueError as exc:
         raise _problem(f"not a valid URL ({exc})") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         raise _problem(
             f"unsupported scheme {parts.scheme + '://' if parts.scheme else '(none)'} "
-            "(use redis://, rediss:// for TLS, or unix://)"
+            "(use redis://, rediss:// for TLS, unix://, or redis+cluster:// for a Redis Cluster)"
         )
     options = _options(parts.query)
-    tls = parts.scheme == "rediss"
+    cluster = parts.scheme.endswith("+cluster")
+    tls = parts.scheme.startswith("rediss")
     if not tls and any(o in options for o in _TLS_ONLY):
         given = ", ".join(o for o in _TLS_ONLY if o in options)
         raise _problem(f"{given} need TLS: use rediss://")
@@ -181,6 +197,8 @@ def parse_redis_url(url: str) -> RedisSettings:
         raise _problem(f"ssl_check_hostname must be true or false, not {check!r}")
     if ("ssl_keyfile" in options) and ("ssl_certfile" not in options):
         raise _problem("ssl_keyfile needs ssl_certfile (the client certificate)")
+    if cluster and db:
+        raise _problem("a Redis Cluster has database 0 only")
     if parts.scheme == "unix":
         if not parts.path:
             raise _problem("unix:// needs the socket's path (unix:///run/redis.sock)")
@@ -201,4 +219,5 @@ def parse_redis_url(url: str) -> RedisSettings:
         key_password=options.get("ssl_password") or None,
         cert_reqs=cert_reqs,
         check_hostname=_BOOL[check],
+        cluster=cluster,
     )

@@ -121,7 +121,7 @@ class BatchPlanner:
         self._signals: list[Signal] = []
         self._notes: list[Signal] = []
         self._latencies: list[tuple[str, str, int]] = []
-        self._stats: dict[str, int] = {}
+        self._stats: dict[tuple[int, str], int] = {}  # (shard, field) -> increment
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
         self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
@@ -336,11 +336,11 @@ class BatchPlanner:
                 what = eff.what
                 if what == "started":
                     started = True
-                    name = "open:" + eff.flow
-                    self._stats[name] = self._stats.get(name, 0) + 1
+                    stat = (w.shard, "open:" + eff.flow)
+                    self._stats[stat] = self._stats.get(stat, 0) + 1
                 elif what == "ended":
-                    name = "open:" + eff.flow
-                    self._stats[name] = self._stats.get(name, 0) - 1
+                    stat = (w.shard, "open:" + eff.flow)
+                    self._stats[stat] = self._stats.get(stat, 0) - 1
                 elif what == "action_error" or what == "dropped":
                     self._notes.append(eff)
                 count_signal(self._tally, eff.what, eff.flow, eff.step, eff.detail, source, orphans)
@@ -394,7 +394,10 @@ class BatchPlanner:
             puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
         self.guards.plan(batch, self._records, states, self.watermarks)  # outbox, guardrails
-        batch.stats = {k: v for k, v in self._stats.items() if v}
+        for (_shard, name), inc in self._stats.items():
+            batch.stats[name] = batch.stats.get(name, 0) + inc
+        batch.stats = {k: v for k, v in batch.stats.items() if v}
+        batch.shard_stats = {k: v for k, v in self._stats.items() if v}
         return BatchPlan(
             batch,
             self._records,

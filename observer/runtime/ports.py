@@ -102,6 +102,9 @@ class WriteBatch:
     # (flow, slot id, due ms or None to remove): instances of a guarded flow with timers that
     # have not fired yet though due (waiting for an alias answer): the flow's decider waits
     floors: list[tuple[str, str, int | None]] = field(default_factory=list)
+    # Redis Cluster (issue 18): `stats` by the shard whose write counts them ((shard, field) ->
+    # increment), so that each shard's write is atomic on its own
+    shard_stats: dict[tuple[int, str], int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

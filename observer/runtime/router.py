@@ -114,6 +114,9 @@ class Router:
         # a deadline fires without waiting for the next interval (which still applies while
         # nothing is read: an idle partition's watermark moves with the clock).
         self._marks_follow_reads = config.routing == "direct"
+        # Through the broker, marks follow a batch read too, but at most every quarter interval
+        # (16 keyed records each): a deadline waits ~5 ms for its mark instead of up to 20.
+        self._mark_after_read = Every(config.mark_interval_ms / 4000.0, clock.monotonic)
         self._commit_every = Every(config.commit_interval_ms / 1000.0, clock.monotonic)
         self._subscribed = False
 
@@ -181,8 +184,11 @@ class Router:
                 f"cannot write to the keyed topic {self.keyed_topic}: {self._failed}"
             )
         self._settle()
-        if self._mark_every.due() or (records and self._marks_follow_reads):
+        if self._mark_every.due() or (
+            records and (self._marks_follow_reads or self._mark_after_read.due())
+        ):
             self._mark_every.restart()
+            self._mark_after_read.restart()
             self._send_marks()
         if self._commit_every.due():
             self.commits.commit(wait=False)

@@ -34,7 +34,7 @@ class RedisFlowStore:
     def __init__(self, settings: RedisSettings | str, keys: Keys, timeout_s: float = 5.0) -> None:
         if isinstance(settings, str):
             settings = parse_redis_url(settings)
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
         self._keys = keys
         self._count = self._redis.register_script(load_script("versions.lua"))
 
@@ -47,7 +47,7 @@ class RedisFlowStore:
             with self._redis.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(versions)  # type: ignore[no-untyped-call]
+                        pipe.watch(versions)
                         stored = pipe.hmget(versions, fields)
                         current = self._parse(dict(zip(fields, stored, strict=True)))
                         plan = plan_deploy(flows, current)
@@ -120,7 +120,7 @@ class RedisFlowStore:
             with self._redis.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(versions)  # type: ignore[no-untyped-call]
+                        pipe.watch(versions)
                         raw = pipe.hget(versions, field)
                         if raw is None or StoredFlow.from_json(raw).digest != digest:
                             pipe.unwatch()

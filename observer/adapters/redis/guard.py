@@ -12,15 +12,18 @@ from observer.runtime.ports import GuardCommit, GuardSnapshot, WriteBatch
 __all__ = ["commit_args", "guard_write_args", "parse_snapshot", "read_args"]
 
 
-def guard_write_args(keys: Keys, batch: WriteBatch, cap: int) -> list[Any]:
-    """The guardrails' block of `write.lua`'s arguments."""
+def guard_write_args(
+    keys: Keys, batch: WriteBatch, cap: int, paused_key: str | None = None
+) -> list[Any]:
+    """The guardrails' block of `write.lua`'s arguments. `paused_key`: another key than
+    `guard_paused` to read pauses from (a Redis Cluster: the shard's, never set)."""
     args: list[Any] = [keys.guard_watermarks(), len(batch.watermarks)]
     for shard, wm in batch.watermarks:
         args += [shard, wm]
     args.append(len(batch.waiting))
     for w in batch.waiting:
         args += [keys.guard(w.flow, "waiting"), keys.guard(w.flow, "wdata"), w.at, w.id, w.data]
-    args += [keys.guard_paused(), cap, len(batch.gated)]
+    args += [paused_key or keys.guard_paused(), cap, len(batch.gated)]
     for g in batch.gated:
         args += [
             g.flow,

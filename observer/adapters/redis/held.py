@@ -35,7 +35,7 @@ class RedisHeldActions:
     ) -> None:
         if isinstance(settings, str):
             settings = parse_redis_url(settings)
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
         self.keys = Keys(prefix, 1)  # guard keys and histories do not depend on the shards
         self.history_cap = history_cap
         self._script = self._redis.register_script(load_script("held.lua"))

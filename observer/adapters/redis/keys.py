@@ -32,6 +32,8 @@ a slot within its shard and flow, 0 <= n < buckets):
                               deviations waiting for it, held actions (`guard()`)
     P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
     P:guard-paused            HASH   flow or `*` -> why its actions are held
+    P:{s}:stats               HASH   on a Redis Cluster only: `stats` of shard s's writes
+                                     (every multi-key script touches one hash slot there)
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -239,6 +241,18 @@ class Keys:
     def guard_paused(self) -> str:
         """HASH flow (`*`: every flow) -> why its actions are held (`observer actions pause`)."""
         return f"{self.prefix}:guard-paused"
+
+    # -- Redis Cluster (issue 18) ------------------------------------------------------------------
+
+    def shard_stats(self, shard: int) -> str:
+        """HASH `open:<flow>` -> n: on a Redis Cluster, `stats` kept per shard (in the shard's
+        hash slot, so each shard's write stays one script on one slot); read as their sum."""
+        return f"{self.prefix}:{{{shard}}}:stats"
+
+    def shard_paused(self, shard: int) -> str:
+        """What a shard's write reads pauses from on a Redis Cluster, in the shard's slot: never
+        written, since pausing needs a single Redis (the gate then always publishes)."""
+        return f"{self.prefix}:{{{shard}}}:guard-paused"
 
 
 def tally_field(count: tuple[str, str, str, str]) -> str:

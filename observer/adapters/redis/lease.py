@@ -49,7 +49,7 @@ class RedisLease:
         self.key = key
         self.owner = owner
         self.ttl_ms = ttl_ms
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
 
     def acquire(self) -> str | None:
         try:

@@ -33,7 +33,7 @@ class RedisSlotReader:
     ) -> None:
         if isinstance(settings, str):
             settings = parse_redis_url(settings)
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
         self._prefix = prefix
         self._keys: Keys | None = None
         if shards:

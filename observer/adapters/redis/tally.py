@@ -32,7 +32,7 @@ class RedisTally:
     ) -> None:
         if isinstance(settings, str):
             settings = parse_redis_url(settings)
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
         self._keys = Keys(prefix, 1)
 
     def add(self, counts: Mapping[int, Mapping[Count, int]]) -> None:
