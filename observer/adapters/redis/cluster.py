@@ -137,9 +137,10 @@ def _at(settings: RedisSettings, host: str, port: int) -> RedisSettings:
 def split_batch(batch: WriteBatch) -> dict[int, WriteBatch]:
     """A batch as one batch per shard it touches (a Redis Cluster writes each atomically in
     the shard's hash slot). Gated action records go with their shard; `stats` are left to the
-    caller (`WriteBatch.shard_stats`). The guardrails' deviations, floors and watermarks span
-    shards: a batch that has them cannot be split (ConfigError)."""
-    if batch.waiting or batch.floors or batch.watermarks:
+    caller (`WriteBatch.shard_stats`). The guardrails' deviations and floors span shards: a
+    batch that has them cannot be split (ConfigError). The shards' watermarks are left out:
+    only flows with guardrails read them."""
+    if batch.waiting or batch.floors:
         raise ConfigError(
             "guardrails need a single Redis: their keys span flows and shards, which a Redis "
             "Cluster cannot change atomically (docs/running.md, Redis Cluster)"

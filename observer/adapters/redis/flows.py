@@ -44,7 +44,7 @@ class RedisFlowStore:
         if not fields:
             return DeployPlan()
         try:
-            with self._redis.pipeline() as pipe:
+            with self._redis.pipeline(transaction=True) as pipe:
                 while True:
                     try:
                         pipe.watch(versions)
@@ -54,7 +54,7 @@ class RedisFlowStore:
                         if plan.refused or not plan.added:
                             pipe.unwatch()
                             return plan
-                        now = _ms(pipe.time())
+                        now = _ms(self._redis.time())  # (a cluster pipeline has no TIME)
                         added = [dataclasses.replace(sf, deployed_at=now) for sf in plan.added]
                         pipe.multi()
                         for sf in added:
@@ -117,7 +117,7 @@ class RedisFlowStore:
     def retire(self, flow: str, version: int, digest: str) -> bool:
         versions, field = self._keys.flow_versions(), f"{flow}:{version}"
         try:
-            with self._redis.pipeline() as pipe:
+            with self._redis.pipeline(transaction=True) as pipe:
                 while True:
                     try:
                         pipe.watch(versions)
