@@ -42,17 +42,21 @@ def _cluster_ok(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster_url(stack: Any) -> str:
+def cluster_url(stack: Any) -> Iterator[str]:
     """redis+cluster:// URL of the test cluster (OBSERVER_REDIS_CLUSTER_URL, or ops/stack's,
-    started when it does not answer)."""
+    started when it does not answer and then stopped at the end of the session)."""
     given = os.environ.get("OBSERVER_REDIS_CLUSTER_URL")
     if given:
-        return given
+        yield given
+        return
     seed = f"redis://127.0.0.1:{CLUSTER_PORT}/0"
-    if not _cluster_ok(seed):
+    started = not _cluster_ok(seed)
+    if started:
         stack.ops_stack("start", "redis-cluster")
     assert _cluster_ok(seed), "ops/stack start redis-cluster did not make a cluster that is ok"
-    return f"redis+cluster://127.0.0.1:{CLUSTER_PORT}"
+    yield f"redis+cluster://127.0.0.1:{CLUSTER_PORT}"
+    if started:
+        stack.ops_stack("stop", "redis-cluster")
 
 
 @pytest.fixture
