@@ -394,9 +394,9 @@ class DurableWatch:
 
 def redis_delete_prefix(url: str, prefix: str) -> int:
     """UNLINK every key `prefix:*`; returns how many."""
-    import redis
+    from observer.redis_settings import parse_redis_url
 
-    r = redis.Redis.from_url(url)
+    r = parse_redis_url(url).redis_py_client(30.0)  # (a cluster: scans and unlinks per node)
     n = 0
     batch: list[bytes] = []
     for k in r.scan_iter(match=f"{prefix}:*", count=5000):

@@ -64,7 +64,9 @@ class Run:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         return (self.out / "logs" / f"{name}.log").open("wb")
 
-    def observer_cmd(self, flow_dir: Path, group: str, port: int, key_prefix: str) -> list[str]:
+    def observer_cmd(
+        self, flow_dir: Path, group: str, port: int, key_prefix: str, redis_url: str | None = None
+    ) -> list[str]:
         return [
             self.args.observer_python,
             "-m",
@@ -74,7 +76,7 @@ class Run:
             "--bootstrap-servers",
             self.bs,
             "--redis-url",
-            self.args.redis_url,
+            redis_url or self.args.redis_url,
             "--group-id",
             group,
             "--http-port",

@@ -60,14 +60,18 @@ def count_records(
 
 
 def redis_client(url: str) -> Any:
-    import redis
+    from observer.redis_settings import parse_redis_url
 
-    return redis.Redis.from_url(url)
+    return parse_redis_url(url).redis_py_client(30.0)
 
 
 def redis_used_memory(url: str) -> int:
+    """`used_memory` (a cluster: summed over its masters)."""
     r = redis_client(url)
     try:
+        if hasattr(r, "get_primaries"):
+            nodes = r.get_primaries()
+            return sum(int(r.info("memory", target_nodes=node)["used_memory"]) for node in nodes)
         return int(r.info("memory")["used_memory"])
     finally:
         r.close()

@@ -65,6 +65,13 @@ def _throughput_rows(res: dict[str, Any]) -> list[Row]:
     if direct:
         scale = direct["events_per_s"] / base if base and direct.get("events_per_s") else None
         rows.append(("direct x1", direct, f"x{scale:.2f} of 1 keyed proc; " if scale else ""))
+    cluster = res.get("cluster")
+    if cluster:
+        scale = cluster["events_per_s"] / base if base and cluster.get("events_per_s") else None
+        note = f"x{scale:.2f} of 1 keyed proc on one Redis; " if scale else ""
+        rows.append(
+            ("cluster x1", cluster, note + "keyed routing, state on a 3-master Redis Cluster")
+        )
     one = best_single(res)
     base = one.get("events_per_s")
     for kind in ("faust", "quix"):

@@ -42,8 +42,8 @@ from benchmarks.measure.peers import measure_peer
 from benchmarks.processes import webhook_sink
 from benchmarks.report import report, targets
 
-PARTS = ("observer", "direct", "faust", "quix", "latency", "memory")
-THROUGHPUT_PARTS = ("observer", "direct", "faust", "quix")  # these measure the workload
+PARTS = ("observer", "direct", "cluster", "faust", "quix", "latency", "memory")
+THROUGHPUT_PARTS = ("observer", "direct", "cluster", "faust", "quix")  # these measure the workload
 
 
 def _default_python(candidates: Sequence[Path]) -> str:
@@ -72,6 +72,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="reuse a produced workload (its folder, with workload.json)",
     )
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument(
+        "--redis-cluster-url",
+        default="redis+cluster://127.0.0.1:7000",
+        help="the `cluster` part's Redis Cluster (ops/stack start redis-cluster)",
+    )
     ap.add_argument(
         "--http-port-base", type=int, default=18100, help="observer ops API ports start here"
     )
@@ -151,6 +156,9 @@ def measure(run: Run) -> None:
             }
         if "direct" in args.parts:
             res["direct"] = measure_observer(run, manifest, expected, 1, "direct")
+        if "cluster" in args.parts:  # one keyed process, its state on a Redis Cluster
+            url = args.redis_cluster_url
+            res["cluster"] = measure_observer(run, manifest, expected, 1, redis_url=url)
         for kind in ("faust", "quix"):
             if kind in args.parts:
                 res[kind] = measure_peer(run, manifest, expected, kind)

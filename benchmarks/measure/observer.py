@@ -22,14 +22,23 @@ from benchmarks.report import _ok
 
 
 def measure_observer(
-    run: Run, manifest: dict[str, Any], expected: dict[str, Any], n: int, routing: str = "keyed"
+    run: Run,
+    manifest: dict[str, Any],
+    expected: dict[str, Any],
+    n: int,
+    routing: str = "keyed",
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """`n` processes of `observer run`, timed until the state is durable. With direct routing
     (one process) the source group's commits are that point: the router commits a batch only
-    once the tracker committed it, `commit_delay_ms` after its Redis write."""
+    once the tracker committed it, `commit_delay_ms` after its Redis write. `redis_url`:
+    another Redis than `--redis-url` (the `cluster` part: a Redis Cluster)."""
     args = run.args
     prefix = manifest["prefix"]
     label = f"obs{n}" if routing == "keyed" else f"{routing}{n}"
+    if redis_url is not None:
+        label = f"cluster{n}"
+    redis_url = redis_url or args.redis_url
     group = key_prefix = f"{prefix}-{label}"
     topics = wl.runtime_topics(prefix, label)
     run.make_runtime_topics(topics)
@@ -41,7 +50,7 @@ def measure_observer(
     watch: Watch = source_watch
     if routing == "keyed":
         watch = DurableWatch(source_watch, cfg.keyed_topic_name(), keyed_group(group))
-    mem_before = redis_used_memory(args.redis_url)
+    mem_before = redis_used_memory(redis_url)
     log(
         f"observer x{n} ({routing} routing): {watch.total:,} events, group {group}"
         + (f" and {keyed_group(group)}" if routing == "keyed" else "")
@@ -53,16 +62,22 @@ def measure_observer(
         run,
         watch,
         [
-            Launch(run.observer_cmd(flow_dir, group, port, key_prefix), f"{label}-{i}", env, port)
+            Launch(
+                run.observer_cmd(flow_dir, group, port, key_prefix, redis_url),
+                f"{label}-{i}",
+                env,
+                port,
+            )
             for i, port in enumerate(ports)
         ],
         args.settle,
     )
-    mem_after = redis_used_memory(args.redis_url)
+    mem_after = redis_used_memory(redis_url)
     check = check_alerts(count_records(run.bs, topics.alerts), expected)
     res = {
         "processes": n,
         "routing": routing,
+        "redis": "cluster" if label.startswith("cluster") else "single",
         "group": group,
         **m.figures(),
         "commit_delay_ms": cfg.commit_delay_ms,
@@ -78,7 +93,7 @@ def measure_observer(
         ],
     }
     if not args.keep:
-        redis_delete_prefix(args.redis_url, key_prefix)
+        redis_delete_prefix(redis_url, key_prefix)
     log(
         f"observer x{n}: {fmt_rate(res['events_per_s'])} events/s ({m.stopped}), alerts {check['counts']}, check {_ok(check['ok'])}"
     )
