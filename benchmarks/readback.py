@@ -65,6 +65,20 @@ def redis_client(url: str) -> Any:
     return parse_redis_url(url).redis_py_client(30.0)
 
 
+def redis_cpu_s(url: str) -> float:
+    """CPU seconds Redis used so far, user + system (a cluster: summed over its masters)."""
+    r = redis_client(url)
+    try:
+        nodes = r.get_primaries() if hasattr(r, "get_primaries") else [None]
+        total = 0.0
+        for node in nodes:
+            info = r.info("cpu", target_nodes=node) if node is not None else r.info("cpu")
+            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return total
+    finally:
+        r.close()
+
+
 def redis_used_memory(url: str) -> int:
     """`used_memory` (a cluster: summed over its masters)."""
     r = redis_client(url)

@@ -97,6 +97,8 @@ def _throughput_lines(res: dict[str, Any], rows: list[Row]) -> list[str]:
         f"{'throughput':<14}{'events/s':>11}{'events':>11}{'seconds':>9}{'tail s':>8}{'cpu s':>8}{'ev/cpu-s':>10}{'peak RSS MB':>13}  {'alerts':<7}{'by kind':<44} note",
     ]
     for name, r, note in rows:
+        if r.get("redis_cpu_us_per_event") is not None:
+            note = f"Redis {r['redis_cpu_us_per_event']:.1f} us CPU/event; {note}"
         secs = r.get("seconds")
         tail = r.get("durable_tail_s")
         check = r.get("alerts_check") or {}

@@ -17,7 +17,13 @@ from benchmarks.common import (
 )
 from benchmarks.harness import Run, keyed_group
 from benchmarks.processes import Launch, Watch, measure_processes
-from benchmarks.readback import check_alerts, count_records, distinct_outcomes, redis_used_memory
+from benchmarks.readback import (
+    check_alerts,
+    count_records,
+    distinct_outcomes,
+    redis_cpu_s,
+    redis_used_memory,
+)
 from benchmarks.report import _ok
 
 
@@ -51,6 +57,7 @@ def measure_observer(
     if routing == "keyed":
         watch = DurableWatch(source_watch, cfg.keyed_topic_name(), keyed_group(group))
     mem_before = redis_used_memory(redis_url)
+    cpu_before = redis_cpu_s(redis_url)
     log(
         f"observer x{n} ({routing} routing): {watch.total:,} events, group {group}"
         + (f" and {keyed_group(group)}" if routing == "keyed" else "")
@@ -73,6 +80,7 @@ def measure_observer(
         args.settle,
     )
     mem_after = redis_used_memory(redis_url)
+    redis_cpu = redis_cpu_s(redis_url) - cpu_before  # the whole measurement, start-up included
     check = check_alerts(count_records(run.bs, topics.alerts), expected)
     res = {
         "processes": n,
@@ -87,6 +95,8 @@ def measure_observer(
         "outcomes": distinct_outcomes(count_records(run.bs, topics.outcomes)),
         "outcomes_expected_at_least": expected["outcomes_certain"],
         "redis_used_memory_delta": mem_after - mem_before,
+        "redis_cpu_s": redis_cpu,
+        "redis_cpu_us_per_event": redis_cpu * 1e6 / max(1, watch.total),
         "metrics": _merge_metrics(m.metrics),
         "metrics_per_process": [
             {k: v for k, v in pm.items() if k in _PER_PROCESS} for pm in m.metrics
