@@ -4,7 +4,8 @@
 -- due index idx scores each bucket (member m = <flow>:<n>) with the earliest due time among
 -- its fields.
 -- ARGV (flat, counted groups):
---   n_puts,   then per put:   b, idx, m, f, value, ttl_ms, hist_key, cap, n, entry*n
+--   n_puts,   then per put:   b, idx, m, f, value, ttl_ms, hist_key ('' when n = 0), cap, n,
+--                             entry*n
 --   n_dels,   then per del:   b, idx, m, f, hist_key
 --   n_stale,  then per stale: b, idx, m, f   (the slot's timers are dropped, its state kept)
 --   n_odel,   then per entry: outbox_key, observer_id
