@@ -134,3 +134,20 @@ def test_mask_url_hides_passwords_in_the_userinfo_and_the_query() -> None:
     )
     assert mask_url("redis://[::1]:6379/0?password=x") == "redis://[::1]:6379/0?password=***"
     assert mask_url("redis://h:notaport/0") == "***"
+
+
+def test_a_redis_cluster_url() -> None:
+    s = parse_redis_url("redis+cluster://alice:pw@node-1:7000")
+    assert (s.cluster, s.host, s.port, s.db, s.username, s.tls) == (
+        True,
+        "node-1",
+        7000,
+        0,
+        "alice",
+        False,
+    )
+    assert s.where == "redis+cluster://node-1:7000/0"
+    assert parse_redis_url("rediss+cluster://node-1:7000?ssl_cert_reqs=none").tls
+    assert not parse_redis_url("redis://node-1:7000").cluster
+    with pytest.raises(ConfigError, match="database 0 only"):
+        parse_redis_url("redis+cluster://node-1:7000/2")
