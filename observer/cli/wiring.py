@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from observer.config import ObserverConfig, mask_url
-from observer.errors import StoreError
+from observer.errors import ConfigError, StoreError
 from observer.flows.registry import FlowRegistry
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
@@ -145,6 +145,7 @@ def build_service(
     from observer.runtime.service import Service
 
     redis = config.redis()  # one parse: the hot path and redis-py connect alike
+    _check_cluster(redis, registry, config)
     clock = SystemClock()
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
     metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
@@ -234,6 +235,22 @@ def _held_actions(
 
     port = RedisHeldActions(redis, config.key_prefix, history_cap=config.history_cap)
     return action_routes(port, clock.now_ms), port.close
+
+
+def _check_cluster(redis: RedisSettings, registry: FlowRegistry, config: ObserverConfig) -> None:
+    """Issue 18: what a Redis Cluster cannot hold yet is refused before anything runs (a flow
+    with guardrails deployed later is refused at its first deviation)."""
+    if not redis.cluster:
+        return
+    guarded = sorted(f.name for f in registry if f.guardrails.active)
+    if guarded or config.actions == "hold":
+        what = (
+            f"flows with guardrails ({', '.join(guarded)})" if guarded else "OBSERVER_ACTIONS=hold"
+        )
+        raise ConfigError(
+            f"{what} need a single Redis: held actions and incidents span flows and shards, "
+            "which a Redis Cluster cannot change atomically (docs/running.md, Redis Cluster)"
+        )
 
 
 def _runtime_ports(

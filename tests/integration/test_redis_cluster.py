@@ -174,3 +174,21 @@ def test_observer_run_tracks_a_flow_on_a_cluster(
         assert [a.key for a in h.alerts()] == [b"c2"] and len(h.out("cmds")) == 1
     finally:
         h.close()
+
+
+def test_guardrails_are_refused_on_a_cluster_before_anything_runs(
+    stack: Any, cluster_url: str, unique: str, tmp_path: Path
+) -> None:
+    from observer.cli import build_service
+    from observer.config import ObserverConfig
+    from observer.flows.compiler import load_registry
+    from tests.integration.harness import FLOW
+
+    flow = tmp_path / "guarded.yaml"
+    text = FLOW.replace("PAY_WINDOW", "2s").replace("P.", f"{unique}.")
+    flow.write_text(text + "guardrails:\n  max_actions: {count: 10, per: 1m}\n")
+    config = ObserverConfig.load(
+        {"bootstrap_servers": stack.bootstrap_servers, "redis_url": cluster_url}, {}
+    )
+    with pytest.raises(ConfigError, match=r"flows with guardrails \(shop\) need a single Redis"):
+        build_service(config, load_registry([flow]), (str(flow),))
