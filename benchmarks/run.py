@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -168,6 +169,19 @@ def measure(run: Run) -> None:
         res["memory"] = measure_memory(run)
 
 
+def _commit() -> str:
+    """The commit measured (`+dirty` when the work tree has changes), for the results."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -177,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     res = run.results
     res.update(
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        commit=_commit(),
         argv=sys.argv[1:],
         machine={"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
         observer_python=args.observer_python,
@@ -190,12 +205,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             res["webhooks_received"] = sink.count
             res["targets"] = targets(res)
             res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            res["machine"]["load_avg_at_end"] = os.getloadavg()
             path = REPO / "benchmarks" / "results" / f"{stamp}.json"
             path.write_text(json.dumps(res, indent=2, default=str) + "\n")
             if not args.keep:
                 cleanup(run)
     print(report(res))
-    print(f"\nfigures: {path}")
+    load = res["machine"]
+    print(
+        f"\ncommit {res['commit']}; load average at start {load['load_avg_at_start'][0]:.1f}, "
+        f"at end {load['load_avg_at_end'][0]:.1f} ({load['cpus']} CPUs)"
+    )
+    print(f"figures: {path}")
 
 
 if __name__ == "__main__":
