@@ -155,7 +155,7 @@ def pause(flow: str | None, redis_url: str | None, key_prefix: str | None, reaso
     port = _port(redis_url, key_prefix)
     try:
         port.pause(flow, reason)
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         fail(str(exc))
     finally:
         port.close()

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from observer.errors import StoreError
+from observer.errors import ConfigError, StoreError
 from observer.runtime.guard_ports import HeldActions
 from observer.runtime.held_ops import (
     Selection,
@@ -76,6 +76,8 @@ def action_routes(port: HeldActions, now_ms: Callable[[], int]) -> list[BaseRout
                 return await run_in_threadpool(fn, request, body)
             except StoreError as exc:
                 return _json({"error": str(exc)}, 503)
+            except ConfigError as exc:  # what this store cannot do (a Redis Cluster: pausing)
+                return _json({"error": str(exc)}, 409)
             except ValueError as exc:  # orjson's decode error is one too
                 return _json({"error": f"bad request: {exc}"}, 400)
 

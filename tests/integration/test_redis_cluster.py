@@ -192,3 +192,15 @@ def test_guardrails_are_refused_on_a_cluster_before_anything_runs(
     )
     with pytest.raises(ConfigError, match=r"flows with guardrails \(shop\) need a single Redis"):
         build_service(config, load_registry([flow]), (str(flow),))
+
+
+def test_pausing_actions_is_refused_on_a_cluster(cluster_url: str, unique: str) -> None:
+    from observer.adapters.redis.held import RedisHeldActions
+
+    port = RedisHeldActions(cluster_url, unique)
+    try:
+        with pytest.raises(ConfigError, match="single Redis"):
+            port.pause(None, "test")
+        assert port.paused() == {}
+    finally:
+        port.close()

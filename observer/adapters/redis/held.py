@@ -14,7 +14,7 @@ import redis
 
 from observer.adapters.redis.keys import Keys
 from observer.adapters.redis.store import load_script
-from observer.errors import StoreError
+from observer.errors import ConfigError, StoreError
 from observer.redis_settings import RedisSettings, parse_redis_url
 from observer.runtime.held import HeldAction
 
@@ -36,6 +36,7 @@ class RedisHeldActions:
         if isinstance(settings, str):
             settings = parse_redis_url(settings)
         self._redis = settings.redis_py_client(timeout_s)
+        self._cluster = settings.cluster
         self.keys = Keys(prefix, 1)  # guard keys and histories do not depend on the shards
         self.history_cap = history_cap
         self._script = self._redis.register_script(load_script("held.lua"))
@@ -79,6 +80,11 @@ class RedisHeldActions:
         return total
 
     def pause(self, flow: str | None, reason: str) -> None:
+        if self._cluster:  # the writes there would not see it (`RedisStateStore`)
+            raise ConfigError(
+                "pausing actions needs a single Redis, not a Redis Cluster (docs/running.md, "
+                "Redis Cluster)"
+            )
         self._call(self._redis.hset, self.keys.guard_paused(), flow or "*", reason)
 
     def resume(self, flow: str | None) -> None:
