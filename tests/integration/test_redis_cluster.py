@@ -82,6 +82,12 @@ def test_key_slots_are_the_clusters(cluster: RedisCluster) -> None:
     s = keys.shard_of(sid)
     shard_keys = [keys.bucket(s, sid), keys.outbox(s), keys.shard_stats(s), keys.shard_paused(s)]
     assert {key_slot(k) for k in [*shard_keys, keys.history(s, sid)]} == {key_slot(keys.due(s))}
+    # what makes the store's check live: with a shebang, Redis refuses a script that reaches a
+    # second hash slot, even one served by the same node (as {3} and {7} are in ops/stack's)
+    node = cluster.get_redis_connection(cluster.get_node_from_key("{3}"))
+    two_slots = "#!lua\nredis.call('GET', ARGV[1]); return redis.call('GET', ARGV[2])"
+    with pytest.raises(redis.ResponseError, match="same slot|non local key"):
+        node.eval(two_slots, 0, "x{3}", "x{7}")
 
 
 def test_the_store_keeps_the_contract_on_a_cluster(
