@@ -86,7 +86,7 @@ def test_key_slots_are_the_clusters(cluster: RedisCluster) -> None:
     # second hash slot, even one served by the same node (as {3} and {7} are in ops/stack's)
     node = cluster.get_redis_connection(cluster.get_node_from_key("{3}"))
     two_slots = "#!lua\nredis.call('GET', ARGV[1]); return redis.call('GET', ARGV[2])"
-    with pytest.raises(redis.ResponseError, match="same slot|non local key"):
+    with pytest.raises(redis.ResponseError, match=r"same slot|non local key"):
         node.eval(two_slots, 0, "x{3}", "x{7}")
 
 
