@@ -55,9 +55,11 @@ class KafkaAlertFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: str | None = "not read yet"
+        self._ready = threading.Event()  # the tail read once (or the reader gave up)
 
     def recent(self) -> list[dict[str, Any]]:
         self._start()
+        self._ready.wait(self._timeout_s)  # the first request waits for the tail
         with self._lock:
             records = list(self._records)
             error = self._error
@@ -98,15 +100,18 @@ class KafkaAlertFeed:
             while not self._stop.is_set() and not self._assign(consumer):
                 self._stop.wait(2.0)
             while not self._stop.is_set():
-                for msg in consumer.consume(500, timeout=0.5):
-                    if msg.error() is not None:
-                        continue
-                    self._add(msg.timestamp()[1], msg.value())
+                batch = consumer.consume(500, timeout=0.5)
+                for msg in batch:
+                    if msg.error() is None:
+                        self._add(msg.timestamp()[1], msg.value())
+                if len(batch) < 500:
+                    self._ready.set()  # caught up with the tail
         except KafkaException as exc:
             log.warning("the console stopped reading %s: %s", self._topic, exc)
             with self._lock:
                 self._error = str(exc)
         finally:
+            self._ready.set()
             if consumer is not None:
                 consumer.close()
 

@@ -93,22 +93,26 @@ function setLive(ok, text) {
   live.title = text;
 }
 
+function put(box, ...nodes) {
+  box.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+}
+
 function show(...nodes) {
-  const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  put(document.getElementById("main"), ...nodes);
 }
 
 function fail(err) {
-  return el("p", { class: "error" }, String(err.message || err));
+  return el("p", { class: "error refresh-error" }, String(err.message || err));
 }
 
 // -- flows ---------------------------------------------------------------------------------------
 
 function flowRow(f) {
   const guard = f.guardrails || {};
-  const incidents = guard.available
-    ? (guard.incidents || []).map((i) => el("span", { class: "pill bad" }, `${i.deviation} ${i.step || ""} ×${i.count}`))
-    : el("span", { class: "muted" }, "guardrails not available");
+  const open = (guard.incidents || []).length;
+  const incidents = !guard.available ? el("span", { class: "muted" }, "guardrails not available")
+    : !open ? el("span", { class: "muted" }, "none")
+    : guard.incidents.map((i) => el("span", { class: "pill bad" }, `${i.deviation} ${i.step || ""} ×${i.count}`));
   return el(
     "tr",
     { "data-flow": f.flow },
@@ -274,7 +278,7 @@ function instancePage(flow, key, via) {
         return;
       }
       const head = `${v.flow} ${v.key}: ${v.state}` + (v.version ? ` (version ${v.version}, path ${v.path})` : "") + (v.outcome ? `, outcome ${v.outcome}` : "");
-      box.replaceChildren(
+      put(box,
         el("h1", { id: "instance-head" }, head),
         v.via ? el("p", { class: "muted" }, `found via ${v.via.alias} ${v.via.value}`) : null,
         v.problem ? el("p", { class: "error" }, v.problem) : null,
@@ -349,12 +353,17 @@ function route() {
 async function refresh() {
   clearTimeout(timer);
   const mine = page;
+  const shown = () => document.querySelector("#main > .refresh-error");
   try {
     await mine.refresh();
     setLive(true, "updated " + new Date().toLocaleTimeString());
+    if (mine === page && shown()) shown().remove();
   } catch (err) {
     setLive(false, String(err.message || err));
-    if (mine === page && !document.querySelector("#main .error")) document.getElementById("main").prepend(fail(err));
+    if (mine === page) {
+      if (shown()) shown().remove();
+      document.getElementById("main").prepend(fail(err));
+    }
   }
   if (mine === page) timer = setTimeout(refresh, REFRESH_MS);
 }
