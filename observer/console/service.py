@@ -171,7 +171,8 @@ class ConsoleData:
         cached = orjson.loads(raw) if raw is not None else None
         if cached is not None and now - int(cached["computed_at_ms"]) < self.refresh_ms:
             return cached  # type: ignore[no-any-return]
-        if cached is not None and not self.store.claim_count(flow, self.refresh_ms):
+        claimed = self.store.claim_count(flow, self.refresh_ms)
+        if cached is not None and not claimed:  # another process is counting it
             return cached  # type: ignore[no-any-return]
         slots = list(self.store.slots(flow, self.count_limit + 1))
         partial = len(slots) > self.count_limit
