@@ -136,6 +136,25 @@ class ConsoleData:
             )
         return {"flows": flows, "controls": self.controls, "at": self.now_ms()}
 
+    def held_groups(self, flow: str) -> list[dict[str, Any]]:
+        """The flow's held actions by why they are held (an incident, the rate limit, a
+        pause): how many, of which actions, since when; the observer-ids of those held
+        without an incident (to release or drop them by id)."""
+        if self.held is None:
+            return []
+        groups: dict[tuple[str | None, str], dict[str, Any]] = {}
+        for h in held_actions(self.held, Selection(flow)):
+            group = groups.setdefault(
+                (h.incident, h.reason),
+                {"incident": h.incident, "reason": h.reason, "count": 0, "actions": {}, "ids": []},
+            )
+            group["count"] += 1
+            group["actions"][h.action] = group["actions"].get(h.action, 0) + 1
+            group.setdefault("since", view(h)["deviation"]["at"])
+            if h.incident is None and len(group["ids"]) < 1_000:
+                group["ids"].append(h.observer_id)
+        return list(groups.values())
+
     def flow_live(self, flow: str, version: int | None = None) -> dict[str, Any]:
         """The live numbers of one flow version's drawing, per step."""
         compiled = self.compiled(flow, version)
@@ -156,6 +175,7 @@ class ConsoleData:
             "hour": flow_hour(flow, hour),
             "slo": self._slo(compiled, hour),
             "guardrails": self._guard(flow),
+            "held_groups": self.held_groups(flow),
             "counted_at": waiting["computed_at"],
             "partial": waiting["partial"],
             "controls": self.controls,
@@ -238,6 +258,7 @@ class ConsoleData:
             "alerts_available": available,
             "incidents": incidents,
             "guardrails_available": self.held is not None,
+            "controls": self.controls,
         }
 
     def instance(self, flow: str, key: str, via: str | None = None) -> dict[str, Any] | None:

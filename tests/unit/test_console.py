@@ -24,6 +24,7 @@ from observer.console.svg import NUMBER_FIELDS, render_svg
 from observer.console.timeline import timeline
 from observer.correlation import LATENCY_BOUNDS_MS, count_signal, latency_counts
 from observer.flows.compiler import load_registry
+from observer.http.actions import action_routes
 from observer.http.app import create_app
 from observer.http.console import console_routes
 from observer.metrics import Metrics
@@ -271,6 +272,7 @@ class Console:
             lambda: {"ready": True},
             CollectorRegistry(),
             token=TOKEN,
+            control_routes=action_routes(self.world.store, self.world.clock.now_ms),
             console_routes=console_routes(self.data),
         )
         self.http = TestClient(app)
@@ -397,3 +399,27 @@ def test_without_guardrails_or_alerts_the_console_says_so(console: Console) -> N
     assert data.overview()["flows"][0]["guardrails"] == {"available": False}
     got = data.alerts()
     assert got["alerts_available"] is False and got["guardrails_available"] is False
+
+
+def test_held_actions_show_on_the_instance_and_go_once_released(console: Console) -> None:
+    console.world.store.pause(None, "dry run")  # every action held (OBSERVER_ACTIONS=hold)
+    _workload(console)
+    console.world.clock.advance(10.0)  # o-2's payment window passes: `cancel` is held
+    console.turn(10)
+    console.turn(1, seconds=5.0)
+    found = console.get("/console/api/instances/shop/o-2").json()
+    (held,) = found["held_actions"]
+    assert held["action"] == "cancel" and held["reason"] == "paused" and found["controls"]
+    assert any(e["what"] == "held" for e in found["timeline"])
+    overview = console.get("/console/api/overview").json()
+    assert overview["flows"][0]["held"] >= 1 and overview["flows"][0]["guardrails"]["paused"]
+    (group,) = console.get("/console/api/flows/shop/live").json()["held_groups"]
+    assert group["reason"] == "paused" and held["observer_id"] in group["ids"]  # o-2, o-3
+    released = console.http.post(
+        "/actions/shop/release",
+        json={"ids": [held["observer_id"]]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()
+    assert released["released"] == 1
+    after = console.get("/console/api/instances/shop/o-2").json()
+    assert "held_actions" not in after and any(e["what"] == "released" for e in after["timeline"])

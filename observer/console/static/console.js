@@ -159,12 +159,14 @@ function flowPage(flow, version) {
   const list = el("div", { class: "panel", id: "waiting" }, el("p", { class: "muted" }, "Click a step to list the instances waiting there."));
   const versionSelect = el("select", { id: "version", onchange: (e) => { location.hash = `#/flow/${enc(flow)}/${e.target.value}`; } });
   const sloBox = el("span", { id: "slo" });
+  const held = el("div", { id: "held-groups" });
   show(
     el("h1", {}, `Flow ${flow} `, versionSelect, " ", sloBox),
     el("div", { class: "cards" }, card("open", "open"), card("started 1h", "started"), card("outcomes 1h", "outcomes"),
       card("deviations 1h", "deviations"), card("incidents", "incidents"), card("held actions", "held")),
     drawing,
     el("p", { class: "muted", id: "counted" }),
+    held,
     list,
   );
   let drawn = null;
@@ -214,6 +216,7 @@ function flowPage(flow, version) {
     set("incidents", guard.available ? String(guard.incidents.length) : "guardrails not available");
     set("held", guard.available ? String(Object.values(guard.held).reduce((a, b) => a + b, 0)) : "–");
     sloBox.replaceChildren(sloCell(data.slo));
+    put(held, heldGroups(flow, data));
     document.getElementById("counted").textContent =
       `waiting counted ${data.counted_at}${data.partial ? " (partial: more instances than the count limit)" : ""}; the last hour from the group's per-minute counts`;
   }
@@ -245,6 +248,37 @@ function describe(e) {
 async function takeHeld(flow, mode, ids) {
   const res = await api(`/actions/${enc(flow)}/${mode}`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ids }),
+  });
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  if (page) await page.refresh();
+}
+
+function heldGroups(flow, data) {
+  const groups = data.held_groups || [];
+  if (!groups.length) return null;
+  return el("div", { class: "panel" }, el("h2", {}, "Held actions"),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["held by", "count", "actions", "since", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, groups.map((g) => el("tr", {},
+        el("td", {}, g.incident ? `incident ${g.incident}` : g.reason),
+        el("td", { class: "num" }, g.count),
+        el("td", {}, pills(g.actions, () => "")),
+        el("td", {}, g.since || ""),
+        el("td", {}, data.controls
+          ? ["release", "drop"].map((mode) => el("button", { class: "small",
+              onclick: () => takeSelection(flow, mode, g.incident ? { incident: g.incident } : { ids: g.ids }) }, `${mode} all`))
+          : el("span", { class: "muted" }, "release/drop need OBSERVER_HTTP_TOKEN")))))));
+}
+
+async function takeIncident(flow, mode, incident) {
+  await takeSelection(flow, mode, { incident });
+}
+
+async function takeSelection(flow, mode, selection) {
+  const what = selection.incident ? `incident ${selection.incident}` : `${selection.ids.length} held actions`;
+  if (!confirm(`${mode} every action held by ${what} of ${flow}?`)) return;
+  const res = await api(`/actions/${enc(flow)}/${mode}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(selection),
   });
   const body = await res.json();
   if (!res.ok) throw new Error(body.error || res.statusText);
@@ -325,7 +359,11 @@ function alertsPage(params) {
       incidents.replaceChildren(!data.guardrails_available ? el("p", { class: "muted" }, "guardrails not available")
         : !data.incidents.length ? el("p", { class: "muted" }, "None open.")
         : el("table", {}, el("tbody", {}, data.incidents.map((i) => el("tr", {}, el("td", {}, i.flow), el("td", { class: "mono" }, i.id),
-          el("td", {}, `${i.deviation} ${i.step || ""}`), el("td", {}, `×${i.count}`), el("td", {}, `since ${i.opened_at}`))))));
+          el("td", {}, `${i.deviation} ${i.step || ""}`), el("td", {}, `×${i.count}`), el("td", {}, `since ${i.opened_at}`),
+          el("td", {}, data.controls
+            ? [el("button", { class: "small", onclick: () => takeIncident(i.flow, "release", i.id) }, "release its held actions"),
+               el("button", { class: "small", onclick: () => takeIncident(i.flow, "drop", i.id) }, "drop them")]
+            : el("span", { class: "muted" }, "release/drop need OBSERVER_HTTP_TOKEN")))))));
       alerts.replaceChildren(...data.alerts.map((a) => el("tr", { class: a.severity },
         el("td", {}, a.detected_at || ""), el("td", {}, a.flow || ""), el("td", {}, a.kind || ""), el("td", {}, a.step || ""),
         el("td", {}, a.key ? el("a", { href: `#/instance/${enc(a.flow)}/${enc(a.key)}` }, a.key) : ""),
