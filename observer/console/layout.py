@@ -2,7 +2,7 @@
 
 The main path runs left to right: each step sits one column right of the latest of its anchors
 (the start step in column 0), steps of one column stacked in declaration order. Every
-alternate path gets a lane of its own below: an entry node (the path and its outcome) one
+alternate path gets a lane of its own below (those a step's handler switches to first): an entry node (the path and its outcome) one
 column right of the earliest step whose handler switches to it, then its steps laid out from
 their own anchors. Error handlers (`errors:`) are nodes at the left of the lane of the path
 they switch to (or of a lane of their own). Edges: anchor -> step, labelled with the step's
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from observer.flows.compiled import CompiledFlow, CompiledStep
+from observer.flows.compiled import CompiledFlow, CompiledPath, CompiledStep
 from observer.timefmt import format_duration
 
 __all__ = ["COL_W", "NODE_H", "NODE_W", "ROW_H", "Edge", "FlowLayout", "Node", "layout_flow"]
@@ -128,7 +128,7 @@ def layout_flow(flow: CompiledFlow) -> FlowLayout:
     error_to: dict[int | None, list[int]] = {}
     for err in flow.errors:
         error_to.setdefault(err.handler.then, []).append(err.index)
-    for path in flow.paths[1:]:
+    for path in _lane_order(flow, triggers, steps_col):
         y += LANE_GAP
         out.lanes.append((f"{path.name} path → {path.outcome}", y))
         trig = triggers.get(path.index, [])
@@ -158,6 +158,22 @@ def layout_flow(flow: CompiledFlow) -> FlowLayout:
     out.width = max(n.x for n in out.nodes) + NODE_W + MARGIN
     out.height = y + MARGIN - (ROW_H - NODE_H)
     return out
+
+
+def _lane_order(
+    flow: CompiledFlow, triggers: dict[int, list[tuple[int, str]]], cols: dict[int, int]
+) -> list[CompiledPath]:
+    """Alternate paths top to bottom: those a step's handler switches to first (nearest the
+    main path, so their edges cross no other lane), by the column they are entered at; then
+    those only error handlers enter, in declaration order."""
+
+    def rank(path: CompiledPath) -> tuple[int, int, int]:
+        trig = triggers.get(path.index, [])
+        if not trig:
+            return (1, 0, path.index)
+        return (0, min(cols[s] for s, _ in trig), path.index)
+
+    return sorted(flow.paths[1:], key=rank)
 
 
 def _x(col: int) -> int:

@@ -26,11 +26,15 @@ def _a(value: str | int) -> str:
 def _edge(layout: FlowLayout, edge: Edge) -> str:
     src, dst = layout.node(edge.src), layout.node(edge.dst)
     x1, y1 = src.x + NODE_W, src.y + NODE_H // 2
-    x2, y2 = dst.x, dst.y + NODE_H // 2
-    if x2 <= x1:  # to a node below or left of its source: leave from the bottom
-        x1, y1 = src.x + NODE_W // 2, src.y + NODE_H
-    bend = max(24, (x2 - x1) // 2)
-    d = f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
+    if edge.kind == "switch":  # down into a lane below: from the source's right, into the top
+        x2, y2 = dst.x + NODE_W // 2, dst.y + 18
+        d = f"M{x1},{y1} C{x1 + 40},{y1} {x2},{y2 - 80} {x2},{y2}"
+    else:
+        x2, y2 = dst.x, dst.y + NODE_H // 2
+        if x2 <= x1:  # to a node below or left of its source: leave from the bottom
+            x1, y1 = src.x + NODE_W // 2, src.y + NODE_H
+        bend = max(24, (x2 - x1) // 2)
+        d = f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
     out = [
         f'<path class="edge {edge.kind}" d={_a(d)} marker-end="url(#arrow)"'
         f" data-src={_a(edge.src)} data-dst={_a(edge.dst)}/>"

@@ -87,10 +87,11 @@ def test_the_main_path_follows_the_anchors_and_other_paths_get_lanes_below() -> 
     lowest_main = max(main.values())
     others = [n for n in layout.nodes if n.path != "main"]
     assert others and all(n.y > lowest_main for n in others)
+    # a path a step switches to comes first (its edges cross no other lane), then the rest
     assert [title for title, _ in layout.lanes] == [
         "main path → completed",
-        "compensation path → compensated",
         "cancelled path → cancelled",
+        "compensation path → compensated",
     ]
 
 
