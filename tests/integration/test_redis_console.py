@@ -13,8 +13,15 @@ from confluent_kafka import Producer
 from observer.adapters.kafka.alerts_feed import KafkaAlertFeed
 from observer.adapters.redis.console import RedisConsoleStore
 from observer.adapters.redis.keys import Keys, encode_key, pack_value
+from observer.adapters.redis.query import RedisSlotReader
 from observer.adapters.redis.tally import RedisTally
+from observer.console.service import ConsoleData
+from observer.engine.codec import encode_slot
+from observer.engine.core import Engine
+from observer.engine.state import Event, KeySlot
+from observer.flows.compiler import load_registry
 from observer.redis_settings import parse_redis_url
+from observer.runtime.query import InstanceQuery
 
 
 def test_counts_slots_and_the_shared_count_from_redis(
@@ -89,3 +96,62 @@ def test_the_alert_feed_follows_the_alerts_topic(
         assert feed.recent()[0]["key"] == "o-9"
     finally:
         feed.close()
+
+
+FLOW = """
+flow: shop
+version: 1
+sources:
+  orders: {topic: orders, type: value.type, key: value.id, time: value.at}
+  pay: {topic: pay, type: value.type, key: value.id, time: value.at}
+steps:
+  - step: placed
+    on: orders.Placed
+  - step: paid
+    on: pay.Paid
+    within: 10s
+"""
+
+
+def test_two_processes_serve_the_same_count_made_once(
+    stack: Any, unique: str, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    (tmp_path / "flow.yaml").write_text(FLOW)
+    registry = load_registry([tmp_path / "flow.yaml"])
+    engine = Engine(registry)
+    prefix = f"{unique}:state"
+    keys = Keys(prefix, 4, 8)
+    t0 = 1_800_000_000_000
+    for i in range(30):  # 30 placed, 10 of them paid: 20 wait at `paid`, 5 of them overdue
+        key = f"o-{i:02d}"
+        slot = KeySlot("shop", key)
+        at = t0 + (0 if i < 5 else 8_000)
+        engine.apply(slot, Event("orders", "Placed", key, f"p{i}", at), at)
+        if i >= 20:
+            engine.apply(slot, Event("pay", "Paid", key, f"q{i}", at + 1), at + 1)
+        sid = f"shop:{key}"
+        redis_client.hset(
+            keys.bucket(keys.shard_of(sid), sid),
+            encode_key(key),
+            pack_value(None, encode_slot(slot)),
+        )
+    settings = parse_redis_url(stack.redis_url)
+    stores = [RedisConsoleStore(settings, prefix, 4, 8) for _ in range(2)]
+    reader = RedisSlotReader(settings, prefix, shards=4, buckets=8)
+    now = [t0 + 12_000]
+    try:
+        a, b = (
+            ConsoleData(InstanceQuery(registry, reader), s, lambda: now[0], refresh_ms=60_000)
+            for s in stores
+        )
+        first = a.step_instances("shop", "paid")
+        now[0] += 1_000  # the other process asks a second later: the group's count is fresh
+        second = b.step_instances("shop", "paid")
+        assert first == second
+        assert (first["waiting"], first["overdue"]) == (20, 5)
+        assert [i["key"] for i in first["instances"][:5]] == [f"o-{i:02d}" for i in range(5)]
+        assert b.waiting("shop")["computed_at_ms"] == t0 + 12_000  # counted once, by a
+    finally:
+        reader.close()
+        for s in stores:
+            s.close()
