@@ -14,6 +14,7 @@ thread's; never the loop's connections).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
@@ -42,12 +43,6 @@ class RedisConsoleStore:
         self._keys = Keys(prefix, shards, buckets)
         self._tally = RedisTally(settings, prefix, timeout_s=timeout_s)
 
-    def _call(self, what: str, fn: object, *args: object) -> object:
-        try:
-            return fn(*args)  # type: ignore[operator]
-        except redis.RedisError as exc:
-            raise StoreError(f"cannot read {what} from Redis: {exc}") from exc
-
     def tally(self, first: int, last: int) -> dict[int, dict[Count, int]]:
         return self._tally.read(first, last)
 
@@ -55,10 +50,13 @@ class RedisConsoleStore:
         return self._tally.read_slo_days(first, last)
 
     def open_counts(self) -> dict[str, int]:
-        raw = self._call("open instances", self._redis.hgetall, self._keys.stats())
+        try:
+            raw: dict[Any, Any] = self._redis.hgetall(self._keys.stats())
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read the open instances from Redis: {exc}") from exc
         out: dict[str, int] = {}
-        for field, value in raw.items():  # type: ignore[attr-defined]
-            name = field.decode("utf-8", "replace")
+        for field, value in raw.items():
+            name = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
             if name.startswith("open:"):
                 out[name[5:]] = max(0, int(value))
         return out
@@ -72,11 +70,14 @@ class RedisConsoleStore:
         ]
         given = 0
         for i in range(0, len(names), _CHUNK):
-            pipe = self._redis.pipeline(transaction=False)
-            for name in names[i : i + _CHUNK]:
-                pipe.hgetall(name)
-            replies = self._call("slots", pipe.execute)
-            for raw in replies:  # type: ignore[attr-defined]
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for name in names[i : i + _CHUNK]:
+                    pipe.hgetall(name)
+                replies: list[dict[bytes, bytes]] = pipe.execute()
+            except redis.RedisError as exc:
+                raise StoreError(f"cannot read the slots of {flow} from Redis: {exc}") from exc
+            for raw in replies:
                 for field, value in raw.items():
                     if given >= limit:
                         return
@@ -84,18 +85,17 @@ class RedisConsoleStore:
                     yield decode_key(field), unpack_value(value)[1]
 
     def cached_waiting(self, flow: str) -> bytes | None:
-        got = self._call("the waiting count", self._redis.get, self._keys.console_waiting(flow))
+        try:
+            got = self._redis.get(self._keys.console_waiting(flow))
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read the waiting count from Redis: {exc}") from exc
         return got if isinstance(got, bytes) else None
 
     def store_waiting(self, flow: str, data: bytes, ttl_ms: int) -> None:
-        self._call(
-            "the waiting count",
-            self._redis.set,
-            self._keys.console_waiting(flow),
-            data,
-            None,
-            ttl_ms,
-        )
+        try:
+            self._redis.set(self._keys.console_waiting(flow), data, px=ttl_ms)
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot store the waiting count in Redis: {exc}") from exc
 
     def claim_count(self, flow: str, ttl_ms: int) -> bool:
         try:
