@@ -233,6 +233,13 @@ def test_the_console_draws_the_flow_live_and_finds_an_instance(
         page.wait_for_selector("#timeline li.deviation")
         assert "observer_id" in page.inner_text("#timeline")
 
+        # one never paid nor cancelled stays open: its page says where it waits
+        stuck = max(i for i in range(work.placed) if i % 8 == 7)
+        page.fill("#search-key", f"o-{stuck:04d}")
+        page.click("#search button[type=submit]")
+        where = page.inner_text("#where-now")
+        assert where.startswith("Waiting at ") and ("paid" in where or "cancel_confirmed" in where)
+
         # the alerts page lists the workload's alerts, filtered by kind
         page.goto(f"{base}#/alerts?kind=missing")
         page.wait_for_selector("#alerts tbody tr")

@@ -19,7 +19,7 @@ function el(tag, attrs, ...children) {
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -94,7 +94,7 @@ function setLive(ok, text) {
 }
 
 function put(box, ...nodes) {
-  box.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+  box.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function show(...nodes) {
@@ -299,6 +299,18 @@ function heldTable(view) {
         : el("span", { class: "muted" }, "release/drop need OBSERVER_HTTP_TOKEN"))))));
 }
 
+function whereNow(v) {
+  // "where is my order?" in one line: the steps it waits at, their deadlines, overdue or not
+  const waits = (v.steps || []).filter((s) => s.status === "waiting");
+  if (v.state !== "open" || !waits.length) return null;
+  const now = Date.now();
+  return el("p", { id: "where-now" }, "Waiting at ", waits.map((s, i) => [
+    i ? ", " : "",
+    el("strong", {}, s.step),
+    s.deadline ? ` (deadline ${s.deadline}` + (Date.parse(s.deadline) < now ? ", overdue)" : ")") : "",
+  ]));
+}
+
 function instancePage(flow, key, via) {
   const box = el("div", { id: "instance" });
   show(box);
@@ -316,6 +328,7 @@ function instancePage(flow, key, via) {
         el("h1", { id: "instance-head" }, head),
         v.via ? el("p", { class: "muted" }, `found via ${v.via.alias} ${v.via.value}`) : null,
         v.problem ? el("p", { class: "error" }, v.problem) : null,
+        whereNow(v),
         el("h2", {}, "Timeline"),
         el("ul", { class: "timeline panel", id: "timeline" }, v.timeline.map((e) => el("li", { class: e.what },
           el("span", { class: "at" }, e.at || "–"), el("span", { class: "what" }, e.what), el("span", {}, describe(e))))),
