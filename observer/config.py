@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from observer.errors import ConfigError
 from observer.masking import MASK, mask_url
+from observer.record_size import DEFAULT_MAX_RECORD_BYTES, RecordLimits
 from observer.redis_settings import RedisSettings, parse_redis_url
 from observer.topics import Topics
 
@@ -57,6 +58,7 @@ _CLASSIC_GROUP = {
 # group.instance.id: what Kafka accepts (the characters of a topic name)
 _INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,200}")
 _DEFAULT_TOPICS = Topics()
+_MIN_RECORD, _MAX_RECORD = 16_384, 100_000_000  # OBSERVER_MAX_RECORD_BYTES
 
 
 def is_secret_key(name: str) -> bool:
@@ -127,6 +129,12 @@ class ObserverConfig(BaseModel):
     webhook_backoff_ms: int = Field(200, ge=1)
     webhook_backoff_max_ms: int = Field(30_000, ge=1)
     webhook_workers: int = Field(2, ge=1, le=64)
+    # hostile input (issue 12): the largest record the observer publishes (bytes, a batch of one
+    # record; a topic whose `max.message.bytes` the broker says is lower lowers it for that
+    # topic), and the stored bytes of the slots the tracker keeps decoded in memory
+    max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=_MIN_RECORD, le=_MAX_RECORD)
+    slot_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    webhook_queue_bytes: int = Field(64 * 1024 * 1024, ge=0)  # webhook bodies waiting or retrying
     # issue 15: versions kept with the state. How often each process looks for a new
     # deployment of the group (and for changed flow files); how often it looks for superseded
     # versions that no instance uses any more, and how long a version must have been
@@ -259,7 +267,22 @@ class ObserverConfig(BaseModel):
         return parse_redis_url(self.redis_url.get_secret_value())
 
     def topics(self) -> Topics:
-        return Topics(alerts=self.alerts_topic, outcomes=self.outcomes_topic, dlq=self.dlq_topic)
+        """The observer's topics, with `max_record_bytes` (or a lower `message.max.bytes` of
+        the producer, if set) as every topic's limit until the broker says more."""
+        return Topics(
+            alerts=self.alerts_topic,
+            outcomes=self.outcomes_topic,
+            dlq=self.dlq_topic,
+            limits=RecordLimits(self.record_limit()),
+        )
+
+    def record_limit(self) -> int:
+        """The largest record any topic gets: `max_record_bytes`, or the producer's
+        `message.max.bytes` (OBSERVER_KAFKA_MESSAGE_MAX_BYTES) when that is set lower."""
+        producer = dict(self.kafka).get("message.max.bytes")
+        if producer is not None and producer.get_secret_value().strip().isdigit():
+            return min(self.max_record_bytes, int(producer.get_secret_value()))
+        return self.max_record_bytes
 
     def schema_registry_settings(self) -> dict[str, Any] | None:
         """The Schema Registry client's configuration (confluent-kafka's names, secrets
@@ -337,7 +360,12 @@ class ObserverConfig(BaseModel):
         return conf
 
     def producer_settings(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"linger.ms": self.linger_ms}
+        # the client refuses a record over its own `message.max.bytes` (default 1,000,000):
+        # the observer's own limit decides instead, unless the user set it
+        conf: dict[str, Any] = {
+            "linger.ms": self.linger_ms,
+            "message.max.bytes": max(self.max_record_bytes, 1_000_000),
+        }
         conf.update({k: v for k, v in self._common().items() if k not in _CONSUMER_ONLY})
         conf.update(_FORCED_PRODUCER)
         return conf
@@ -418,12 +446,26 @@ _PRODUCER_ONLY = {
 
 
 def topics_from_env(env: Mapping[str, str]) -> Topics:
-    """The observer's own topics from OBSERVER_ALERTS_TOPIC / _OUTCOMES_TOPIC / _DLQ_TOPIC."""
+    """The observer's own topics from OBSERVER_ALERTS_TOPIC / _OUTCOMES_TOPIC / _DLQ_TOPIC, and
+    the record limit from OBSERVER_MAX_RECORD_BYTES (what `observer replay` measures against).
+    Raises ConfigError on a limit that is no number in range."""
     d = Topics()
+    limit = d.limits.default
+    raw = env.get("OBSERVER_MAX_RECORD_BYTES")
+    if raw:
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise ConfigError("OBSERVER_MAX_RECORD_BYTES: not a whole number of bytes") from None
+        if not _MIN_RECORD <= limit <= _MAX_RECORD:
+            raise ConfigError(
+                f"OBSERVER_MAX_RECORD_BYTES: must be {_MIN_RECORD} to {_MAX_RECORD} bytes"
+            )
     return Topics(
         alerts=env.get("OBSERVER_ALERTS_TOPIC") or d.alerts,
         outcomes=env.get("OBSERVER_OUTCOMES_TOPIC") or d.outcomes,
         dlq=env.get("OBSERVER_DLQ_TOPIC") or d.dlq,
+        limits=RecordLimits(limit),
     )
 
 

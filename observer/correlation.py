@@ -69,7 +69,7 @@ DEAD_LETTER_REASONS = {
     "no_type": "no event type",
     "no_key": "no correlation key",
     "no_time": "no or bad event time",
-    "too_large": "too large once decoded",
+    "too_large": "too large (the record once decoded, its key or its event id)",
     "processing": "processing failed",
     "action": "an action could not be carried out",
 }

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from observer.engine.budget import dropped_capture
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
 from observer.engine.state import Event
@@ -22,7 +23,9 @@ from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import MISSING, RecordView, Selector, compile_selector
-from observer.jsonexact import INT_MAX, INT_MIN, loads_exact, may_be_rounded
+from observer.jsonexact import INT_MAX, INT_MIN, dumps, loads_exact, may_be_rounded
+from observer.limits import MAX_CAPTURE_BYTES, MAX_EVENT_ID_BYTES, MAX_KEY_BYTES
+from observer.record_size import fit_dead_letter
 from observer.timefmt import MAX_TIME_MS, MIN_TIME_MS, parse_time
 from observer.topics import Topics
 
@@ -64,6 +67,8 @@ class Decoded:
     # (`correlation.DEAD_LETTER_REASONS`) and the (flow, source) that found it, if one did
     code: str | None = None
     source: tuple[str, str] | None = None
+    # hostile input (issue 12): captured values not kept, over MAX_CAPTURE_BYTES (a note each)
+    dropped: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class _Reader:
     source: CompiledSource
     wanted: frozenset[str]  # event types some version of the flow reacts to
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
+    # types with a capture of a header or the key: measured whatever the value's size
+    measured: frozenset[str] = frozenset()
 
 
 # Reads a value of a registry format (avro, protobuf, json_schema) from its bytes; raises on
@@ -129,8 +136,15 @@ class Ingest:
                         source,
                         frozenset(wanted.get((flow.name, source.name), ())),
                         {t: tuple(sel.items()) for t, sel in c.items()},
+                        frozenset(
+                            t for t, sel in c.items() if any(not n.startswith("value") for n in sel)
+                        ),
                     )
         self._readers = {t: tuple(r.values()) for t, r in readers.items()}
+        # topics every flow reads as JSON: their captured values are JSON's types already
+        self.json_topics = frozenset(
+            t for t, rs in self._readers.items() if all(r.source.format == "json" for r in rs)
+        )
 
     def topic_names(self) -> list[str]:
         return sorted(self._readers)
@@ -141,14 +155,7 @@ class Ingest:
         readers = self._readers.get(rec.topic)
         if not readers:
             return out
-        raw_headers = rec.headers
-        kind = type(raw_headers)
-        if kind is list or kind is tuple:  # confluent-kafka's [(name, bytes), ...]
-            headers: Mapping[str, Any] = dict(raw_headers)
-        elif kind is dict or isinstance(raw_headers, Mapping):  # no ABC check for a dict
-            headers = raw_headers  # type: ignore[assignment]
-        else:
-            headers = dict(raw_headers)
+        headers = _headers(rec.headers)
         view: RecordView | None = None
         view_fmt = ""
         views: dict[str, RecordView] | None = None
@@ -185,6 +192,8 @@ class Ingest:
                 eid: Any = MISSING if source.id is None else source.id(view)
                 if type(eid) is not str:
                     eid = _event_id(eid, source, rec)
+                if len(key) > _SHORT or len(eid) > _SHORT:
+                    _check_lengths(key, eid, source)
             except _Dead as dead:
                 return self._dead(rec, dead.reason, dead.code, (r.flow, source.name))
             raw_time = source.time(view)
@@ -211,6 +220,11 @@ class Ingest:
                     elif decoded:
                         v = _as_orjson_reads(v)
                     captures[sel] = v
+                if (
+                    not (type(raw) is bytes and len(raw) * 6 <= MAX_CAPTURE_BYTES)
+                    or etype in r.measured
+                ):
+                    self._fit_captures(out, r.flow, etype, eid, captures)
             out.events.append((r.flow, Event(source.name, etype, key, eid, time, captures)))
         return out
 
@@ -227,6 +241,28 @@ class Ingest:
             raise ValueError("an Avro value must be bytes (base64 text in replay)")
         return self.decoder(bytes(value), source)
 
+    @staticmethod
+    def _fit_captures(
+        out: Decoded, flow: str, etype: str, eid: str, captures: dict[str, Any]
+    ) -> None:
+        """Keep an event's captured values within MAX_CAPTURE_BYTES together (as JSON), in
+        capture order; a value that does not fit is kept as `dropped_capture` (which templates
+        cannot use), with a note. (Not measured when the record itself is small enough: JSON
+        writes a byte in at most 6.)"""
+        total = 0
+        for sel, v in captures.items():
+            n = _json_bytes(v)
+            if total + n <= MAX_CAPTURE_BYTES:
+                total += n
+                continue
+            captures[sel] = dropped_capture(n)
+            if out.dropped is None:
+                out.dropped = []
+            out.dropped.append(
+                f"flow {flow}: {etype} {eid[:200]}: captured {sel} ({n} bytes) not kept: an "
+                f"event's captured values may hold {MAX_CAPTURE_BYTES} bytes together"
+            )
+
     def _dead(
         self, rec: SourceRecord, reason: str, code: str, where: tuple[str, str] | None = None
     ) -> Decoded:
@@ -241,6 +277,16 @@ class Ingest:
         )
 
 
+def _headers(raw_headers: Any) -> Mapping[str, Any]:
+    """A record's headers by name (the last of repeated ones)."""
+    kind = type(raw_headers)
+    if kind is list or kind is tuple:  # confluent-kafka's [(name, bytes), ...]
+        return dict(raw_headers)
+    if kind is dict or isinstance(raw_headers, Mapping):  # no ABC check for a dict
+        return raw_headers  # type: ignore[no-any-return]
+    return dict(raw_headers)
+
+
 class _Dead(Exception):
     """A record goes to the dead-letter topic for `reason` (`code`: its short form)."""
 
@@ -250,6 +296,33 @@ class _Dead(Exception):
 
 
 _ENCODED = (bytes, bytearray, memoryview, str)
+_SHORT = min(MAX_KEY_BYTES, MAX_EVENT_ID_BYTES) // 4  # this many characters fit in UTF-8
+_MAX_REASON = 1000  # characters of a dead letter's `observer-error`
+
+
+def _check_lengths(key: str, eid: str, source: CompiledSource) -> None:
+    """Raise _Dead for a key or event id longer than the limits (bytes of UTF-8)."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise _Dead(
+            f"correlation key at {source.key_text} longer than {MAX_KEY_BYTES} bytes", "too_large"
+        )
+    if len(eid.encode("utf-8", "surrogatepass")) > MAX_EVENT_ID_BYTES:
+        raise _Dead(f"event id longer than {MAX_EVENT_ID_BYTES} bytes", "too_large")
+
+
+def _json_bytes(value: Any) -> int:
+    """Bytes of a captured value as JSON (as the state store keeps it)."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is float:
+        return 24
+    if kind is str and len(value) * 6 + 2 <= MAX_CAPTURE_BYTES // 64:
+        return len(value) * 6 + 2  # short text: the bound is enough
+    try:
+        return len(dumps(value))
+    except (TypeError, ValueError):
+        return MAX_CAPTURE_BYTES + 1
+
+
 # what is missing; whether a boolean counts as text; the reason code
 _NO_TYPE = ("no event type", True, "no_type")
 _NO_KEY = ("no correlation key", False, "no_key")
@@ -318,12 +391,35 @@ def dead_letter(rec: SourceRecord, reason: str, topics: Topics) -> Publish:
     where = f"{rec.topic}/{rec.partition}/{rec.offset}"
     oid = observer_id("", 0, "", where, None, "dlq")
     original = list(rec.headers.items()) if isinstance(rec.headers, Mapping) else list(rec.headers)
-    headers = (
-        *tuple((str(k), v) for k, v in original),
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 1] + "…"
+    ours = (
         ("observer-error", reason),
         ("observer-source-topic", rec.topic),
         ("observer-source-partition", str(rec.partition)),
         ("observer-source-offset", str(rec.offset)),
         ("observer-id", oid),
     )
-    return Publish("dlq", topics.dlq, rec.key, rec.value, headers, oid)
+    headers = (*tuple((str(k), v) for k, v in original), *ours)
+    key, value = rec.key, rec.value
+    raw_key = _raw(key)
+    raw_value = _raw(value)
+    fkey, fvalue, fheaders = fit_dead_letter(
+        raw_key, raw_value, headers, topics.limits.of(topics.dlq), keep=len(ours)
+    )
+    if fvalue is not raw_value or fkey is not raw_key or len(fheaders) != len(headers):
+        value, headers = fvalue, fheaders  # cut to fit: published as bytes
+        if fkey is not raw_key:
+            key = fkey
+    return Publish("dlq", topics.dlq, key, value, headers, oid)
+
+
+def _raw(value: Any) -> bytes | None:
+    """A record's key or value as the bytes published (replay passes text or decoded JSON)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return dumps(value)

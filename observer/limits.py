@@ -9,12 +9,17 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_ACTIONS_COUNT",
+    "MAX_CAPTURE_BYTES",
     "MAX_DURATION_MS",
+    "MAX_EARLY_EVENTS",
+    "MAX_EARLY_EVENT_BYTES",
+    "MAX_EVENT_ID_BYTES",
     "MAX_EVENT_INT",
     "MAX_FLOW_FILE_BYTES",
     "MAX_FORMAT_WIDTH",
     "MAX_INCIDENT_THRESHOLD",
     "MAX_JSON_INDENT",
+    "MAX_KEY_BYTES",
     "MAX_LOOP_ITERATIONS",
     "MAX_RENDERED_SIZE",
     "MAX_RENDER_WORK",
@@ -93,3 +98,23 @@ MAX_JSON_INDENT = 16
 MIN_EVENT_INT, MAX_EVENT_INT = -(2**63), 2**63 - 1
 """An integer an event's flow reads (captured values) must fit in 64 bits: the state store
 keeps 64-bit integers. Keys and ids beyond it are kept exact, as text."""
+
+MAX_KEY_BYTES = 4096
+"""A correlation key (UTF-8): it is written twice in every alert and outcome record and names
+the instance's keys in the state store. A longer one is bad input (dead-lettered)."""
+
+MAX_EVENT_ID_BYTES = 4096
+"""An event id (UTF-8): early events keep it, and record ids are made of it. A longer one is bad
+input (dead-lettered)."""
+
+MAX_CAPTURE_BYTES = 64 * 1024
+"""What one event's captured values may hold together, as JSON: they are kept in the instance's
+state for its life. A value that does not fit is kept as a marker templates cannot use (the step
+is still observed; an action that needs the value is an action error)."""
+
+MAX_EARLY_EVENTS = 1000
+"""Early events kept for one (flow, key) before its instance starts; more are dropped."""
+
+MAX_EARLY_EVENT_BYTES = 4 * 1024 * 1024
+"""What the early events kept for one (flow, key) may hold together (ids, types and captured
+values); more are dropped."""

@@ -50,6 +50,7 @@ class Metrics:
         self._flow_metrics(registry)
         self._delivery_metrics(registry)
         self._loop_metrics(registry)
+        self._hostile_input_metrics(registry)
         self._version_metrics(registry)
         self._correlation_metrics(registry)
         self._guard_metrics(registry)
@@ -180,6 +181,36 @@ class Metrics:
         self.store_errors = Counter(
             "observer_store_errors_total",
             "Failed requests to the state store (retried).",
+            registry=r,
+        )
+
+    def _hostile_input_metrics(self, r: CollectorRegistry) -> None:
+        """Hostile input (issue 12): actions not carried out, budgets that dropped something,
+        records the broker refused, the slot cache's size."""
+        self.action_errors = Counter(
+            "observer_action_errors_total",
+            "Actions that could not be carried out (a template failed on the data, the value "
+            "did not encode, the record was too large): listed in their alert, dead-lettered.",
+            ["flow", "action"],
+            registry=r,
+        )
+        self.budget_drops = Counter(
+            "observer_budget_drops_total",
+            "What a byte budget dropped: `capture` (a captured value kept as null), "
+            "`early_event` (an early event not kept for its instance).",
+            ["what"],
+            registry=r,
+        )
+        self.records_refused = Counter(
+            "observer_records_refused_total",
+            "Records the broker refused for good (too large, invalid), dead-lettered instead; "
+            "`dropped`: a dead letter refused too, logged and dropped.",
+            ["category"],
+            registry=r,
+        )
+        self.slot_cache_bytes = Gauge(
+            "observer_slot_cache_bytes",
+            "Stored bytes of the slots the tracker keeps decoded in memory.",
             registry=r,
         )
 
@@ -319,6 +350,10 @@ class Metrics:
                 key = ("deviation", s.flow, s.step or "", s.detail)
             elif what == "slo":
                 key = ("slo", s.flow, s.detail)
+            elif what == "action_error":
+                key = ("action_error", s.flow, s.detail.split(":", 1)[0])
+            elif what == "dropped":
+                key = ("dropped", "early_event")
             else:
                 continue
             tally[key] = get(key, 0) + 1
@@ -329,6 +364,10 @@ class Metrics:
                 self._child(self.ended, key[1:]).inc(n)
             elif key[0] == "slo":
                 self._child(self.slo_events, key[1:]).inc(n)
+            elif key[0] == "action_error":
+                self._child(self.action_errors, key[1:]).inc(n)
+            elif key[0] == "dropped":
+                self._child(self.budget_drops, key[1:]).inc(n)
             else:
                 self._child(self.deviations, key[1:]).inc(n)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from observer import jsonexact
 from observer.engine.core import Engine
-from observer.engine.effects import Effect, Hop, Publish
+from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import KeySlot
 from observer.errors import InputError
 from observer.flows.aliases import split_alias_flow
@@ -107,13 +107,17 @@ def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = 
     registry subject that `wire` resolves (replay with `--schema-registry`)."""
     value = p.value
     if p.avro_schema is not None and p.category == "action":
-        import fastavro
+        if p.encoded is not None:
+            body = p.encoded
+        else:
+            import fastavro
 
-        buf = io.BytesIO()
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, p.avro_schema, value)
+            body = buf.getvalue()
         if p.subject is not None and wire and p.subject in wire:
-            buf.write(wire[p.subject])
-        fastavro.schemaless_writer(buf, p.avro_schema, value)
-        value = base64.b64encode(buf.getvalue()).decode()
+            body = wire[p.subject] + body
+        value = base64.b64encode(body).decode()
     elif isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     headers = {
@@ -122,7 +126,8 @@ def publish_line(p: Publish, timestamp: int, wire: Mapping[str, bytes] | None = 
     line: dict[str, Any] = {"topic": p.topic}
     if p.webhook is not None:
         line["webhook"] = p.webhook
-    line.update(key=p.key, value=value, headers=headers, timestamp=timestamp)
+    key = p.key.decode("utf-8", "replace") if isinstance(p.key, bytes) else p.key
+    line.update(key=key, value=value, headers=headers, timestamp=timestamp)
     if p.held is not None:  # held by the guardrails (contract §7): not published
         line["held"] = True
     return jsonexact.dumps(line)  # a dead letter's value may hold integers beyond 64 bits
@@ -138,6 +143,8 @@ class Replayer:
     emit: Callable[[Effect, int], None]
     topics: Topics = field(default_factory=Topics)
     clock: int = -(2**62)
+    # hostile input (issue 12): what a budget dropped (captured values kept as null)
+    warn: Callable[[str], None] = field(default=lambda _note: None)
     # issue 15 (back-testing): told after each event applied, with the slot and how many steps
     # its instance had observed before (step latencies); replay itself sets none
     observe: Callable[[KeySlot, int], None] | None = None
@@ -246,6 +253,8 @@ class Replayer:
         if t > self.clock:
             self._advance(t)
         decoded = self.ingest.decode(rec)
+        for note in decoded.dropped or ():
+            self.warn(f"{rec.topic}/{rec.partition}/{rec.offset}: {note}")
         if decoded.dead_letter is not None:
             self.emit(decoded.dead_letter, self.clock)
         for flow, event in decoded.events:
@@ -339,6 +348,7 @@ def run_replay(
     until: int | None,
     deploys: list[tuple[int, str]],
     topics: Topics | None = None,
+    warn: Callable[[str], None] | None = None,
     *,
     loaded: tuple[FlowRegistry, list[Deploy]] | None = None,
     decoder: ValueDecoder | None = None,
@@ -346,19 +356,22 @@ def run_replay(
     hold_actions: bool = False,
 ) -> Iterator[bytes]:
     """Run a replay; yields output lines (without newline). Raises FlowError / InputError.
-    `loaded`: the flows already loaded (`load_all`); `decoder` and `wire`: a schema
-    registry's (`observer replay --schema-registry`); `hold_actions`: every action held
-    (`OBSERVER_ACTIONS=hold`)."""
+    `warn` hears what a budget dropped (early events, captured values); `loaded`: the flows
+    already loaded (`load_all`); `decoder` and `wire`: a schema registry's (`observer replay
+    --schema-registry`); `hold_actions`: every action held (`OBSERVER_ACTIONS=hold`)."""
     registry, deploy_list = loaded or load_all(flows, deploys)
     records = parse_events(events)
     lines: list[bytes] = []
+    tell = warn or (lambda _note: None)
 
     def emit(eff: Effect, now: int) -> None:
         if isinstance(eff, Publish):
             lines.append(publish_line(eff, now, wire))
+        elif isinstance(eff, Signal) and eff.what == "dropped":
+            tell(f"{eff.flow} {eff.key}: {eff.detail}")
 
     replayer = Replayer(
-        registry, emit, topics or Topics(), decoder=decoder, hold_actions=hold_actions
+        registry, emit, topics or Topics(), warn=tell, decoder=decoder, hold_actions=hold_actions
     )
     replayer.run(records, deploy_list, until)
     yield from lines

@@ -108,6 +108,10 @@ def replay(
     except ValueError as exc:
         fail(str(exc))
         return
+
+    def warn(note: str) -> None:
+        click.echo(f"replay: warning: {note}", err=True)
+
     hold = os.environ.get("OBSERVER_ACTIONS") or "publish"
     if hold not in ("publish", "hold"):
         fail(f"OBSERVER_ACTIONS: '{hold}' is not publish or hold")
@@ -122,6 +126,7 @@ def replay(
                 until_ms,
                 deploy_list,
                 _topics_from_env(),
+                warn,
                 loaded=loaded,
                 decoder=decoder,
                 wire=wire,

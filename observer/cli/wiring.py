@@ -60,6 +60,7 @@ def _webhooks(
     registry: FlowRegistry,
     registry_of: Callable[[], FlowRegistry],
     env: Mapping[str, str] | None,
+    clock: Any,
 ) -> tuple[WebhookDispatcher, WebhookPoster, Callable[[FlowRegistry], None]]:
     """The webhook workers, and the check of flows about to run (raises ConfigError when a
     webhook has a secret that is not set or names a refused destination), done here for
@@ -85,6 +86,8 @@ def _webhooks(
         max_attempts=config.webhook_max_attempts,
         base_ms=config.webhook_backoff_ms,
         cap_ms=config.webhook_backoff_max_ms,
+        max_queued_bytes=config.webhook_queue_bytes,
+        monotonic=clock.monotonic,
     )
     return dispatcher, poster, check
 
@@ -154,7 +157,7 @@ def build_service(
         max_lag_records=config.max_lag_records,
     )
     running = _Running(registry)  # the flows running now: deployments replace them
-    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env)
+    webhooks, poster, webhook_check = _webhooks(config, registry, running.get, env, clock)
     schemas = _schema_registry(config, registry, clock.monotonic)
     flows = [
         {"flow": f.name, "version": f.version, "file": str(Path(f.file).resolve())}
@@ -192,7 +195,13 @@ def build_service(
     closers = [poster.close, reader.close, flow_store.close, close_held, close_console]
     closers += [*closers_of_ports, schemas.close]
     prepare = _topic_preparation(config, schemas.resolve)
-    return Service(runtime, http, prepare=prepare, banner=banner, closers=closers)
+    limits = _record_limits(config, registry, runtime)
+
+    def prepare_and_limits() -> None:
+        prepare()
+        limits()
+
+    return Service(runtime, http, prepare=prepare_and_limits, banner=banner, closers=closers)
 
 
 def _all_of(*checks: Callable[[FlowRegistry], None]) -> Callable[[FlowRegistry], None]:
@@ -379,6 +388,64 @@ def _topic_preparation(
         )
 
     return prepare
+
+
+def _record_limits(
+    config: ObserverConfig, registry: FlowRegistry, runtime: Any
+) -> Callable[[], None]:
+    """What `Service` runs after the topics are ready (hostile input, issue 12): asks the broker
+    how large a record it accepts (its `message.max.bytes`, and `max.message.bytes` of the
+    observer's topics and of the actions' fixed topics) and hands the limits to the runtime.
+    A cluster that will not say leaves OBSERVER_MAX_RECORD_BYTES as every topic's limit."""
+    from observer.adapters.kafka.admin import record_limits
+    from observer.errors import ObserverError
+    from observer.record_size import RecordLimits
+
+    log = logging.getLogger(__name__)
+    topics = config.topics()
+    names = {topics.alerts, topics.outcomes, topics.dlq, *_fixed_action_topics(registry)}
+    if config.routing == "keyed":
+        names.add(config.keyed_topic_name())
+
+    def read() -> None:
+        ceiling = config.record_limit()
+        try:
+            broker, per_topic = record_limits(config.admin_settings(), names)
+        except ObserverError as exc:
+            log.warning("record size limits not read (%s): %d bytes for every topic", exc, ceiling)
+            return
+        default = ceiling if broker is None else min(ceiling, broker)
+        limits = RecordLimits(default, tuple(sorted(per_topic.items())))
+        runtime.use_record_limits(limits)
+        lower = {t: limits.of(t) for t in sorted(per_topic) if limits.of(t) < default}
+        log.info(
+            "records up to %d bytes (%s)",
+            default,
+            ", ".join(f"{t}: {n}" for t, n in lower.items()) or "every topic",
+        )
+
+    return read
+
+
+def _fixed_action_topics(registry: FlowRegistry) -> set[str]:
+    """The topics of `publish:` actions whose topic is no template (those can be asked for)."""
+    out = set()
+    for flow in registry:
+        for action in (a for h in _handlers(flow) for a in h.actions if a.kind == "publish"):
+            template = getattr(action.topic, "__self__", None)
+            source = getattr(template, "source", None)
+            if isinstance(source, str) and "{" not in source:
+                out.add(source)
+    return out
+
+
+def _handlers(flow: Any) -> list[Any]:
+    handlers = [h for s in flow.steps for h in (s.if_missing, s.if_late, s.if_warning) if h]
+    handlers += [s.if_out_of_order for s in flow.steps if s.if_out_of_order is not None]
+    handlers += [e.handler for e in flow.errors]
+    if flow.sla is not None:
+        handlers += [flow.sla.if_breached, flow.sla.if_warning]
+    return handlers
 
 
 def _banner(

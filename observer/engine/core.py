@@ -28,6 +28,7 @@ from observer.errors import ObserverError
 from observer.flows.aliases import split_alias_flow
 from observer.flows.compiled import CompiledFlow, CompiledStep
 from observer.flows.registry import FlowRegistry
+from observer.limits import MAX_EARLY_EVENTS
 from observer.topics import Topics
 
 __all__ = ["Engine", "VersionUnavailable"]
@@ -52,7 +53,10 @@ class Engine:
     """Runs deployed flows over key slots. Holds no per-instance state of its own."""
 
     def __init__(
-        self, registry: FlowRegistry, topics: Topics | None = None, buffer_limit: int = 1000
+        self,
+        registry: FlowRegistry,
+        topics: Topics | None = None,
+        buffer_limit: int = MAX_EARLY_EVENTS,
     ) -> None:
         self._registry = registry
         self._versions: dict[tuple[str, int], CompiledFlow] = {}
@@ -138,7 +142,7 @@ class Engine:
                 break
             due, rank, kind, step = timer
             if inst is None:  # an orphan timer: `rank` is the early event's reading order
-                out += orphan(slot, flow, due, rank, at, self.topics.alerts, alias)
+                out += orphan(slot, flow, due, rank, at, self.topics, alias)
             else:
                 turn = new_turn(slot, inst, flow, at, self.topics, out)
                 fire_instance_timer(turn, kind, step, due)

@@ -48,6 +48,9 @@ class Publish:
     observer_id: str
     webhook: str | None = None
     avro_schema: Any = None
+    # hostile input (issue 12): the value as it is published (JSON, Avro or text), when the
+    # engine encoded it to measure the record; None: encoded when published
+    encoded: bytes | None = None
     # issue 16: with `avro_schema`, the schema registry subject it is registered under: the
     # value is published in the Confluent wire format (magic byte, schema id, Avro body)
     subject: str | None = None
@@ -62,12 +65,14 @@ class Publish:
 class Signal:
     """Something that happened, for metrics and the instance history (nothing is published).
 
-    `what`: started | ended | deviation | recorded | slo; `detail` is the outcome, deviation
-    kind, a note, or for `slo` the instance's judgement against its flow's SLO, `good` or `bad`
-    (once per instance); `at` is the observer's time (ms).
+    `what`: started | ended | deviation | recorded | slo | action_error | dropped; `detail` is
+    the outcome, deviation kind, a note, or for `slo` the instance's judgement against its
+    flow's SLO, `good` or `bad` (once per instance); for `action_error` (an action that could
+    not be carried out) "ACTION: why"; for `dropped` (a budget dropped an early event) why.
+    `at` is the observer's time (ms).
     """
 
-    what: Literal["started", "ended", "deviation", "recorded", "slo"]
+    what: Literal["started", "ended", "deviation", "recorded", "slo", "action_error", "dropped"]
     flow: str
     version: int
     key: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from observer.engine import aliases
 from observer.engine.alerts import Deviation, deviation_effects, outcome_effects
+from observer.engine.budget import early_event_refused
 from observer.engine.effects import Effect, Hop, Signal
 from observer.engine.ids import event_hash
 from observer.engine.state import (
@@ -73,9 +74,7 @@ class Turn:
         """Remember the deviation on the instance and publish what it calls for."""
         inst = self.inst
         inst.deviations.append((_KIND[dev.kind], dev.step.index if dev.step else -1))
-        self.out += deviation_effects(
-            self.flow, self.slot.key, inst, dev, self.now, self.topics.alerts
-        )
+        self.out += deviation_effects(self.flow, self.slot.key, inst, dev, self.now, self.topics)
 
 
 def new_turn(
@@ -136,12 +135,13 @@ def start(
 def buffer_early(
     slot: KeySlot, flow: CompiledFlow, event: Event, now: int, limit: int, out: list[Effect]
 ) -> None:
-    """Keep a step or error event that came before its instance's start (at most `limit`)."""
+    """Keep a step or error event that came before its instance's start (at most `limit`, and
+    within the byte budget of early events)."""
     if any(b.event.id == event.id for b in slot.buffer):
         return
-    if len(slot.buffer) >= limit:
-        note = f"buffer full: dropped {event.type} {event.id}"
-        out.append(Signal("recorded", flow.name, flow.version, slot.key, note, None, now))
+    refused = early_event_refused(slot.buffer, event, limit)  # count and byte budgets
+    if refused is not None:
+        out.append(Signal("dropped", flow.name, flow.version, slot.key, refused, None, now))
         return
     seq = slot.buffer[-1].seq + 1 if slot.buffer else 0
     slot.buffer.append(BufferedEvent(event, now, seq))
@@ -153,7 +153,7 @@ def orphan(
     due: int,
     seq: int,
     now: int,
-    alerts_topic: str,
+    topics: Topics,
     alias: str | None = None,
 ) -> list[Effect]:
     """The orphan timer `(due, seq)` fired: its early events are dropped and alerted (`alias`:
@@ -169,7 +169,7 @@ def orphan(
             dev.source, dev.at = ev.source, due
             if alias is not None:
                 dev.extra = {"alias": alias}
-            out += deviation_effects(flow, slot.key, None, dev, now, alerts_topic)
+            out += deviation_effects(flow, slot.key, None, dev, now, topics)
         else:
             keep.append(b)
     slot.buffer = keep
@@ -481,9 +481,7 @@ def _end(turn: Turn, outcome: str, ended_at: int, trigger: str) -> None:
     inst = turn.inst
     inst.outcome = outcome
     inst.ended_at = ended_at
-    turn.out += outcome_effects(
-        turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics.outcomes
-    )
+    turn.out += outcome_effects(turn.flow, turn.slot.key, inst, trigger, turn.now, turn.topics)
     if inst.aliases:
         aliases.end_aliases(turn)
     slo = turn.flow.slo

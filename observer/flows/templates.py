@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.runtime import Undefined
 
 from observer.errors import RenderError, TemplateLimitError
@@ -23,7 +23,7 @@ from observer.flows.template_checks import shape_problems
 from observer.jsonexact import INT_MAX, INT_MIN
 from observer.limits import MAX_RENDERED_SIZE, MAX_TEMPLATE_CHARS, MAX_TEMPLATE_DEPTH
 
-__all__ = ["Template", "TemplateContextSpec", "compile_template", "compile_value"]
+__all__ = ["Template", "TemplateContextSpec", "compile_template", "compile_value", "not_kept"]
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 DEVIATION_FIELDS = (
@@ -137,6 +137,13 @@ class Template:
         return self._fn(context)
 
 
+def not_kept(hint: str) -> Any:
+    """A value in a template context that fails any template that uses it (output, operators,
+    attributes, a single `{{ expr }}`), with `hint` as the reason; `| default(...)` replaces it.
+    (Hostile input, issue 12: a captured value over its budget.)"""
+    return StrictUndefined(hint=hint)
+
+
 def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:
     return lambda _ctx: value
 
@@ -189,6 +196,8 @@ def _json_value(value: Any) -> Any:
     (a `| map` generator, a range) are lists, mapping keys are text. Measured like any value a
     template builds; anything else (a function, a cycler) is a RenderError."""
     if isinstance(value, Undefined):
+        if isinstance(value, StrictUndefined):
+            str(value)  # a value that was not kept (`not_kept`): raises, naming it
         return None
     if hasattr(value, "__next__") or isinstance(value, range):
         value = list(value)

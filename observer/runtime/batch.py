@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
 
-import orjson
-
 from observer.correlation import BUFFERED, MATCHED, STARTED, Count, count_signal
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, VersionUnavailable
@@ -22,12 +20,12 @@ from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
-from observer.masking import mask_webhook_url
 from observer.runtime.cache import SlotCache
 from observer.runtime.guard_intake import GuardIntake
 from observer.runtime.hops import hop_record
 from observer.runtime.outbox import OutboxRecord, to_record
 from observer.runtime.ports import SlotPut, WriteBatch
+from observer.runtime.slot_history import DAY_MS, history_entry, safety_ttl_ms  # re-exported
 
 __all__ = [
     "BatchPlan",
@@ -38,8 +36,6 @@ __all__ = [
     "history_entry",
     "safety_ttl_ms",
 ]
-
-DAY_MS = 86_400_000
 
 
 class SlotUnreadable(Exception):
@@ -64,6 +60,8 @@ class BatchPlan:
     # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
     # of records): what hop marks say once its hops are handed over (`hops.py`)
     hop_watermarks: dict[int, int] | None = None
+    # hostile input (issue 12): signals worth a log line (actions not carried out, drops)
+    notes: list[Signal] = field(default_factory=list)
 
 
 def _source_of(op: str, arg: Any) -> str | None:
@@ -89,55 +87,6 @@ class _Work:
         self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
-
-
-def safety_ttl_ms(flow: CompiledFlow, slot: KeySlot, now: int, slack_ms: int = DAY_MS) -> int:
-    """A TTL for a slot's keys that outlives its logical life (the engine's own retain and
-    expire timers delete it first): open until `expire` + `retain`, ended until `retain`,
-    early events until `buffer`; plus `slack_ms`. `flow` governs the slot."""
-    inst = slot.instance
-    if inst is None:
-        until = max((b.read_at for b in slot.buffer), default=now) + flow.buffer_ms
-    elif inst.open:
-        until = inst.started_at + flow.expire_ms + flow.retain_ms
-    else:
-        until = (inst.ended_at if inst.ended_at is not None else now) + flow.retain_ms
-    hold = slot.hold  # an alias value held: as long as its holder may live
-    if hold is not None:
-        until = max(until, hold.started + flow.expire_ms + flow.retain_ms)
-    return max(until - now, 0) + max(slack_ms, 1)
-
-
-def history_entry(eff: Publish | Signal, now: int) -> bytes:
-    """One JSON entry of an instance history (what `/instances` shows)."""
-    if isinstance(eff, Signal):
-        d: dict[str, Any] = {
-            "at": eff.at,
-            "what": eff.what,
-            "detail": eff.detail,
-            "step": eff.step,
-            "version": eff.version,
-        }
-        if eff.value_ms is not None:
-            d["value_ms"] = eff.value_ms
-        return orjson.dumps(d)
-    d = {
-        "at": now,
-        "what": "published",
-        "category": eff.category,
-        "topic": eff.topic,
-        "key": eff.key,
-        "observer_id": eff.observer_id,
-    }
-    if eff.webhook is not None:  # the URL may carry a credential: never stored whole
-        d["webhook"] = mask_webhook_url(eff.webhook)
-    if eff.category == "alert" and isinstance(eff.value, dict):
-        d["kind"] = eff.value.get("kind")
-        d["step"] = eff.value.get("step")
-        d["severity"] = eff.value.get("severity")
-    if eff.category == "outcome" and isinstance(eff.value, dict):
-        d["outcome"] = eff.value.get("outcome")
-    return orjson.dumps(d, default=str)
 
 
 class BatchPlanner:
@@ -170,6 +119,7 @@ class BatchPlanner:
         self._works: dict[str, _Work] = {}
         self._records: list[tuple[int, OutboxRecord]] = []
         self._signals: list[Signal] = []
+        self._notes: list[Signal] = []
         self._latencies: list[tuple[str, str, int]] = []
         self._stats: dict[str, int] = {}
         self._stale: list[tuple[int, str]] = []
@@ -391,6 +341,8 @@ class BatchPlanner:
                 elif what == "ended":
                     name = "open:" + eff.flow
                     self._stats[name] = self._stats.get(name, 0) - 1
+                elif what == "action_error" or what == "dropped":
+                    self._notes.append(eff)
                 count_signal(self._tally, eff.what, eff.flow, eff.step, eff.detail, source, orphans)
         if keep:
             kept = (
@@ -452,6 +404,7 @@ class BatchPlanner:
             self._seq,
             states,
             self._tally,
+            notes=self._notes,
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from observer.config import ObserverConfig
 from observer.engine.core import Engine
@@ -27,6 +28,7 @@ from observer.errors import StoreError
 from observer.flows.registry import FlowRegistry
 from observer.ingest import Ingest
 from observer.metrics import Metrics
+from observer.record_size import RecordLimits
 from observer.runtime.deployments import Check, Deployments
 from observer.runtime.every import Every
 from observer.runtime.health import Health
@@ -128,6 +130,16 @@ class Runtime:
         self.deploy_listeners: list[Callable[[FlowRegistry], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
+
+    def use_record_limits(self, limits: RecordLimits) -> None:
+        """The largest record each topic accepts, as the broker said at start (before `run`):
+        every part that builds records measures them against it."""
+        topics = replace(self.config.topics(), limits=limits)
+        self.ingest.topics = topics
+        self.router.topics = topics
+        self.tracker.topics = topics
+        self.tracker.publisher.topics = topics
+        self.tracker.planning.engine.topics = topics
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, flush, commit and return (thread-safe)."""
@@ -236,6 +248,7 @@ class Runtime:
         self.metrics.outbox_depth.set(len(self.tracker.publisher))
         if self._stats_every.due():
             self.metrics.ready.set(1 if self.health.report()["ready"] else 0)
+            self.metrics.slot_cache_bytes.set(self.tracker.cache.bytes)
             try:
                 self.metrics.set_open(self.store.stats())
             except StoreError as exc:

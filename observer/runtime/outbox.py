@@ -18,13 +18,24 @@ from typing import Any
 import orjson
 
 from observer.engine.effects import Publish
+from observer.engine.ids import observer_id
+from observer.record_size import (
+    TRUNCATED_HEADER,
+    RecordLimits,
+    fit_dead_letter,
+    header_bytes,
+    record_bytes,
+)
 from observer.runtime.backoff import backoff_ms as retry_delay_ms
+from observer.topics import Topics
 
 __all__ = [
     "InFlight",
     "OutboxRecord",
     "decode_record",
     "encode_record",
+    "oversized",
+    "refused_dead_letter",
     "serialize_value",
     "to_record",
 ]
@@ -63,10 +74,17 @@ def _bytes(v: Any) -> bytes:
 
 
 def serialize_value(p: Publish, wire: Mapping[str, bytes] | None = None) -> bytes | None:
-    """The record value: a mapping/list/number as JSON (Avro with `avro_schema`), a str as
-    UTF-8, bytes as is, None as a null value. An Avro action that names a registry `subject`
-    gets the Confluent wire format's header from `wire` (subject -> magic byte and schema id,
-    resolved when the observer starts)."""
+    """The record value: as the engine encoded it when it did; else a mapping/list/number as
+    JSON (Avro with `avro_schema`), a str as UTF-8, bytes as is, None as a null value. An Avro
+    action that names a registry `subject` gets the Confluent wire format's header from `wire`
+    (subject -> magic byte and schema id, resolved when the observer starts)."""
+    if p.encoded is not None:
+        if p.subject is None:
+            return p.encoded
+        header = None if wire is None else wire.get(p.subject)
+        if header is None:
+            raise ValueError(f"schema registry subject '{p.subject}' was not resolved")
+        return header + p.encoded
     value = p.value
     if value is None and p.category == "dlq":
         return None
@@ -193,6 +211,58 @@ def decode_record(data: bytes) -> OutboxRecord:
     )
 
 
+def oversized(r: OutboxRecord, limits: RecordLimits) -> str | None:
+    """Why the broker would refuse `r` as too large (None: it fits). Measured exactly only when
+    its key and value make up half the limit (the engine and ingest keep records within it:
+    this catches records of an outbox written with a larger limit)."""
+    limit = limits.of(r.topic)
+    key = 0 if r.key is None else len(r.key)
+    value = 0 if r.value is None else len(r.value)
+    if 2 * (key + value) <= limit and len(r.headers) < 16:
+        return None
+    size = record_bytes(key, value, header_bytes(r.headers))
+    if size <= limit:
+        return None
+    return f"the record of {size} bytes is larger than topic {r.topic!r} accepts ({limit} bytes)"
+
+
+def refused_dead_letter(r: OutboxRecord, error: str, topics: Topics) -> OutboxRecord | None:
+    """What takes the place of a record the broker refuses for good: its dead letter (the
+    record, its value cut to fit if need be, with `observer-error` and `observer-target-topic`
+    and an `observer-id` of its own); for a dead letter, the same without its value; None for a
+    dead letter without a value (nothing left to cut: it is dropped). The outbox entry keeps
+    its id (`observer_id`), so the dead letter's acknowledgement removes the record."""
+    if r.category == "dlq":
+        if not r.value:
+            return None
+        note = (TRUNCATED_HEADER, f"value of {len(r.value)} bytes left out: {error}"[:200].encode())
+        return OutboxRecord(
+            r.observer_id,
+            "dlq",
+            r.topic,
+            r.key,
+            None,
+            (*r.headers, note),
+            None,
+            r.created_at,
+            r.seq,
+        )
+    oid = observer_id("", 0, "", r.observer_id, None, "refused")
+    ours: tuple[tuple[str, bytes | None], ...] = (
+        ("observer-error", f"the broker refused the record: {error}"[:1000].encode()),
+        ("observer-target-topic", (r.topic or "").encode()),
+        ("observer-id", oid.encode()),
+    )
+    original = tuple(h for h in r.headers if h[0] != "observer-id")
+    key, value, headers = fit_dead_letter(
+        r.key, r.value, (*original, *ours), topics.limits.of(topics.dlq), keep=len(ours)
+    )
+    fitted = tuple((n, v if isinstance(v, bytes | None) else str(v).encode()) for n, v in headers)
+    return OutboxRecord(
+        r.observer_id, "dlq", topics.dlq, key, value, fitted, None, r.created_at, r.seq
+    )
+
+
 @dataclass(slots=True)
 class _Entry:
     shard: int
@@ -231,6 +301,15 @@ class InFlight:
     def record(self, oid: str) -> OutboxRecord | None:
         entry = self._pending.get(oid)
         return None if entry is None else entry.record
+
+    def replace(self, oid: str, record: OutboxRecord) -> None:
+        """Send `record` in place of the one of entry `oid` (its dead letter): the entry's
+        acknowledgement is then the new record's."""
+        entry = self._pending.get(oid)
+        if entry is not None:
+            entry.record = record
+            entry.attempts = 0
+            entry.retry_at = None
 
     def delivered(self, oid: str) -> None:
         entry = self._pending.pop(oid, None)

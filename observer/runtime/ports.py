@@ -304,10 +304,13 @@ class RawSink(Protocol):
 
 
 class RecordSink(Protocol):
-    """The producer. `send` hands a record over; `on_done(observer_id, error)` is called from
-    `poll`/`flush` once the broker acknowledged it (error None) or gave up."""
+    """The producer. `send` hands a record over; `on_done(observer_id, error, final)` is called
+    from `poll`/`flush` once the broker acknowledged it (error None) or gave up; `final`: the
+    broker refuses this record for good (too large, invalid), retrying cannot help."""
 
-    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None: ...
+    def send(
+        self, record: OutboxRecord, on_done: Callable[[str, str | None, bool], None]
+    ) -> None: ...
 
     def poll(self, timeout_s: float) -> None: ...
 

@@ -7,6 +7,11 @@ the next write (`writes.py` takes them). A record the broker refused is handed o
 a backoff; records found in a shard's outbox (after a crash, a store failure, or from a previous
 owner) are handed over again with their own ids, oldest first.
 
+A record the broker refuses for good (too large, invalid: `final` in the delivery report), or
+that is larger than its topic accepts before it is even sent, never stops the loop nor stays in
+the outbox: its dead letter takes its place (`outbox.refused_dead_letter`), and the outbox entry
+goes once that is acknowledged.
+
 Delivery reports arrive inside `serve` (the producer's poll), on the loop's thread.
 
 Hop records (aliases: messages between slots, `hops.py`) go to the keyed topic through `hops`,
@@ -24,8 +29,15 @@ from functools import partial
 
 from observer.metrics import Metrics
 from observer.runtime.hops import HOP_CATEGORY, hop_partition
-from observer.runtime.outbox import InFlight, OutboxRecord, decode_record
+from observer.runtime.outbox import (
+    InFlight,
+    OutboxRecord,
+    decode_record,
+    oversized,
+    refused_dead_letter,
+)
 from observer.runtime.ports import Clock, RawSink, RecordSink, WebhookSender
+from observer.topics import Topics
 
 __all__ = ["Publisher"]
 
@@ -45,10 +57,12 @@ class Publisher:
         clock: Clock,
         *,
         retry_backoff_ms: int,
+        topics: Topics | None = None,
         hops: RawSink | None = None,
         shards: int = 1,
     ) -> None:
         self.sink = sink
+        self.topics = topics or Topics()  # dead letters of refused records, and record limits
         self.hops = hops  # aliases: the keyed topic's producer, for hop records
         self.shards = shards
         self.hop_failed: str | None = None
@@ -96,7 +110,11 @@ class Publisher:
             done = partial(self._on_hop_delivery, rec.observer_id)
             self.hops.produce_values(rec.topic, [(partition, rec.value or b"", done)])
         else:
-            self.sink.send(rec, self._on_delivery)
+            too_large = oversized(rec, self.topics.limits)
+            if too_large is not None:
+                self._refused(rec.observer_id, too_large)
+            else:
+                self.sink.send(rec, self._on_delivery)
 
     def _on_hop_delivery(self, oid: str, error: str | None) -> None:
         if error is None:
@@ -104,12 +122,15 @@ class Publisher:
         elif self.hop_failed is None:
             self.hop_failed = error
 
-    def _on_delivery(self, oid: str, error: str | None) -> None:
+    def _on_delivery(self, oid: str, error: str | None, final: bool = False) -> None:
         rec = self.inflight.record(oid)
         if error is None:
             if rec is not None:
                 self._published[rec.category] += 1
             self.inflight.delivered(oid)
+            return
+        if final:
+            self._refused(oid, error)
             return
         category = rec.category if rec is not None else "?"
         self.metrics.publish_failures.labels(category).inc()
@@ -122,6 +143,31 @@ class Publisher:
             retry_at,
             extra={"observer_id": oid},
         )
+
+    def _refused(self, oid: str, error: str) -> None:
+        """The record of outbox entry `oid` can never be published: its dead letter is sent in
+        its place (a dead letter without a value, or nothing, if it was one already)."""
+        rec = self.inflight.record(oid)
+        if rec is None:
+            return
+        self.metrics.records_refused.labels(rec.category).inc()
+        dead = refused_dead_letter(rec, error, self.topics)
+        where = {"observer_id": oid, "topic": rec.topic}
+        if dead is None:
+            self.metrics.records_refused.labels("dropped").inc()
+            log.error("dead letter %s refused (%s): dropped", oid, error, extra=where)
+            self.inflight.delivered(oid)
+            return
+        log.error(
+            "%s record %s for %s refused (%s): dead-lettered instead",
+            rec.category,
+            oid,
+            rec.topic,
+            error,
+            extra=where,
+        )
+        self.inflight.replace(oid, dead)
+        self._dispatch(-1, dead)
 
     def serve(self) -> None:
         """Delivery reports, finished webhooks, and records whose retry time has come."""

@@ -22,17 +22,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from observer.config import ObserverConfig
 from observer.correlation import Count
 from observer.engine.effects import Publish
+from observer.engine.state import Event
 from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
+from observer.record_size import record_bytes
 from observer.runtime.batch import dead_letter
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.every import Every
-from observer.runtime.keyed import encode_event, encode_mark
+from observer.runtime.keyed import Routed, encode_event, encode_mark
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
 from observer.runtime.tally import MinuteTally
@@ -42,9 +45,6 @@ __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
 
-# keyed records stay well under the broker's default message.max.bytes (1 MB)
-_MAX_KEYED_BYTES = 900_000
-
 
 @dataclass(slots=True)
 class _Batch:
@@ -53,6 +53,29 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     outstanding: int
     closed: bool = False
+
+
+def _keyed_values(
+    events: list[tuple[str, Event]], rec: SourceRecord, shards: int, plain: bool
+) -> tuple[list[tuple[int, Any]], int]:
+    """(shard, keyed value) of each event of a record, and the largest value's size: the event
+    as it is (`plain`: the keyed topic is in memory and the record JSON) or its JSON."""
+    values: list[tuple[int, Any]] = []
+    crc32 = zlib.crc32
+    if plain:  # direct routing: no JSON round trip
+        for flow, ev in events:
+            # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
+            sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
+            routed = Routed(flow, ev, rec.topic, rec.partition, rec.offset)
+            values.append((crc32(sid) % shards, routed))
+        return values, 0
+    largest = 0
+    for flow, ev in events:
+        value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
+        largest = max(largest, len(value))
+        sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
+        values.append((crc32(sid) % shards, value))
+    return values, largest
 
 
 class Router:
@@ -76,6 +99,8 @@ class Router:
         self.topics = config.topics()
         self.source = source
         self.sink = sink
+        # the in-memory keyed topic of direct routing takes `Routed` events as they are
+        self._in_memory: bool = getattr(sink, "keeps_objects", False)
         self.metrics = metrics
         self.clock = clock
         self.keyed_topic = keyed_topic
@@ -163,12 +188,9 @@ class Router:
             self.commits.commit(wait=False)
         return len(records)
 
-    def _route(self, records: Sequence[SourceRecord]) -> None:
-        """Route one batch. Only the last record of each keyed partition asks for a delivery
-        report: the idempotent producer acknowledges a partition's records in order, so that
-        one stands for all before it (a Python callback per record would cost more than the
-        rest of routing)."""
-        # one pass for offsets and read times per partition (both only move forward)
+    def _observe(self, records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
+        """One pass for the newest offset and read time per partition (both only move
+        forward), told to the watermarks; returns the offsets to commit once routed."""
         seen: dict[TopicPartition, tuple[int, int]] = {}
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -181,15 +203,25 @@ class Router:
         observe = self.watermarks.observe
         for (topic, partition), (offset, ts) in seen.items():
             observe(topic, partition, offset, ts)
-        batch = _Batch({tp: off + 1 for tp, (off, _ts) in seen.items()}, 0)
+        return {tp: off + 1 for tp, (off, _ts) in seen.items()}
+
+    def _route(self, records: Sequence[SourceRecord]) -> None:
+        """Route one batch. Only the last record of each keyed partition asks for a delivery
+        report: the idempotent producer acknowledges a partition's records in order, so that
+        one stands for all before it (a Python callback per record would cost more than the
+        rest of routing)."""
+        batch = _Batch(self._observe(records), 0)
         self._batches.append(batch)
         shards = self.shards
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
         reasons: Counter[Count] = Counter()  # dead letters by topic and reason; key-less...
-        routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
+        routed: list[tuple[int, Any, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
-        crc32 = zlib.crc32
+        keyed_limit = self.topics.limits.of(self.keyed_topic)
+        # A keyed topic kept in memory (direct routing) takes events as they are from topics
+        # read as JSON only: their captured values are what a JSON round trip would give.
+        plain = self.ingest.json_topics if self._in_memory else frozenset()
         for rec in records:
             try:
                 d = decode(rec)
@@ -215,16 +247,11 @@ class Router:
             if not events:
                 outcomes[(rec.topic, "ignored")] += 1
                 continue
-            values = []
-            too_large = False
-            for flow, ev in events:
-                value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
-                too_large = too_large or len(value) > _MAX_KEYED_BYTES
-                # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
-                sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
-                values.append((crc32(sid) % shards, value))
-            if too_large:
-                reason = f"the event is larger than {_MAX_KEYED_BYTES} bytes once decoded"
+            if d.dropped:
+                self._captures_dropped(d.dropped, rec)
+            values, largest = _keyed_values(events, rec, shards, rec.topic in plain)
+            if largest and record_bytes(0, largest, 0) > keyed_limit:  # bounded captures: never
+                reason = f"the event is larger than the keyed topic accepts ({keyed_limit} bytes)"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1
                 reasons[("topic", rec.topic, "dead_letter", "too_large")] += 1
@@ -253,6 +280,13 @@ class Router:
         self.metrics.record_correlation(counts)
         if self.tally is not None:
             self.tally.add(counts)
+
+    def _captures_dropped(self, notes: list[str], rec: SourceRecord) -> None:
+        """Captured values kept as null (over the capture budget): logged and counted."""
+        self.metrics.budget_drops.labels("capture").inc(len(notes))
+        where = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        for note in notes:
+            log.warning("%s", note, extra=where)
 
     def _dead(self, batch: _Batch, p: Publish) -> None:
         batch.outstanding += 1

@@ -110,7 +110,7 @@ class Tracker:
         self.hop_sink = ports.router_sink
         self.hop_marks = hop_marks(config, registry, self.hop_sink, self.clock)
         self.shards = ShardWatermarks(n if self.hop_marks else 0)  # the owned shards
-        self.cache = SlotCache(config.slot_cache_size)
+        self.cache = SlotCache(config.slot_cache_size, config.slot_cache_bytes)
         self.planning = Planning(
             engine,
             lambda sid: shard_of(sid, n),
@@ -162,6 +162,7 @@ class Tracker:
             metrics,
             self.clock,
             retry_backoff_ms=config.retry_backoff_ms,
+            topics=self.topics,
             hops=ports.router_sink,
             shards=config.shards,
         )

@@ -21,7 +21,6 @@ import ipaddress
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from observer.flows.compiled import CompiledAction, CompiledFlow
 from observer.flows.registry import FlowRegistry
 from observer.flows.webhook import env_refs, resolve_env
 from observer.masking import mask_webhook_url
+from observer.runtime.backoff import backoff_ms
 from observer.runtime.outbox import OutboxRecord
 
 __all__ = [
@@ -192,11 +192,6 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def backoff_ms(attempt: int, base_ms: int, cap_ms: int) -> int:
-    """Delay before retry number `attempt` (1 = the first retry): base * 2^(attempt-1), capped."""
-    return int(min(cap_ms, base_ms * 2 ** max(0, attempt - 1)))
-
-
 class WebhookDispatcher:
     """A small pool of threads delivering webhooks with retries."""
 
@@ -209,7 +204,8 @@ class WebhookDispatcher:
         max_attempts: int = 8,
         base_ms: int = 200,
         cap_ms: int = 30_000,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float],
+        max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._post = post
         self._targets = targets
@@ -226,6 +222,9 @@ class WebhookDispatcher:
         self._done: list[tuple[int, str, bool]] = []
         self._stop = False
         self._threads: list[threading.Thread] = []
+        # hostile input (issue 12): the bodies waiting (or retrying) take at most this much
+        self._max_queued = max_queued_bytes
+        self._queued = 0
 
     def start(self) -> None:
         for i in range(self._workers):
@@ -234,7 +233,24 @@ class WebhookDispatcher:
             self._threads.append(t)
 
     def submit(self, shard: int, record: OutboxRecord) -> None:
+        """Queue a record. One that would take the queue over its byte budget (a webhook down
+        while thousands of deviations want it) is given up at once: logged, and counted as a
+        webhook given up; its alert is on the alerts topic all the same."""
+        size = len(record.value or b"")
         with self._cond:
+            if self._queued + size > self._max_queued:
+                log.error(
+                    "webhook %s not attempted: %d bytes of webhooks wait already (budget %d); "
+                    "observer-id %s",
+                    mask_webhook_url(record.webhook or ""),
+                    self._queued,
+                    self._max_queued,
+                    record.observer_id,
+                    extra={"observer_id": record.observer_id},
+                )
+                self._done.append((shard, record.observer_id, False))
+                return
+            self._queued += size
             heapq.heappush(self._heap, (self._mono(), next(self._seq), shard, record, 0))
             self._cond.notify()
 
@@ -286,6 +302,8 @@ class WebhookDispatcher:
             where = mask_webhook_url(record.webhook or "")
             with self._cond:
                 self._busy -= 1
+                if problem is None or delay is None:
+                    self._queued -= len(record.value or b"")
                 if problem is None:
                     self._done.append((shard, record.observer_id, True))
                 elif delay is None:

@@ -13,6 +13,7 @@ write fails (the next write carries them again).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import TopicPartition
 
 __all__ = ["StoreWrites"]
+
+log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
 
@@ -148,6 +151,16 @@ class StoreWrites:
             self.on_published(plan)
         self.metrics.record_signals(plan.signals)
         self.metrics.record_latencies(plan.latencies)
+        for note in plan.notes:
+            what = "an action was not carried out" if note.what == "action_error" else "dropped"
+            log.warning(
+                "%s %s: %s: %s",
+                note.flow,
+                note.key,
+                what,
+                note.detail,
+                extra={"flow": note.flow, "key": note.key},
+            )
         if plan.tally:
             self.metrics.record_correlation(plan.tally)
             if self._tally is not None:

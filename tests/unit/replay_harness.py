@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from observer.replay import run_replay
+from observer.topics import Topics
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -90,13 +91,15 @@ def run(
     flow: str = BASE_FLOW,
     until: int | None = None,
     deploys: Iterable[tuple[int, str]] = (),
+    topics: Topics | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Replay `events` against `flow`; return the published lines as dicts."""
     flow_file = tmp / "flow.yaml"
     flow_file.write_text(flow)
     events_file = tmp / "events.jsonl"
     events_file.write_text("".join(json.dumps(e) + "\n" for e in events))
-    lines = run_replay(str(flow_file), str(events_file), until, list(deploys))
+    lines = run_replay(str(flow_file), str(events_file), until, list(deploys), topics, warn)
     return [orjson.loads(line) for line in lines]
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
 from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine
+from observer.engine.effects import Effect
 from observer.engine.state import Event, KeySlot
-from observer.errors import RenderError
 from observer.flows.compiler import load_registry
 from observer.ingest import SourceRecord
 from observer.runtime.batch import BatchPlanner, SlotUnreadable, dead_letter, safety_ttl_ms
@@ -127,21 +128,33 @@ def test_firing_a_deadline_publishes_alert_and_action_and_an_emptied_slot_is_del
     assert plan2.write.stale_due == [(1, "shop:gone")]
 
 
+class _FailingEngine:
+    """The engine, except that applying the event with id "boom" raises once the slot has
+    changed (an engine bug: templates that fail no longer raise). A wrapper, not a subclass or
+    a monkeypatch: the engine may be compiled with mypyc."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def apply(
+        self, slot: KeySlot, event: Event, now: int, watermark: int | None = None
+    ) -> list[Effect]:
+        effects = self._engine.apply(slot, event, now, watermark)
+        if event.id == "boom":
+            raise RuntimeError("boom")
+        return effects
+
+
 def test_a_failing_event_leaves_the_slot_as_before_it_and_the_rest_goes_on(
-    tmp_path: Path,
+    engine: Engine,
 ) -> None:
-    # A late `Paid` is observed (the slot mutated), then its `if_late` action's template raises
-    # while rendering. (No monkeypatching of the engine: it may be compiled with mypyc.)
-    flow = FLOW.replace(
-        "    if_missing: [cancel]", "    if_missing: [cancel]\n    if_late: [explode]"
-    )
-    flow += '  explode:\n    publish: {topic: cmds, value: {n: "{{ 1 // 0 }}"}}\n'
-    (tmp_path / "flow.yaml").write_text(flow)
-    engine = Engine(load_registry([tmp_path / "flow.yaml"]), Topics())
-    c = planner(engine)
+    c = planner(cast(Engine, _FailingEngine(engine)))
     sid = load(c, "o1")
     c.apply(sid, ev("Placed", "o1", T0))
-    with pytest.raises(RenderError, match="ZeroDivisionError"):
+    with pytest.raises(RuntimeError, match="boom"):
         c.apply(sid, ev("Paid", "o1", T0 + 60_000, eid="boom"))  # mutated the slot, then raised
     c.apply(sid, ev("Paid", "o1", T0 + 6))  # on time: the late one left no trace
     plan = c.plan()
@@ -149,6 +162,42 @@ def test_a_failing_event_leaves_the_slot_as_before_it_and_the_rest_goes_on(
     ((_sid, slot, _stored),) = plan.states
     assert slot is not None and slot.instance is not None
     assert slot.instance.observed[1] == T0 + 6 and not slot.instance.flags
+
+
+def test_a_template_that_fails_is_an_action_error_not_a_failed_event(tmp_path: Path) -> None:
+    # A late `Paid` runs `if_late: [explode, cancel]`; `explode` divides by zero: the alert
+    # lists it, its dead letter takes its place, `cancel` is published, the event is applied.
+    flow = FLOW.replace(
+        "    if_missing: [cancel]", "    if_missing: [cancel]\n    if_late: [explode, cancel]"
+    )
+    flow += '  explode:\n    publish: {topic: cmds, value: {n: "{{ 1 // 0 }}"}}\n'
+    (tmp_path / "flow.yaml").write_text(flow)
+    engine = Engine(load_registry([tmp_path / "flow.yaml"]), Topics())
+    c = planner(engine)
+    sid = load(c, "o1")
+    c.apply(sid, ev("Placed", "o1", T0))
+    c.apply(sid, ev("Paid", "o1", T0 + 60_000))
+    plan = c.plan()
+    records = [r for _, r in plan.records]
+    assert [(r.category, r.topic) for r in records] == [
+        ("alert", "observer.alerts"),
+        ("dlq", "observer.dlq"),
+        ("action", "cmds"),
+        ("outcome", "observer.outcomes"),
+    ]
+    alert = orjson.loads(records[0].value or b"")
+    (error,) = alert["action_errors"]
+    assert error["action"] == "explode" and "ZeroDivisionError" in error["error"]
+    assert orjson.loads(records[1].value or b"") == {
+        "flow": "shop",
+        "version": 1,
+        "key": "o1",
+        "action": "explode",
+        "error": error["error"],
+    }
+    assert dict(records[1].headers)["observer-error"] == error["error"].encode()
+    ((_sid, slot, _stored),) = plan.states
+    assert slot is not None and slot.instance is not None and slot.instance.outcome
 
 
 def test_unreadable_state_is_left_alone(engine: Engine) -> None:

@@ -8,11 +8,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from observer.errors import ConfigError, ObserverError
 
-__all__ = ["ensure_keyed_topic", "ensure_topics", "existing_topics"]
+__all__ = ["ensure_keyed_topic", "ensure_topics", "existing_topics", "record_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +125,43 @@ def ensure_keyed_topic(
         raise ObserverError(f"cannot create the keyed topic '{name}': {exc}") from exc
     log.info("created keyed topic %s (%d partitions)", name, partitions)
     return True
+
+
+def record_limits(
+    settings: Mapping[str, Any], topics: Iterable[str], timeout_s: float = 10.0
+) -> tuple[int | None, dict[str, int]]:
+    """What the cluster accepts: a broker's `message.max.bytes` (every topic's default; None if
+    it would not say) and the `max.message.bytes` of each of `topics` that exists. Raises
+    ObserverError when it does not answer; a config it may not read is left out."""
+    admin = _admin(settings)
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ObserverError(f"Kafka did not answer a metadata request: {exc}") from exc
+    wanted = sorted({t for t in topics if t in md.topics})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in wanted]
+    if md.brokers:
+        resources.append(ConfigResource(ResourceType.BROKER, str(min(md.brokers))))
+    if not resources:
+        return None, {}
+    futures = admin.describe_configs(resources, request_timeout=timeout_s)
+    broker: int | None = None
+    per_topic: dict[str, int] = {}
+    for resource, fut in futures.items():
+        try:
+            entries = fut.result(timeout=timeout_s)
+        except Exception as exc:  # denied, timed out: the observer's own limit stands
+            log.warning("cannot read the configuration of %s: %s", resource, exc)
+            continue
+        name = (
+            "max.message.bytes" if resource.restype == ResourceType.TOPIC else "message.max.bytes"
+        )
+        entry = entries.get(name)
+        value = getattr(entry, "value", None)
+        if value is None or not str(value).isdigit():
+            continue
+        if resource.restype == ResourceType.TOPIC:
+            per_topic[resource.name] = int(value)
+        else:
+            broker = int(value)
+    return broker, per_topic

@@ -2,7 +2,9 @@
 
 `enable.idempotence=true` and `acks=all` are forced by the configuration; every record carries
 its `observer-id` header (already in the record's headers). Delivery reports are served by
-`poll`/`flush` on the loop's thread.
+`poll`/`flush` on the loop's thread. A record the client or the broker refuses for good (too
+large, invalid) is reported as `final` to `send`'s caller, whether librdkafka refused it at once
+or in its delivery report: one such record never stops the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ __all__ = ["KafkaRecordSink"]
 
 log = logging.getLogger(__name__)
 
+# errors of one record that retrying cannot help (the client's or the broker's verdict)
+_FINAL = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError._INVALID_ARG,
+    }
+)
+
 
 class KafkaRecordSink:
     """A confluent-kafka producer. `send` blocks (serving delivery reports) while the local
@@ -35,6 +51,8 @@ class KafkaRecordSink:
         except KafkaException as exc:
             raise ObserverError(f"cannot create the Kafka producer: {exc}") from exc
         self.fatal: str | None = None
+        # records refused as soon as they were handed over: reported by the next poll
+        self._refused: list[tuple[Callable[[str, str | None, bool], None], str, str]] = []
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -43,19 +61,39 @@ class KafkaRecordSink:
         else:
             log.info("Kafka producer: %s", err.str())
 
-    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None:
+    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None, bool], None]) -> None:
         if record.topic is None:
             raise ValueError("a Kafka record needs a topic")
         oid = record.observer_id
-        self.produce(
-            record.topic,
-            None,
-            record.key,
-            record.value,
-            record.headers,
-            None,
-            lambda error: on_done(oid, error),
-        )
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                on_done(oid, None, False)
+            else:
+                on_done(oid, err.str(), err.code() in _FINAL)
+
+        kwargs: dict[str, Any] = {"on_delivery": delivered}
+        if record.headers:
+            kwargs["headers"] = list(record.headers)
+        while True:
+            try:
+                self._producer.produce(record.topic, record.value, record.key, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if not isinstance(err, KafkaError) or err.code() not in _FINAL:
+                    raise ObserverError(f"cannot produce to {record.topic}: {exc}") from exc
+                self._refused.append((on_done, oid, err.str()))
+                return
+            if self.fatal is not None:
+                raise ObserverError(f"Kafka producer failed: {self.fatal}")
+
+    def _report_refused(self) -> None:
+        refused, self._refused = self._refused, []
+        for on_done, oid, error in refused:
+            on_done(oid, error, True)
 
     def produce(
         self,
@@ -130,9 +168,13 @@ class KafkaRecordSink:
             self._producer.poll(0.05)
 
     def poll(self, timeout_s: float) -> None:
+        if self._refused:
+            self._report_refused()
         self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float) -> int:
+        if self._refused:
+            self._report_refused()
         deadline = time.monotonic() + timeout_s
         remaining = int(self._producer.flush(max(0.0, timeout_s)))
         while remaining and time.monotonic() < deadline:

@@ -27,7 +27,9 @@ class _Producer:
         self.held = False
         self.closed = False
         self._reports: list[tuple[Done, str | None]] = []
-        self._failing: list[str] = []
+        self._failing: list[tuple[str, str | None]] = []  # (error, only records of topic)
+        # errors a record sink reports as final (the broker refuses the record for good)
+        self.final_errors: set[str] = set()
 
     def hold(self) -> None:
         """Keep the delivery reports (the broker does not acknowledge) until `release`."""
@@ -36,9 +38,18 @@ class _Producer:
     def release(self) -> None:
         self.held = False
 
-    def fail_next(self, n: int = 1, error: str = "Local: Message timed out") -> None:
-        """The next `n` records are not written; their reports say `error`."""
-        self._failing += [error] * n
+    def fail_next(
+        self,
+        n: int = 1,
+        error: str = "Local: Message timed out",
+        final: bool = False,
+        topic: str | None = None,
+    ) -> None:
+        """The next `n` records (of `topic`, if given) are not written; their reports say
+        `error` (`final`: the broker refuses them for good, as a too-large record)."""
+        self._failing += [(error, topic)] * n
+        if final:
+            self.final_errors.add(error)
 
     def _produce(
         self,
@@ -50,10 +61,13 @@ class _Producer:
         timestamp: int | None,
         on_done: Done | None,
     ) -> None:
-        if self._failing:
-            error: str | None = self._failing.pop(0)
-        else:
-            error = None
+        error: str | None = None
+        for i, (failure, only) in enumerate(self._failing):
+            if only is None or only == topic:
+                error = failure
+                del self._failing[i]
+                break
+        if error is None:
             self.broker.append(
                 topic, partition, key, value, headers, -1 if timestamp is None else timestamp
             )
@@ -102,7 +116,7 @@ class InMemoryRawSink(_Producer):
 class InMemoryRecordSink(_Producer):
     """`RecordSink`: the observer's outbox records, partitioned by key."""
 
-    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None], None]) -> None:
+    def send(self, record: OutboxRecord, on_done: Callable[[str, str | None, bool], None]) -> None:
         if record.topic is None:
             raise ValueError("a Kafka record needs a topic")
         oid = record.observer_id
@@ -113,5 +127,5 @@ class InMemoryRecordSink(_Producer):
             record.value,
             record.headers,
             None,
-            lambda error: on_done(oid, error),
+            lambda error: on_done(oid, error, error is not None and error in self.final_errors),
         )
