@@ -138,8 +138,11 @@ LATENCY_BOUNDS_MS = (
 def latency_counts(latencies: Iterable[tuple[str, str, int]]) -> dict[Count, int]:
     """Step latencies (flow, step, ms) as counts per bucket (`("lat", flow, step, bucket)`)."""
     out: dict[Count, int] = {}
-    bounds = LATENCY_BOUNDS_MS
+    bounds, names, get = LATENCY_BOUNDS_MS, _BUCKET_NAMES, out.get
     for flow, step, ms in latencies:
-        count = ("lat", flow, step, str(bisect_left(bounds, ms)))
-        out[count] = out.get(count, 0) + 1
+        count = ("lat", flow, step, names[bisect_left(bounds, ms)])
+        out[count] = get(count, 0) + 1
     return out
+
+
+_BUCKET_NAMES = tuple(str(i) for i in range(len(LATENCY_BOUNDS_MS) + 1))
