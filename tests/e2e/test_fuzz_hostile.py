@@ -14,7 +14,9 @@ orphans. `observer replay` of the same records says what must be published; the 
 must publish exactly that -- every alert (its `action_errors` too), action record and dead
 letter, by `observer-id`, each dead letter once -- without exiting, logging a traceback or
 taking longer than a bound. The figures (inputs tried, crashes, records lost, largest RSS) are
-printed with the e2e figures and kept in docs/running.md. Takes about 20 s.
+printed with the e2e figures and kept in docs/running.md. Run twice: keyed routing, and
+direct routing with a kill -9 mid-way and a restart (records may then repeat, with their ids).
+Takes about 40 s in all.
 """
 
 from __future__ import annotations
@@ -107,7 +109,56 @@ def _ids(records: list[Record]) -> Counter[str]:
     return Counter((r.header("observer-id") or b"").decode() for r in records)
 
 
+Expected = dict[str, list[dict[str, Any]]]
+
+
+def _oracle(folder: Path, events: Path, until: int, topics: Topics, cmds: str) -> Expected:
+    """What `observer replay` publishes to the alerts, action and dead-letter topics."""
+    expected: Expected = {topics.alerts: [], cmds: [], topics.dlq: []}
+    for raw in run_replay(str(folder), str(events), until, [], topics):
+        line = orjson.loads(raw)
+        if line["topic"] in expected:
+            expected[line["topic"]].append(line)
+    return expected
+
+
+def _live(
+    stack: Any, env: dict[str, str], folder: Path, want: dict[str, Counter[str]], crash: bool
+) -> tuple[dict[str, list[Record]], int, list[ObserverProcess]]:
+    """One `observer run` until it published every record replay says it must (`crash`: it is
+    killed with SIGKILL once its first dead letter is out, and started again); what it
+    published, its largest RSS (KB) and the processes."""
+    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", env["GROUP"])
+    procs = [ObserverProcess("observer", folder, env, *args)]
+    procs[0].wait_ready()
+    got: dict[str, list[Record]] = {}
+    rss = 0
+
+    def everything() -> bool:
+        for topic in want:
+            got[topic] = consume_all(stack.bootstrap_servers, topic, timeout=2)
+        return all(set(ids) <= set(_ids(got[topic])) for topic, ids in want.items())
+
+    if crash:
+        dlq = list(want)[2]
+        dead = lambda: consume_all(stack.bootstrap_servers, dlq, timeout=1)  # noqa: E731
+        wait_for(dead, 60, "a first dead letter", procs[0])
+        rss = _rss_kb(procs[0].pid)
+        assert procs[0].kill() == -9
+        procs.append(ObserverProcess("observer-again", folder, env, *args))
+        procs[1].wait_ready()
+    wait_for(everything, 120, "every record replay publishes", procs[-1])
+    rss = max(rss, _rss_kb(procs[-1].pid))
+    assert procs[-1].running(), procs[-1].tail()
+    assert procs[-1].stop() == 0, procs[-1].tail()
+    assert all("Traceback" not in p.log for p in procs)
+    return got, rss, procs
+
+
+@pytest.mark.parametrize(("routing", "crash"), [("keyed", False), ("direct", True)])
 def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
+    routing: str,
+    crash: bool,
     stack: Any,
     unique: str,
     tmp_path: Path,
@@ -132,59 +183,44 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     events = tmp_path / "events.jsonl"
     events.write_bytes(_replay_lines(gen.records, source))
     topics = Topics(alerts=alerts, outcomes=outcomes, dlq=dlq)
-    expected: dict[str, list[dict[str, Any]]] = {alerts: [], cmds: [], dlq: []}
-    started = time.perf_counter()
-    for raw in run_replay(str(folder), str(events), t0 + gen.span_ms + 60_000, [], topics):
-        line = orjson.loads(raw)
-        if line["topic"] in expected:
-            expected[line["topic"]].append(line)
-    replay_s = time.perf_counter() - started
-    want = {
-        t: Counter(ln["headers"]["observer-id"] for ln in lines) for t, lines in expected.items()
-    }
+    expected = _oracle(folder, events, t0 + gen.span_ms + 60_000, topics, cmds)
+    want = {t: Counter(ln["headers"]["observer-id"] for ln in lns) for t, lns in expected.items()}
     assert all(n == 1 for ids in want.values() for n in ids.values())  # distinct ids
     assert any("action_errors" in ln["value"] for ln in expected[alerts])
     bad = sum(1 for s in gen.records if s.what not in ("order", "orphan"))
-    assert len(want[dlq]) >= bad, (len(want[dlq]), bad)
 
     _produce(stack.bootstrap_servers, source, gen.records)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
     env.update(
+        GROUP=f"{unique}-g",
         OBSERVER_REDIS_URL=stack.redis_url,
         OBSERVER_KEY_PREFIX=f"{unique}:obs",
         OBSERVER_ALERTS_TOPIC=alerts,
         OBSERVER_OUTCOMES_TOPIC=outcomes,
         OBSERVER_DLQ_TOPIC=dlq,
         OBSERVER_IDLE_GRACE_MS="200",
+        OBSERVER_ROUTING=routing,
+        # direct: the restarted process takes over within seconds (the default is 30 s; 2 s
+        # is shorter than a batch of these records can take on a loaded machine)
+        OBSERVER_LEASE_TTL_MS="8000",
     )
-    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", f"{unique}-g")
-    p = ObserverProcess("observer", folder, env, *args)
-    observer_procs.append(p)
-    p.wait_ready()
-    got: dict[str, list[Record]] = {}
-
-    def everything() -> bool:
-        for topic in (alerts, cmds, dlq):
-            got[topic] = consume_all(stack.bootstrap_servers, topic, timeout=2)
-        return all(set(want[t]) <= set(_ids(got[t])) for t in want)
-
     started = time.perf_counter()
-    wait_for(everything, 120, "every record replay publishes", p)
+    got, rss_kb, procs = _live(stack, env, folder, want, crash)
+    observer_procs.extend(procs)
     live_s = time.perf_counter() - started
-    rss_kb = _rss_kb(p.pid)
-    assert p.running() and "Traceback" not in p.log, p.tail()
-    assert p.stop() == 0, p.tail()
-    _check_same(expected, got, want, gen.records)
+    repeats = _check_same(expected, got, want, gen.records, crash)
     lost = sum(len(set(want[t]) - set(_ids(got[t]))) for t in want)
-    tried = len(texts) + len(gen.records)
     figures.append(
-        f"generated (seed {SEED}): {len(texts)} flow files ({len(accepted)} valid, {refused} "
-        f"refused with file:line, slowest validate {slowest:.2f}s) and {len(gen.records)} "
-        f"records ({ORDERS} orders, {bad} bad, {ORPHANS} orphans; largest "
-        f"{max(len(s.value) for s in gen.records) // 1000} KB): inputs tried {tried}, crashes 0, "
-        f"records lost {lost}; published {len(got[alerts])} alerts, {len(got[cmds])} actions, "
-        f"{len(got[dlq])} dead letters (as replay; replay {replay_s:.1f}s, live {live_s:.1f}s); "
-        f"observer's largest RSS {rss_kb // 1024} MB"
+        f"generated (seed {SEED}), {routing} routing{', kill -9 and restart' if crash else ''}: "
+        f"{len(texts)} flow files ({len(accepted)} valid, {refused} refused with file:line, "
+        f"slowest validate {slowest:.2f}s) and {len(gen.records)} records ({ORDERS} orders, "
+        f"{bad} bad, {ORPHANS} orphans; largest {max(len(s.value) for s in gen.records) // 1000}"
+        f" KB): inputs tried {len(texts) + len(gen.records)}, crashes 0, records lost {lost}; "
+        f"published {sum(len(want[t]) for t in want)} distinct records as replay (alerts "
+        f"{len(want[alerts])}, actions {len(want[cmds])}, dead letters {len(want[dlq])}"
+        f"{f'; {repeats} repeats after the kill' if crash else ''}) in {live_s:.1f}s; "
+        f"observer's largest RSS "
+        f"{rss_kb // 1024} MB"
     )
 
 
@@ -193,15 +229,19 @@ def _check_same(
     got: dict[str, list[Record]],
     want: dict[str, Counter[str]],
     sent: list[Sent],
-) -> None:
-    """The live records are replay's, by observer-id, each once; alerts as replay rendered
+    crash: bool,
+) -> int:
+    """The live records are replay's, by observer-id, each once (after a crash a record may
+    be published again, with its id: the repeats are returned); alerts as replay rendered
     them (but when they were decided, and the orphans' times: their buffer runs from when
     the event was read); dead letters the original bytes."""
+    repeats = 0
     for topic, ids in want.items():
         live = _ids(got[topic])
         assert set(live) == set(ids), (topic, set(live) ^ set(ids))
         twice = {i: n for i, n in live.items() if n > 1}
-        assert not twice, (topic, twice)  # no crash, so no repeat either
+        assert crash or not twice, (topic, twice)
+        repeats += sum(twice.values()) - len(twice)
     alerts, _cmds, dlq = expected
     live_alerts = {(r.header("observer-id") or b"").decode(): r for r in got[alerts]}
     for line in expected[alerts]:
@@ -216,6 +256,7 @@ def _check_same(
     big = {k for k in keys if k is not None and k.startswith(b"1000000")}
     assert len(big) >= 2 and big <= {s.key for s in sent if s.what == "order"}, big
     _check_dead_letters(got[dlq], sent)
+    return repeats
 
 
 def _check_dead_letters(dead: list[Record], sent: list[Sent]) -> None:
@@ -240,4 +281,5 @@ def _check_dead_letters(dead: list[Record], sent: list[Sent]) -> None:
         else:  # cut to fit the dead-letter topic, headers kept
             assert len(s.value) > 1_000_000 and (d.value or b"") in s.value
             cut += 1
-    assert sorted(seen) == sorted(bad) and cut == 1, (sorted(seen), sorted(bad), cut)
+    # (each once by observer-id, checked by the caller; a repeat after a kill is the same)
+    assert set(seen) == bad and cut >= 1, (sorted(seen), sorted(bad), cut)
