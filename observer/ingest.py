@@ -151,6 +151,10 @@ class Ingest:
                         or None,
                     )
         self._readers = {t: tuple(r.values()) for t, r in readers.items()}
+        # topics every flow reads as JSON: their captured values are JSON's types already
+        self.json_topics = frozenset(
+            t for t, rs in self._readers.items() if all(r.source.format == "json" for r in rs)
+        )
 
     def topic_names(self) -> list[str]:
         return sorted(self._readers)
@@ -161,14 +165,7 @@ class Ingest:
         readers = self._readers.get(rec.topic)
         if not readers:
             return out
-        raw_headers = rec.headers
-        kind = type(raw_headers)
-        if kind is list or kind is tuple:  # confluent-kafka's [(name, bytes), ...]
-            headers: Mapping[str, Any] = dict(raw_headers)
-        elif kind is dict or isinstance(raw_headers, Mapping):  # no ABC check for a dict
-            headers = raw_headers  # type: ignore[assignment]
-        else:
-            headers = dict(raw_headers)
+        headers = _headers(rec.headers)
         view: RecordView | None = None
         view_fmt = ""
         views: dict[str, RecordView] | None = None
@@ -290,6 +287,16 @@ class Ingest:
         return self._dead(
             rec, f"cannot decode {fmt} value: {exc}", code if type(code) is str else "undecodable"
         )
+
+
+def _headers(raw_headers: Any) -> Mapping[str, Any]:
+    """A record's headers by name (the last of repeated ones)."""
+    kind = type(raw_headers)
+    if kind is list or kind is tuple:  # confluent-kafka's [(name, bytes), ...]
+        return dict(raw_headers)
+    if kind is dict or isinstance(raw_headers, Mapping):  # no ABC check for a dict
+        return raw_headers  # type: ignore[no-any-return]
+    return dict(raw_headers)
 
 
 class _Dead(Exception):

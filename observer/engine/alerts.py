@@ -59,6 +59,28 @@ class Deviation:
     at: int | None = None  # its time for the guardrails (DeviationRef.at; None: `now`)
 
 
+def _deviation_context(dev: Deviation, step_name: str | None) -> dict[str, Any]:
+    """What templates see as `deviation` (and the alert record shows of it)."""
+    late_by = (
+        dev.late_by
+        if dev.late_by is not None
+        else dev.observed_at - dev.deadline
+        if dev.kind == "late" and dev.deadline is not None and dev.observed_at is not None
+        else None
+    )
+    ctx: dict[str, Any] = {
+        "kind": dev.kind,
+        "step": step_name,
+        "deadline": format_time(dev.deadline) if dev.deadline is not None else None,
+        "observed_at": format_time(dev.observed_at) if dev.observed_at is not None else None,
+        "late_by": format_duration(late_by) if late_by is not None else None,
+        "late_by_ms": late_by,
+    }
+    if dev.extra:
+        ctx.update(dev.extra)
+    return ctx
+
+
 def deviation_effects(
     flow: CompiledFlow,
     key: str,
@@ -79,23 +101,8 @@ def deviation_effects(
     if dev.kind == "out_of_order" and dev.handler is None:
         return out  # recorded only
     handler = dev.handler
-    late_by = (
-        dev.late_by
-        if dev.late_by is not None
-        else dev.observed_at - dev.deadline
-        if dev.kind == "late" and dev.deadline is not None and dev.observed_at is not None
-        else None
-    )
-    deviation_ctx = {
-        "kind": dev.kind,
-        "step": step_name,
-        "deadline": format_time(dev.deadline) if dev.deadline is not None else None,
-        "observed_at": format_time(dev.observed_at) if dev.observed_at is not None else None,
-        "late_by": format_duration(late_by) if late_by is not None else None,
-        "late_by_ms": late_by,
-    }
-    if dev.extra:
-        deviation_ctx.update(dev.extra)
+    deviation_ctx = _deviation_context(dev, step_name)
+    late_by = deviation_ctx["late_by_ms"]
     ctx = template_context(flow, key, version, inst, now, deviation_ctx)
     severity = (handler.severity if handler else None) or _DEFAULT_SEVERITY.get(dev.kind, "warning")
     base = (flow.name, version, key, dev.trigger, step_name)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from observer.errors import FlowError, FlowProblem
+from observer.flows.action_compiler import compile_action
 from observer.flows.aliases import compile_aliases
 from observer.flows.avro import avro_text, load_avro
 from observer.flows.compiled import (
@@ -30,9 +31,9 @@ from observer.flows.guardrails import compile_guardrails
 from observer.flows.loader import LineMap, LoadedFlow, load_flows
 from observer.flows.registry import FlowRegistry
 from observer.flows.selectors import compile_selector
-from observer.flows.spec import EVENT_REF, ActionSpec, FlowSpec, HandlerSpec, StepSpec
-from observer.flows.templates import TemplateContextSpec, compile_value
-from observer.flows.webhook import compile_webhook, conflicting_webhooks
+from observer.flows.spec import EVENT_REF, FlowSpec, HandlerSpec, StepSpec
+from observer.flows.templates import TemplateContextSpec
+from observer.flows.webhook import conflicting_webhooks
 from observer.timefmt import parse_duration
 
 __all__ = ["compile_flow", "compile_flows", "load_registry"]
@@ -111,56 +112,9 @@ class _FlowCompiler:
 
     def _compile_actions(self, ctx: TemplateContextSpec) -> None:
         for name, act in self.spec.actions.items():
-            self.actions[name] = self._action(name, act, ctx)
+            self.actions[name] = compile_action(name, act, ctx, self.loaded, self.problem)
         for name, message in conflicting_webhooks(self.actions):
             self.problem(("actions", name, "webhook", "url"), message)
-
-    def _action(self, name: str, act: ActionSpec, ctx: TemplateContextSpec) -> CompiledAction:
-        loc: tuple[str | int, ...] = ("actions", name)
-        errs: list[str] = []
-        if act.publish is not None:
-            p = act.publish
-            topic, e1 = compile_value(p.topic, ctx)
-            key, e2 = compile_value(p.key, ctx)
-            headers, e3 = compile_value(p.headers, ctx)
-            value, e4 = compile_value(p.value, ctx)
-            errs = e1 + e2 + e3 + e4
-            schema = text = None
-            if p.schema_ is not None:
-                try:
-                    schema = load_avro(p.schema_, self.loaded)
-                    text = avro_text(p.schema_, self.loaded)
-                except Exception as exc:
-                    self.problem(
-                        (*loc, "publish", "schema"),
-                        f"action '{name}': cannot load Avro schema '{p.schema_}': {exc}",
-                    )
-            for e in errs:
-                self.problem((*loc, "publish"), f"action '{name}': {e}")
-            return CompiledAction(
-                name,
-                "publish",
-                topic=topic,
-                key=key,
-                headers=headers,
-                value=value,
-                value_is_mapping=isinstance(p.value, Mapping),
-                avro_schema=schema,
-                subject=p.subject,
-                avro_schema_text=text,
-            )
-        if act.alert is not None:
-            summary = None
-            if act.alert.summary is not None:
-                summary, errs = compile_value(act.alert.summary, ctx)
-                for e in errs:
-                    self.problem((*loc, "alert", "summary"), f"action '{name}': {e}")
-            return CompiledAction(name, "alert", severity=act.alert.severity, summary=summary)
-        assert act.webhook is not None
-        action, problems = compile_webhook(name, act.webhook)
-        for where, message in problems:
-            self.problem((*loc, "webhook", *where), message)
-        return action
 
     def _handler(
         self, h: HandlerSpec | None, loc: tuple[str | int, ...], what: str
@@ -206,66 +160,14 @@ class _FlowCompiler:
             on = self._refs(s.on, sloc, what)
             is_start = path_index == 0 and i == 0
             if s.after is not None:
-                anchors = []
-                for j, a in enumerate(s.after):
-                    if a not in index_of:
-                        other = (
-                            " (anchors must be steps of the same path)"
-                            if a in self._all_step_names
-                            else ""
-                        )
-                        self.problem(
-                            (*sloc, "after", j), f"{what}: 'after' names unknown step '{a}'{other}"
-                        )
-                    elif a == s.step:
-                        self.problem((*sloc, "after", j), f"{what} cannot be anchored at itself")
-                    else:
-                        anchors.append(index_of[a])
-                anchor_t = tuple(anchors)
+                anchor_t = self._anchors(s, sloc, what, index_of)
             elif is_start or prev_required is None:
                 anchor_t = ()
             else:
                 anchor_t = (prev_required,)
-            if is_start and s.after:
-                self.problem((*sloc, "after"), f"{what} starts the flow and cannot have an anchor")
             within = parse_duration(s.within) if s.within else None
-            warn = None
-            if s.warn is not None:
-                if within is None:
-                    self.problem((*sloc, "warn"), f"{what}: 'warn' needs 'within'")
-                else:
-                    warn = _warn_ms(s.warn, within)
-                    if warn >= within:
-                        self.problem(
-                            (*sloc, "warn"),
-                            f"{what}: warn ({s.warn}) must be shorter than within ({s.within})",
-                        )
-            if is_start:
-                if within is not None:
-                    self.problem((*sloc, "within"), f"{what} starts the flow and has no window")
-                if s.optional:
-                    self.problem(
-                        (*sloc, "optional"), f"{what} starts the flow and cannot be optional"
-                    )
-            if s.if_missing is not None and within is None:
-                self.problem(
-                    (*sloc, "if_missing"), f"{what}: if_missing never fires without 'within'"
-                )
-            if s.if_warning is not None and s.warn is None:
-                self.problem(
-                    (*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'"
-                )
-            if s.if_late is not None and within is None:
-                self.problem((*sloc, "if_late"), f"{what}: if_late never fires without 'within'")
-            if s.if_out_of_order is not None and not anchor_t:
-                self.problem(
-                    (*sloc, "if_out_of_order"),
-                    f"{what}: if_out_of_order never fires: the step has no anchor step",
-                )
-            if s.optional and (s.if_missing is not None or s.if_warning is not None):
-                self.problem(
-                    (*sloc, "optional"), f"{what} is optional: it never raises missing or warning"
-                )
+            warn = self._warn(s, sloc, what, within)
+            self._check_step(s, sloc, what, is_start, within, anchor_t)
             captures = tuple((c, compile_selector(c)) for c in s.capture)
             step = CompiledStep(
                 index=first_index + i,
@@ -295,6 +197,76 @@ class _FlowCompiler:
         check_cycles(out, loc, self.problem)
         return out
 
+    def _anchors(
+        self, s: StepSpec, sloc: tuple[str | int, ...], what: str, index_of: dict[str, int]
+    ) -> tuple[int, ...]:
+        """The step indexes of `after:` (each a step of the same path, not the step itself)."""
+        anchors = []
+        for j, a in enumerate(s.after or ()):
+            if a not in index_of:
+                other = (
+                    " (anchors must be steps of the same path)" if a in self._all_step_names else ""
+                )
+                self.problem(
+                    (*sloc, "after", j), f"{what}: 'after' names unknown step '{a}'{other}"
+                )
+            elif a == s.step:
+                self.problem((*sloc, "after", j), f"{what} cannot be anchored at itself")
+            else:
+                anchors.append(index_of[a])
+        return tuple(anchors)
+
+    def _warn(
+        self, s: StepSpec, sloc: tuple[str | int, ...], what: str, within: int | None
+    ) -> int | None:
+        """The step's warn point (ms), which needs a window and must be inside it."""
+        if s.warn is None:
+            return None
+        if within is None:
+            self.problem((*sloc, "warn"), f"{what}: 'warn' needs 'within'")
+            return None
+        warn = _warn_ms(s.warn, within)
+        if warn >= within:
+            self.problem(
+                (*sloc, "warn"),
+                f"{what}: warn ({s.warn}) must be shorter than within ({s.within})",
+            )
+        return warn
+
+    def _check_step(
+        self,
+        s: StepSpec,
+        sloc: tuple[str | int, ...],
+        what: str,
+        is_start: bool,
+        within: int | None,
+        anchors: tuple[int, ...],
+    ) -> None:
+        """Settings that cannot take effect: a start with an anchor, window or `optional`;
+        handlers of deviations the step can never raise."""
+        if is_start and s.after:
+            self.problem((*sloc, "after"), f"{what} starts the flow and cannot have an anchor")
+        if is_start:
+            if within is not None:
+                self.problem((*sloc, "within"), f"{what} starts the flow and has no window")
+            if s.optional:
+                self.problem((*sloc, "optional"), f"{what} starts the flow and cannot be optional")
+        if s.if_missing is not None and within is None:
+            self.problem((*sloc, "if_missing"), f"{what}: if_missing never fires without 'within'")
+        if s.if_warning is not None and s.warn is None:
+            self.problem((*sloc, "if_warning"), f"{what}: if_warning never fires without 'warn'")
+        if s.if_late is not None and within is None:
+            self.problem((*sloc, "if_late"), f"{what}: if_late never fires without 'within'")
+        if s.if_out_of_order is not None and not anchors:
+            self.problem(
+                (*sloc, "if_out_of_order"),
+                f"{what}: if_out_of_order never fires: the step has no anchor step",
+            )
+        if s.optional and (s.if_missing is not None or s.if_warning is not None):
+            self.problem(
+                (*sloc, "optional"), f"{what} is optional: it never raises missing or warning"
+            )
+
     def _template_context(self, steps: list[StepSpec]) -> TemplateContextSpec:
         """What templates may name: the key, each step's captures, the aliases (if any)."""
         aliases = self.spec.aliases
@@ -323,105 +295,24 @@ class _FlowCompiler:
         spec = self.spec
         if spec.key in RESERVED_KEY_NAMES:
             self.problem(("key",), f"key name '{spec.key}' collides with a template name")
-        self._all_step_names = [s.step for s in spec.steps] + [
-            s.step for p in spec.paths.values() for s in p.steps
-        ]
-        seen: dict[str, tuple[str | int, ...]] = {}
-        all_specs: list[tuple[tuple[str | int, ...], StepSpec]] = [
-            (("steps", i), s) for i, s in enumerate(spec.steps)
-        ] + [
-            (("paths", pn, "steps", i), s)
-            for pn, p in spec.paths.items()
-            for i, s in enumerate(p.steps)
-        ]
-        for loc, s in all_specs:
-            if s.step in seen:
-                self.problem(
-                    (*loc, "step"),
-                    f"step name '{s.step}' is used twice (step names are unique in a flow)",
-                )
-            seen[s.step] = loc
+        all_specs = self._unique_steps()
         ctx = self._template_context([s for _, s in all_specs])
         sources = self._sources()
         self._compile_actions(ctx)
-        steps = self._steps(0, list(spec.steps), ("steps",), 0)
-        paths = [
-            CompiledPath(
-                0,
-                "main",
-                "completed",
-                tuple(s.index for s in steps),
-                tuple(s.index for s in steps if not s.optional),
+        steps, paths = self._paths()
+        errors = [
+            CompiledError(
+                i,
+                self._refs(e.on, ("errors", i), f"errors[{i}]"),
+                self._handler(e.handler(), ("errors", i), f"errors[{i}]"),
             )
+            for i, e in enumerate(spec.errors)
         ]
-        for pi, (pname, p) in enumerate(spec.paths.items(), start=1):
-            psteps = self._steps(pi, list(p.steps), ("paths", pname, "steps"), len(steps))
-            steps.extend(psteps)
-            paths.append(
-                CompiledPath(
-                    pi,
-                    pname,
-                    p.outcome,
-                    tuple(s.index for s in psteps),
-                    tuple(s.index for s in psteps if not s.optional),
-                )
-            )
-        errors = []
-        for i, e in enumerate(spec.errors):
-            on = self._refs(e.on, ("errors", i), f"errors[{i}]")
-            errors.append(
-                CompiledError(i, on, self._handler(e.handler(), ("errors", i), f"errors[{i}]"))
-            )
-        sla = None
-        if spec.sla is not None:
-            within, warn = parse_duration(spec.sla.within), None
-            if spec.sla.warn is not None:
-                warn = _warn_ms(spec.sla.warn, within)
-                if warn >= within:
-                    self.problem(
-                        ("sla", "warn"),
-                        f"sla: warn ({spec.sla.warn}) must be shorter than within ({spec.sla.within})",
-                    )
-            if spec.sla.if_warning is not None and spec.sla.warn is None:
-                self.problem(("sla", "if_warning"), "sla: if_warning never fires without 'warn'")
-            sla = CompiledSla(
-                within,
-                warn,
-                self._handler(spec.sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
-                self._handler(spec.sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
-            )
+        sla = self._sla()
         slo = self._slo()
         aliases = compile_aliases(spec, self.problem, self._handler)
-        step_index: dict[tuple[str, str], list[int]] = {}
-        for cs in steps:
-            for ref in cs.on:
-                same_path = [steps[j] for j in step_index.get(ref, []) if steps[j].path == cs.path]
-                if same_path:
-                    loc = next(loc for loc, sp in all_specs if sp.step == cs.name)
-                    self.problem(
-                        (*loc, "on"),
-                        f"step '{cs.name}' expects {ref[0]}.{ref[1]}, already expected by "
-                        f"step '{same_path[0].name}' of the same path",
-                    )
-                step_index.setdefault(ref, []).append(cs.index)
-        shared = {i for idxs in step_index.values() if len(idxs) > 1 for i in idxs}
-        steps = [
-            dataclasses.replace(
-                cs,
-                shares_on=cs.index in shared,
-                dependents=tuple(o.index for o in steps if cs.index in o.anchors),
-            )
-            for cs in steps
-        ]
-        error_index: dict[tuple[str, str], int] = {}
-        for ce in errors:
-            for ref in ce.on:
-                if ref in step_index:
-                    self.problem(
-                        ("errors", ce.index, "on"),
-                        f"errors[{ce.index}]: {ref[0]}.{ref[1]} is also a step's event",
-                    )
-                error_index.setdefault(ref, ce.index)
+        steps, step_index = self._index_steps(steps, all_specs)
+        error_index = self._error_index(errors, step_index)
         guardrails = compile_guardrails(spec.guardrails)
         if self.problems:
             return None
@@ -446,6 +337,122 @@ class _FlowCompiler:
             alias_from=aliases.alias_from,
             if_alias_conflict=aliases.if_alias_conflict,
         )
+
+    def _unique_steps(self) -> list[tuple[tuple[str | int, ...], StepSpec]]:
+        """Every step of every path with its location; a name used twice is a problem."""
+        spec = self.spec
+        self._all_step_names = [s.step for s in spec.steps] + [
+            s.step for p in spec.paths.values() for s in p.steps
+        ]
+        seen: dict[str, tuple[str | int, ...]] = {}
+        all_specs: list[tuple[tuple[str | int, ...], StepSpec]] = [
+            (("steps", i), s) for i, s in enumerate(spec.steps)
+        ] + [
+            (("paths", pn, "steps", i), s)
+            for pn, p in spec.paths.items()
+            for i, s in enumerate(p.steps)
+        ]
+        for loc, s in all_specs:
+            if s.step in seen:
+                self.problem(
+                    (*loc, "step"),
+                    f"step name '{s.step}' is used twice (step names are unique in a flow)",
+                )
+            seen[s.step] = loc
+        return all_specs
+
+    def _paths(self) -> tuple[list[CompiledStep], list[CompiledPath]]:
+        """The main path's steps, then each alternate path's, numbered in that order."""
+        spec = self.spec
+        steps = self._steps(0, list(spec.steps), ("steps",), 0)
+        paths = [
+            CompiledPath(
+                0,
+                "main",
+                "completed",
+                tuple(s.index for s in steps),
+                tuple(s.index for s in steps if not s.optional),
+            )
+        ]
+        for pi, (pname, p) in enumerate(spec.paths.items(), start=1):
+            psteps = self._steps(pi, list(p.steps), ("paths", pname, "steps"), len(steps))
+            steps.extend(psteps)
+            paths.append(
+                CompiledPath(
+                    pi,
+                    pname,
+                    p.outcome,
+                    tuple(s.index for s in psteps),
+                    tuple(s.index for s in psteps if not s.optional),
+                )
+            )
+        return steps, paths
+
+    def _sla(self) -> CompiledSla | None:
+        sla = self.spec.sla
+        if sla is None:
+            return None
+        within, warn = parse_duration(sla.within), None
+        if sla.warn is not None:
+            warn = _warn_ms(sla.warn, within)
+            if warn >= within:
+                self.problem(
+                    ("sla", "warn"),
+                    f"sla: warn ({sla.warn}) must be shorter than within ({sla.within})",
+                )
+        if sla.if_warning is not None and sla.warn is None:
+            self.problem(("sla", "if_warning"), "sla: if_warning never fires without 'warn'")
+        return CompiledSla(
+            within,
+            warn,
+            self._handler(sla.if_breached, ("sla", "if_breached"), "sla if_breached"),
+            self._handler(sla.if_warning, ("sla", "if_warning"), "sla if_warning"),
+        )
+
+    def _index_steps(
+        self,
+        steps: list[CompiledStep],
+        all_specs: list[tuple[tuple[str | int, ...], StepSpec]],
+    ) -> tuple[list[CompiledStep], dict[tuple[str, str], list[int]]]:
+        """Which steps each (source, type) advances (one per path at most), and each step's
+        sharing and dependents filled in."""
+        step_index: dict[tuple[str, str], list[int]] = {}
+        for cs in steps:
+            for ref in cs.on:
+                same_path = [steps[j] for j in step_index.get(ref, []) if steps[j].path == cs.path]
+                if same_path:
+                    loc = next(loc for loc, sp in all_specs if sp.step == cs.name)
+                    self.problem(
+                        (*loc, "on"),
+                        f"step '{cs.name}' expects {ref[0]}.{ref[1]}, already expected by "
+                        f"step '{same_path[0].name}' of the same path",
+                    )
+                step_index.setdefault(ref, []).append(cs.index)
+        shared = {i for idxs in step_index.values() if len(idxs) > 1 for i in idxs}
+        steps = [
+            dataclasses.replace(
+                cs,
+                shares_on=cs.index in shared,
+                dependents=tuple(o.index for o in steps if cs.index in o.anchors),
+            )
+            for cs in steps
+        ]
+        return steps, step_index
+
+    def _error_index(
+        self, errors: list[CompiledError], step_index: Mapping[tuple[str, str], list[int]]
+    ) -> dict[tuple[str, str], int]:
+        """(source, type) -> the first error entry that names it (never a step's event)."""
+        error_index: dict[tuple[str, str], int] = {}
+        for ce in errors:
+            for ref in ce.on:
+                if ref in step_index:
+                    self.problem(
+                        ("errors", ce.index, "on"),
+                        f"errors[{ce.index}]: {ref[0]}.{ref[1]} is also a step's event",
+                    )
+                error_index.setdefault(ref, ce.index)
+        return error_index
 
 
 def compile_flow(loaded: LoadedFlow) -> tuple[CompiledFlow | None, list[FlowProblem]]:

@@ -137,8 +137,12 @@ def _hop(row: Any) -> Hop:
     return hop
 
 
-def decode_keyed(value: bytes) -> Routed | Mark | Hop | HopMark:
-    """A keyed record's value. Raises ValueError if it is not one the router writes."""
+def decode_keyed(value: bytes | Routed) -> Routed | Mark | Hop | HopMark:
+    """A keyed record's value (a `Routed` event as it is, from the keyed topic kept in memory).
+    Raises ValueError if it is not one the router writes."""
+    if type(value) is Routed:
+        return value
+    assert isinstance(value, bytes | bytearray | memoryview)
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError:

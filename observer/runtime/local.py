@@ -109,7 +109,11 @@ class LocalKeyedTopic:
 
 
 class _RouterEnd:
-    """`RawSink`: keyed records into memory, anything else on to the real producer."""
+    """`RawSink`: keyed records into memory, anything else on to the real producer. Keyed
+    events may come as `keyed.Routed` objects rather than bytes (`keeps_objects`): the tracker
+    reads them back from memory as they are."""
+
+    keeps_objects = True
 
     def __init__(self, topic: LocalKeyedTopic, sink: RawSink) -> None:
         self._topic = topic

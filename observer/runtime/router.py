@@ -22,10 +22,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from observer.config import ObserverConfig
 from observer.correlation import Count
 from observer.engine.effects import Publish
+from observer.engine.state import Event
 from observer.errors import ObserverError
 from observer.ingest import Ingest, SourceRecord
 from observer.metrics import Metrics
@@ -33,7 +35,7 @@ from observer.record_size import record_bytes
 from observer.runtime.batch import dead_letter
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.every import Every
-from observer.runtime.keyed import encode_event, encode_mark
+from observer.runtime.keyed import Routed, encode_event, encode_mark
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
 from observer.runtime.tally import MinuteTally
@@ -51,6 +53,29 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     outstanding: int
     closed: bool = False
+
+
+def _keyed_values(
+    events: list[tuple[str, Event]], rec: SourceRecord, shards: int, plain: bool
+) -> tuple[list[tuple[int, Any]], int]:
+    """(shard, keyed value) of each event of a record, and the largest value's size: the event
+    as it is (`plain`: the keyed topic is in memory and the record JSON) or its JSON."""
+    values: list[tuple[int, Any]] = []
+    crc32 = zlib.crc32
+    if plain:  # direct routing: no JSON round trip
+        for flow, ev in events:
+            # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
+            sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
+            routed = Routed(flow, ev, rec.topic, rec.partition, rec.offset)
+            values.append((crc32(sid) % shards, routed))
+        return values, 0
+    largest = 0
+    for flow, ev in events:
+        value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
+        largest = max(largest, len(value))
+        sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
+        values.append((crc32(sid) % shards, value))
+    return values, largest
 
 
 class Router:
@@ -74,6 +99,8 @@ class Router:
         self.topics = config.topics()
         self.source = source
         self.sink = sink
+        # the in-memory keyed topic of direct routing takes `Routed` events as they are
+        self._in_memory: bool = getattr(sink, "keeps_objects", False)
         self.metrics = metrics
         self.clock = clock
         self.keyed_topic = keyed_topic
@@ -189,10 +216,12 @@ class Router:
         decode = self.ingest.decode
         outcomes: Counter[tuple[str, str]] = Counter()
         reasons: Counter[Count] = Counter()  # dead letters by topic and reason; key-less...
-        routed: list[tuple[int, bytes, Callable[[str | None], None] | None]] = []
+        routed: list[tuple[int, Any, Callable[[str | None], None] | None]] = []
         last: dict[int, int] = {}
-        crc32 = zlib.crc32
         keyed_limit = self.topics.limits.of(self.keyed_topic)
+        # A keyed topic kept in memory (direct routing) takes events as they are from topics
+        # read as JSON only: their captured values are what a JSON round trip would give.
+        plain = self.ingest.json_topics if self._in_memory else frozenset()
         for rec in records:
             try:
                 d = decode(rec)
@@ -220,15 +249,8 @@ class Router:
                 continue
             if d.dropped:
                 self._captures_dropped(d.dropped, rec)
-            values = []
-            largest = 0
-            for flow, ev in events:
-                value = encode_event(flow, ev, rec.topic, rec.partition, rec.offset)
-                largest = max(largest, len(value))
-                # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
-                sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
-                values.append((crc32(sid) % shards, value))
-            if record_bytes(0, largest, 0) > keyed_limit:  # cannot be with captures bounded
+            values, largest = _keyed_values(events, rec, shards, rec.topic in plain)
+            if largest and record_bytes(0, largest, 0) > keyed_limit:  # bounded captures: never
                 reason = f"the event is larger than the keyed topic accepts ({keyed_limit} bytes)"
                 self._dead(batch, dead_letter(rec, reason, self.topics))
                 outcomes[(rec.topic, "dead_letter")] += 1

@@ -21,7 +21,6 @@ import ipaddress
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from observer.flows.compiled import CompiledAction, CompiledFlow
 from observer.flows.registry import FlowRegistry
 from observer.flows.webhook import env_refs, resolve_env
 from observer.masking import mask_webhook_url
+from observer.runtime.backoff import backoff_ms
 from observer.runtime.outbox import OutboxRecord
 
 __all__ = [
@@ -192,11 +192,6 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def backoff_ms(attempt: int, base_ms: int, cap_ms: int) -> int:
-    """Delay before retry number `attempt` (1 = the first retry): base * 2^(attempt-1), capped."""
-    return int(min(cap_ms, base_ms * 2 ** max(0, attempt - 1)))
-
-
 class WebhookDispatcher:
     """A small pool of threads delivering webhooks with retries."""
 
@@ -209,7 +204,7 @@ class WebhookDispatcher:
         max_attempts: int = 8,
         base_ms: int = 200,
         cap_ms: int = 30_000,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float],
         max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._post = post

@@ -5,6 +5,7 @@ the history; the slot cache and the webhook queue keep to their byte budgets."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -135,7 +136,9 @@ def test_the_slot_cache_keeps_to_its_byte_budget() -> None:
 
 
 def test_the_webhook_queue_keeps_to_its_byte_budget() -> None:
-    dispatcher = WebhookDispatcher(lambda url, body, headers: 200, max_queued_bytes=2_500)
+    dispatcher = WebhookDispatcher(
+        lambda url, body, headers: 200, max_queued_bytes=2_500, monotonic=time.monotonic
+    )
     for i in range(5):  # not started: every record waits in the queue
         rec = OutboxRecord(f"w{i}", "webhook", None, None, b"b" * 1000, (), "http://h.invalid/")
         dispatcher.submit(0, rec)

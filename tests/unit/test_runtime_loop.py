@@ -21,6 +21,7 @@ from observer.flows.compiler import load_registry
 from observer.ingest import SourceRecord
 from observer.metrics import Metrics
 from observer.runtime.health import Health
+from observer.runtime.keyed import Routed
 from observer.runtime.loop import Runtime
 from observer.runtime.outbox import OutboxRecord, encode_record
 from observer.runtime.ports import WriteBatch
@@ -317,3 +318,24 @@ def test_direct_routing_stops_when_another_process_took_its_lease(tmp_path: Path
     o.runtime.stop()
     o.runtime.close()
     assert table.current() == "process-2"  # not released by the process that lost it
+
+
+def test_direct_routing_hands_events_over_without_a_json_round_trip(tmp_path: Path) -> None:
+    # The keyed topic kept in memory takes the router's events as they are (JSON sources:
+    # their captured values are JSON's types already); the tracker applies them the same.
+    o = observer(tmp_path, routing="direct", mark_interval_ms=1_000)
+    local = o.world.local
+    assert local is not None
+    seen: list[object] = []
+    append = local.append
+
+    def spy(records: Any) -> None:
+        seen.extend(value for _p, value, _done in records)
+        append(records)
+
+    local.append = spy  # type: ignore[method-assign]
+    o.send("orders", "Placed", "o-1")
+    o.turn(4)
+    events = [v for v in seen if isinstance(v, Routed)]
+    assert [(r.flow, r.event.key, r.event.type) for r in events] == [("shop", "o-1", "Placed")]
+    assert o.state("o-1") is not None

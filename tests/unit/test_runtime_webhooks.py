@@ -6,8 +6,9 @@ import threading
 import time
 from collections.abc import Mapping
 
+from observer.runtime.backoff import backoff_ms
 from observer.runtime.outbox import OutboxRecord
-from observer.runtime.webhooks import WebhookDispatcher, backoff_ms
+from observer.runtime.webhooks import WebhookDispatcher
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -50,7 +51,9 @@ def test_a_failing_webhook_is_retried_until_it_answers_2xx() -> None:
         calls.append((url, body, dict(headers)))
         return next(answers)
 
-    d = WebhookDispatcher(post, workers=1, max_attempts=5, base_ms=5, cap_ms=20)
+    d = WebhookDispatcher(
+        post, monotonic=time.monotonic, workers=1, max_attempts=5, base_ms=5, cap_ms=20
+    )
     d.start()
     d.submit(7, rec("a"))
     assert wait_done(d, 1) == [(7, "a", True)]
@@ -69,7 +72,9 @@ def test_it_gives_up_after_the_last_attempt_and_transport_errors_count_as_failur
         n += 1
         raise ConnectionError("refused")
 
-    d = WebhookDispatcher(post, workers=1, max_attempts=3, base_ms=1, cap_ms=2)
+    d = WebhookDispatcher(
+        post, monotonic=time.monotonic, workers=1, max_attempts=3, base_ms=1, cap_ms=2
+    )
     d.start()
     d.submit(0, rec("b"))
     assert wait_done(d, 1) == [(0, "b", False)]
@@ -85,7 +90,9 @@ def test_a_slow_webhook_does_not_hold_up_the_others() -> None:
             release.wait(5)
         return 200
 
-    d = WebhookDispatcher(post, workers=2, max_attempts=1, base_ms=1, cap_ms=1)
+    d = WebhookDispatcher(
+        post, monotonic=time.monotonic, workers=2, max_attempts=1, base_ms=1, cap_ms=1
+    )
     d.start()
     d.submit(0, rec("slow"))
     d.submit(0, rec("fast"))

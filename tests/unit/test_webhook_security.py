@@ -180,7 +180,13 @@ def deliver(
         return next(statuses)
 
     d = WebhookDispatcher(
-        post, targets=targets, workers=1, max_attempts=attempts, base_ms=1, cap_ms=2
+        post,
+        targets=targets,
+        workers=1,
+        max_attempts=attempts,
+        base_ms=1,
+        cap_ms=2,
+        monotonic=time.monotonic,
     )
     d.start()
     d.submit(3, record)
@@ -293,7 +299,9 @@ def test_a_refused_destination_is_given_up_at_once(tmp_path: Path) -> None:
     def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
         raise WebhookRefused("destination refused: 169.254.169.254 is a link-local address")
 
-    d = WebhookDispatcher(post, workers=1, max_attempts=8, base_ms=1, cap_ms=1)
+    d = WebhookDispatcher(
+        post, monotonic=time.monotonic, workers=1, max_attempts=8, base_ms=1, cap_ms=1
+    )
     d.start()
     d.submit(0, webhook_record(reg))
     deadline = time.monotonic() + 5

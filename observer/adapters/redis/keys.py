@@ -32,6 +32,10 @@ a slot within its shard and flow, 0 <= n < buckets):
                               deviations waiting for it, held actions (`guard()`)
     P:guard-watermarks        HASH   shard -> watermark its timers all fired up to
     P:guard-paused            HASH   flow or `*` -> why its actions are held
+    P:slo-day:<day>           HASH   web console (issue 17): `<flow>:good|bad` -> instances
+                                     judged against the flow's SLO that UTC day, TTL a year
+    P:console:waiting:<flow>  STRING web console: the last count of instances waiting per step
+    P:console:scan:<flow>     STRING web console: who counts them now (SET NX PX)
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -239,6 +243,23 @@ class Keys:
     def guard_paused(self) -> str:
         """HASH flow (`*`: every flow) -> why its actions are held (`observer actions pause`)."""
         return f"{self.prefix}:guard-paused"
+
+    # -- the web console (issue 17) ----------------------------------------------------------------
+
+    def slo_day(self, day: int) -> str:
+        """HASH `<flow>:good|bad` -> instances judged against the flow's SLO in one UTC day
+        (epoch ms // 86400000), added to with the per-minute counts (`tally.py`): the error
+        budget over the SLO's window (TTL a year)."""
+        return f"{self.prefix}:slo-day:{day}"
+
+    def console_waiting(self, flow: str) -> str:
+        """STRING: JSON of the last count of a flow's instances waiting per step (the console's
+        shared snapshot, `adapters/redis/console.py`), with a short TTL."""
+        return f"{self.prefix}:console:waiting:{flow}"
+
+    def console_scan(self, flow: str) -> str:
+        """STRING (SET NX PX): the process counting a flow's waiting instances now."""
+        return f"{self.prefix}:console:scan:{flow}"
 
 
 def tally_field(count: tuple[str, str, str, str]) -> str:
