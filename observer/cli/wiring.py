@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from observer.config import ObserverConfig, mask_url
-from observer.errors import StoreError
+from observer.errors import ConfigError, StoreError
 from observer.flows.registry import FlowRegistry
 
 if TYPE_CHECKING:  # keep `validate`/`replay` free of runtime imports
@@ -174,7 +174,7 @@ def build_service(
         metrics=metrics,
         health=health,
         deployed=deployed,
-        check=_all_of(webhook_check, schemas.check),
+        check=_all_of(webhook_check, schemas.check, _cluster_check(redis)),
         process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
@@ -202,6 +202,23 @@ def build_service(
         limits()
 
     return Service(runtime, http, prepare=prepare_and_limits, banner=banner, closers=closers)
+
+
+def _cluster_check(redis: RedisSettings) -> Callable[[FlowRegistry], None]:
+    """On a Redis Cluster, flows with guardrails are refused before they run (their scripts
+    change keys of a flow across shards atomically, which a cluster cannot do)."""
+
+    def check(flows: FlowRegistry) -> None:
+        if not redis.cluster:
+            return
+        guarded = sorted({f.name for f in flows if f.guardrails.active})
+        if guarded:
+            raise ConfigError(
+                f"flow {', '.join(guarded)}: guardrails need a single Redis, not a Redis Cluster "
+                "(their keys span shards; docs/running.md, Redis Cluster)"
+            )
+
+    return check
 
 
 def _all_of(*checks: Callable[[FlowRegistry], None]) -> Callable[[FlowRegistry], None]:
