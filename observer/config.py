@@ -161,6 +161,11 @@ class ObserverConfig(BaseModel):
     actions: Literal["publish", "hold"] = "publish"
     guard_interval_ms: int = Field(100, ge=1)
     guard_batch: int = Field(5_000, ge=1)  # waiting deviations decided per pass at most
+    # the web console (issue 17): where a flow's instances wait is counted from their states by
+    # one process of the group at most this often while someone looks (docs/console.md), over
+    # at most this many slots per flow
+    console_refresh_ms: int = Field(5_000, ge=500)
+    console_count_limit: int = Field(100_000, ge=1)
 
     @field_validator("key_prefix")
     @classmethod

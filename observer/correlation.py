@@ -17,17 +17,29 @@ A count is keyed by a 4-tuple `(scope, a, b, c)`:
     ("topic", topic, "read", "")       source records read
     ("topic", topic, "ignored", "")    records whose type no flow wants
     ("topic", topic, "dead_letter", REASON)   dead letters, by reason (DEAD_LETTER_REASONS)
+
+For the web console (issue 17) also:
+
+    ("slo",   flow,  RESULT, "")       instances judged against the flow's `slo:`: good / bad
+    ("lat",   flow,  step,   BUCKET)   step latencies (event time from the step's anchor), by
+                                       bucket: the index in LATENCY_BOUNDS_MS of the first bound
+                                       at or above it (len(LATENCY_BOUNDS_MS): above them all)
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+
 __all__ = [
     "ARRIVALS",
     "DEAD_LETTER_REASONS",
+    "LATENCY_BOUNDS_MS",
     "SIGNAL_KINDS",
     "SOURCE_KINDS",
     "Count",
     "count_signal",
+    "latency_counts",
     "signal_kind",
 ]
 
@@ -102,6 +114,8 @@ def count_signal(
         count = ("flow", flow, "ended", detail)
     elif what == "deviation":
         count = ("step", flow, step or "", detail)
+    elif what == "slo":  # web console: the SLO's good / bad per minute
+        count = ("slo", flow, detail, "")
     elif what != "recorded":
         return
     if count is not None:
@@ -111,3 +125,24 @@ def count_signal(
         src = source if source is not None else (orphans.pop(0) if orphans else "")
         count = ("src", flow, src, kind)
         tally[count] = tally.get(count, 0) + 1
+
+
+# Step latency buckets (ms) the console's p50 / p99 are estimated from: the bounds of the
+# `observer_step_latency_seconds` histogram, so a quantile is off by at most a bucket.
+LATENCY_BOUNDS_MS = (
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
+    900_000, 1_800_000, 3_600_000, 14_400_000, 86_400_000,
+)  # fmt: skip
+
+
+def latency_counts(latencies: Iterable[tuple[str, str, int]]) -> dict[Count, int]:
+    """Step latencies (flow, step, ms) as counts per bucket (`("lat", flow, step, bucket)`)."""
+    out: dict[Count, int] = {}
+    bounds, names, get = LATENCY_BOUNDS_MS, _BUCKET_NAMES, out.get
+    for flow, step, ms in latencies:
+        count = ("lat", flow, step, names[bisect_left(bounds, ms)])
+        out[count] = get(count, 0) + 1
+    return out
+
+
+_BUCKET_NAMES = tuple(str(i) for i in range(len(LATENCY_BOUNDS_MS) + 1))

@@ -79,6 +79,8 @@ class _Reader:
     captures: Mapping[str, tuple[tuple[str, Selector], ...]]  # type -> capture selectors
     # types with a capture of a header or the key: measured whatever the value's size
     measured: frozenset[str] = frozenset()
+    # hostile input (issue 12): type -> alias value selectors, read exactly beyond 64 bits
+    alias_values: Mapping[str, tuple[tuple[str, Selector], ...]] | None = None
 
 
 # Reads a value of a registry format (avro, protobuf, json_schema) from its bytes; raises on
@@ -112,6 +114,7 @@ class Ingest:
         readers: dict[str, dict[tuple[str, str], _Reader]] = {}
         wanted: dict[tuple[str, str], set[str]] = {}
         caps: dict[tuple[str, str], dict[str, dict[str, Selector]]] = {}
+        alias_caps: dict[tuple[str, str], dict[str, dict[str, Selector]]] = {}
         for flow in registry:
             for step in flow.steps:
                 for src, etype in step.on:
@@ -126,6 +129,8 @@ class Ingest:
                     wanted.setdefault((flow.name, src), set()).add(etype)
                     per_type = caps.setdefault((flow.name, src), {}).setdefault(etype, {})
                     per_type[alias.value] = compile_selector(alias.value)
+                    exact = alias_caps.setdefault((flow.name, src), {}).setdefault(etype, {})
+                    exact[alias.value] = per_type[alias.value]
         for flow in registry.newest_flows() + list(registry):
             for source in flow.sources.values():
                 slot = readers.setdefault(source.topic, {})
@@ -139,6 +144,11 @@ class Ingest:
                         frozenset(
                             t for t, sel in c.items() if any(not n.startswith("value") for n in sel)
                         ),
+                        {
+                            t: tuple(sel.items())
+                            for t, sel in alias_caps.get((flow.name, source.name), {}).items()
+                        }
+                        or None,
                     )
         self._readers = {t: tuple(r.values()) for t, r in readers.items()}
         # topics every flow reads as JSON: their captured values are JSON's types already
@@ -220,6 +230,8 @@ class Ingest:
                     elif decoded:
                         v = _as_orjson_reads(v)
                     captures[sel] = v
+                if r.alias_values is not None and etype in r.alias_values:
+                    _exact_alias_values(captures, r.alias_values[etype], source, rec)
                 if (
                     not (type(raw) is bytes and len(raw) * 6 <= MAX_CAPTURE_BYTES)
                     or etype in r.measured
@@ -369,6 +381,22 @@ def _event_id(value: Any, source: CompiledSource, rec: SourceRecord) -> str:
     if value is MISSING or value is None or isinstance(value, dict | list):
         return f"{rec.topic}/{rec.partition}/{rec.offset}"
     return value if type(value) is str else str(value)
+
+
+def _exact_alias_values(
+    captures: dict[str, Any],
+    selectors: tuple[tuple[str, Selector], ...],
+    source: CompiledSource,
+    rec: SourceRecord,
+) -> None:
+    """An alias value is a correlation key: an integer beyond 64 bits (which orjson, and
+    state, keep only as the nearest float, merging 10^30 and 10^30 + 1) is kept as its exact
+    decimal text, the text a `via` source's key of the same number reads as."""
+    for sel, fn in selectors:
+        if may_be_rounded(captures.get(sel)):
+            exact = _exact(source, fn, rec)
+            if type(exact) is int:
+                captures[sel] = str(exact)
 
 
 def _as_orjson_reads(value: Any) -> Any:

@@ -99,6 +99,7 @@ def _ops_api(
     metrics: Metrics,
     flow_paths: tuple[str, ...],
     control_routes: list[Any] | None = None,
+    console_routes: list[Any] | None = None,
 ) -> HttpServer:
     """The ops API's server: bound to OBSERVER_HTTP_HOST, guarded by OBSERVER_HTTP_TOKEN
     (`control_routes`, endpoints that change anything, only exist with the token)."""
@@ -113,6 +114,7 @@ def _ops_api(
         token=token,
         file_label=flow_file_labels(flow_paths),
         control_routes=control_routes or (),
+        console_routes=console_routes or (),
     )
     if token is None and not _loopback(config.http_host):
         logging.getLogger(__name__).warning(
@@ -145,7 +147,7 @@ def build_service(
     from observer.runtime.service import Service
 
     redis = config.redis()  # one parse: the hot path and redis-py connect alike
-    _check_cluster(redis, registry, config)
+    _cluster_check(redis, config.actions)(registry)  # before anything runs
     clock = SystemClock()
     metrics = Metrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
     metrics.declare_slo_flows({f.name for f in registry if f.slo is not None})
@@ -163,7 +165,7 @@ def build_service(
         for f in registry
     ]
     deployed = {"paths": [str(Path(p).resolve()) for p in flow_paths], "flows": flows}
-    ports, closers = _runtime_ports(config, redis, webhooks, clock)
+    ports, closers_of_ports = _runtime_ports(config, redis, webhooks, clock)
     ports, flow_store = _flow_versions(config, redis, ports, flow_paths, registry)
     ports = replace(ports, decoder=schemas.decoder, wire=schemas.wire)  # issue 16
     runtime = Runtime(
@@ -173,7 +175,7 @@ def build_service(
         metrics=metrics,
         health=health,
         deployed=deployed,
-        check=_all_of(webhook_check, schemas.check),
+        check=_all_of(webhook_check, schemas.check, _cluster_check(redis, config.actions)),
         process=f"{config.client_id}:{os.getpid()}",
     )
     reader = RedisSlotReader(
@@ -181,8 +183,9 @@ def build_service(
     )
     query = InstanceQuery(registry, reader, config.topics())
     runtime.deploy_listeners += [running.set, query.deploy, _slo_flows(metrics)]
-    held_routes, close_held = _held_actions(config, redis, clock)
-    http = _ops_api(config, query, health, metrics, flow_paths, held_routes)
+    held_routes, close_held, held = _held_actions(config, redis, clock)
+    console, close_console = _console(config, redis, query, held, clock)
+    http = _ops_api(config, query, health, metrics, flow_paths, held_routes, console)
     logging.getLogger(__name__).debug("configuration: %s", config.describe())
     ignored = config.overridden_forced()
     if ignored:
@@ -190,7 +193,8 @@ def build_service(
             "ignoring OBSERVER_KAFKA_ settings the observer relies on: %s", ", ".join(ignored)
         )
     banner = _banner(config, registry, runtime.ingest.topic_names(), http.port)
-    closers = [poster.close, reader.close, flow_store.close, close_held, *closers, schemas.close]
+    closers = [poster.close, reader.close, flow_store.close, close_held, close_console]
+    closers += [*closers_of_ports, schemas.close]
     prepare = _topic_preparation(config, schemas.resolve)
     limits = _record_limits(config, registry, runtime)
 
@@ -199,6 +203,25 @@ def build_service(
         limits()
 
     return Service(runtime, http, prepare=prepare_and_limits, banner=banner, closers=closers)
+
+
+def _cluster_check(redis: RedisSettings, actions: str) -> Callable[[FlowRegistry], None]:
+    """On a Redis Cluster, flows with guardrails and `OBSERVER_ACTIONS=hold` are refused before
+    they run: held actions and incidents span flows and shards, which one script on a cluster
+    cannot change atomically. Checked at start and for every deployment."""
+
+    def check(flows: FlowRegistry) -> None:
+        if not redis.cluster:
+            return
+        guarded = sorted({f.name for f in flows if f.guardrails.active})
+        if guarded or actions == "hold":
+            what = f"flow {', '.join(guarded)}: guardrails" if guarded else "OBSERVER_ACTIONS=hold"
+            raise ConfigError(
+                f"{what} need a single Redis, not a Redis Cluster: held actions and incidents "
+                "span flows and shards (docs/running.md, Redis Cluster)"
+            )
+
+    return check
 
 
 def _all_of(*checks: Callable[[FlowRegistry], None]) -> Callable[[FlowRegistry], None]:
@@ -227,30 +250,44 @@ def _schema_registry(config: ObserverConfig, registry: FlowRegistry, monotonic: 
 
 def _held_actions(
     config: ObserverConfig, redis: RedisSettings, clock: Any
-) -> tuple[list[Any], Callable[[], None]]:
+) -> tuple[list[Any], Callable[[], None], Any]:
     """Guardrails (contract §7): the ops API's endpoints for held actions (mounted only with
-    a token), and what closes their Redis connections."""
+    a token), what closes their Redis connections, and the port (the console reads it)."""
     from observer.adapters.redis.held import RedisHeldActions
     from observer.http.actions import action_routes
 
     port = RedisHeldActions(redis, config.key_prefix, history_cap=config.history_cap)
-    return action_routes(port, clock.now_ms), port.close
+    return action_routes(port, clock.now_ms), port.close, port
 
 
-def _check_cluster(redis: RedisSettings, registry: FlowRegistry, config: ObserverConfig) -> None:
-    """Issue 18: what a Redis Cluster cannot hold yet is refused before anything runs (a flow
-    with guardrails deployed later is refused at its first deviation)."""
-    if not redis.cluster:
-        return
-    guarded = sorted(f.name for f in registry if f.guardrails.active)
-    if guarded or config.actions == "hold":
-        what = (
-            f"flows with guardrails ({', '.join(guarded)})" if guarded else "OBSERVER_ACTIONS=hold"
-        )
-        raise ConfigError(
-            f"{what} need a single Redis: held actions and incidents span flows and shards, "
-            "which a Redis Cluster cannot change atomically (docs/running.md, Redis Cluster)"
-        )
+def _console(
+    config: ObserverConfig, redis: RedisSettings, query: Any, held: Any, clock: Any
+) -> tuple[list[Any], Callable[[], None]]:
+    """The web console (issue 17, docs/console.md): its routes and what closes its Redis
+    connections and its reader of the alerts topic."""
+    from observer.adapters.kafka.alerts_feed import KafkaAlertFeed
+    from observer.adapters.redis.console import RedisConsoleStore
+    from observer.console.service import ConsoleData
+    from observer.http.console import console_routes
+
+    store = RedisConsoleStore(redis, config.key_prefix, config.shards, config.state_buckets)
+    feed = KafkaAlertFeed(config.consumer_settings(), config.alerts_topic)
+    data = ConsoleData(
+        query,
+        store,
+        clock.now_ms,
+        held=held,
+        alerts=feed,
+        controls=config.http_token is not None,
+        refresh_ms=config.console_refresh_ms,
+        count_limit=config.console_count_limit,
+    )
+
+    def close() -> None:
+        feed.close()
+        store.close()
+
+    return console_routes(data), close
 
 
 def _runtime_ports(

@@ -6,6 +6,7 @@
     GET /flows                   deployed flows, versions, files (relative to FLOWS), steps
     GET /instances/{flow}/{key}  one instance ("where is my order?"); 404 when unknown;
                                  `?via=ALIAS`: `key` is a value of that alias
+    GET /console, /console/api/...  the web console (`observer/http/console.py`)
 
 With a token, every endpoint but /healthz and /readyz answers 401 without
 `Authorization: Bearer <token>` (compared in constant time). Endpoints that change anything
@@ -33,9 +34,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from observer.errors import StoreError
 from observer.runtime.query import InstanceQuery
 
-__all__ = ["OPEN_PATHS", "BearerTokenGuard", "create_app", "flow_file_labels"]
+__all__ = ["CONSOLE_SHELL", "OPEN_PATHS", "BearerTokenGuard", "create_app", "flow_file_labels"]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
+# the web console's page, script and style (no data: its /console/api/ requests need the token)
+CONSOLE_SHELL = frozenset(
+    {"/console", "/console/", "/console/static/console.js", "/console/static/console.css"}
+)
 
 
 class _Json(JSONResponse):
@@ -47,12 +52,13 @@ class BearerTokenGuard:
     """ASGI middleware: 401 for every HTTP request outside `OPEN_PATHS` that does not carry
     `Authorization: Bearer <token>`."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self._app = app
         self._expected = f"Bearer {token}".encode()
+        self._open = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http" or scope["path"] in self._open or self._allowed(scope):
             await self._app(scope, receive, send)
             return
         response = _Json(
@@ -79,10 +85,12 @@ def create_app(
     token: str | None = None,
     file_label: Callable[[str], str] | None = None,
     control_routes: Sequence[BaseRoute] = (),
+    console_routes: Sequence[BaseRoute] = (),
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The app; `readiness()` returns a dict with a boolean `ready`. `file_label` turns a
     flow's file into what `/flows` shows (never an absolute path). `control_routes` (endpoints
-    that change anything) are mounted only with a `token`."""
+    that change anything) are mounted only with a `token`; `console_routes` (the web console,
+    docs/console.md) always, its page shell open, its data behind the token."""
 
     def healthz(request: Request) -> Response:
         return _Json({"status": "ok"})
@@ -124,8 +132,13 @@ def create_app(
     ]
     if token:
         routes += control_routes
+    routes += console_routes
     app = Starlette(routes=routes)
-    return BearerTokenGuard(app, token) if token else app
+    if not token:
+        return app
+    return BearerTokenGuard(
+        app, token, OPEN_PATHS | CONSOLE_SHELL if console_routes else OPEN_PATHS
+    )
 
 
 def _file_name(path: str) -> str:

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from observer.correlation import latency_counts
 from observer.errors import StoreError
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlan
@@ -164,6 +165,8 @@ class StoreWrites:
             self.metrics.record_correlation(plan.tally)
             if self._tally is not None:
                 self._tally.add(plan.tally)
+        if plan.latencies and self._tally is not None:  # the web console's p50 / p99
+            self._tally.add(latency_counts(plan.latencies))
 
     def drop(self) -> None:
         """The store failed: forget the write in flight (its records are not published, its

@@ -16,7 +16,7 @@ import pytest
 from observer.limits import MAX_CAPTURE_BYTES, MAX_EVENT_ID_BYTES, MAX_KEY_BYTES
 from observer.record_size import TRUNCATED_HEADER, RecordLimits, header_bytes, record_bytes
 from observer.topics import Topics
-from tests.unit.replay_harness import T0, ev, on_topic, run
+from tests.unit.replay_harness import BASE_FLOW, T0, alerts, ev, on_topic, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -292,3 +292,29 @@ def test_a_bad_limit_in_the_environment_is_refused(tmp_path: Path, value: str) -
         timeout=60,
     )
     assert res.returncode == 2 and b"OBSERVER_MAX_RECORD_BYTES" in res.stderr
+
+
+def test_an_orphan_storm_is_one_incident_with_its_count_when_the_flow_asks_for_it(
+    tmp_path: Path,
+) -> None:
+    """5,000 keys that never start (issue 12.5: 20,000 made as many critical alerts): without guardrails each orphaned event is
+    its alert (contract §2); with `guardrails: incident` the storm is one incident record
+    and one `incident_resolved` with the count, after the `threshold - 1` before it."""
+    events = [ev("Paid", f"x-{i}", i * 0.003) for i in range(5_000)]
+    plain = run(tmp_path, events)
+    assert alerts(plain).count(("orphaned", "paid", "x-0")) == 1
+    assert len(alerts(plain)) == 5_000
+    guarded = BASE_FLOW.replace(
+        "buffer: 30s", "buffer: 30s\nguardrails: {incident: {threshold: 20, within: 1m}}"
+    )
+    lines = run(tmp_path, events, guarded)
+    kinds = [k for k, _step, _key in alerts(lines)]
+    assert kinds.count("orphaned") == 19 and len(kinds) == 21
+    opened, resolved = (x["value"] for x in lines if x["value"]["kind"].startswith("incident"))
+    assert (opened["kind"], opened["deviation"], opened["step"], opened["count"]) == (
+        "incident",
+        "orphaned",
+        "paid",
+        20,
+    )
+    assert (resolved["kind"], resolved["count"]) == ("incident_resolved", 5_000)

@@ -138,3 +138,49 @@ def test_replay_dead_letters_a_time_beyond_64_bits_and_keeps_the_record_exact(
     assert line["value"] == {"type": "Placed", "id": "o1", "at": BIG}  # unchanged, exact
     assert line["key"] == str(BIG) and line["headers"]["n"] == str(BIG + 1)
     assert "out of range" in line["headers"]["observer-error"]
+
+
+def test_alias_values_beyond_64_bits_stay_exact_and_never_merge_two_orders(
+    tmp_path: Path,
+) -> None:
+    """Tracking numbers 10^30 and 10^30 + 1 (read as the same float by orjson) belong to two
+    different orders: no alias_conflict, each carrier event reaches its own order."""
+    flow = (Path(__file__).parents[1] / "golden" / "delivery.flow.yaml").read_text()
+
+    def ev(topic: str, value: dict[str, Any], eid: str, at_s: int) -> dict[str, Any]:
+        return {
+            "topic": topic,
+            "key": None,
+            "value": value,
+            "headers": {"event_id": eid},
+            "timestamp": T0 + at_s * 1000,
+        }
+
+    events = []
+    for i, tracking in enumerate(("@BIG@", "@BIG1@")):
+        order = f"o-{i}"
+        shipping = {"order_id": order, "tracking_no": tracking}
+        events += [
+            ev("shop.shipping", {"type": "ReadyToShip", **shipping}, f"r{i}", i),
+            ev("shop.shipping", {"type": "TransportBooked", **shipping}, f"b{i}", 10 + i),
+        ]
+    for i, tracking in enumerate(("@BIG@", "@BIG1@")):
+        carrier = {"tracking_no": tracking, "at": T0 + (20 + i) * 1000}
+        events.append(ev("carrier.events", {"status": "PickedUp", **carrier}, f"p{i}", 20 + i))
+        carrier = {"tracking_no": tracking, "at": T0 + (30 + i) * 1000}
+        events.append(ev("carrier.events", {"status": "Delivered", **carrier}, f"d{i}", 30 + i))
+    lines = lines_of(tmp_path, events, flow)
+    alerts = [x["value"]["kind"] for x in lines if x["topic"] == "observer.alerts"]
+    assert alerts == []
+    outcomes = {x["key"]: x["value"] for x in lines if x["topic"] == "observer.outcomes"}
+    assert {k: o["outcome"] for k, o in outcomes.items()} == {
+        "o-0": "completed",
+        "o-1": "completed",
+    }
+    # and from bytes, as `observer run` reads them: the alias value is the exact decimal text
+    f = tmp_path / "delivery.yaml"
+    f.write_text(flow)
+    reader = Ingest(load_registry([f]), Topics())
+    raw = b'{"type": "TransportBooked", "order_id": "o-1", "tracking_no": %d}' % (BIG + 1)
+    ((_, event),) = reader.decode(SourceRecord("shop.shipping", 0, 0, None, raw, [], T0)).events
+    assert event.captures["value.tracking_no"] == str(BIG + 1)

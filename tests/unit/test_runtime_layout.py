@@ -66,7 +66,7 @@ LAYERS = [
         "guardrails",
         "health_report",
     },
-    {"runtime"},
+    {"runtime", "console"},
     {"adapters"},
     {"http"},
     {"cli", "demo", "__main__"},

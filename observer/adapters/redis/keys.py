@@ -34,6 +34,10 @@ a slot within its shard and flow, 0 <= n < buckets):
     P:guard-paused            HASH   flow or `*` -> why its actions are held
     P:{s}:stats               HASH   on a Redis Cluster only: `stats` of shard s's writes
                                      (every multi-key script touches one hash slot there)
+    P:slo-day:<day>           HASH   web console (issue 17): `<flow>:good|bad` -> instances
+                                     judged against the flow's SLO that UTC day, TTL a year
+    P:console:waiting:<flow>  STRING web console: the last count of instances waiting per step
+    P:console:scan:<flow>     STRING web console: who counts them now (SET NX PX)
 
 Why buckets: a string key per slot costs ~140 B beyond its state (key name, object, TTL), and
 a member of a big sorted set ~155 B (skiplist). A small hash is one listpack, so a slot costs
@@ -253,6 +257,23 @@ class Keys:
         """What a shard's write reads pauses from on a Redis Cluster, in the shard's slot: never
         written, since pausing needs a single Redis (the gate then always publishes)."""
         return f"{self.prefix}:{{{shard}}}:guard-paused"
+
+    # -- the web console (issue 17) ----------------------------------------------------------------
+
+    def slo_day(self, day: int) -> str:
+        """HASH `<flow>:good|bad` -> instances judged against the flow's SLO in one UTC day
+        (epoch ms // 86400000), added to with the per-minute counts (`tally.py`): the error
+        budget over the SLO's window (TTL a year)."""
+        return f"{self.prefix}:slo-day:{day}"
+
+    def console_waiting(self, flow: str) -> str:
+        """STRING: JSON of the last count of a flow's instances waiting per step (the console's
+        shared snapshot, `adapters/redis/console.py`), with a short TTL."""
+        return f"{self.prefix}:console:waiting:{flow}"
+
+    def console_scan(self, flow: str) -> str:
+        """STRING (SET NX PX): the process counting a flow's waiting instances now."""
+        return f"{self.prefix}:console:scan:{flow}"
 
 
 def tally_field(count: tuple[str, str, str, str]) -> str:

@@ -16,10 +16,12 @@ from observer.adapters.redis.keys import Keys, tally_count, tally_field
 from observer.errors import StoreError
 from observer.redis_settings import RedisSettings, parse_redis_url
 
-__all__ = ["TALLY_TTL_S", "RedisTally"]
+__all__ = ["SLO_DAY_TTL_S", "TALLY_TTL_S", "RedisTally"]
 
 TALLY_TTL_S = 86_400 + 3_600  # a day of minutes, and the hour `observer health` reads at most
 _MAX_READ_MINUTES = 24 * 60 + 60
+_MINUTES_A_DAY = 24 * 60
+SLO_DAY_TTL_S = 366 * 86_400  # the SLO counts per day: windows up to a year
 
 Count = tuple[str, str, str, str]
 
@@ -42,10 +44,16 @@ class RedisTally:
             pipe = self._redis.pipeline(transaction=False)
             for minute, per in counts.items():
                 key = self._keys.tally(minute)
+                day_key = None
                 for count, n in per.items():
                     if n:
                         pipe.hincrby(key, tally_field(count), n)
+                        if count[0] == "slo":  # the web console's error budget, per day
+                            day_key = self._keys.slo_day(minute // _MINUTES_A_DAY)
+                            pipe.hincrby(day_key, f"{count[1]}:{count[2]}", n)
                 pipe.expire(key, TALLY_TTL_S)
+                if day_key is not None:
+                    pipe.expire(day_key, SLO_DAY_TTL_S)
             pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"cannot write correlation counts to Redis: {exc}") from exc
@@ -72,6 +80,25 @@ class RedisTally:
                     per[count] = per.get(count, 0) + int(value)
             if per:
                 out[minute] = per
+        return out
+
+    def read_slo_days(self, first: int, last: int) -> dict[str, dict[str, int]]:
+        """flow -> {"good": n, "bad": n} added up over the UTC days first..last (epoch days,
+        both included; at most a year)."""
+        days = list(range(max(first, last - 366), last + 1))
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(self._keys.slo_day(day))
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot read SLO counts from Redis: {exc}") from exc
+        out: dict[str, dict[str, int]] = {}
+        for raw in replies:
+            for field, value in raw.items():
+                flow, _, result = field.decode("utf-8", "replace").rpartition(":")
+                per = out.setdefault(flow, {"good": 0, "bad": 0})
+                per[result] = per.get(result, 0) + int(value)
         return out
 
     def close(self) -> None:
