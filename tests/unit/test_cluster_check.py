@@ -23,7 +23,9 @@ def test_a_flow_with_guardrails_is_refused_on_a_cluster_only() -> None:
     cluster = parse_redis_url("redis+cluster://127.0.0.1:7000")
     with pytest.raises(ConfigError, match="guardrails need a single Redis"):
         _cluster_check(cluster, "publish")(guarded)
-    _cluster_check(parse_redis_url("redis://127.0.0.1:6379/0"), "publish")(guarded)  # single Redis: runs
+    _cluster_check(parse_redis_url("redis://127.0.0.1:6379/0"), "publish")(
+        guarded
+    )  # single Redis: runs
     plain = load_registry([Path(__file__).resolve().parents[2] / "flows" / "checkout.yaml"])
     assert not any(f.guardrails.active for f in plain)
     _cluster_check(cluster, "publish")(plain)
