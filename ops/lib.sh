@@ -40,7 +40,7 @@ ensure_venv() {
   fi
   local stamp="$VENV/.observer-installed" want
   want="$(cksum <"$REPO_ROOT/pyproject.toml" | cut -d' ' -f1) $REPO_ROOT"
-  if [[ -f $stamp && "$(<"$stamp")" == "$want" ]] &&
+  if [[ -f $stamp && "$(<"$stamp")" == "$want" && -x $VENV/bin/observer ]] &&
     (cd / && "$VENV_PY" -c 'import observer, demo') >/dev/null 2>&1; then
     echo "virtualenv $VENV is up to date"
   else
