@@ -215,3 +215,46 @@ def test_pausing_actions_is_refused_on_a_cluster(cluster_url: str, unique: str) 
         assert port.paused() == {}
     finally:
         port.close()
+
+
+def test_the_console_reads_its_counts_and_slots_on_a_cluster(
+    cluster_url: str, unique: str, cluster: RedisCluster
+) -> None:
+    """The console's reads (`RedisConsoleStore`) follow the slot map: slots of every shard on
+    every master, the open instances summed over the shards' own counts, the shared count."""
+    from observer.adapters.redis.console import RedisConsoleStore
+    from observer.adapters.redis.keys import encode_key, pack_value
+    from observer.adapters.redis.tally import RedisTally
+    from observer.redis_settings import parse_redis_url
+
+    prefix = f"{unique}:state"
+    settings = parse_redis_url(cluster_url)
+    keys = Keys(prefix, 16, 8)
+    written = {f"o-{i}": f"state {i}".encode() for i in range(40)}
+    for key, value in written.items():
+        sid = slot_id("shop", key)
+        cluster.hset(keys.bucket(keys.shard_of(sid), sid), encode_key(key), pack_value(None, value))
+    nodes = {cluster.get_node_from_key(keys.shard_stats(s)).name for s in range(16)}
+    assert len(nodes) == 3  # the shards' keys are on every master
+    for shard in range(16):
+        cluster.hset(keys.shard_stats(shard), "open:shop", 2)
+    cluster.hset(keys.stats(), "open:shop", 1)
+    store = RedisConsoleStore(settings, prefix, shards=16, buckets=8)
+    tally = RedisTally(settings, prefix)
+    try:
+        assert dict(store.slots("shop", 1000)) == written
+        assert store.open_counts() == {"shop": 33}
+        minute = 29_000_000
+        tally.add(
+            {minute: {("slo", "shop", "good", ""): 3}, minute + 1: {("slo", "shop", "bad", ""): 1}}
+        )
+        assert store.tally(minute, minute + 1) == {
+            minute: {("slo", "shop", "good", ""): 3},
+            minute + 1: {("slo", "shop", "bad", ""): 1},
+        }
+        assert store.claim_count("shop", 60_000) and not store.claim_count("shop", 60_000)
+        store.store_waiting("shop", b'{"n": 1}', 60_000)
+        assert store.cached_waiting("shop") == b'{"n": 1}'
+    finally:
+        store.close()
+        tally.close()
