@@ -1,7 +1,11 @@
 """Fixtures for tests that run real `observer run` processes against the real stack.
 
-The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`) are the
-integration ones, imported from tests/integration/conftest.py (see there). Here:
+The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`, `cluster_url`,
+`cluster`) are the integration ones, imported from tests/integration/conftest.py (see there).
+Here:
+
+- `observer_env`: the whole environment of a test's `observer run`: the stack, names under the
+  test's `unique` prefix, then the test's own settings.
 
 - `ObserverProcess`: one `observer run` subprocess, its stderr collected by a thread (each
   line with when it was read), its ops API port read from the start-up line, and what it owns
@@ -32,15 +36,27 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import admin, create_topics, redis_client, stack, unique
+from tests.integration.conftest import (
+    Stack,
+    admin,
+    cluster,
+    cluster_url,
+    create_topics,
+    redis_client,
+    stack,
+    unique,
+)
 
 __all__ = [
     "OBSERVER",
     "ObserverProcess",
     "admin",
+    "cluster",
+    "cluster_url",
     "coverage_restored",
     "create_topics",
     "figures",
+    "observer_env",
     "observer_procs",
     "redis_client",
     "stack",
@@ -82,6 +98,32 @@ def figures(request: pytest.FixtureRequest) -> list[str]:
     lines: list[str] = []
     request.config.stash.setdefault(_FIGURES, []).append((request.node.nodeid, lines))
     return lines
+
+
+def observer_env(stack: Stack, unique: str, **settings: str | None) -> dict[str, str]:
+    """The whole environment of a test's `observer run`: this process's without any OBSERVER_
+    variable of the shell, the test stack (Kafka, Redis), the group, key prefix and output
+    topics named under `unique` (`<unique>-observer`, `<unique>:state`, `<unique>-alerts`,
+    `-outcomes`, `-dlq`; the test creates the topics it reads), the ops API on loopback; then
+    `settings` (full names, e.g. OBSERVER_SHARDS="8"; None leaves a default out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
+    env.update(
+        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
+        OBSERVER_REDIS_URL=stack.redis_url,
+        OBSERVER_GROUP_ID=f"{unique}-observer",
+        OBSERVER_KEY_PREFIX=f"{unique}:state",  # removed after the test by `redis_client`
+        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
+        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
+        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
+        OBSERVER_HTTP_HOST="127.0.0.1",
+    )
+    for name, value in settings.items():
+        assert name.startswith("OBSERVER_"), name
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 class ObserverProcess:
