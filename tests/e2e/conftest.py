@@ -12,8 +12,11 @@ Here:
   at a given moment (from its log).
 - `coverage_restored`: when the processes alive together owned every shard and every source
   partition again after a moment (a kill): the recovery figures of the failover tests.
-- `observer_procs` (function): a list the test appends its processes to; every one still
-  running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test fails.
+- `observer_procs` (function): the test's processes (`ObserverProcesses`, a list):
+  `observer_procs.start(name, flow, env, *args)` starts one, lists it and waits until it is
+  ready (`ready=False`: not), `start_all(names, ...)` starts several side by side; every one
+  still running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test
+  fails.
 - `figures` (function): lines a test records; they are printed in pytest's terminal summary
   (section "e2e figures"), so a passing run shows them too.
 
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -50,6 +53,7 @@ from tests.integration.conftest import (
 __all__ = [
     "OBSERVER",
     "ObserverProcess",
+    "ObserverProcesses",
     "admin",
     "cluster",
     "cluster_url",
@@ -256,11 +260,37 @@ def coverage_restored(
         time.sleep(0.1)
 
 
+class ObserverProcesses(list[ObserverProcess]):
+    """The `observer run` processes of a test (the `observer_procs` fixture stops those still
+    running at the end). A process is listed before it is waited for, so a start that fails
+    leaves nothing running."""
+
+    def start(
+        self, name: str, flow: Path, env: dict[str, str], *args: str, ready: bool = True
+    ) -> ObserverProcess:
+        """Starts `observer run FLOW ARGS` with `env`; waits until it is ready unless told."""
+        p = ObserverProcess(name, flow, env, *args)
+        self.append(p)
+        if ready:
+            p.wait_ready()
+        return p
+
+    def start_all(
+        self, names: Sequence[str], flow: Path, env: dict[str, str], *args: str
+    ) -> list[ObserverProcess]:
+        """One process per name, all started before any is waited for (they start up side
+        by side); returns them once each is ready."""
+        procs = [self.start(name, flow, env, *args, ready=False) for name in names]
+        for p in procs:
+            p.wait_ready()
+        return procs
+
+
 @pytest.fixture
-def observer_procs(create_topics: object, redis_client: object) -> Iterator[list[ObserverProcess]]:
+def observer_procs(create_topics: object, redis_client: object) -> Iterator[ObserverProcesses]:
     """Processes to stop at the end (set up after the topics and the Redis cleanup, so stopped
     before those are torn down)."""
-    started: list[ObserverProcess] = []
+    started = ObserverProcesses()
     yield started
     for p in started:
         if p.running():

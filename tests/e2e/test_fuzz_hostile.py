@@ -21,7 +21,6 @@ Takes about 40 s in all.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ from observer import jsonexact
 from observer.cli import main
 from observer.replay import run_replay
 from observer.topics import Topics
-from tests.e2e.conftest import ObserverProcess
+from tests.e2e.conftest import ObserverProcesses, observer_env
 from tests.e2e.fuzz.harness import wait_for
 from tests.e2e.fuzz.hostile import Sent, flow_files, records
 from tests.integration.kafka_helpers import Record, consume_all
@@ -123,14 +122,18 @@ def _oracle(folder: Path, events: Path, until: int, topics: Topics, cmds: str) -
 
 
 def _live(
-    stack: Any, env: dict[str, str], folder: Path, want: dict[str, Counter[str]], crash: bool
-) -> tuple[dict[str, list[Record]], int, list[ObserverProcess]]:
+    stack: Any,
+    env: dict[str, str],
+    folder: Path,
+    want: dict[str, Counter[str]],
+    crash: bool,
+    procs: ObserverProcesses,
+) -> tuple[dict[str, list[Record]], int]:
     """One `observer run` until it published every record replay says it must (`crash`: it is
     killed with SIGKILL once its first dead letter is out, and started again); what it
-    published, its largest RSS (KB) and the processes."""
-    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", env["GROUP"])
-    procs = [ObserverProcess("observer", folder, env, *args)]
-    procs[0].wait_ready()
+    published and its largest RSS (KB); the processes are added to `procs`."""
+    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", env["OBSERVER_GROUP_ID"])
+    started = [procs.start("observer", folder, env, *args)]
     got: dict[str, list[Record]] = {}
     rss = 0
 
@@ -142,17 +145,17 @@ def _live(
     if crash:
         dlq = list(want)[2]
         dead = lambda: consume_all(stack.bootstrap_servers, dlq, timeout=1)  # noqa: E731
-        wait_for(dead, 60, "a first dead letter", procs[0])
-        rss = _rss_kb(procs[0].pid)
-        assert procs[0].kill() == -9
-        procs.append(ObserverProcess("observer-again", folder, env, *args))
-        procs[1].wait_ready()
-    wait_for(everything, 120, "every record replay publishes", procs[-1])
-    rss = max(rss, _rss_kb(procs[-1].pid))
-    assert procs[-1].running(), procs[-1].tail()
-    assert procs[-1].stop() == 0, procs[-1].tail()
-    assert all("Traceback" not in p.log for p in procs)
-    return got, rss, procs
+        wait_for(dead, 60, "a first dead letter", started[0])
+        rss = _rss_kb(started[0].pid)
+        assert started[0].kill() == -9
+        started.append(procs.start("observer-again", folder, env, *args))
+    last = started[-1]
+    wait_for(everything, 120, "every record replay publishes", last)
+    rss = max(rss, _rss_kb(last.pid))
+    assert last.running(), last.tail()
+    assert last.stop() == 0, last.tail()
+    assert all("Traceback" not in p.log for p in started)
+    return got, rss
 
 
 @pytest.mark.parametrize(("routing", "crash"), [("keyed", False), ("direct", True)])
@@ -163,7 +166,7 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     unique: str,
     tmp_path: Path,
     create_topics: Callable[..., list[str]],
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     figures: list[str],
 ) -> None:
     source, cmds, alerts, dlq, outcomes = (
@@ -190,11 +193,10 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     bad = sum(1 for s in gen.records if s.what not in ("order", "orphan"))
 
     _produce(stack.bootstrap_servers, source, gen.records)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        GROUP=f"{unique}-g",
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:obs",
+    env = observer_env(
+        stack,
+        unique,
+        OBSERVER_GROUP_ID=f"{unique}-g",
         OBSERVER_ALERTS_TOPIC=alerts,
         OBSERVER_OUTCOMES_TOPIC=outcomes,
         OBSERVER_DLQ_TOPIC=dlq,
@@ -205,8 +207,7 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
         OBSERVER_LEASE_TTL_MS="8000",
     )
     started = time.perf_counter()
-    got, rss_kb, procs = _live(stack, env, folder, want, crash)
-    observer_procs.extend(procs)
+    got, rss_kb = _live(stack, env, folder, want, crash, observer_procs)
     live_s = time.perf_counter() - started
     repeats = _check_same(expected, got, want, gen.records, crash)
     lost = sum(len(set(want[t]) - set(_ids(got[t]))) for t in want)
