@@ -39,7 +39,7 @@ from observer.replay import run_replay
 from observer.topics import Topics
 from tests.e2e.conftest import ObserverProcesses, observer_env
 from tests.e2e.fuzz.harness import wait_for
-from tests.e2e.fuzz.hostile import Sent, flow_files, records
+from tests.e2e.fuzz.hostile import HANDWRITTEN, Sent, flow_files, records
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -175,11 +175,13 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     create_topics([source], 1, {"max.message.bytes": "4000000"})  # megabyte source records
     create_topics([cmds, alerts, dlq, outcomes], 1)
     rng = random.Random(SEED)
-    texts = [t.replace("SOURCE", source).replace("CMDS", cmds) for t in flow_files(rng, FLOWS)]
+    flows = [HANDWRITTEN, *flow_files(rng, FLOWS)]
+    texts = [t.replace("SOURCE", source).replace("CMDS", cmds) for t in flows]
     folder = tmp_path / "flows"
     folder.mkdir()
     accepted, refused, slowest = _validate(texts, folder)
     assert len(accepted) >= 4 and refused >= 4, (len(accepted), refused)
+    assert folder / "gen0.yaml" in accepted  # the hand-written flow
 
     t0 = (time.time_ns() // 1_000_000) - 600_000  # ten minutes ago: every window has passed
     gen = records(rng, t0, ORDERS, ORPHANS)
@@ -190,6 +192,10 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     want = {t: Counter(ln["headers"]["observer-id"] for ln in lns) for t, lns in expected.items()}
     assert all(n == 1 for ids in want.values() for n in ids.values())  # distinct ids
     assert any("action_errors" in ln["value"] for ln in expected[alerts])
+    handwritten = {t: [ln for ln in lns if _of_handwritten(ln)] for t, lns in expected.items()}
+    assert len(handwritten[alerts]) > 60, len(handwritten[alerts])
+    assert len(handwritten[cmds]) > 40 and len(handwritten[dlq]) > 20, handwritten[dlq][:3]
+    assert any("action_errors" in ln["value"] for ln in handwritten[alerts])
     bad = sum(1 for s in gen.records if s.what not in ("order", "orphan"))
 
     _produce(stack.bootstrap_servers, source, gen.records)
@@ -223,6 +229,18 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
         f"observer's largest RSS "
         f"{rss_kb // 1024} MB"
     )
+
+
+def _of_handwritten(line: dict[str, Any]) -> bool:
+    """A record of the hand-written flow: its alerts and action dead letters name it, its
+    commands say `by: hostile`."""
+    value = line["value"]
+    if isinstance(value, str):  # a dead letter's value as text: an action's is JSON
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(value, dict) and "hostile" in (value.get("flow"), value.get("by"))
 
 
 def _check_same(
