@@ -184,6 +184,22 @@ class KafkaEventSource:
             self._down_since = None
         return out
 
+    def serve(self, timeout_s: float) -> None:
+        """Rebalance callbacks and commit reports; fetched records are dropped (read again
+        after the caller's seek), errors handled as in `poll`."""
+        if self._fatal is not None:
+            self._give_up(self._fatal)
+        try:
+            msgs: list[Any] = self._consumer.consume(num_messages=1000, timeout=timeout_s)
+        except KafkaException as exc:
+            raise ObserverError(f"Kafka consume failed: {exc}") from exc
+        if self._fatal is not None:
+            self._give_up(self._fatal)
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._message_error(err, m)
+
     def _message_error(self, err: KafkaError, m: Any) -> None:
         if err.code() in _QUIET:
             return
