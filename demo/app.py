@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from demo.binding import FlowBinding, bind
 from demo.expected import Expected
 from demo.faults import Fault, FaultPlanner
+from demo.held import HeldReader, actions_command
 from demo.kafka_io import (
     FeedRecord,
     ObserverFeed,
@@ -33,6 +34,7 @@ from demo.kafka_io import (
     make_producer,
     start_group_at_end,
 )
+from demo.outage import Outage, OutageWindow, guard_flow
 from demo.process import ObserverProcess, free_port
 from demo.records import RecordReader, command_type
 from demo.shop import CHECKOUT, Shop
@@ -49,6 +51,8 @@ __all__ = ["Options", "default_run_dir", "run_live", "topics_from_env"]
 log = logging.getLogger(__name__)
 REFRESH_S = 0.25
 POLL_MAX_S = 0.05
+HELD_EVERY_S = 1.0  # with --outage: how often the observer's held actions are read from Redis
+IDLE_LAG_MS = 200  # a shop with nothing left to publish: the engine's clock follows the wall's
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class Options:
     run_dir: Path | None = None
     summary_json: Path | None = None
     ready_timeout_s: float = 60.0
+    outage: Outage | None = None  # --outage: a service down for a while; the flow gets guardrails
 
 
 def topics_from_env() -> Topics:
@@ -117,9 +122,11 @@ def _check_redis(url: str) -> None:
         client.close()
 
 
-def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) -> None:
+def forget_run(
+    admin: AdminClient, group: str, redis_url: str, key_prefix: str, keep_keys: bool = False
+) -> None:
     """Remove what the run's observer left: its consumer group and its Redis keys (best effort:
-    nothing else will ever read them)."""
+    nothing else will ever read them). `keep_keys`: the keys stay (held actions to look at)."""
     import redis
 
     try:
@@ -127,6 +134,8 @@ def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) 
             fut.result(timeout=10)
     except Exception as exc:  # a leftover group is harmless; say so in the log and go on
         log.info("could not delete consumer group %s: %s", group, exc)
+    if keep_keys:
+        return
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
         try:
@@ -158,7 +167,12 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to(run_dir / "demo.log")
     topics = topics_from_env()
-    binding = bind(opts.flow_file, CHECKOUT)
+    flow_file, guarded = opts.flow_file, ""
+    if opts.outage is not None:
+        flow_file, guarded = guard_flow(
+            opts.flow_file, bind(opts.flow_file, CHECKOUT).spec, run_dir
+        )
+    binding = bind(flow_file, CHECKOUT)
     for n in binding.notes:
         log.info("fitting the shop to the flow: %s", n)
 
@@ -178,7 +192,7 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
     start_group_at_end(admin, opts.bootstrap, group, binding.wire.topics)
 
     observer = ObserverProcess(
-        opts.flow_file,
+        flow_file,
         bootstrap=opts.bootstrap,
         redis_url=opts.redis_url,
         group_id=group,
@@ -205,13 +219,16 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         run_dir=str(run_dir),
         instance_url=f"{observer.url}/instances/{binding.flow.name}/{{key}}",
     )
+    held = HeldReader(opts.redis_url, key_prefix, binding.flow.name) if opts.outage else None
+    if guarded:
+        view.note(guarded)
     try:
         observer.start()
         observer.wait_ready(opts.ready_timeout_s)
         header = replace(header, observer=f"pid {observer.pid}, {observer.url}")
         started = time.monotonic()
         interrupted = _loop(
-            opts, binding, tally, feed, observer, view, header, run_id, run_dir, started
+            opts, binding, tally, feed, observer, view, header, run_id, run_dir, started, held
         )
     except (KeyboardInterrupt, _Stop):
         interrupted = True
@@ -224,8 +241,10 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         feed.close()
         code = observer.stop()
         log.info("observer run exited with %s", code)
+        if held is not None:
+            _read_held(held, tally)
         if not opts.keep_state:
-            forget_run(admin, group, opts.redis_url, key_prefix)
+            forget_run(admin, group, opts.redis_url, key_prefix, keep_keys=held is not None)
         timeline.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -244,9 +263,12 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         f"files: {run_dir} (observer.log, demo.log, faults.jsonl, timeline.jsonl, summary.json)"
     )
     view.note(
-        f"expected = observer replay {opts.flow_file} --events {run_dir / 'timeline.jsonl'} "
+        f"expected = observer replay {flow_file} --events {run_dir / 'timeline.jsonl'} "
         f"--until {format_time(now_ms)}"
     )
+    if held is not None:
+        for line in held_notes(summary, binding.flow.name, opts.redis_url, key_prefix):
+            view.note(line)
     if interrupted:
         return 0
     return 0 if summary.ok else 1
@@ -275,6 +297,38 @@ class Reorder:
         return sorted(out, key=lambda r: (r.timestamp, self.rank.get(r.topic, 1)))
 
 
+def _outage_left(window: OutageWindow | None, now_ms: int) -> int:
+    return max(0, window.end_ms - now_ms) if window is not None else 0
+
+
+def _read_held(held: HeldReader, tally: Tally) -> None:
+    """What the observer holds now, into the tally (a Redis hiccup: the log, and next time)."""
+    found = held.read()
+    if found is None:
+        log.info("could not read the held actions: %s", held.error)
+    else:
+        tally.observe_held(found)
+
+
+def held_notes(summary: Summary, flow: str, redis_url: str, key_prefix: str) -> list[str]:
+    """After a run with --outage: the commands that show, release or drop what is held."""
+    opened = [i for i in summary.incidents if i.kind == "incident"]
+    out = [
+        f"held actions: {summary.held} (the engine: {summary.held_expected}); "
+        "list them, by incident, or drop them:",
+        "  " + actions_command("list", flow, redis_url, key_prefix),
+    ]
+    out += ["  " + actions_command("list", flow, redis_url, key_prefix, i.id) for i in opened]
+    if opened:
+        out.append("  " + actions_command("drop", flow, redis_url, key_prefix, opened[0].id))
+    out.append(
+        f"  (a release is published by a running observer of prefix {key_prefix}; the run's "
+        f"Redis keys are kept for these commands: redis-cli -u {redis_url} --scan --pattern "
+        f"'{key_prefix}:*' | xargs -r redis-cli -u {redis_url} del removes them)"
+    )
+    return out
+
+
 def _settle_ms(opts: Options, binding: FlowBinding) -> int:
     return int(opts.settle_s * 1000) if opts.settle_s is not None else binding.settle_ms
 
@@ -290,19 +344,24 @@ def _loop(
     run_id: str,
     run_dir: Path,
     started: float,
+    held: HeldReader | None = None,
 ) -> bool:
     """Until the orders are placed and settled (False) or Ctrl-C (True)."""
     problems: list[str] = []
     producer = make_producer(opts.bootstrap)
+    start_ms = int(time.time() * 1000)
+    window = opts.outage.window(start_ms) if opts.outage is not None else None
     shop = Shop(
         binding.catalogue,
         FaultPlanner(opts.seed, opts.rates),
         run_id,
         binding.late_ms,
         binding.duplicable(),
+        window,
     )
     kafka = KafkaShop(binding.wire, producer, problems.append)
-    sim = Simulation(shop, opts.rate, opts.orders, int(time.time() * 1000))
+    sim = Simulation(shop, opts.rate, opts.orders, start_ms)
+    next_held = 0.0
     status = Status(phase="placing orders")
     settle_ms = _settle_ms(opts, binding)
     settle_by: int | None = None
@@ -324,7 +383,11 @@ def _loop(
             if sim.placing and opts.duration_s is not None and elapsed >= opts.duration_s:
                 sim.stop_placing()
             if not sim.placing and settle_by is None:
-                settle_by = now + settle_ms
+                settle_by = now + settle_ms + _outage_left(window, now)
+            if not sim.placing and sim.idle():
+                # only answers to commands are still to come, all newer: the engine's clock
+                # follows the wall's, as the observer's watermark does on idle partitions
+                tally.expected.until(now - IDLE_LAG_MS)
             for h in sim.advance(now):
                 if h.kind == "published" and h.event is not None:
                     tally.expected.record(kafka.publish(h.event))
@@ -363,12 +426,20 @@ def _loop(
                 raise DemoError(
                     f"observer run exited with code {observer.returncode()}:\n{observer.tail()}"
                 )
+            if held is not None and time.monotonic() >= next_held:
+                next_held = time.monotonic() + HELD_EVERY_S
+                _read_held(held, tally)
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + REFRESH_S
                 status.placed = sim.placed
                 status.elapsed_s = elapsed
                 status.problems = problems[-3:] + feed.errors[-2:]
-                if settle_by is None:
+                if window is not None and window.start_ms <= now < window.end_ms:
+                    status.phase = (
+                        f"{window.service} DOWN ({(window.end_ms - now) // 1000}s left); "
+                        + ("placing orders" if settle_by is None else "no new orders")
+                    )
+                elif settle_by is None:
                     status.phase = "placing orders"
                 else:
                     left = max(0, (settle_by - now) // 1000)

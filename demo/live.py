@@ -129,14 +129,18 @@ class LiveView:
         for name in ("time", "kind", "step", "order", "injected"):
             table.add_column(name, no_wrap=True)
         table.add_column("summary", overflow="ellipsis", no_wrap=True, ratio=1)
-        alerts = [e for e in tally.entries if e.category == "alert"][-rows:]
+        alerts = [e for e in tally.entries if e.category in ("alert", "incident")][-rows:]
         for e in reversed(alerts):
+            incident = e.category == "incident"
             table.add_row(
                 clock_text(e.at_ms)[:8],
-                Text(e.what, style=_SEVERITY.get(e.severity or "", "")),
+                Text(
+                    e.what,
+                    style="bold reverse red" if incident else _SEVERITY.get(e.severity or "", ""),
+                ),
                 e.step or "-",
-                e.key,
-                fault_text(e.fault),
+                "(the flow)" if incident else e.key,
+                "-" if incident else fault_text(e.fault),
                 e.detail,
             )
         return table
@@ -176,6 +180,12 @@ class LiveView:
         table.add_row(Text("deviations", style="bold"), "")
         for kind, n in sorted(tally.deviations.items()):
             table.add_row(kind, str(n))
+        if tally.incidents.records or tally.held:
+            table.add_row(Text("guardrails", style="bold"), "")
+            table.add_row("incidents open", str(len(tally.incidents.open)))
+            resolved = sum(1 for i in tally.incidents.records if i.kind == "incident_resolved")
+            table.add_row("incidents resolved", str(resolved))
+            table.add_row(Text("actions held", style="bold red"), str(tally.held))
         return table
 
     def _render(self, tally: Tally, status: Status, h: Header) -> RenderableType:

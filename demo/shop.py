@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from demo.faults import Fault, FaultPlanner, order_rng
+from demo.outage import OutageWindow
 from demo.wire import DemoError, ShopEvent
 
 __all__ = [
@@ -178,6 +179,7 @@ class Emit:
     it sent it, nobody reads it. `copies`: 2 when a retry publishes it again with the same id,
     `copy_gap_ms` later (DUPLICATE). `hold_until`: the record reaches Kafka only after this
     event type of the same order did (OUT_OF_ORDER), though the other services act on it at once.
+    `stalled`: the service was down when the job came (`--outage`); it did it once back.
     """
 
     event: ShopEvent
@@ -185,6 +187,7 @@ class Emit:
     copies: int = 1
     copy_gap_ms: int = 0
     hold_until: str | None = None
+    stalled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +273,18 @@ class Shop:
         run_id: str,
         late_ms: int,
         duplicable: tuple[str, ...] = (),
+        outage: OutageWindow | None = None,
     ) -> None:
         """`late_ms`: how long the slow service takes under SLOW_PAYMENT (past its window).
-        `duplicable`: event types a DUPLICATE may hit (those whose source has an id selector)."""
+        `duplicable`: event types a DUPLICATE may hit (those whose source has an id selector).
+        `outage`: when one service does nothing (its jobs and answers wait for its end)."""
         self.catalogue = catalogue
         self.planner = planner
         self.seed = planner.seed
         self.run_id = run_id
         self.late_ms = late_ms
         self.duplicable = duplicable or tuple(s.emits for s in catalogue.services if s.after)
+        self.outage = outage
         self._orders: dict[str, _Order] = {}
         self._next_no = 1
 
@@ -344,8 +350,15 @@ class Shop:
         if reaction.emits is None:
             return []
         lo, hi = reaction.latency_ms
-        at = now_ms + order_rng(self.seed, order.plan.no, f"command/{command}").randint(lo, hi)
-        return [self._emit(order, reaction.source, reaction.emits, at)]
+        took = order_rng(self.seed, order.plan.no, f"command/{command}").randint(lo, hi)
+        return [
+            self._emit(
+                order,
+                reaction.source,
+                reaction.emits,
+                self._done_at(reaction.service, now_ms, took),
+            )
+        ]
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -357,6 +370,12 @@ class Shop:
         return next((r for r in self.catalogue.reactions if r.command == command), None)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _done_at(self, service: str, start_ms: int, took_ms: int) -> int:
+        """When a job of `service` started at `start_ms` is done (after an outage, if down)."""
+        if self.outage is None:
+            return start_ms + took_ms
+        return self.outage.resume_at(service, start_ms, took_ms)
 
     def _emit(self, order: _Order, source: str, event_type: str, at_ms: int) -> Emit:
         order.seq += 1
@@ -384,10 +403,13 @@ class Shop:
                 if service.fails_with is None:
                     raise DemoError(f"service '{service.name}' has no failure event")
                 event_type = service.fails_with
-        emit = self._emit(order, service.source, event_type, start_ms + took)
+        done_at = self._done_at(service.name, start_ms, took)
+        emit = self._emit(order, service.source, event_type, done_at)
+        if done_at != start_ms + took:
+            emit = Emit(emit.event, stalled=True)
         if fault is Fault.LOST_EVENT and event_type == self.catalogue.lost:
-            return Emit(emit.event, publish=False)
+            return Emit(emit.event, publish=False, stalled=emit.stalled)
         if fault is Fault.DUPLICATE and event_type == order.duplicate:
             gap = order_rng(self.seed, order.plan.no, "duplicate-gap").randint(100, 600)
-            return Emit(emit.event, copies=2, copy_gap_ms=gap)
+            return Emit(emit.event, copies=2, copy_gap_ms=gap, stalled=emit.stalled)
         return emit

@@ -1,0 +1,48 @@
+"""The actions the observer holds (`--outage`, guardrails), read from its Redis the way
+`observer actions list` reads them; and the command lines that show, release or drop them for
+this run."""
+
+from __future__ import annotations
+
+import shlex
+
+from observer.adapters.redis.held import RedisHeldActions
+from observer.errors import StoreError
+from observer.runtime.held_ops import Selection, held_actions
+
+__all__ = ["HeldReader", "actions_command"]
+
+
+def actions_command(
+    verb: str, flow: str, redis_url: str, key_prefix: str, incident: str | None = None
+) -> str:
+    """`observer actions VERB FLOW [--incident ID] --redis-url URL --key-prefix P`."""
+    argv = ["observer", "actions", verb, flow]
+    if incident:
+        argv += ["--incident", incident]
+    argv += ["--redis-url", redis_url, "--key-prefix", key_prefix]
+    return shlex.join(argv)
+
+
+class HeldReader:
+    """Held actions of one flow under one key prefix, per order: {key: [action name, ...]}."""
+
+    def __init__(self, redis_url: str, key_prefix: str, flow: str) -> None:
+        self.flow = flow
+        self._port = RedisHeldActions(redis_url, key_prefix)
+        self.error: str | None = None
+
+    def read(self) -> dict[str, list[str]] | None:
+        """What is held now (None: Redis did not answer; `error` says why)."""
+        try:
+            held = held_actions(self._port, Selection(self.flow))
+        except StoreError as exc:
+            self.error = str(exc)
+            return None
+        out: dict[str, list[str]] = {}
+        for h in held:
+            out.setdefault(h.key, []).append(h.action)
+        return out
+
+    def close(self) -> None:
+        self._port.close()
