@@ -243,6 +243,7 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         log.info("observer run exited with %s", code)
         if held is not None:
             _read_held(held, tally)
+            held.close()
         if not opts.keep_state:
             forget_run(admin, group, opts.redis_url, key_prefix, keep_keys=held is not None)
         timeline.close()
@@ -307,20 +308,24 @@ def _read_held(held: HeldReader, tally: Tally) -> None:
     if found is None:
         log.info("could not read the held actions: %s", held.error)
     else:
-        tally.observe_held(found)
+        tally.observe_held(found, held.by_incident)
 
 
 def held_notes(summary: Summary, flow: str, redis_url: str, key_prefix: str) -> list[str]:
     """After a run with --outage: the commands that show, release or drop what is held."""
-    opened = [i for i in summary.incidents if i.kind == "incident"]
+    by = summary.held_by or {}
     out = [
-        f"held actions: {summary.held} (the engine: {summary.held_expected}); "
-        "list them, by incident, or drop them:",
+        f"held actions: {summary.held} (the engine: {summary.held_expected}), "
+        + ", ".join(f"{n} by {why}" for why, n in by.items())
+        + "; see them all:",
         "  " + actions_command("list", flow, redis_url, key_prefix),
     ]
-    out += ["  " + actions_command("list", flow, redis_url, key_prefix, i.id) for i in opened]
-    if opened:
-        out.append("  " + actions_command("drop", flow, redis_url, key_prefix, opened[0].id))
+    incidents = [why for why in by if "." in why]  # incident ids; else a reason (rate, paused)
+    if incidents:
+        top = max(incidents, key=lambda why: by[why])
+        out.append(f"  the {by[top]} of incident {top}, to look at, then to drop (or release):")
+        out.append("  " + actions_command("list", flow, redis_url, key_prefix, top))
+        out.append("  " + actions_command("drop", flow, redis_url, key_prefix, top))
     out.append(
         f"  (a release is published by a running observer of prefix {key_prefix}; the run's "
         f"Redis keys are kept for these commands: redis-cli -u {redis_url} --scan --pattern "
@@ -413,7 +418,10 @@ def _loop(
                     if oid in seen_ids:
                         continue  # a repeat after an observer restart
                     seen_ids.add(oid)
-                show(tally.on_record(rec.topic, rec.key, rec.value, rec.headers, rec.timestamp))
+                entry = tally.on_record(rec.topic, rec.key, rec.value, rec.headers, rec.timestamp)
+                show(entry)
+                if held is not None and entry is not None and entry.what == "incident":
+                    view.note(f"held by incident {entry.key}: {held.command('list', entry.key)}")
                 if rec.topic in binding.command_topics and rec.key is not None:
                     commands.append((command_type(rec.value, rec.headers), rec.key))
             for what, key in commands:

@@ -29,8 +29,11 @@ class HeldReader:
 
     def __init__(self, redis_url: str, key_prefix: str, flow: str) -> None:
         self.flow = flow
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
         self._port = RedisHeldActions(redis_url, key_prefix)
         self.error: str | None = None
+        self.by_incident: dict[str, int] = {}  # of the last read: incident id -> held
 
     def read(self) -> dict[str, list[str]] | None:
         """What is held now (None: Redis did not answer; `error` says why)."""
@@ -40,9 +43,17 @@ class HeldReader:
             self.error = str(exc)
             return None
         out: dict[str, list[str]] = {}
+        by_incident: dict[str, int] = {}
         for h in held:
             out.setdefault(h.key, []).append(h.action)
+            why = h.incident or h.reason
+            by_incident[why] = by_incident.get(why, 0) + 1
+        self.by_incident = by_incident
         return out
+
+    def command(self, verb: str, incident: str | None = None) -> str:
+        """The `observer actions` command line for this run (see `actions_command`)."""
+        return actions_command(verb, self.flow, self.redis_url, self.key_prefix, incident)
 
     def close(self) -> None:
         self._port.close()

@@ -134,10 +134,19 @@ class Summary:
     incidents_expected: tuple[IncidentRecord, ...] = ()
     held: int = 0
     held_expected: int = 0
+    held_by: Mapping[str, int] | None = None  # the observer's held actions by incident id
 
     @property
     def faults_injected(self) -> int:
-        return sum(r.injected for r in self.results if r.fault is not None)
+        """Orders that carried an injected fault (an order the outage hit counts there)."""
+        return sum(
+            r.injected for r in self.results if r.fault is not None and r.fault is not Fault.OUTAGE
+        )
+
+    @property
+    def outage_hit(self) -> int:
+        """Orders that reached the service of `--outage` while it was down."""
+        return sum(r.injected for r in self.results if r.fault is Fault.OUTAGE)
 
     @property
     def all_detected(self) -> bool:
@@ -160,6 +169,7 @@ class Summary:
             "orders": self.orders,
             "unjudged": self.unjudged,
             "faults_injected": self.faults_injected,
+            "outage_hit": self.outage_hit,
             "all_detected": self.all_detected,
             "ok": self.ok,
             "expected_until": (
@@ -184,6 +194,7 @@ class Summary:
             "incidents_ok": self.incidents_ok,
             "held": self.held,
             "held_expected": self.held_expected,
+            "held_by": dict(self.held_by or {}),
             "deviations": dict(self.deviations),
             "outcomes": dict(self.outcomes),
             "commands": dict(self.commands),

@@ -86,6 +86,7 @@ class Tally:
         self.ignored = 0
         self.incidents = Incidents(reader.topics)  # the observer's incident records
         self.held = 0  # actions the observer holds (from its Redis, `observe_held`)
+        self.held_by: dict[str, int] = {}  # ... by incident id (or reason: rate, paused)
 
     @property
     def topics(self) -> Topics:
@@ -180,11 +181,15 @@ class Tally:
             )
         )
 
-    def observe_held(self, held: Mapping[str, list[str]]) -> None:
-        """What the observer holds now, per order (action names, from its Redis)."""
+    def observe_held(
+        self, held: Mapping[str, list[str]], by: Mapping[str, int] | None = None
+    ) -> None:
+        """What the observer holds now, per order (action names, from its Redis), and how
+        many by incident (`by`)."""
         for t in self.orders.values():
             t.observed.held = sorted(held.get(t.key, []))
         self.held = sum(len(v) for v in held.values())
+        self.held_by = dict(by or {})
 
     def _stalled(self, track: OrderTrack, event: str, at_ms: int, done_ms: int) -> Entry:
         track.hit = True
@@ -344,6 +349,7 @@ class Tally:
             incidents_expected=tuple(self.expected.incidents.records),
             held=self.held,
             held_expected=self.expected.held(),
+            held_by=dict(sorted(self.held_by.items())),
         )
 
     # -- internals ------------------------------------------------------------------------------

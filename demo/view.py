@@ -105,7 +105,8 @@ def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
             else ""
         )
         + f"; {summary.faults_injected} faults injected"
-        + (" in them" if summary.unjudged else ""),
+        + (" in them" if summary.unjudged else "")
+        + (f"; {summary.outage_hit} hit by the outage" if summary.outage_hit else ""),
         f"  {'fault':<16} {'injected':>8} {'detected':>9} {'as expected':>12}  what the engine publishes on this run's records",
     ]
     for r in summary.results:
