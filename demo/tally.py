@@ -211,14 +211,14 @@ class Tally:
         where = f" at '{rec.step}'" if rec.step else ""
         if rec.kind == "incident":
             explain = (
-                f"INCIDENT {rec.id}: {rec.count} '{rec.deviation}'{where} at once -> one page "
-                "instead of one per order; from now on their alerts are not published and their "
-                "actions are HELD, not published"
+                f"INCIDENT: {rec.count} '{rec.deviation}'{where} at once -> one incident record "
+                "instead of an alert per order; their actions are now HELD, not published "
+                f"({rec.id})"
             )
         else:
             explain = (
-                f"incident {rec.id} resolved: {rec.count} '{rec.deviation}'{where} in all; "
-                "what it held waits for an operator (observer actions list|release|drop)"
+                f"incident resolved: {rec.count} '{rec.deviation}'{where} in all; what it held "
+                f"waits for an operator: observer actions list|release|drop --incident {rec.id}"
             )
         return Entry(
             at_ms,
