@@ -298,6 +298,11 @@ class Reorder:
         return sorted(out, key=lambda r: (r.timestamp, self.rank.get(r.topic, 1)))
 
 
+def _first_incident(entry: Entry | None, tally: Tally) -> bool:
+    """Whether `entry` is the first incident of the run (the moment to say where to look)."""
+    return entry is not None and entry.what == "incident" and len(tally.incidents.records) == 1
+
+
 def _outage_left(window: OutageWindow | None, now_ms: int) -> int:
     return max(0, window.end_ms - now_ms) if window is not None else 0
 
@@ -420,8 +425,8 @@ def _loop(
                     seen_ids.add(oid)
                 entry = tally.on_record(rec.topic, rec.key, rec.value, rec.headers, rec.timestamp)
                 show(entry)
-                if held is not None and entry is not None and entry.what == "incident":
-                    view.note(f"held by incident {entry.key}: {held.command('list', entry.key)}")
+                if held is not None and _first_incident(entry, tally):
+                    view.note(f"what the observer holds: {held.command('list')}")
                 if rec.topic in binding.command_topics and rec.key is not None:
                     commands.append((command_type(rec.value, rec.headers), rec.key))
             for what, key in commands:

@@ -179,7 +179,8 @@ class Emit:
     it sent it, nobody reads it. `copies`: 2 when a retry publishes it again with the same id,
     `copy_gap_ms` later (DUPLICATE). `hold_until`: the record reaches Kafka only after this
     event type of the same order did (OUT_OF_ORDER), though the other services act on it at once.
-    `stalled`: the service was down when the job came (`--outage`); it did it once back.
+    `stalled`: the service was down when the job came (`--outage`): it never does it, and
+    `event` (at the job's start) only says what it would have announced.
     """
 
     event: ShopEvent
@@ -346,19 +347,14 @@ class Shop:
         reaction = self.answers(command)
         if order is None or reaction is None or command in order.answered:
             return None
+        if self._down(reaction.service, now_ms):
+            return None  # the service is down: the command is lost on it
         order.answered.add(command)
         if reaction.emits is None:
             return []
         lo, hi = reaction.latency_ms
         took = order_rng(self.seed, order.plan.no, f"command/{command}").randint(lo, hi)
-        return [
-            self._emit(
-                order,
-                reaction.source,
-                reaction.emits,
-                self._done_at(reaction.service, now_ms, took),
-            )
-        ]
+        return [self._emit(order, reaction.source, reaction.emits, now_ms + took)]
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -371,11 +367,9 @@ class Shop:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _done_at(self, service: str, start_ms: int, took_ms: int) -> int:
-        """When a job of `service` started at `start_ms` is done (after an outage, if down)."""
-        if self.outage is None:
-            return start_ms + took_ms
-        return self.outage.resume_at(service, start_ms, took_ms)
+    def _down(self, service: str, at_ms: int) -> bool:
+        """Whether `service` is down at `at_ms` (`--outage`)."""
+        return self.outage is not None and self.outage.holds(service, at_ms)
 
     def _emit(self, order: _Order, source: str, event_type: str, at_ms: int) -> Emit:
         order.seq += 1
@@ -403,13 +397,14 @@ class Shop:
                 if service.fails_with is None:
                     raise DemoError(f"service '{service.name}' has no failure event")
                 event_type = service.fails_with
-        done_at = self._done_at(service.name, start_ms, took)
-        emit = self._emit(order, service.source, event_type, done_at)
-        if done_at != start_ms + took:
-            emit = Emit(emit.event, stalled=True)
+        if self._down(service.name, start_ms):
+            # down when the job came: it is never done (nothing to announce, nothing published)
+            emit = self._emit(order, service.source, event_type, start_ms)
+            return Emit(emit.event, publish=False, stalled=True)
+        emit = self._emit(order, service.source, event_type, start_ms + took)
         if fault is Fault.LOST_EVENT and event_type == self.catalogue.lost:
-            return Emit(emit.event, publish=False, stalled=emit.stalled)
+            return Emit(emit.event, publish=False)
         if fault is Fault.DUPLICATE and event_type == order.duplicate:
             gap = order_rng(self.seed, order.plan.no, "duplicate-gap").randint(100, 600)
-            return Emit(emit.event, copies=2, copy_gap_ms=gap, stalled=emit.stalled)
+            return Emit(emit.event, copies=2, copy_gap_ms=gap)
         return emit

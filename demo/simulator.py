@@ -38,7 +38,8 @@ class Happening:
     retry with the same id), `lost` (a service announced `event` but the record never reaches
     Kafka), `held` (the record of `event` is held back; the services already act on it),
     `answered` (a service acted on the observer's command `command`), `stalled` (the service
-    to do the next job, `event`, is down: it does it once back, at `event.time_ms`).
+    to do the next job is down, `--outage`: the job, which would have announced `event`, is
+    never done).
     """
 
     kind: Literal["placed", "published", "lost", "held", "answered", "stalled"]
@@ -178,6 +179,7 @@ class Simulation:
         for follow in self.shop.on_event(event):
             if follow.stalled:
                 out.append(Happening("stalled", at, event.order_id, follow.event))
+                continue
             self._push(follow.event.time_ms, _Deliver(follow))
 
     def _publish(self, event: ShopEvent, copy: int, at: int, out: list[Happening]) -> None:

@@ -22,7 +22,7 @@ from observer.topics import Topics
 __all__ = ["Entry", "OrderTrack", "Tally"]
 
 RECENT = 200
-QUIET_MS = 15_000  # an order waiting for an operator is settled with no deadline this near
+QUIET_MS = 3_000  # an order waiting for an operator is settled with no deadline of it this near
 
 
 @dataclass(slots=True)
@@ -122,7 +122,7 @@ class Tally:
         elif h.kind == "held" and event is not None:
             track.last = f"{event.type} held back"
         elif h.kind == "stalled" and event is not None:
-            return self._stalled(track, event.type, h.at_ms, event.time_ms)
+            return self._stalled(track, event.type, h.at_ms)
         elif h.kind == "answered" and h.command is not None:
             reactions = self.binding.catalogue.reactions
             who = next((r for r in reactions if r.command == h.command), None)
@@ -191,18 +191,18 @@ class Tally:
         self.held = sum(len(v) for v in held.values())
         self.held_by = dict(by or {})
 
-    def _stalled(self, track: OrderTrack, event: str, at_ms: int, done_ms: int) -> Entry:
+    def _stalled(self, track: OrderTrack, event: str, at_ms: int) -> Entry:
         track.hit = True
         who = next((s for s in self.binding.catalogue.services if s.emits == event), None)
         name = who.name if who is not None else "a service"
-        track.last = f"{name} down: waits"
+        track.last = f"{name} down: no {event}"
         return self._add(
             Entry(
                 at_ms,
                 "shop",
                 track.key,
                 "outage",
-                detail=f"{name} is down: {track.key} waits for it ({event} only once it is back)",
+                detail=f"{name} is down: {track.key} never gets its {event}",
                 fault=track.group,
             )
         )
