@@ -19,7 +19,8 @@ Not part of the observer: a program of this repository, installed with the `[dem
     process    `observer run` as a child process
     held       the observer's held actions, read from its Redis (--outage)
     view       --plain log lines and the summary; live: the full-terminal view (rich)
-    app        the live loop
+    loop       the live loop: shop, feed, view, in turn, until every order ended
+    app        the live run: topics, the observer, the loop, the summary
 """
 
 __all__: list[str] = []

@@ -64,41 +64,19 @@ def run_offline(
         window,
     )
     sim = Simulation(shop, rate, orders, START_MS)
-    commands: list[tuple[str, str]] = []
-    held: dict[str, list[str]] = {}
+    observed = _Observed(tally, binding.command_topics, on_entry)
+    note = observed.note
     offset = 0
     now = START_MS
-
-    def note(entry: Entry | None) -> None:
-        if entry is not None and on_entry is not None:
-            on_entry(entry)
-
-    def emit(effect: Effect, at: int) -> None:
-        if not isinstance(effect, Publish):
-            return
-        if effect.held is not None:  # held by the guardrails: not published, the shop hears nothing
-            if effect.action is not None and isinstance(effect.key, str):
-                held.setdefault(effect.key, []).append(effect.action)
-            return
-        if effect.topic is None:
-            return
-        headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in effect.headers}
-        key = effect.key.decode() if isinstance(effect.key, bytes) else effect.key
-        note(tally.on_record(effect.topic, key, effect.value, headers, at))
-        if effect.topic in binding.command_topics and isinstance(effect.value, dict):
-            what = command_type(effect.value, headers)
-            if what is not None and key is not None:
-                commands.append((what, key))
-
-    observer = Replayer(binding.registry, emit, topics)
+    observer = Replayer(binding.registry, observed.emit, topics)
     deadline: int | None = None
     while True:
         observer.advance_to(now)
-        if held:
-            tally.observe_held(held)
-        for what, key in commands:
+        if observed.held:
+            tally.observe_held(observed.held)
+        for what, key in observed.commands:
             note(_happen(tally, sim.on_command(what, key, now)))
-        commands.clear()
+        observed.commands.clear()
         for h in sim.advance(now):
             note(tally.on_happening(h))
             if h.kind == "published" and h.event is not None:
@@ -118,6 +96,44 @@ def run_offline(
         now += TICK_MS
     expected.until(now)
     return tally
+
+
+class _Observed:
+    """What the observer (the engine, here) publishes: into the tally, commands kept for the
+    shop; what the guardrails hold only counted per order (not published, nobody hears it)."""
+
+    def __init__(
+        self,
+        tally: Tally,
+        command_topics: tuple[str, ...],
+        on_entry: Callable[[Entry], None] | None,
+    ) -> None:
+        self.tally = tally
+        self.command_topics = command_topics
+        self.on_entry = on_entry
+        self.commands: list[tuple[str, str]] = []
+        self.held: dict[str, list[str]] = {}
+
+    def note(self, entry: Entry | None) -> None:
+        if entry is not None and self.on_entry is not None:
+            self.on_entry(entry)
+
+    def emit(self, effect: Effect, at: int) -> None:
+        if not isinstance(effect, Publish):
+            return
+        if effect.held is not None:
+            if effect.action is not None and isinstance(effect.key, str):
+                self.held.setdefault(effect.key, []).append(effect.action)
+            return
+        if effect.topic is None:
+            return
+        headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in effect.headers}
+        key = effect.key.decode() if isinstance(effect.key, bytes) else effect.key
+        self.note(self.tally.on_record(effect.topic, key, effect.value, headers, at))
+        if effect.topic in self.command_topics and isinstance(effect.value, dict):
+            what = command_type(effect.value, headers)
+            if what is not None and key is not None:
+                self.commands.append((what, key))
 
 
 def _outage_left(window: OutageWindow | None, now_ms: int) -> int:
