@@ -7,9 +7,8 @@ deadlines and outbox in the store. Per batch of keyed records:
 1. decode: events become items of their slots; marks advance their shard's watermark;
 2. slots come from the cache of slots this process wrote, the rest are loaded in one request;
 3. the engine applies the events, and the batch is planned into one write (`batch.py`);
-4. the previous batch's write is settled: its records published, its offsets queued until
-   durable (`writes.py`);
-5. this batch's write is sent, and read during the next turn.
+4. the previous batch's write is settled (records published, offsets queued until durable:
+   `writes.py`) and this one is sent, read by the next turn (or an idle turn, or a tick).
 
 Deadlines are fired by the `DeadlineTicker` as soon as a mark moved a watermark, and every
 `tick_interval_ms`; records go out through the `Publisher`; offsets are committed by the
@@ -43,6 +42,7 @@ from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
 from observer.runtime.deployments import UnavailableVersions
+from observer.runtime.due_bounds import DueBounds
 from observer.runtime.every import Every
 from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
@@ -126,6 +126,7 @@ class Tracker:
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
         )
+        self.bounds = DueBounds(mono)  # what the due indexes can hold (issue 18)
         self.publisher, self.writes = self._pipeline(config, ports, metrics, tally)
         self.ticker = DeadlineTicker(
             config,
@@ -140,6 +141,7 @@ class Tracker:
             metrics=metrics,
             clock=self.clock,
             unavailable=self.unavailable,
+            bounds=self.bounds,
         )
         self.decider = GuardDecider(
             registry, self.store, self.publisher, metrics, self.clock, config, self.topics.alerts
@@ -175,6 +177,7 @@ class Tracker:
             on_durable=self.commits.written,
             tally=tally,
             on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
+            due_bounds=self.bounds,
         )
         return publisher, writes
 
@@ -200,8 +203,7 @@ class Tracker:
         except StoreError as exc:
             log.error("the last batch was not stored (%s): its offsets are not committed", exc)
             self.writes.drop()
-        remaining = self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
-        if remaining:
+        if remaining := self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0):
             log.warning(
                 "%d records not acknowledged at shutdown; they stay in the outbox", remaining
             )
@@ -245,6 +247,7 @@ class Tracker:
         shards = [p for _t, p in tps]
         for s in shards:
             self.shards.reset(s)
+        self.bounds.forget(shards)  # another process may have written their due indexes
         self.metrics.owned_shards.set(len(self.shards))
         log.info("tracker: assigned shards %s", _fmt_shards(shards))
         try:
@@ -286,6 +289,7 @@ class Tracker:
     def _disown(self, tps: list[TopicPartition]) -> None:
         for _t, p in tps:
             self.shards.drop(p)
+        self.bounds.forget(p for _t, p in tps)
         if self.hop_marks is not None:
             self.hop_marks.drop(p for _t, p in tps)
         self.metrics.owned_shards.set(len(self.shards))
@@ -298,8 +302,9 @@ class Tracker:
         try:
             if records:
                 self._handle(records)
-            # Deadlines are looked for as soon as a mark moved a watermark (so an alert does
-            # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
+            else:  # nothing to plan while the store applies the write in flight: settle it
+                self.writes.settle()
+            # deadlines: as soon as a mark moved a watermark, and every TICK_INTERVAL_MS
             if self._marks_moved or self._tick_every.due():
                 self._tick()
             self.decider.turn(self.shards.owned())  # guardrails, every guard interval
@@ -317,10 +322,8 @@ class Tracker:
     def _tick(self) -> None:
         self._tick_every.restart()
         self._marks_moved = False
-        self.writes.settle()
-        progress = self.progress
-        for tp, (low, high, pos) in self.source.offsets(list(progress.partitions)).items():
-            progress.offsets(tp, low, high, pos)
+        for tp, (low, high, pos) in self.source.offsets(list(self.progress.partitions)).items():
+            self.progress.offsets(tp, low, high, pos)
         if self.ticker.tick():
             self._tick_every.hurry()  # more are due: tick again right after the next poll
 
@@ -472,7 +475,8 @@ class Tracker:
         but lost in a crash (AOF `everysec`): offsets are committed only `commit_delay_ms`
         after their write, so the committed offsets never run ahead of what Redis kept.
         Events read again are recognised by the engine and change nothing twice."""
-        self.cache.clear()  # the store may not hold what the cache does
+        self.cache.clear()  # the store may not hold what the cache does (nor the due bounds)
+        self.bounds.forget()
         self.writes.drop()
         doing = "writing a batch"
         while not self.stop.is_set():
