@@ -228,8 +228,8 @@ class InMemoryStateStore:
         found.sort()
         late = [wanted[shard] - due for shard, due in earliest.items() if wanted[shard] >= due]
         if len(found) > limit:  # only the shards of which every due slot is returned
-            kept = {shard for _due, shard, _sid, _state in found[limit:]}
-            later = {shard: t for shard, t in later.items() if shard not in kept}
+            kept_back = {shard for _due, shard, _sid, _state in found[limit:]}
+            later = {shard: t for shard, t in later.items() if shard not in kept_back}
         return DueSlots(
             [(shard, sid, state) for _due, shard, sid, state in found[:limit]],
             max(late) if late else None,
