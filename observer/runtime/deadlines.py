@@ -13,6 +13,7 @@ which none did neither waits for the batch write in flight nor asks the store an
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from observer.config import ObserverConfig
 from observer.engine.core import VersionUnavailable
@@ -151,16 +152,27 @@ class DeadlineTicker:
         return more
 
     def _idle(self, marks: list[tuple[int, int]]) -> bool:
-        """A tick with nothing due: the outbox deletions go with the next batch's write if one
-        is in flight (else now); watermarks to store wait for the write in flight first."""
+        """A tick with nothing due. With a write in flight, the outbox deletions go with the
+        next write and the watermarks are stored by `between_writes` (or a later tick)."""
         self.health.overdue_ms = 0
         self.metrics.overdue.set(0.0)
-        store = self._to_store(marks) if marks else []
-        if store or not self.writes.in_flight:
-            self.writes.settle()
+        if not self.writes.in_flight:
+            store = self._to_store(marks) if marks else []
             self.writes.write_acks(store)
             self._stored.update(store)
         return False
+
+    def between_writes(self, also: Callable[[], None]) -> None:
+        """Called by a batch between the previous write (settled) and its own: store the
+        shards' watermarks if due and nothing is due up to them, then `also` (the guardrails'
+        decider): requests that would otherwise wait for the batch's write. Raises StoreError."""
+        marks = self.shard_watermarks()
+        if marks and not self.bounds.to_read(marks):
+            store = self._to_store(marks)
+            if store:
+                self.writes.write_acks(store)
+                self._stored.update(store)
+        also()
 
     def _to_store(self, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The shards' watermarks to store with this tick's write (every timer up to them has

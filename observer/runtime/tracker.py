@@ -15,11 +15,10 @@ Deadlines are fired by the `DeadlineTicker` as soon as a mark moved a watermark,
 shared `OffsetCommits`.
 
 On assignment the tracker publishes what the shards' outboxes still hold (a previous owner may
-have died before publishing); on revocation it settles the batch in hand, flushes the
-producer, clears the acknowledged outbox entries and commits. When the store fails it waits for
-it to answer again, then reads the owned partitions again from their committed offsets
-(`recover`): offsets are committed only once their write is durable, so that covers every
-write that was lost.
+have died before publishing); on revocation it settles the batch in hand, flushes the producer,
+clears the acknowledged outbox entries and commits. When the store fails it waits for it to
+answer again, then reads the owned partitions again from their committed offsets (`recover`):
+offsets are committed only once their write is durable, so that covers every lost write.
 """
 
 from __future__ import annotations
@@ -362,7 +361,8 @@ class Tracker:
         plan = self._plan(prepared, cached, misses, raw)
         if self.hop_marks is not None:  # what the hop marks say once its hops are handed over
             plan.hop_watermarks = self.shards.values(self.ticker.partitions, sources_only=True)
-        self.writes.settle()
+        self.writes.settle()  # then, with no write in flight, what must not wait for one:
+        self.ticker.between_writes(lambda: self.decider.turn(self.shards.owned()))
         self.writes.send(plan, prepared.offsets)
         self.metrics.batch_seconds.observe(self.clock.monotonic() - t0)
 
