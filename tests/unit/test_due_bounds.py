@@ -150,3 +150,18 @@ def test_a_timer_written_by_a_tick_lowers_the_bound(tmp_path: Path) -> None:
     assert [a["key"] for a in o.alerts("missing")] == ["o-1"]
     o.runtime.stop()
     o.runtime.close()
+
+
+def test_watermarks_are_stored_while_every_turn_has_a_batch(obs: Observer) -> None:
+    """Under load a batch's write is always in flight when the tick runs: the guardrails'
+    watermarks are then stored between a batch's settle and its own write."""
+    obs.turn(4)
+    stored = obs.store._data.guard.watermarks
+    assert sorted(stored) == list(range(SHARDS))
+    before = dict(stored)
+    for i in range(40):  # events in every turn: a write in flight at every tick
+        obs.send("orders", "Placed", f"o-{i}")
+        obs.turn(1)
+        assert obs.runtime.tracker.writes.in_flight
+    assert all(stored[s] > before[s] for s in range(SHARDS))
+    assert obs.runtime.tracker.bounds.bound(shard("o-1")) is not None
