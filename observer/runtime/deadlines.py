@@ -5,11 +5,15 @@ read in the shard's keyed partition (`keyed.ShardWatermarks`); the source partit
 the cluster's metadata, refreshed every 10 s. One tick reads, for every owned shard, the slots
 due at or before its watermark (at most `tick_limit`, with their state, in one request), fires
 their timers and writes the result like a batch.
+
+Only the shards whose watermark reached their due bound (`due_bounds.py`) are read: a tick for
+which none did neither waits for the batch write in flight nor asks the store anything.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from observer.config import ObserverConfig
 from observer.engine.core import VersionUnavailable
@@ -18,6 +22,7 @@ from observer.flows.registry import FlowRegistry
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlanner, Planning
 from observer.runtime.deployments import UnavailableVersions
+from observer.runtime.due_bounds import DueBounds
 from observer.runtime.every import Every
 from observer.runtime.health import Health
 from observer.runtime.keyed import ShardWatermarks
@@ -51,8 +56,10 @@ class DeadlineTicker:
         health: Health,
         metrics: Metrics,
         clock: Clock,
+        bounds: DueBounds,
         unavailable: UnavailableVersions | None = None,
     ) -> None:
+        """`bounds`: the owned shards' due bounds (`writes` lowers them)."""
         self.registry = registry
         self.unavailable = unavailable or UnavailableVersions(metrics, clock.monotonic)
         self.tick_limit = config.tick_limit
@@ -71,6 +78,7 @@ class DeadlineTicker:
         # guard interval, once every timer up to them fired)
         self._stored: dict[int, int] = {}
         self._store_every = Every(config.guard_interval_ms / 1000.0, clock.monotonic)
+        self.bounds = bounds
 
     def refresh_sources(self) -> None:
         """Every partition of every source topic: a shard's watermark needs a mark for each."""
@@ -117,10 +125,12 @@ class DeadlineTicker:
     def tick(self) -> bool:
         """Fire what is due; True if there may be more (`tick_limit` slots were due)."""
         marks = self.shard_watermarks()
-        if not marks:
-            self.writes.write_acks()
-            return False
-        due = self.store.due(marks, self.tick_limit)
+        wanted = self.bounds.to_read(marks)
+        if not wanted:  # nothing can be due: neither wait for the write in flight nor read
+            return self._idle(marks)
+        self.writes.settle()
+        due = self.store.due(wanted, self.tick_limit)
+        self.bounds.learn(due.later)
         self.health.overdue_ms = due.overdue_ms or 0
         self.metrics.overdue.set((due.overdue_ms or 0) / 1000.0)
         more = len(due.slots) >= self.tick_limit
@@ -140,6 +150,29 @@ class DeadlineTicker:
         self.writes.write(plan)
         self._stored.update(store)
         return more
+
+    def _idle(self, marks: list[tuple[int, int]]) -> bool:
+        """A tick with nothing due. With a write in flight, the outbox deletions go with the
+        next write and the watermarks are stored by `between_writes` (or a later tick)."""
+        self.health.overdue_ms = 0
+        self.metrics.overdue.set(0.0)
+        if not self.writes.in_flight:
+            store = self._to_store(marks) if marks else []
+            self.writes.write_acks(store)
+            self._stored.update(store)
+        return False
+
+    def between_writes(self, also: Callable[[], None]) -> None:
+        """Called by a batch between the previous write (settled) and its own: store the
+        shards' watermarks if due and nothing is due up to them, then `also` (the guardrails'
+        decider): requests that would otherwise wait for the batch's write. Raises StoreError."""
+        marks = self.shard_watermarks()
+        if marks and not self.bounds.to_read(marks):
+            store = self._to_store(marks)
+            if store:
+                self.writes.write_acks(store)
+                self._stored.update(store)
+        also()
 
     def _to_store(self, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The shards' watermarks to store with this tick's write (every timer up to them has

@@ -130,6 +130,10 @@ class DueSlots:
 
     slots: list[tuple[int, str, bytes | None]]
     overdue_ms: int | None
+    # issue 18 (the ticker's due bounds): per shard whose every due slot is in `slots`, the
+    # earliest due time its index holds after its watermark (None: none). The slots returned
+    # are not counted: the write that fires them sets their next due times.
+    later: dict[int, int | None] = field(default_factory=dict)
 
 
 class Pending(Protocol[T_co]):

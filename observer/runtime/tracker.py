@@ -7,9 +7,8 @@ deadlines and outbox in the store. Per batch of keyed records:
 1. decode: events become items of their slots; marks advance their shard's watermark;
 2. slots come from the cache of slots this process wrote, the rest are loaded in one request;
 3. the engine applies the events, and the batch is planned into one write (`batch.py`);
-4. the previous batch's write is settled: its records published, its offsets queued until
-   durable (`writes.py`);
-5. this batch's write is sent, and read during the next turn.
+4. the previous batch's write is settled (records published, offsets queued until durable:
+   `writes.py`) and this one is sent, read by the next turn (or an idle turn, or a tick).
 
 Deadlines are fired by the `DeadlineTicker` as soon as a mark moved a watermark, and every
 `tick_interval_ms`; records go out through the `Publisher`; offsets are committed by the
@@ -39,6 +38,7 @@ from observer.runtime.cache import SlotCache
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.deadlines import DeadlineTicker
 from observer.runtime.deployments import UnavailableVersions
+from observer.runtime.due_bounds import DueBounds
 from observer.runtime.every import Every
 from observer.runtime.guards import GuardDecider
 from observer.runtime.health import Health
@@ -122,6 +122,7 @@ class Tracker:
         self.commits = OffsetCommits(
             "tracker", self.source, self.progress, metrics, mono, timed=True
         )
+        self.bounds = DueBounds(mono)  # what the due indexes can hold (issue 18)
         self.publisher, self.writes = self._pipeline(config, ports, metrics, tally)
         self.ticker = DeadlineTicker(
             config,
@@ -136,6 +137,7 @@ class Tracker:
             metrics=metrics,
             clock=self.clock,
             unavailable=self.unavailable,
+            bounds=self.bounds,
         )
         self.decider = GuardDecider(
             registry, self.store, self.publisher, metrics, self.clock, config, self.topics.alerts
@@ -171,6 +173,7 @@ class Tracker:
             on_durable=self.commits.written,
             tally=tally,
             on_published=None if self.hop_marks is None else self.hop_marks.handed_over,
+            due_bounds=self.bounds,
         )
         return publisher, writes
 
@@ -198,8 +201,7 @@ class Tracker:
         except StoreError as exc:
             log.error("the last batch was not stored (%s): its offsets are not committed", exc)
             self.writes.drop()
-        remaining = self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0)
-        if remaining:
+        if remaining := self.publisher.flush(self.config.shutdown_timeout_ms / 1000.0):
             log.warning(
                 "%d records not acknowledged at shutdown; they stay in the outbox", remaining
             )
@@ -243,6 +245,7 @@ class Tracker:
         shards = [p for _t, p in tps]
         for s in shards:
             self.shards.reset(s)
+        self.bounds.forget(shards)  # another process may have written their due indexes
         self.metrics.owned_shards.set(len(self.shards))
         log.info("tracker: assigned shards %s", _fmt_shards(shards))
         try:
@@ -284,6 +287,7 @@ class Tracker:
     def _disown(self, tps: list[TopicPartition]) -> None:
         for _t, p in tps:
             self.shards.drop(p)
+        self.bounds.forget(p for _t, p in tps)
         if self.hop_marks is not None:
             self.hop_marks.drop(p for _t, p in tps)
         self.metrics.owned_shards.set(len(self.shards))
@@ -299,8 +303,9 @@ class Tracker:
         try:
             if records:
                 self._handle(records)
-            # Deadlines are looked for as soon as a mark moved a watermark (so an alert does
-            # not wait for the next tick too), and every TICK_INTERVAL_MS regardless.
+            else:  # nothing to plan while the store applies the write in flight: settle it
+                self.writes.settle()
+            # deadlines: as soon as a mark moved a watermark, and every TICK_INTERVAL_MS
             if self._marks_moved or self._tick_every.due():
                 self._tick()
             self.decider.turn(self.shards.owned())  # guardrails, every guard interval
@@ -318,10 +323,8 @@ class Tracker:
     def _tick(self) -> None:
         self._tick_every.restart()
         self._marks_moved = False
-        self.writes.settle()
-        progress = self.progress
-        for tp, (low, high, pos) in self.source.offsets(list(progress.partitions)).items():
-            progress.offsets(tp, low, high, pos)
+        for tp, (low, high, pos) in self.source.offsets(list(self.progress.partitions)).items():
+            self.progress.offsets(tp, low, high, pos)
         if self.ticker.tick():
             self._tick_every.hurry()  # more are due: tick again right after the next poll
 
@@ -360,7 +363,8 @@ class Tracker:
         plan = self._plan(prepared, cached, misses, raw)
         if self.hop_marks is not None:  # what the hop marks say once its hops are handed over
             plan.hop_watermarks = self.shards.values(self.ticker.partitions, sources_only=True)
-        self.writes.settle()
+        self.writes.settle()  # then, with no write in flight, what must not wait for one:
+        self.ticker.between_writes(lambda: self.decider.turn(self.shards.owned()))
         self.writes.send(plan, prepared.offsets)
         self.metrics.batch_seconds.observe(self.clock.monotonic() - t0)
 
@@ -473,6 +477,7 @@ class Tracker:
         offsets are committed only `commit_delay_ms` after their write. Events read again
         are recognised by the engine and change nothing twice."""
         self.cache.clear()  # the store may not hold what the cache does
+        self.bounds.forget()  # nor the due bounds
         self.writes.drop()
         self.commits.forget()
         if not self.outage.waiting:

@@ -22,6 +22,7 @@ from observer.correlation import latency_counts
 from observer.errors import StoreError
 from observer.metrics import Metrics
 from observer.runtime.batch import BatchPlan
+from observer.runtime.due_bounds import DueBounds
 from observer.runtime.outbox import InFlight
 from observer.runtime.ports import Clock, Pending, StateStore, WriteBatch
 from observer.runtime.publisher import Publisher
@@ -65,8 +66,10 @@ class StoreWrites:
         on_durable: Callable[[Offsets], None],
         tally: MinuteTally | None = None,
         on_published: Callable[[BatchPlan], None] | None = None,
+        due_bounds: DueBounds | None = None,
     ) -> None:
-        """`on_published(plan)`: after a plan's records were handed to the publisher."""
+        """`on_published(plan)`: after a plan's records were handed to the publisher;
+        `due_bounds`: lowered to the due times of every write before it is sent."""
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
@@ -79,11 +82,14 @@ class StoreWrites:
         self._inflight: InFlight = publisher.inflight
         self._pending: _Sent | None = None
         self._durable: deque[tuple[float, Offsets]] = deque()  # (durable at, offsets)
+        self._bounds = due_bounds  # issue 18: the ticker's due bounds
 
     # -- writing ------------------------------------------------------------------------------------
 
     def _send(self, batch: WriteBatch) -> _Sent:
         """Send `batch` with the outbox deletions of the records acknowledged so far."""
+        if self._bounds is not None and batch.puts:
+            self._bounds.lower(batch.puts)
         acked = self._inflight.take_acked()
         batch.outbox_dels.extend(acked)
         try:
@@ -109,6 +115,11 @@ class StoreWrites:
         sent.offsets = offsets
         sent.touched = frozenset(sid for sid, _slot, _stored in plan.states)
         self._pending = sent
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a batch's write was sent and not settled yet."""
+        return self._pending is not None
 
     def touches(self, sids: Iterable[str]) -> bool:
         """Whether the write in flight changes any of these slots."""

@@ -79,7 +79,10 @@ def test_the_store_keeps_the_contract_on_a_cluster(
             marks = [(s, T0 + rng.randrange(0, 120_000)) for s in range(SHARDS)]
             got, want = real.due(marks, 1_000), memory.due(marks, 1_000)
             assert sorted(got.slots) == sorted(want.slots) and got.overdue_ms == want.overdue_ms
-            assert len(real.due(marks, 5).slots) == len(memory.due(marks, 5).slots)
+            assert got.later == want.later  # per shard, on its node: the ticker's due bounds
+            limited = real.due(marks, 5)
+            assert len(limited.slots) == len(memory.due(marks, 5).slots)
+            assert all(want.later[s] == t for s, t in limited.later.items())
             shards = list(range(SHARDS))
             assert sorted(real.outbox(shards)) == sorted(memory.outbox(shards))
             assert real.stats() == memory.stats()

@@ -134,8 +134,41 @@ def test_due_across_buckets_and_shards_with_limit_and_overdue(
     assert store.due(marks, 0).slots == []
 
     nothing = store.due([(0, T0 - 1), (1, T0 - 1)], 1000)
-    assert nothing == type(nothing)([], None)
+    assert nothing.slots == [] and nothing.overdue_ms is None
+    assert nothing.later == first  # the earliest due time of each shard, after its watermark
     assert store.due([], 10).slots == []
+
+
+def test_the_earliest_due_time_after_the_watermark(store: RedisStateStore, keys: Keys) -> None:
+    """The ticker's due bounds: per shard, the earliest due time after its watermark, also
+    where it shares a bucket with a slot that is due (the bucket's score is then the due one);
+    none for a shard whose due slots the limit kept back."""
+    ids = sids(200)
+    due_at = {sid: T0 + 1_000 * i for i, sid in enumerate(ids)}
+    store.write(WriteBatch(puts=[put(keys, sid, t) for sid, t in due_at.items()])).result()
+    bucket = {sid: keys.bucket(keys.shard_of(sid), sid) for sid in ids}
+    for cut in (T0 - 1, T0, T0 + 7_500, T0 + 150_000, T0 + 199_000, T0 + 300_000):
+        marks = [(0, cut), (1, cut)]
+        got = store.due(marks, 1000)
+        want = {
+            s: min(
+                (t for sid, t in due_at.items() if keys.shard_of(sid) == s and t > cut),
+                default=None,
+            )
+            for s in range(SHARDS)
+        }
+        assert got.later == want, cut
+    # at T0 + 7_500 some shard's next due time shares a bucket with one of its due slots
+    cut = T0 + 7_500
+    due = [sid for sid, t in due_at.items() if t <= cut]
+    assert any(
+        bucket[a] == bucket[b] and due_at[b] > cut and keys.shard_of(a) == keys.shard_of(b)
+        for a in due
+        for b in ids
+    )
+    limited = store.due([(0, T0 + 100_000), (1, T0 + 100_000)], 3)
+    assert len(limited.slots) == 3
+    assert set(limited.later) <= {s for s in range(SHARDS)} - {s for s, _x, _y in limited.slots}
 
 
 def test_any_due_time_is_kept_exactly(store: RedisStateStore, keys: Keys) -> None:

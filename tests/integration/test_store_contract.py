@@ -70,7 +70,7 @@ def test_the_same_batches_leave_the_same_store(
     rng = random.Random(11)
     ids = [slot_id(rng.choice(["shop", "other"]), f"k-{i}") for i in range(40)]
     every = [(shard_of(sid, SHARDS), sid) for sid in ids]
-    seen = {"due": 0, "overdue": 0, "history": 0, "outbox": 0, "absent": 0}
+    seen = {"due": 0, "overdue": 0, "history": 0, "outbox": 0, "absent": 0, "later": 0}
     for step in range(30):
         batch = random_batch(rng, ids, step)
         copy = WriteBatch(
@@ -94,11 +94,19 @@ def test_the_same_batches_leave_the_same_store(
         marks = [(s, wm) for s in range(SHARDS)]
         got, want = real.due(marks, 1_000), memory.due(marks, 1_000)
         assert sorted(got.slots) == sorted(want.slots) and got.overdue_ms == want.overdue_ms
+        # the earliest due time after the watermark, per shard (the ticker's due bounds)
+        assert got.later == want.later and set(want.later) == set(range(SHARDS))
         seen["due"] += len(want.slots)
         seen["overdue"] += want.overdue_ms is not None
+        seen["later"] += sum(t is not None for t in want.later.values())
         limited = real.due(marks, 5)
         assert len(limited.slots) == len(memory.due(marks, 5).slots)
         assert set(limited.slots) <= set(got.slots)
+        if len(got.slots) > 5:  # a shard whose due slots were kept back has no bound
+            kept_back = {s for s, _sid, _st in got.slots} - {s for s, _x, _y in limited.slots}
+            assert not kept_back & set(limited.later)
+            for s, t in limited.later.items():
+                assert t == want.later[s]
         shards = list(range(SHARDS))
         outbox = sorted(memory.outbox(shards))
         assert sorted(real.outbox(shards)) == outbox

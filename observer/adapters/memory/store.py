@@ -212,6 +212,7 @@ class InMemoryStateStore:
         self._check()
         wanted = dict(watermarks)
         earliest: dict[int, int] = {}
+        later: dict[int, int | None] = dict.fromkeys(wanted)  # the earliest after the watermark
         found: list[tuple[int, int, str, bytes]] = []
         for sid, s in self._data.slots.items():
             wm = wanted.get(s.shard)
@@ -221,11 +222,18 @@ class InMemoryStateStore:
                 earliest[s.shard] = s.due
             if s.due <= wm:
                 found.append((s.due, s.shard, sid, s.state))
+            else:
+                after = later[s.shard]
+                later[s.shard] = s.due if after is None else min(after, s.due)
         found.sort()
         late = [wanted[shard] - due for shard, due in earliest.items() if wanted[shard] >= due]
+        if len(found) > limit:  # only the shards of which every due slot is returned
+            kept_back = {shard for _due, shard, _sid, _state in found[limit:]}
+            later = {shard: t for shard, t in later.items() if shard not in kept_back}
         return DueSlots(
             [(shard, sid, state) for _due, shard, sid, state in found[:limit]],
             max(late) if late else None,
+            later,
         )
 
     def outbox(self, shards: Iterable[int]) -> Iterator[tuple[int, str, bytes]]:

@@ -385,9 +385,15 @@ class RedisStateStore:
         slots: list[tuple[int, str, bytes | None]] = [
             (int(raw[i]), sid_of(raw[i + 1], raw[i + 2]), raw[i + 3][DUE_BYTES:])
             for raw in raws
-            for i in range(1, len(raw), 4)
+            for i in range(2, len(raw), 4)
         ]
-        return DueSlots(slots[:limit], max(lates) if lates else None)
+        nexts = [v for raw in raws for v in raw[1]]  # one per shard, in the order asked
+        later: dict[int, int | None] = {}
+        if len(slots) <= limit:  # (a cluster's shards are limited one by one, then together)
+            for (shard, _wm), v in zip(watermarks, nexts, strict=True):
+                if v is not None:
+                    later[shard] = None if v == b"inf" else int(v)
+        return DueSlots(slots[:limit], max(lates) if lates else None, later)
 
     def outbox(self, shards: Iterable[int]) -> Iterator[tuple[int, str, bytes]]:
         """Every entry left in the outbox of these shards."""
