@@ -22,6 +22,7 @@ Format 1 is not read: only Redis stores of format 1 held it, and those refuse to
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ __all__ = ["FORMAT", "decode_slot", "encode_slot"]
 FORMAT = 2
 _dumps = orjson.dumps
 _loads = orjson.loads
+_chain = chain.from_iterable
 
 
 # what a trailing field holds when it is left out
@@ -85,44 +87,51 @@ def encode_slot(slot: KeySlot) -> bytes:
             return _dumps([FORMAT, None, _buffer(slot)])
         return _dumps([FORMAT, None, _buffer(slot), [hold.key, hold.started, int(hold.open)]])
     s = inst.started_at
-    caps: list[Any] = []
-    for k, v in inst.captured.items():
-        caps.append(k)
-        caps.append(v)
-    entries = inst.entries
+    # [step, values, ...] and [step, time - s, ...] without a Python loop (once per slot write)
+    caps = list(_chain(inst.captured.items()))
+    observed = inst.observed
+    obs = list(_chain(observed.items()))
+    if s:
+        obs[1::2] = map((-s).__add__, observed.values())
     if (
-        not inst.flags
+        inst.outcome is None
+        and not inst.flags
         and not inst.deviations
         and not inst.path
         and not inst.sla
-        and inst.outcome is None
         and inst.ended_at is None
-        and len(entries) == 1
-        and entries.get(0) == s
         and not inst.ids
         and not inst.error_ids
         and not slot.buffer
         and not inst.aliases
+        and _main_entry(inst.entries, s)
     ):  # an open instance on its main path with no deviation yet: the usual slot
-        return _dumps([FORMAT, inst.version, s, _flat(inst.observed, s), caps])
-    devs: list[int] = []
-    for kind, step in inst.deviations:
-        devs.append(kind)
-        devs.append(step)
+        return _dumps([FORMAT, inst.version, s, obs, caps])
+    return _encode_full(slot, inst, obs, caps)
+
+
+def _main_entry(entries: dict[int, int], s: int) -> bool:
+    """The usual entries: only the main path, entered at the start."""
+    return len(entries) == 1 and entries.get(0) == s
+
+
+def _encode_full(slot: KeySlot, inst: InstanceState, obs: list[int], caps: list[Any]) -> bytes:
+    s = inst.started_at
+    entries = inst.entries
     arr: list[Any] = [
         FORMAT,
         inst.version,
         s,
-        _flat(inst.observed, s),
+        obs,
         caps,
-        _flat(inst.flags),
-        devs,
+        list(_chain(inst.flags.items())),
+        list(_chain(inst.deviations)),
         inst.path,
         inst.sla,
         inst.outcome,
         None if inst.ended_at is None else inst.ended_at - s,
-        None if len(entries) == 1 and entries.get(0) == s else _flat(entries, s),
-        _flat(inst.ids),
+        None if _main_entry(entries, s) else _flat(entries, s),
+        list(_chain(inst.ids.items())),
         inst.error_ids,
         _buffer(slot),
         _aliases(inst.aliases),

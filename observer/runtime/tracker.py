@@ -57,7 +57,7 @@ from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.publisher import Publisher
-from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.shards import fmt_shards, shard_of, slot_id, split_slot_id
 from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import ReadProgress, TopicPartition
 from observer.runtime.writes import StoreWrites
@@ -246,7 +246,7 @@ class Tracker:
         for s in shards:
             self.shards.reset(s)
         self.metrics.owned_shards.set(len(self.shards))
-        log.info("tracker: assigned shards %s", _fmt_shards(shards))
+        log.info("tracker: assigned shards %s", fmt_shards(shards))
         try:
             self.publisher.republish(self.store.outbox(shards))
         except StoreError as exc:
@@ -272,13 +272,13 @@ class Tracker:
         self.writes.release(all_=True, stopping=self.stop.is_set())
         self.commits.revoked(tps)
         self._disown(tps)
-        log.info("tracker: revoked shards %s", _fmt_shards([p for _t, p in tps]))
+        log.info("tracker: revoked shards %s", fmt_shards([p for _t, p in tps]))
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.cache.clear()
         self.commits.lost(tps)
         self._disown(tps)
-        log.warning("tracker: lost shards %s (not committing)", _fmt_shards([p for _t, p in tps]))
+        log.warning("tracker: lost shards %s (not committing)", fmt_shards([p for _t, p in tps]))
 
     def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
         self.commits.commit_done(error, offsets)
@@ -370,43 +370,51 @@ class Tracker:
         routed: list[Routed | None] = []
         seen: set[str] = set()
         slots: list[tuple[int, str]] = []
-        shards = self.shards
-        owned = set(shards.owned())  # (a set: one membership test per record)
-        n = self.config.shards
+        owned = set(self.shards.owned())  # (a set: one membership test per record)
         for i, rec in enumerate(records):
             shard = rec.partition
             if shard not in owned:  # a record fetched just before a revocation
                 routed.append(None)
                 continue
-            try:
-                r = decode_keyed(rec.value)
-            except (ValueError, TypeError) as exc:
-                self._skip(rec, f"is not one the router writes ({exc})")
-                routed.append(None)
-                continue
-            item: Event | Hop
-            if isinstance(r, Routed):
-                sid = slot_id(r.flow, r.event.key)
-                item = r.event
-            elif isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
-                sid = slot_id(*r.target())
-                item = r
-            else:  # a mark, or a hop mark
-                if shards.observe(shard, r):
-                    self._marks_moved = True
-                routed.append(None)
-                continue
-            if shard_of(sid, n) != shard:
-                self._skip(rec, f"belongs to shard {shard_of(sid, n)}")
-                routed.append(None)
-                continue
-            routed.append(r if isinstance(r, Routed) else None)
+            value = rec.value
+            if type(value) is not Routed:  # read from the broker
+                decoded = self._decode(rec, shard)
+                if decoded is None:  # a mark, or a record skipped
+                    routed.append(None)
+                    continue
+                sid, item, r = decoded
+                routed.append(r)
+            else:  # direct routing: our router's own event, on its shard
+                item = value.event
+                sid = f"{value.flow}:{item.key}"  # = slot_id(flow, key), once per event
+                routed.append(value)
             if sid not in seen:
                 seen.add(sid)
                 slots.append((shard, sid))
             items.append((i, sid, item))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
         return _Prepared(routed, items, slots, offsets)
+
+    def _decode(
+        self, rec: SourceRecord, shard: int
+    ) -> tuple[str, Event | Hop, Routed | None] | None:
+        """(slot id, event or message, routed event), or None: a mark (taken in) or skipped."""
+        try:
+            r = decode_keyed(rec.value)
+        except (ValueError, TypeError) as exc:
+            self._skip(rec, f"is not one the router writes ({exc})")
+            return None
+        if isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
+            keyed: tuple[str, Event | Hop, Routed | None] = (slot_id(*r.target()), r, None)
+        elif isinstance(r, Routed):
+            keyed = (slot_id(r.flow, r.event.key), r.event, r)
+        else:  # a mark, or a hop mark
+            self._marks_moved |= self.shards.observe(shard, r)
+            return None
+        if shard_of(keyed[0], self.config.shards) != shard:
+            self._skip(rec, f"belongs to shard {shard_of(keyed[0], self.config.shards)}")
+            return None
+        return keyed
 
     def _skip(self, rec: SourceRecord, why: str) -> None:
         log.error("keyed record %s[%d]@%d %s; skipped", rec.topic, rec.partition, rec.offset, why)
@@ -490,7 +498,3 @@ class Tracker:
                 exc = again
                 doing = "reconnecting"
         log.error("stopping while the state store is down (%s): nothing more is committed", exc)
-
-
-def _fmt_shards(shards: Sequence[int]) -> str:
-    return ", ".join(str(s) for s in sorted(shards))
