@@ -8,8 +8,8 @@ before it) and is raised to the caller, who dead-letters the record and goes on.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
 
@@ -21,7 +21,6 @@ from observer.engine.state import Event, InstanceState, KeySlot
 from observer.engine.timers import anchor_of
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
-from observer.runtime.batch_work import BatchPlan, SlotWork, observed_counts
 from observer.runtime.cache import SlotCache
 from observer.runtime.guard_intake import GuardIntake
 from observer.runtime.hops import hop_record
@@ -43,6 +42,59 @@ __all__ = [
 class SlotUnreadable(Exception):
     """The stored state of a slot cannot be decoded; its events are dead-lettered, the state
     is left as it is."""
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What a batch produced: the write, the records to publish once it returned (in order),
+    the signals (metrics), step latencies (flow, step, ms) and slots touched."""
+
+    write: WriteBatch
+    records: list[tuple[int, OutboxRecord]]
+    signals: list[Signal]
+    latencies: list[tuple[str, str, int]]
+    slots: int
+    next_seq: int
+    states: list[tuple[str, KeySlot | None, bytes | None]]  # slot id, final state and its bytes
+    # correlation health (issue 16): what became of the events, per source and step
+    tally: dict[Count, int] = field(default_factory=dict)
+    # aliases: the owned shards' source watermarks as this batch was read (None: not a batch
+    # of records): what hop marks say once its hops are handed over (`hops.py`)
+    hop_watermarks: dict[int, int] | None = None
+    # hostile input (issue 12): signals worth a log line (actions not carried out, drops)
+    notes: list[Signal] = field(default_factory=list)
+
+
+_OBSERVED_COUNTS: dict[int, tuple[CompiledFlow, tuple[Count, ...]]] = {}
+
+
+def _observed_counts(flow: CompiledFlow) -> tuple[Count, ...]:
+    """The correlation-health count of each step of `flow` observed (by step index), built
+    once per compiled flow rather than once per event."""
+    hit = _OBSERVED_COUNTS.get(id(flow))
+    if hit is None or hit[0] is not flow:
+        keys = tuple(("step", flow.name, step.name, "observed") for step in flow.steps)
+        if len(_OBSERVED_COUNTS) > 1000:  # flows redeployed many times: start again
+            _OBSERVED_COUNTS.clear()
+        hit = _OBSERVED_COUNTS[id(flow)] = (flow, keys)
+    return hit[1]
+
+
+class _Work:
+    """One slot in a batch: its stored bytes (to rebuild from), the live state, what was done."""
+
+    __slots__ = ("dirty", "due_override", "effects", "ops", "original", "shard", "sid", "slot")
+
+    def __init__(self, sid: str, shard: int, original: bytes | None, slot: KeySlot | None) -> None:
+        self.sid = sid
+        self.shard = shard
+        self.original = original
+        self.slot = slot  # None: unreadable
+        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
+        self.ops: list[tuple[str, Any]] = []
+        self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
+        self.dirty = False
+        self.due_override: int | None = None
 
 
 class BatchPlanner:
@@ -72,7 +124,7 @@ class BatchPlanner:
         self.history_cap = history_cap
         self.ttl_slack_ms = ttl_slack_ms
         self._seq = seq
-        self._works: dict[str, SlotWork] = {}
+        self._works: dict[str, _Work] = {}
         self._records: list[tuple[int, OutboxRecord]] = []
         self._signals: list[Signal] = []
         self._notes: list[Signal] = []
@@ -81,7 +133,6 @@ class BatchPlanner:
         self._stale: list[tuple[int, str]] = []
         self._flows: dict[tuple[str, int], CompiledFlow] = {}
         self._tally: dict[Count, int] = {}  # correlation health (`observer/correlation.py`)
-        self._left: dict[str, int] = {}  # events and messages still to come per slot
         self._wire = wire
         # each shard's watermark as the batch is applied (a shard not in it: `now` stands in)
         self.watermarks: Mapping[int, int] = {}
@@ -98,15 +149,15 @@ class BatchPlanner:
             slot = KeySlot(flow, key) if raw is None else decode_slot(flow, key, raw)
         except Exception:
             slot = None
-        self._works[sid] = SlotWork(sid, shard, raw, slot)
+        self._works[sid] = _Work(sid, shard, raw, slot)
         return slot is not None
 
     def adopt(self, sid: str, shard: int, slot: KeySlot, stored: bytes | None) -> None:
         """Register a slot already decoded (from a cache); `stored` is what it decodes from."""
         if sid not in self._works:
-            self._works[sid] = SlotWork(sid, shard, stored, slot)
+            self._works[sid] = _Work(sid, shard, stored, slot)
 
-    def _rebuild(self, w: SlotWork) -> None:
+    def _rebuild(self, w: _Work) -> None:
         assert w.slot is not None
         slot = (
             KeySlot(w.slot.flow, w.slot.key)
@@ -121,7 +172,6 @@ class BatchPlanner:
             else:
                 self.engine.fire(slot, arg, self.now)
         w.slot = slot
-        w.put = None
 
     def apply(self, sid: str, event: Event) -> None:
         """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
@@ -161,8 +211,6 @@ class BatchPlanner:
             self._take(w, effects, event.source)
         else:
             w.dirty = True
-        if self._left:
-            self._planned_early(w, slot)
 
     def deliver(self, sid: str, hop: Hop) -> None:
         """Deliver a message of another slot (aliases), like `apply`."""
@@ -199,8 +247,6 @@ class BatchPlanner:
                 count = ("src", slot.flow, source, kind)
                 self._tally[count] = self._tally.get(count, 0) + 1
         self._take(w, effects, source)
-        if self._left:
-            self._planned_early(w, slot)
 
     def fire(self, sid: str, watermark: int) -> None:
         """Fire the slot's timers due at or before `watermark`."""
@@ -215,7 +261,6 @@ class BatchPlanner:
             self._rebuild(w)
             raise
         w.ops.append(("fire", watermark))
-        w.put = None
         if early:  # the early events the timers dropped (orphaned), in buffer order
             kept = {b.seq for b in slot.buffer}
             self._take(w, effects, None, [src for seq, src in early if seq not in kept])
@@ -228,7 +273,6 @@ class BatchPlanner:
         w = self._works[sid]
         w.due_override = until
         w.dirty = True
-        w.put = None
 
     def forget_due(self, shard: int, sid: str) -> None:
         """A due member whose state is gone (expired by TTL): drop it."""
@@ -264,7 +308,7 @@ class BatchPlanner:
             new = islice(observed, before, None)
         steps = flow.steps
         tally = self._tally
-        keys = observed_counts(flow)
+        keys = _observed_counts(flow)
         for idx in new:
             count = keys[idx]
             tally[count] = tally.get(count, 0) + 1
@@ -281,7 +325,7 @@ class BatchPlanner:
         self._seq += 1
         self._records.append((shard, rec))
 
-    def _guard(self, w: SlotWork, p: Publish) -> bool:
+    def _guard(self, w: _Work, p: Publish) -> bool:
         """Give a deviation's record to the guardrails (False: an alert none waits for)."""
         slot = cast("KeySlot", w.slot)
         if p.action is None and not self.guards.waits(slot.flow, p):
@@ -295,7 +339,7 @@ class BatchPlanner:
 
     def _take(
         self,
-        w: SlotWork,
+        w: _Work,
         effects: list[Effect],
         source: str | None,
         orphans: list[str] | None = None,
@@ -350,44 +394,15 @@ class BatchPlanner:
 
     # -- the plan ---------------------------------------------------------------------------------
 
-    def last_items(self, items: Iterable[tuple[int, str, Any]]) -> None:
-        """How many events and messages of this batch each slot gets: after its last one a
-        slot is planned at once, while its objects are still in the CPU's cache (planning it
-        with the others in `plan` misses the cache for most of them)."""
-        self._left = Counter(sid for _i, sid, _item in items)
-
-    def _planned_early(self, w: SlotWork, slot: KeySlot) -> None:
-        """The slot had its last event of the batch: plan its write now (`plan` does it if
-        this fails, and raises there as it would have)."""
-        left = self._left
-        n = left.get(w.sid, 0) - 1
-        if n > 0:
-            left[w.sid] = n
-        elif n == 0 and not slot.empty:
-            try:
-                w.put = self._put(w, slot)
-            except Exception:
-                w.put = None
-
-    def _put(self, w: SlotWork, slot: KeySlot) -> SlotPut:
-        """A dirty slot's write: state, safety TTL, next due time and history entries."""
-        now = self.now
-        try:
-            ttl = safety_ttl_ms(self._flow(slot), slot, now, self.ttl_slack_ms)
-        except VersionUnavailable:  # a slot kept as it is (timers deferred): TTLs only grow
-            ttl = self.ttl_slack_ms
-        due = w.due_override if w.due_override is not None else self.engine.next_due(slot)
-        state = encode_slot(slot)
-        # history entries are rendered here, and only those the capped list keeps
-        cap = self.history_cap
-        history = [history_entry(e, now) for e in w.effects[-cap:]] if cap > 0 and w.effects else []
-        return SlotPut(w.shard, w.sid, state, ttl, due, history)
-
     def plan(self) -> BatchPlan:
         """The write and the records of everything done in this batch."""
         batch = WriteBatch()
         states: list[tuple[str, KeySlot | None, bytes | None]] = []
         puts = batch.puts
+        now = self.now
+        slack = self.ttl_slack_ms
+        cap = self.history_cap
+        next_due = self.engine.next_due
         for w in self._works.values():
             slot = w.slot
             if slot is None:
@@ -399,9 +414,18 @@ class BatchPlanner:
                 batch.deletes.append((w.shard, w.sid))
                 states.append((w.sid, None, None))
                 continue
-            put = w.put if w.put is not None else self._put(w, slot)
-            states.append((w.sid, slot, put.state))
-            puts.append(put)
+            try:
+                ttl = safety_ttl_ms(self._flow(slot), slot, now, slack)
+            except VersionUnavailable:  # a slot kept as it is (timers deferred): TTLs only grow
+                ttl = slack
+            due = w.due_override if w.due_override is not None else next_due(slot)
+            state = encode_slot(slot)
+            states.append((w.sid, slot, state))
+            # history entries are rendered here, and only those the capped list keeps
+            history = (
+                [history_entry(e, now) for e in w.effects[-cap:]] if cap > 0 and w.effects else []
+            )
+            puts.append(SlotPut(w.shard, w.sid, state, ttl, due, history))
         batch.stale_due.extend(self._stale)
         self.guards.plan(batch, self._records, states, self.watermarks)  # outbox, guardrails
         for (_shard, name), inc in self._stats.items():
@@ -445,10 +469,8 @@ class Planning:
         self.hop_topic = hop_topic
         self._seq = 0
 
-    def start(self, now: int, items: Iterable[tuple[int, str, Any]] = ()) -> BatchPlanner:
-        """A planner for a batch at `now`; `items`: (record index, slot id, event or message)
-        of a batch of records, to plan each slot as soon as it had its last one."""
-        planner = BatchPlanner(
+    def start(self, now: int) -> BatchPlanner:
+        return BatchPlanner(
             self.engine,
             self.shard_of,
             now,
@@ -458,9 +480,6 @@ class Planning:
             wire=self.wire,
             hop_topic=self.hop_topic,
         )
-        if items:
-            planner.last_items(items)
-        return planner
 
     def finish(self, planner: BatchPlanner) -> BatchPlan:
         plan = planner.plan()

@@ -427,7 +427,7 @@ class Tracker:
         loaded: Sequence[tuple[int, str]],
         raw: Sequence[bytes | None],
     ) -> BatchPlan:
-        planner = self.planning.start(self.clock.now_ms(), prepared.items)
+        planner = self.planning.start(self.clock.now_ms())
         for shard, sid in prepared.slots:
             hit = cached.get(sid)
             if hit is not None:
