@@ -84,12 +84,20 @@ class LocalKeyedTopic:
             if off > committed[partition]:
                 committed[partition] = off
         log = self._log
-        while log and log[0][1] < committed[log[0][0]]:
-            on_done = log.popleft()[3]
-            if self._cursor:
-                self._cursor -= 1
+        popleft = log.popleft
+        done: list[Done] = []  # (once per record: locals only, reports after the loop)
+        gone = 0
+        while log:
+            partition, off, _rec, on_done = log[0]
+            if off >= committed[partition]:
+                break
+            popleft()
+            gone += 1
             if on_done is not None:
-                on_done(None)
+                done.append(on_done)
+        self._cursor = max(self._cursor - gone, 0)
+        for on_done in done:
+            on_done(None)
 
     def committed(self, partition: int) -> int:
         return self._committed[partition]
