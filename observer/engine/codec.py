@@ -22,7 +22,6 @@ Format 1 is not read: only Redis stores of format 1 held it, and those refuse to
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -34,7 +33,6 @@ __all__ = ["FORMAT", "decode_slot", "encode_slot"]
 FORMAT = 2
 _dumps = orjson.dumps
 _loads = orjson.loads
-_chain = chain.from_iterable
 
 
 # what a trailing field holds when it is left out
@@ -47,6 +45,14 @@ def _flat(d: dict[int, int], base: int = 0) -> list[int]:
     out = [0] * (2 * len(d))
     out[0::2] = d
     out[1::2] = [v - base for v in d.values()] if base else d.values()
+    return out
+
+
+def _pairs(pairs: list[tuple[int, int]]) -> list[int]:
+    out: list[int] = []
+    for a, b in pairs:
+        out.append(a)
+        out.append(b)
     return out
 
 
@@ -87,12 +93,16 @@ def encode_slot(slot: KeySlot) -> bytes:
             return _dumps([FORMAT, None, _buffer(slot)])
         return _dumps([FORMAT, None, _buffer(slot), [hold.key, hold.started, int(hold.open)]])
     s = inst.started_at
-    # [step, values, ...] and [step, time - s, ...] without a Python loop (once per slot write)
-    caps = list(_chain(inst.captured.items()))
-    observed = inst.observed
-    obs = list(_chain(observed.items()))
-    if s:
-        obs[1::2] = map((-s).__add__, observed.values())
+    # [step, values, ...] and [step, time - s, ...]: plain loops and list.append cost the fewest
+    # instructions on CPython 3.11 (fewer than chain/slice assignment; once per slot write)
+    caps: list[Any] = []
+    for k, v in inst.captured.items():
+        caps.append(k)
+        caps.append(v)
+    obs: list[int] = []
+    for k, t in inst.observed.items():
+        obs.append(k)
+        obs.append(t - s)
     if (
         inst.outcome is None
         and not inst.flags
@@ -124,14 +134,14 @@ def _encode_full(slot: KeySlot, inst: InstanceState, obs: list[int], caps: list[
         s,
         obs,
         caps,
-        list(_chain(inst.flags.items())),
-        list(_chain(inst.deviations)),
+        _flat(inst.flags),
+        _pairs(inst.deviations),
         inst.path,
         inst.sla,
         inst.outcome,
         None if inst.ended_at is None else inst.ended_at - s,
         None if _main_entry(entries, s) else _flat(entries, s),
-        list(_chain(inst.ids.items())),
+        _flat(inst.ids),
         inst.error_ids,
         _buffer(slot),
         _aliases(inst.aliases),
