@@ -18,7 +18,7 @@ import orjson
 from observer.engine.budget import dropped_capture
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
-from observer.engine.state import Event
+from observer.engine.state import Event, new_event
 from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
@@ -237,7 +237,7 @@ class Ingest:
                     or etype in r.measured
                 ):
                     self._fit_captures(out, r.flow, etype, eid, captures)
-            out.events.append((r.flow, Event(source.name, etype, key, eid, time, captures)))
+            out.events.append((r.flow, new_event(source.name, etype, key, eid, time, captures)))
         return out
 
     def _decode_value(self, value: Any, source: CompiledSource) -> Any:

@@ -90,8 +90,8 @@ class _Work:
         self.shard = shard
         self.original = original
         self.slot = slot  # None: unreadable
-        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
-        self.ops: list[tuple[str, Any]] = []
+        # ("apply", Event, watermark) | ("deliver", Hop, watermark) | ("fire", None, watermark)
+        self.ops: list[tuple[str, Any, int | None]] = []
         self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
@@ -164,13 +164,14 @@ class BatchPlanner:
             if w.original is None
             else decode_slot(w.slot.flow, w.slot.key, w.original)
         )
-        for op, arg in w.ops:
+        for op, arg, watermark in w.ops:
             if op == "apply":
-                self.engine.apply(slot, arg[0], self.now, arg[1])
+                self.engine.apply(slot, arg, self.now, watermark)
             elif op == "deliver":
-                self.engine.deliver(slot, arg[0], self.now, arg[1])
+                self.engine.deliver(slot, arg, self.now, watermark)
             else:
-                self.engine.fire(slot, arg, self.now)
+                assert watermark is not None
+                self.engine.fire(slot, watermark, self.now)
         w.slot = slot
 
     def apply(self, sid: str, event: Event) -> None:
@@ -189,7 +190,7 @@ class BatchPlanner:
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("apply", (event, watermark)))
+        w.ops.append(("apply", event, watermark))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
@@ -227,7 +228,7 @@ class BatchPlanner:
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("deliver", (hop, watermark)))
+        w.ops.append(("deliver", hop, watermark))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
@@ -260,7 +261,7 @@ class BatchPlanner:
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("fire", watermark))
+        w.ops.append(("fire", None, watermark))
         if early:  # the early events the timers dropped (orphaned), in buffer order
             kept = {b.seq for b in slot.buffer}
             self._take(w, effects, None, [src for seq, src in early if seq not in kept])

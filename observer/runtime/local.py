@@ -26,6 +26,8 @@ from observer.ingest import SourceRecord
 from observer.runtime.ports import EventSource, RawSink, RebalanceListener
 from observer.runtime.watermark import TopicPartition
 
+_new = object.__new__
+
 __all__ = ["LocalKeyedTopic"]
 
 Done = Callable[[str | None], None]
@@ -52,12 +54,20 @@ class LocalKeyedTopic:
         append = self._log.append
         nxt = self._next
         name = self.topic
+        new = _new
         for partition, value, on_done in records:
             off = nxt[partition]
             nxt[partition] = off + 1
-            append(
-                (partition, off, SourceRecord(name, partition, off, None, value, (), -1), on_done)
-            )
+            # = SourceRecord(name, partition, off, None, value, (), -1), without the class call
+            rec = new(SourceRecord)
+            rec.topic = name
+            rec.partition = partition
+            rec.offset = off
+            rec.key = None
+            rec.value = value
+            rec.headers = ()
+            rec.timestamp = -1
+            append((partition, off, rec, on_done))
 
     def read(self, max_records: int) -> list[SourceRecord]:
         """Up to `max_records` records not read yet, in the order they were written."""
