@@ -71,6 +71,27 @@ class Decoded:
     dropped: list[str] | None = None
 
 
+_new = object.__new__
+
+
+def _decoded() -> Decoded:
+    """`Decoded()` without the class call (once per record: see `state.new_event`)."""
+    out = _new(Decoded)
+    out.events = []
+    out.dead_letter = out.reason = out.code = out.source = out.dropped = None
+    return out
+
+
+def _view(value: Any, headers: Mapping[str, Any], key: Any, timestamp: int) -> RecordView:
+    """`RecordView(...)` without the class call (once per record)."""
+    view = _new(RecordView)
+    view.value = value
+    view.headers = headers
+    view.key = key
+    view.timestamp = timestamp
+    return view
+
+
 @dataclass(frozen=True, slots=True)
 class _Reader:
     flow: str  # where its events go: the flow, or `<flow>/<alias>` for a `via` source
@@ -161,7 +182,7 @@ class Ingest:
 
     def decode(self, rec: SourceRecord) -> Decoded:
         """Decode one record into events for the flows that want it, or a dead letter."""
-        out = Decoded()
+        out = _decoded()
         readers = self._readers.get(rec.topic)
         if not readers:
             return out
@@ -177,7 +198,7 @@ class Ingest:
                     value = self._decode_value(rec.value, source)
                 except Exception as exc:
                     return self._undecodable(rec, fmt, exc)
-                view = RecordView(value, headers, rec.key, rec.timestamp)
+                view = _view(value, headers, rec.key, rec.timestamp)
                 view_fmt = fmt
             elif fmt != view_fmt:  # another flow reads this topic in another format
                 if views is None:
