@@ -317,6 +317,12 @@ def main() -> None:
         help="the stages to time, comma-separated (default: all)",
     )
     ap.add_argument("--no-memory", action="store_true", help="skip the mid-run memory figures")
+    ap.add_argument(
+        "--callgrind",
+        choices=["decode", "engine", "route", "track", "total"],
+        help="run only this stage, once, through sys.call_tracing (for valgrind --tool=callgrind "
+        "--collect-atstart=no --toggle-collect=sys_call_tracing: its instructions only)",
+    )
     args = ap.parse_args()
 
     files, records = build_records(args.orders, args.span, args.seed, args.flow)
@@ -363,6 +369,12 @@ def main() -> None:
         gc.collect()
         gc.freeze()  # the workload built above is not garbage: keep it out of every collection
         gc.set_threshold(args.gc_threshold, 20, 100)
+    if args.callgrind:
+        run = stages[args.callgrind]()
+        gc.collect()
+        gc.freeze()
+        sys.call_tracing(run, ())
+        return
     if args.profile:
         end = time.monotonic() + args.profile_seconds
         while time.monotonic() < end:
