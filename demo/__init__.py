@@ -8,6 +8,7 @@ Not part of the observer: a program of this repository, installed with the `[dem
     shop       the eight services and their answers to commands               pure
     wire       a shop event -> the Kafka record the flow's selectors read     pure
     binding    what the demo reads from the flow file to run the shop         pure
+    outage     --outage: a service down for a while; the flow's guarded copy   pure (+ the copy)
     simulator  the shop over time (pure `Simulation`) + `KafkaShop` producer
     records    the observer's alerts, outcomes and commands, read per order   pure
     expected   what the observer should publish: the engine over the shop's records
@@ -16,8 +17,10 @@ Not part of the observer: a program of this repository, installed with the `[dem
     offline    the shop against the engine on a virtual clock (tests, --offline)
     kafka_io   topics, a consumer group starting at the end, the observer feed
     process    `observer run` as a child process
+    held       the observer's held actions, read from its Redis (--outage)
     view       --plain log lines and the summary; live: the full-terminal view (rich)
-    app        the live loop
+    loop       the live loop: shop, feed, view, in turn, until every order ended
+    app        the live run: topics, the observer, the loop, the summary
 """
 
 __all__: list[str] = []

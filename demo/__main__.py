@@ -21,6 +21,7 @@ from demo.faults import DEFAULT_RATES, Fault
 from demo.wire import DemoError
 
 if TYPE_CHECKING:
+    from demo.outage import Outage
     from demo.view import View
 
 __all__ = ["main"]
@@ -78,6 +79,13 @@ def _rate(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @_rate("payment_failure")
 @_rate("duplicate")
 @_rate("out_of_order")
+@click.option(
+    "--outage",
+    default=None,
+    metavar="SERVICE:DURATION[@OFFSET]",
+    help="Take a service down, e.g. payments:30s (from 10s after the first order; "
+    "payments:30s@5s from 5s). The observer then runs the flow with guardrails.",
+)
 @click.option(
     "--plain",
     is_flag=True,
@@ -153,6 +161,7 @@ def main(
     payment_failure: float,
     duplicate: float,
     out_of_order: float,
+    outage: str | None,
     plain: bool,
     offline: bool,
     flow_file: str,
@@ -191,8 +200,9 @@ def main(
     if orders is None and duration is None and offline:
         orders = 20
     try:
+        down = _outage(outage)
         if offline:
-            sys.exit(_offline(flow_file, seed, rates, orders or 20, rate))
+            sys.exit(_offline(flow_file, seed, rates, orders or 20, rate, down))
         from demo.app import Options, run_live
         from demo.view import PlainView
 
@@ -212,6 +222,7 @@ def main(
             keep_state=keep_state,
             run_dir=run_dir,
             summary_json=summary_json,
+            outage=down,
         )
         sys.exit(run_live(opts, view))
     except DemoError as exc:
@@ -235,13 +246,37 @@ def _live_view() -> View:
     return LiveView()
 
 
-def _offline(flow_file: str, seed: int, rates: dict[Fault, float], orders: int, rate: float) -> int:
+def _outage(text: str | None) -> Outage | None:
+    from demo.outage import parse_outage
+    from demo.shop import CHECKOUT
+
+    if text is None:
+        return None
+    return parse_outage(text, tuple(s.name for s in CHECKOUT.services if s.after))
+
+
+def _offline(
+    flow_file: str,
+    seed: int,
+    rates: dict[Fault, float],
+    orders: int,
+    rate: float,
+    outage: Outage | None,
+) -> int:
+    import tempfile
+
     from demo.binding import bind
     from demo.offline import START_MS, run_offline
+    from demo.outage import guard_flow
     from demo.shop import CHECKOUT
     from demo.view import Header, format_entry, format_summary
 
     binding = bind(flow_file, CHECKOUT)
+    if outage is not None:
+        run_dir = Path(tempfile.mkdtemp(prefix="observer-demo-offline-"))
+        flow_file, guarded = guard_flow(flow_file, binding.spec, run_dir)
+        click.echo(guarded)
+        binding = bind(flow_file, CHECKOUT)
     click.echo(
         f"offline: {orders} orders through the engine on a virtual clock (seed {seed}); no Kafka, no Redis"
     )
@@ -252,6 +287,7 @@ def _offline(flow_file: str, seed: int, rates: dict[Fault, float], orders: int, 
         orders=orders,
         rate=rate,
         on_entry=lambda e: click.echo(format_entry(e)),
+        outage=outage,
     )
     header = Header(
         binding.flow.name,

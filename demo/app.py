@@ -1,9 +1,8 @@
-"""The live demo: topics, a fresh `observer run`, the simulated shop and the view, in one loop.
+"""The live demo: topics, a fresh `observer run`, the simulated shop and the view, in one loop
+(`loop.py`), then the summary.
 
-One thread does everything, in turn: publish what the shop has due, read what the observer
-published (alerts, outcomes, commands — commands go back to the shop), redraw. So there is
-nothing to lock, and Ctrl-C stops it between two steps: the shop stops, the feed closes, the
-observer gets SIGTERM and finishes its batch, and the summary is printed.
+Ctrl-C stops it between two steps of the loop: the shop stops, the feed closes, the observer
+gets SIGTERM and finishes its batch, and the summary is printed.
 """
 
 from __future__ import annotations
@@ -24,22 +23,22 @@ from confluent_kafka.admin import AdminClient
 
 from demo.binding import FlowBinding, bind
 from demo.expected import Expected
-from demo.faults import Fault, FaultPlanner
+from demo.faults import Fault
+from demo.held import HeldReader, actions_command
 from demo.kafka_io import (
-    FeedRecord,
     ObserverFeed,
     connect,
     ensure_topics,
-    make_producer,
     start_group_at_end,
 )
+from demo.loop import LiveLoop, Stop
+from demo.outage import Outage, guard_flow
 from demo.process import ObserverProcess, free_port
-from demo.records import RecordReader, command_type
-from demo.shop import CHECKOUT, Shop
-from demo.simulator import KafkaShop, Simulation
+from demo.records import RecordReader
+from demo.shop import CHECKOUT
 from demo.summary import Summary
-from demo.tally import Entry, OrderTrack, Tally
-from demo.view import Header, Status, View
+from demo.tally import OrderTrack, Tally
+from demo.view import Header, View
 from demo.wire import DemoError
 from observer.timefmt import format_time
 from observer.topics import Topics
@@ -47,8 +46,6 @@ from observer.topics import Topics
 __all__ = ["Options", "default_run_dir", "run_live", "topics_from_env"]
 
 log = logging.getLogger(__name__)
-REFRESH_S = 0.25
-POLL_MAX_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +67,7 @@ class Options:
     run_dir: Path | None = None
     summary_json: Path | None = None
     ready_timeout_s: float = 60.0
+    outage: Outage | None = None  # --outage: a service down for a while; the flow gets guardrails
 
 
 def topics_from_env() -> Topics:
@@ -86,12 +84,8 @@ def default_run_dir(run_id: str) -> Path:
     return Path(tempfile.gettempdir()) / "observer-demo" / run_id
 
 
-class _Stop(Exception):
-    """SIGTERM: stop like Ctrl-C."""
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Stop()
+    raise Stop()
 
 
 def _log_to(path: Path) -> None:
@@ -117,9 +111,11 @@ def _check_redis(url: str) -> None:
         client.close()
 
 
-def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) -> None:
+def forget_run(
+    admin: AdminClient, group: str, redis_url: str, key_prefix: str, keep_keys: bool = False
+) -> None:
     """Remove what the run's observer left: its consumer group and its Redis keys (best effort:
-    nothing else will ever read them)."""
+    nothing else will ever read them). `keep_keys`: the keys stay (held actions to look at)."""
     import redis
 
     try:
@@ -127,6 +123,8 @@ def forget_run(admin: AdminClient, group: str, redis_url: str, key_prefix: str) 
             fut.result(timeout=10)
     except Exception as exc:  # a leftover group is harmless; say so in the log and go on
         log.info("could not delete consumer group %s: %s", group, exc)
+    if keep_keys:
+        return
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
         try:
@@ -158,10 +156,66 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to(run_dir / "demo.log")
     topics = topics_from_env()
-    binding = bind(opts.flow_file, CHECKOUT)
+    flow_file, guarded = _flow_to_run(opts, run_dir)
+    binding = bind(flow_file, CHECKOUT)
     for n in binding.notes:
         log.info("fitting the shop to the flow: %s", n)
+    admin, feed, group = _kafka(opts, binding, topics, run_id)
+    key_prefix = opts.key_prefix or f"observer-demo-{run_id}"
+    observer = ObserverProcess(
+        flow_file,
+        bootstrap=opts.bootstrap,
+        redis_url=opts.redis_url,
+        group_id=group,
+        key_prefix=key_prefix,
+        http_port=opts.http_port or free_port(),
+        log_file=run_dir / "observer.log",
+    )
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    reader = RecordReader(topics, binding.command_topics)
+    timeline = (run_dir / "timeline.jsonl").open("w")
+    tally = Tally(binding, reader, Expected(binding.registry, reader, topics, timeline))
+    loop = _live_loop(opts, binding, tally, feed, observer, view, key_prefix)
+    header = _header(opts, binding, observer, run_id, run_dir)
+    if guarded:
+        view.note(guarded)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        observer.start()
+        observer.wait_ready(opts.ready_timeout_s)
+        header = replace(header, observer=f"pid {observer.pid}, {observer.url}")
+        started = time.monotonic()
+        interrupted = loop.run(header, run_id, run_dir, started)
+    except (KeyboardInterrupt, Stop):
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
+        signal.signal(signal.SIGTERM, previous)
+        view.stop()
+        feed.close()
+        log.info("observer run exited with %s", observer.stop())
+        loop.read_held()  # after the observer stopped: what it holds for good
+        if loop.held is not None:
+            loop.held.close()
+        if not opts.keep_state:
+            forget_run(admin, group, opts.redis_url, key_prefix, keep_keys=loop.held is not None)
+        timeline.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return _finish(opts, loop, header, run_id, run_dir, flow_file, key_prefix, interrupted, started)
 
+
+def _flow_to_run(opts: Options, run_dir: Path) -> tuple[str, str]:
+    """The flow file the observer runs (a guarded copy with --outage) and a line saying so."""
+    if opts.outage is None:
+        return opts.flow_file, ""
+    return guard_flow(opts.flow_file, bind(opts.flow_file, CHECKOUT).spec, run_dir)
+
+
+def _kafka(
+    opts: Options, binding: FlowBinding, topics: Topics, run_id: str
+) -> tuple[AdminClient, ObserverFeed, str]:
+    """Kafka answering, its topics there, the feed of the observer's topics, a fresh group."""
     admin = connect(opts.bootstrap)
     _check_redis(opts.redis_url)
     created = ensure_topics(
@@ -174,25 +228,42 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         admin, opts.bootstrap, [topics.alerts, topics.outcomes, *binding.command_topics]
     )
     group = f"observer-demo-{run_id}"
-    key_prefix = opts.key_prefix or f"observer-demo-{run_id}"
     start_group_at_end(admin, opts.bootstrap, group, binding.wire.topics)
+    return admin, feed, group
 
-    observer = ObserverProcess(
-        opts.flow_file,
-        bootstrap=opts.bootstrap,
-        redis_url=opts.redis_url,
-        group_id=group,
-        key_prefix=key_prefix,
-        http_port=opts.http_port or free_port(),
-        log_file=run_dir / "observer.log",
+
+def _live_loop(
+    opts: Options,
+    binding: FlowBinding,
+    tally: Tally,
+    feed: ObserverFeed,
+    observer: ObserverProcess,
+    view: View,
+    key_prefix: str,
+) -> LiveLoop:
+    held = HeldReader(opts.redis_url, key_prefix, binding.flow.name) if opts.outage else None
+    return LiveLoop(
+        binding,
+        tally,
+        feed,
+        observer,
+        view,
+        opts.bootstrap,
+        opts.seed,
+        opts.rates,
+        opts.rate,
+        opts.orders,
+        opts.duration_s,
+        _settle_ms(opts, binding),
+        opts.outage,
+        held,
     )
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    reader = RecordReader(topics, binding.command_topics)
-    timeline = (run_dir / "timeline.jsonl").open("w")
-    tally = Tally(binding, reader, Expected(binding.registry, reader, topics, timeline))
-    started = time.monotonic()
-    interrupted = False
-    header = Header(
+
+
+def _header(
+    opts: Options, binding: FlowBinding, observer: ObserverProcess, run_id: str, run_dir: Path
+) -> Header:
+    return Header(
         flow=binding.flow.name,
         version=binding.flow.version,
         run_id=run_id,
@@ -205,37 +276,27 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         run_dir=str(run_dir),
         instance_url=f"{observer.url}/instances/{binding.flow.name}/{{key}}",
     )
-    try:
-        observer.start()
-        observer.wait_ready(opts.ready_timeout_s)
-        header = replace(header, observer=f"pid {observer.pid}, {observer.url}")
-        started = time.monotonic()
-        interrupted = _loop(
-            opts, binding, tally, feed, observer, view, header, run_id, run_dir, started
-        )
-    except (KeyboardInterrupt, _Stop):
-        interrupted = True
-    finally:
-        signal.signal(
-            signal.SIGINT, signal.SIG_IGN
-        )  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(signal.SIGTERM, previous)
-        view.stop()
-        feed.close()
-        code = observer.stop()
-        log.info("observer run exited with %s", code)
-        if not opts.keep_state:
-            forget_run(admin, group, opts.redis_url, key_prefix)
-        timeline.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+def _finish(
+    opts: Options,
+    loop: LiveLoop,
+    header: Header,
+    run_id: str,
+    run_dir: Path,
+    flow_file: str,
+    key_prefix: str,
+    interrupted: bool,
+    started: float,
+) -> int:
+    """The summary, its files and the last notes; the exit code."""
+    tally, view = loop.tally, loop.view
     elapsed = time.monotonic() - started
-    settle_ms = _settle_ms(opts, binding)
     now_ms = int(time.time() * 1000)
     tally.expected.until(now_ms)
 
     def include(t: OrderTrack) -> bool:
-        return not interrupted or tally.settled(t) or now_ms - t.placed_ms > settle_ms
+        return not interrupted or tally.settled(t) or now_ms - t.placed_ms > loop.settle_ms
 
     summary = tally.summary(include)
     view.summary(summary, header, elapsed)
@@ -244,147 +305,39 @@ def run_live(opts: Options, view: View, run_id: str | None = None) -> int:
         f"files: {run_dir} (observer.log, demo.log, faults.jsonl, timeline.jsonl, summary.json)"
     )
     view.note(
-        f"expected = observer replay {opts.flow_file} --events {run_dir / 'timeline.jsonl'} "
+        f"expected = observer replay {flow_file} --events {run_dir / 'timeline.jsonl'} "
         f"--until {format_time(now_ms)}"
     )
+    if loop.held is not None:
+        for line in held_notes(summary, loop.binding.flow.name, opts.redis_url, key_prefix):
+            view.note(line)
     if interrupted:
         return 0
     return 0 if summary.ok else 1
 
 
-class Reorder:
-    """Holds what the feed read for `hold_s`, then lets it out in publication order.
-
-    An alert, its commands and the outcome the observer publishes together land on different
-    topics and partitions and may be read in different polls; held a moment and sorted by
-    (timestamp, alert < command < outcome) they read as the story they tell.
-    """
-
-    def __init__(self, rank: Mapping[str, int], hold_s: float = 0.15) -> None:
-        self.rank = rank
-        self.hold_s = hold_s
-        self._held: list[tuple[float, FeedRecord]] = []
-
-    def add(self, records: list[FeedRecord], now_s: float) -> None:
-        self._held += [(now_s, r) for r in records]
-
-    def ready(self, now_s: float) -> list[FeedRecord]:
-        out = [r for at, r in self._held if now_s - at >= self.hold_s]
-        if out:
-            self._held = [(at, r) for at, r in self._held if now_s - at < self.hold_s]
-        return sorted(out, key=lambda r: (r.timestamp, self.rank.get(r.topic, 1)))
+def held_notes(summary: Summary, flow: str, redis_url: str, key_prefix: str) -> list[str]:
+    """After a run with --outage: the commands that show, release or drop what is held."""
+    by = summary.held_by or {}
+    out = [
+        f"held actions: {summary.held} (the engine: {summary.held_expected}), "
+        + ", ".join(f"{n} by {why}" for why, n in by.items())
+        + "; see them all:",
+        "  " + actions_command("list", flow, redis_url, key_prefix),
+    ]
+    incidents = [why for why in by if "." in why]  # incident ids; else a reason (rate, paused)
+    if incidents:
+        top = max(incidents, key=lambda why: by[why])
+        out.append(f"  the {by[top]} of incident {top}, to look at, then to drop (or release):")
+        out.append("  " + actions_command("list", flow, redis_url, key_prefix, top))
+        out.append("  " + actions_command("drop", flow, redis_url, key_prefix, top))
+    out.append(
+        f"  (a release is published by a running observer of prefix {key_prefix}; the run's "
+        f"Redis keys are kept for these commands: redis-cli -u {redis_url} --scan --pattern "
+        f"'{key_prefix}:*' | xargs -r redis-cli -u {redis_url} del removes them)"
+    )
+    return out
 
 
 def _settle_ms(opts: Options, binding: FlowBinding) -> int:
     return int(opts.settle_s * 1000) if opts.settle_s is not None else binding.settle_ms
-
-
-def _loop(
-    opts: Options,
-    binding: FlowBinding,
-    tally: Tally,
-    feed: ObserverFeed,
-    observer: ObserverProcess,
-    view: View,
-    header: Header,
-    run_id: str,
-    run_dir: Path,
-    started: float,
-) -> bool:
-    """Until the orders are placed and settled (False) or Ctrl-C (True)."""
-    problems: list[str] = []
-    producer = make_producer(opts.bootstrap)
-    shop = Shop(
-        binding.catalogue,
-        FaultPlanner(opts.seed, opts.rates),
-        run_id,
-        binding.late_ms,
-        binding.duplicable(),
-    )
-    kafka = KafkaShop(binding.wire, producer, problems.append)
-    sim = Simulation(shop, opts.rate, opts.orders, int(time.time() * 1000))
-    status = Status(phase="placing orders")
-    settle_ms = _settle_ms(opts, binding)
-    settle_by: int | None = None
-    seen_ids: set[str] = set()
-    commands: list[tuple[str | None, str]] = []
-    reorder = Reorder({tally.topics.alerts: 0, tally.topics.outcomes: 2})
-    next_refresh = 0.0
-    faults_log = (run_dir / "faults.jsonl").open("a")
-    view.start(header)
-
-    def show(entry: Entry | None) -> None:
-        if entry is not None:
-            view.show(entry)
-
-    try:
-        while True:
-            now = int(time.time() * 1000)
-            elapsed = time.monotonic() - started
-            if sim.placing and opts.duration_s is not None and elapsed >= opts.duration_s:
-                sim.stop_placing()
-            if not sim.placing and settle_by is None:
-                settle_by = now + settle_ms
-            for h in sim.advance(now):
-                if h.kind == "published" and h.event is not None:
-                    tally.expected.record(kafka.publish(h.event))
-                if h.kind == "placed" and h.plan is not None:
-                    faults_log.write(
-                        json.dumps(
-                            {
-                                "order": h.plan.key,
-                                "no": h.plan.no,
-                                "fault": h.plan.fault.value if h.plan.fault else None,
-                                "detail": h.plan.detail,
-                            }
-                        )
-                        + "\n"
-                    )
-                show(tally.on_happening(h))
-            due = sim.next_due()
-            wait = POLL_MAX_S if due is None else min(POLL_MAX_S, max(0.0, (due - now) / 1000))
-            reorder.add(feed.poll(wait), time.monotonic())
-            for rec in reorder.ready(time.monotonic()):
-                oid = rec.headers.get("observer-id")
-                if oid is not None:
-                    if oid in seen_ids:
-                        continue  # a repeat after an observer restart
-                    seen_ids.add(oid)
-                show(tally.on_record(rec.topic, rec.key, rec.value, rec.headers, rec.timestamp))
-                if rec.topic in binding.command_topics and rec.key is not None:
-                    commands.append((command_type(rec.value, rec.headers), rec.key))
-            for what, key in commands:
-                h2 = sim.on_command(what, key, int(time.time() * 1000)) if what else None
-                if h2 is not None:
-                    show(tally.on_happening(h2))
-            commands.clear()
-            producer.poll(0)
-            if not observer.alive():
-                raise DemoError(
-                    f"observer run exited with code {observer.returncode()}:\n{observer.tail()}"
-                )
-            if time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + REFRESH_S
-                status.placed = sim.placed
-                status.elapsed_s = elapsed
-                status.problems = problems[-3:] + feed.errors[-2:]
-                if settle_by is None:
-                    status.phase = "placing orders"
-                else:
-                    left = max(0, (settle_by - now) // 1000)
-                    waiting = sum(1 for t in tally.orders.values() if not tally.settled(t))
-                    status.phase = (
-                        f"no new orders; waiting for {waiting} to finish (at most {left}s)"
-                        if waiting
-                        else "every order has ended"
-                    )
-                view.refresh(tally, status)
-            if settle_by is not None and ((tally.all_settled() and sim.idle()) or now >= settle_by):
-                status.phase = "done"
-                view.refresh(tally, status)
-                return False
-    except (KeyboardInterrupt, _Stop):
-        return True
-    finally:
-        faults_log.close()
-        producer.flush(5)

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import orjson
 
-from demo.records import Published, RecordReader
+from demo.records import Incidents, Published, RecordReader
 from demo.wire import WireRecord
 from observer.engine.effects import Effect, Publish
 from observer.flows.registry import FlowRegistry
@@ -50,6 +50,7 @@ class Expected:
         self.timeline = timeline
         self.until_ms: int | None = None  # the virtual clock was last moved to this by `until`
         self._orders: dict[str, Published] = {}
+        self.incidents = Incidents(topics)  # the guardrails' incident records (flow-level)
         self._offset = 0  # the record's line in the timeline, as `observer replay` numbers it
         self._replayer = Replayer(registry, self._emit, topics)
 
@@ -70,15 +71,25 @@ class Expected:
         self._replayer.apply(src)
 
     def until(self, at_ms: int) -> None:
-        """Fire every timer due at or before `at_ms`, as `observer replay --until` does at the
-        end. Between records the clock moves only with their timestamps."""
-        self._replayer.fire_before(at_ms, inclusive=True)
-        self._replayer.clock = max(self._replayer.clock, at_ms)
+        """Fire every timer due at or before `at_ms` and let the guardrails decide up to it,
+        as `observer replay --until` does at the end. Otherwise the clock moves only with the
+        records' timestamps; the live demo calls this before the end only when the shop will
+        publish nothing older (it is idle but for answers to commands still to come)."""
+        if self.until_ms is not None and at_ms <= self.until_ms:
+            return
+        self._replayer.advance_to(at_ms)
         self.until_ms = at_ms
 
     def of(self, key: str) -> Published:
         """What the engine published about order `key` so far (empty: nothing)."""
         return self._orders.get(key) or Published()
+
+    def quiet(self, flow: str, key: str, within_ms: int) -> bool:
+        """Whether the engine has nothing of order `key` due within `within_ms` of its clock
+        (an order whose actions are held waits for an operator, no deadline near)."""
+        slot = self._replayer.slots.get((flow, key))
+        due = self._replayer.engine.next_due(slot, lifecycle=False) if slot is not None else None
+        return due is None or due > self._replayer.clock + within_ms
 
     def steps_seen(self, flow: str, key: str) -> list[str]:
         """The steps of order `key` the engine has observed, in event-time order (an event
@@ -93,8 +104,18 @@ class Expected:
         order = sorted(instance.observed.items(), key=lambda item: (item[1], item[0]))
         return [compiled.steps[i].name for i, _ in order]
 
+    def held(self) -> int:
+        """How many actions the engine holds so far."""
+        return sum(len(p.held) for p in self._orders.values())
+
     def _emit(self, effect: Effect, at_ms: int) -> None:
-        if not isinstance(effect, Publish) or effect.topic is None:
+        if not isinstance(effect, Publish):
+            return
+        if effect.held is not None:  # the guardrails hold it: not published
+            if effect.action is not None and isinstance(effect.key, str | bytes):
+                self._orders.setdefault(_text(effect.key), Published()).held.append(effect.action)
+            return
+        if effect.topic is None or self.incidents.read(effect.topic, effect.value) is not None:
             return
         key = _text(effect.key) if effect.key is not None else None
         headers = {k: _text(v) for k, v in effect.headers}

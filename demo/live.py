@@ -25,6 +25,7 @@ __all__ = ["LiveView"]
 
 EXPLAIN_FOR_S = 4.0  # how long an explanation stays bright
 STORY_LINES = 3  # explanations shown at once, newest first
+INCIDENT_FOR_S = 20.0  # how long the last incident opened or resolved stays on top
 _SEVERITY = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _OUTCOME = {"completed": "green", "compensated": "magenta", "cancelled": "yellow", "expired": "red"}
 
@@ -37,6 +38,7 @@ class LiveView:
         self._live: Live | None = None
         self._header: Header | None = None
         self._story: deque[tuple[float, str]] = deque(maxlen=STORY_LINES)
+        self._incident: tuple[float, str] | None = None  # the last incident news, kept on top
         self._notes: list[str] = []
 
     def start(self, header: Header) -> None:
@@ -51,7 +53,9 @@ class LiveView:
         self._live.start()
 
     def show(self, entry: Entry) -> None:
-        if entry.explain:
+        if entry.category == "incident":
+            self._incident = (time.monotonic(), entry.explain)
+        elif entry.explain:
             self._story.append((time.monotonic(), entry.explain))
 
     def note(self, text: str) -> None:
@@ -82,7 +86,12 @@ class LiveView:
     def _what_now(self, tally: Tally) -> RenderableType:
         now = time.monotonic()
         fresh = [(t, text) for t, text in self._story if now - t < EXPLAIN_FOR_S * STORY_LINES]
-        if not fresh:
+        pinned = (
+            self._incident if self._incident and now - self._incident[0] < INCIDENT_FOR_S else None
+        )
+        if pinned is not None:  # an incident stays on top a while: it is the news of an outage
+            fresh = fresh[-(STORY_LINES - 1) :]
+        if not fresh and pinned is None:
             return Text(
                 f"▶ Watching {len(tally.in_flight())} orders in flight against the flow's windows. No news is "
                 "good news: the observer publishes only when an order deviates, and one outcome when it ends.",
@@ -97,6 +106,10 @@ class LiveView:
             )
             for i, (_, text) in enumerate(fresh)
         ]
+        if pinned is not None:
+            lines.append(
+                Text("▶ " + pinned[1], style="bold red", no_wrap=True, overflow="ellipsis")
+            )
         return Group(*reversed(lines))
 
     def _orders(self, tally: Tally, steps: Sequence[str], rows: int) -> Table:
@@ -129,14 +142,18 @@ class LiveView:
         for name in ("time", "kind", "step", "order", "injected"):
             table.add_column(name, no_wrap=True)
         table.add_column("summary", overflow="ellipsis", no_wrap=True, ratio=1)
-        alerts = [e for e in tally.entries if e.category == "alert"][-rows:]
+        alerts = [e for e in tally.entries if e.category in ("alert", "incident")][-rows:]
         for e in reversed(alerts):
+            incident = e.category == "incident"
             table.add_row(
                 clock_text(e.at_ms)[:8],
-                Text(e.what, style=_SEVERITY.get(e.severity or "", "")),
+                Text(
+                    e.what,
+                    style="bold reverse red" if incident else _SEVERITY.get(e.severity or "", ""),
+                ),
                 e.step or "-",
-                e.key,
-                fault_text(e.fault),
+                "(the flow)" if incident else e.key,
+                "-" if incident else fault_text(e.fault),
                 e.detail,
             )
         return table
@@ -170,12 +187,20 @@ class LiveView:
         results = {r.fault: r for r in tally.summary().results}
         for fault in Fault:
             r = results.get(fault)
-            if r is not None:
+            if r is not None and fault is Fault.OUTAGE:
+                table.add_row("hit by the outage", str(r.injected))
+            elif r is not None:
                 caught = r.detected if r.needs_alert else r.as_expected
                 table.add_row(fault.label, f"{caught}/{r.injected}")
         table.add_row(Text("deviations", style="bold"), "")
         for kind, n in sorted(tally.deviations.items()):
             table.add_row(kind, str(n))
+        if tally.incidents.records or tally.held:
+            table.add_row(Text("guardrails", style="bold"), "")
+            table.add_row("incidents open", str(len(tally.incidents.open)))
+            resolved = sum(1 for i in tally.incidents.records if i.kind == "incident_resolved")
+            table.add_row("incidents resolved", str(resolved))
+            table.add_row(Text("actions held", style="bold red"), str(tally.held))
         return table
 
     def _render(self, tally: Tally, status: Status, h: Header) -> RenderableType:

@@ -17,6 +17,7 @@ from typing import TextIO
 from demo.binding import FlowBinding
 from demo.expected import Expected
 from demo.faults import Fault, FaultPlanner
+from demo.outage import Outage, OutageWindow
 from demo.records import RecordReader, command_type
 from demo.shop import Shop
 from demo.simulator import Happening, Simulation
@@ -43,44 +44,39 @@ def run_offline(
     on_entry: Callable[[Entry], None] | None = None,
     stop_after_ms: int | None = None,
     timeline: TextIO | None = None,
+    outage: Outage | None = None,
 ) -> Tally:
     """Run `orders` orders to their end (or the binding's settle time, or `stop_after_ms` of
     virtual time) and return the tally. `timeline`: where the shop's records go, as
-    `observer replay --events` reads them."""
+    `observer replay --events` reads them; `outage`: a service down for a while (the flow
+    should have guardrails)."""
     topics = Topics()
     reader = RecordReader(topics, binding.command_topics)
     expected = Expected(binding.registry, reader, topics, timeline)
     tally = Tally(binding, reader, expected)
+    window = outage.window(START_MS) if outage is not None else None
     shop = Shop(
-        binding.catalogue, FaultPlanner(seed, rates), run_id, binding.late_ms, binding.duplicable()
+        binding.catalogue,
+        FaultPlanner(seed, rates),
+        run_id,
+        binding.late_ms,
+        binding.duplicable(),
+        window,
     )
     sim = Simulation(shop, rate, orders, START_MS)
-    commands: list[tuple[str, str]] = []
+    observed = _Observed(tally, binding.command_topics, on_entry)
+    note = observed.note
     offset = 0
     now = START_MS
-
-    def note(entry: Entry | None) -> None:
-        if entry is not None and on_entry is not None:
-            on_entry(entry)
-
-    def emit(effect: Effect, at: int) -> None:
-        if not isinstance(effect, Publish) or effect.topic is None:
-            return
-        headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in effect.headers}
-        key = effect.key.decode() if isinstance(effect.key, bytes) else effect.key
-        note(tally.on_record(effect.topic, key, effect.value, headers, at))
-        if effect.topic in binding.command_topics and isinstance(effect.value, dict):
-            what = command_type(effect.value, headers)
-            if what is not None and key is not None:
-                commands.append((what, key))
-
-    observer = Replayer(binding.registry, emit, topics)
+    observer = Replayer(binding.registry, observed.emit, topics)
     deadline: int | None = None
     while True:
-        observer.fire_before(now, inclusive=True)
-        for what, key in commands:
+        observer.advance_to(now)
+        if observed.held:
+            tally.observe_held(observed.held)
+        for what, key in observed.commands:
             note(_happen(tally, sim.on_command(what, key, now)))
-        commands.clear()
+        observed.commands.clear()
         for h in sim.advance(now):
             note(tally.on_happening(h))
             if h.kind == "published" and h.event is not None:
@@ -89,8 +85,10 @@ def run_offline(
                 src = SourceRecord(rec.topic, 0, offset, rec.key, rec.value, dict(rec.headers), now)
                 offset += 1
                 observer.apply(src)
+        if not sim.placing and sim.idle():
+            expected.until(now)  # nothing older will come: the engine's clock may move on
         if not sim.placing and deadline is None:
-            deadline = now + binding.settle_ms
+            deadline = now + binding.settle_ms + _outage_left(window, now)
         if deadline is not None and (now >= deadline or (tally.all_settled() and sim.idle())):
             break
         if stop_after_ms is not None and now - START_MS >= stop_after_ms:
@@ -98,6 +96,49 @@ def run_offline(
         now += TICK_MS
     expected.until(now)
     return tally
+
+
+class _Observed:
+    """What the observer (the engine, here) publishes: into the tally, commands kept for the
+    shop; what the guardrails hold only counted per order (not published, nobody hears it)."""
+
+    def __init__(
+        self,
+        tally: Tally,
+        command_topics: tuple[str, ...],
+        on_entry: Callable[[Entry], None] | None,
+    ) -> None:
+        self.tally = tally
+        self.command_topics = command_topics
+        self.on_entry = on_entry
+        self.commands: list[tuple[str, str]] = []
+        self.held: dict[str, list[str]] = {}
+
+    def note(self, entry: Entry | None) -> None:
+        if entry is not None and self.on_entry is not None:
+            self.on_entry(entry)
+
+    def emit(self, effect: Effect, at: int) -> None:
+        if not isinstance(effect, Publish):
+            return
+        if effect.held is not None:
+            if effect.action is not None and isinstance(effect.key, str):
+                self.held.setdefault(effect.key, []).append(effect.action)
+            return
+        if effect.topic is None:
+            return
+        headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in effect.headers}
+        key = effect.key.decode() if isinstance(effect.key, bytes) else effect.key
+        self.note(self.tally.on_record(effect.topic, key, effect.value, headers, at))
+        if effect.topic in self.command_topics and isinstance(effect.value, dict):
+            what = command_type(effect.value, headers)
+            if what is not None and key is not None:
+                self.commands.append((what, key))
+
+
+def _outage_left(window: OutageWindow | None, now_ms: int) -> int:
+    """How much longer the outage lasts (0: none, or over)."""
+    return max(0, window.end_ms - now_ms) if window is not None else 0
 
 
 def _happen(tally: Tally, h: Happening | None) -> Entry | None:

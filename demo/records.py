@@ -14,7 +14,17 @@ from typing import Any, Literal
 
 from observer.topics import Topics
 
-__all__ = ["ObserverRecord", "Published", "RecordReader", "command_type", "lacking"]
+__all__ = [
+    "IncidentRecord",
+    "Incidents",
+    "ObserverRecord",
+    "Published",
+    "RecordReader",
+    "command_type",
+    "lacking",
+]
+
+INCIDENT_KINDS = ("incident", "incident_resolved")
 
 
 def command_type(value: Any, headers: Mapping[str, str]) -> str | None:
@@ -38,6 +48,74 @@ class ObserverRecord:
     topic: str
     value: Mapping[str, Any]
     step: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """A flow-level record of the guardrails (`key: null`): an incident opened or resolved.
+
+    `kind`: incident | incident_resolved; `deviation`/`step`: what it counts; `count`: how
+    many (the threshold when it opens, all of them when resolved); `id`: the incident's id,
+    as `observer actions list --incident` takes it."""
+
+    kind: str
+    deviation: str
+    step: str | None
+    count: int
+    id: str
+
+    def describe(self) -> str:
+        where = f" at {self.step}" if self.step else ""
+        verb = "opened" if self.kind == "incident" else "resolved"
+        return f"{self.deviation}{where} {verb} ({self.count})"
+
+
+class Incidents:
+    """The incident records of a flow, in the order read. The id of an incident is made from
+    its opening record (the time of the deviation that opened it); a resolved record gets the
+    id of the open incident of its (deviation, step)."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.records: list[IncidentRecord] = []
+        self._open: dict[tuple[str, str | None], str] = {}
+
+    def read(self, topic: str, value: Any) -> IncidentRecord | None:
+        """The incident record on the alerts topic (kept), or None when `value` is none."""
+        if topic != self.topics.alerts or not isinstance(value, dict):
+            return None
+        kind = value.get("kind")
+        if kind not in INCIDENT_KINDS or value.get("key") is not None:
+            return None
+        from observer.guardrails.gate import incident_id
+        from observer.timefmt import parse_time
+
+        raw_step = value.get("step")
+        step = str(raw_step) if raw_step is not None else None
+        deviation = str(value.get("deviation"))
+        count = value.get("count")
+        if kind == "incident":
+            try:
+                opened = parse_time(str(value.get("detected_at")))
+            except ValueError:
+                opened = 0
+            ident = self._open[(deviation, step)] = incident_id(deviation, step, opened)
+        else:
+            ident = self._open.pop((deviation, step), "")
+        rec = IncidentRecord(
+            str(kind), deviation, step, count if isinstance(count, int) else 0, ident
+        )
+        self.records.append(rec)
+        return rec
+
+    @property
+    def open(self) -> list[str]:
+        """The ids of the incidents opened and not resolved yet."""
+        return list(self._open.values())
+
+    def same_as(self, other: Incidents) -> bool:
+        """The same incidents, opened and resolved, with the same counts (order aside)."""
+        return sorted(self.records, key=str) == sorted(other.records, key=str)
 
 
 class RecordReader:
@@ -85,6 +163,7 @@ class Published:
     alerts: list[tuple[str, str | None]] = field(default_factory=list)  # (kind, step)
     commands: list[str] = field(default_factory=list)
     outcome: str | None = None
+    held: list[str] = field(default_factory=list)  # actions the guardrails hold (their names)
 
     def add(self, rec: ObserverRecord) -> None:
         if rec.category == "alert":
@@ -103,8 +182,12 @@ class Published:
         )
 
     def same_as(self, other: Published) -> bool:
-        """The same alerts, commands and outcome (the order of publication aside)."""
-        return self.contains(other) and other.contains(self)
+        """The same alerts, commands, held actions and outcome (the order aside)."""
+        return (
+            self.contains(other)
+            and other.contains(self)
+            and sorted(self.held) == sorted(other.held)
+        )
 
     def describe(self) -> str:
         """`warning, missing, late at paid -> ReleaseStock, CancelOrder -> cancelled`."""
@@ -120,7 +203,10 @@ class Published:
         parts = [alerts or "no alert"]
         if self.commands:
             parts.append(", ".join(self.commands))
-        parts.append(self.outcome or "no outcome yet")
+        if self.held:
+            parts.append("held " + ", ".join(self.held))
+        waiting = "waits for an operator" if self.held else "no outcome yet"
+        parts.append(self.outcome or waiting)
         return " -> ".join(parts)
 
 

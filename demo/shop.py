@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from demo.faults import Fault, FaultPlanner, order_rng
+from demo.outage import OutageWindow
 from demo.wire import DemoError, ShopEvent
 
 __all__ = [
@@ -178,6 +179,8 @@ class Emit:
     it sent it, nobody reads it. `copies`: 2 when a retry publishes it again with the same id,
     `copy_gap_ms` later (DUPLICATE). `hold_until`: the record reaches Kafka only after this
     event type of the same order did (OUT_OF_ORDER), though the other services act on it at once.
+    `stalled`: the service was down when the job came (`--outage`): it never does it, and
+    `event` (at the job's start) only says what it would have announced.
     """
 
     event: ShopEvent
@@ -185,6 +188,7 @@ class Emit:
     copies: int = 1
     copy_gap_ms: int = 0
     hold_until: str | None = None
+    stalled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +274,18 @@ class Shop:
         run_id: str,
         late_ms: int,
         duplicable: tuple[str, ...] = (),
+        outage: OutageWindow | None = None,
     ) -> None:
         """`late_ms`: how long the slow service takes under SLOW_PAYMENT (past its window).
-        `duplicable`: event types a DUPLICATE may hit (those whose source has an id selector)."""
+        `duplicable`: event types a DUPLICATE may hit (those whose source has an id selector).
+        `outage`: when one service does nothing (its jobs and answers wait for its end)."""
         self.catalogue = catalogue
         self.planner = planner
         self.seed = planner.seed
         self.run_id = run_id
         self.late_ms = late_ms
         self.duplicable = duplicable or tuple(s.emits for s in catalogue.services if s.after)
+        self.outage = outage
         self._orders: dict[str, _Order] = {}
         self._next_no = 1
 
@@ -340,12 +347,14 @@ class Shop:
         reaction = self.answers(command)
         if order is None or reaction is None or command in order.answered:
             return None
+        if self._down(reaction.service, now_ms):
+            return None  # the service is down: the command is lost on it
         order.answered.add(command)
         if reaction.emits is None:
             return []
         lo, hi = reaction.latency_ms
-        at = now_ms + order_rng(self.seed, order.plan.no, f"command/{command}").randint(lo, hi)
-        return [self._emit(order, reaction.source, reaction.emits, at)]
+        took = order_rng(self.seed, order.plan.no, f"command/{command}").randint(lo, hi)
+        return [self._emit(order, reaction.source, reaction.emits, now_ms + took)]
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -357,6 +366,10 @@ class Shop:
         return next((r for r in self.catalogue.reactions if r.command == command), None)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _down(self, service: str, at_ms: int) -> bool:
+        """Whether `service` is down at `at_ms` (`--outage`)."""
+        return self.outage is not None and self.outage.holds(service, at_ms)
 
     def _emit(self, order: _Order, source: str, event_type: str, at_ms: int) -> Emit:
         order.seq += 1
@@ -384,6 +397,10 @@ class Shop:
                 if service.fails_with is None:
                     raise DemoError(f"service '{service.name}' has no failure event")
                 event_type = service.fails_with
+        if self._down(service.name, start_ms):
+            # down when the job came: it is never done (nothing to announce, nothing published)
+            emit = self._emit(order, service.source, event_type, start_ms)
+            return Emit(emit.event, publish=False, stalled=True)
         emit = self._emit(order, service.source, event_type, start_ms + took)
         if fault is Fault.LOST_EVENT and event_type == self.catalogue.lost:
             return Emit(emit.event, publish=False)

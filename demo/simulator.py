@@ -37,10 +37,12 @@ class Happening:
     kind: `placed` (a new order, `plan` set), `published` (a record went to Kafka; `copy` 2 for a
     retry with the same id), `lost` (a service announced `event` but the record never reaches
     Kafka), `held` (the record of `event` is held back; the services already act on it),
-    `answered` (a service acted on the observer's command `command`).
+    `answered` (a service acted on the observer's command `command`), `stalled` (the service
+    to do the next job is down, `--outage`: the job, which would have announced `event`, is
+    never done).
     """
 
-    kind: Literal["placed", "published", "lost", "held", "answered"]
+    kind: Literal["placed", "published", "lost", "held", "answered", "stalled"]
     at_ms: int
     order_id: str
     event: ShopEvent | None = None
@@ -175,6 +177,9 @@ class Simulation:
             if emit.copies > 1:
                 self._push(at + emit.copy_gap_ms, _Publish(event, 2))
         for follow in self.shop.on_event(event):
+            if follow.stalled:
+                out.append(Happening("stalled", at, event.order_id, follow.event))
+                continue
             self._push(follow.event.time_ms, _Deliver(follow))
 
     def _publish(self, event: ShopEvent, copy: int, at: int, out: list[Happening]) -> None:

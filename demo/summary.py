@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from demo.faults import Fault
-from demo.records import Published, lacking
+from demo.records import IncidentRecord, Published, lacking
 from observer.timefmt import format_time
 
 __all__ = ["FaultResult", "Summary", "Verdict", "judge", "prediction_in_words", "what_differs"]
@@ -35,13 +35,22 @@ class Verdict:
 def judge(fault: Fault | None, observed: Published, expected: Published) -> Verdict:
     """The verdict on an order carrying `fault` (None: a clean order)."""
     needs_alert = fault is not None and fault.needs_alert
+    same_held = sorted(observed.held) == sorted(expected.held)
     if needs_alert:
-        detected = bool(expected.alerts) and not lacking(expected.alerts, observed.alerts)
+        # an alert, or actions the guardrails hold (an incident took over its alerts)
+        noticed = bool(expected.alerts or expected.held)
+        detected = noticed and not lacking(expected.alerts, observed.alerts) and same_held
+        false_alarms = len(lacking(observed.alerts, expected.alerts))
+    elif fault is Fault.OUTAGE:
+        # whatever the engine does about it: alerts until an incident opens, held actions after
+        detected = not lacking(expected.alerts, observed.alerts) and same_held
         false_alarms = len(lacking(observed.alerts, expected.alerts))
     else:
         detected = not observed.alerts
         false_alarms = len(observed.alerts)
-    outcome_ok = observed.outcome is not None and observed.outcome == expected.outcome
+    # an order whose actions are held may wait for an operator: no outcome on either side
+    waits = fault is Fault.OUTAGE and bool(expected.held)
+    outcome_ok = (observed.outcome is not None or waits) and observed.outcome == expected.outcome
     as_expected = detected and outcome_ok and false_alarms == 0 and observed.same_as(expected)
     return Verdict(detected, outcome_ok, false_alarms, as_expected)
 
@@ -54,9 +63,9 @@ def what_differs(fault: Fault | None, observed: Published, expected: Published) 
 
     needs_alert = fault is not None and fault.needs_alert
     out = []
-    if needs_alert and not expected.alerts:
+    if needs_alert and not expected.alerts and not expected.held:
         out.append("the flow raises no alert for this fault")
-    if not needs_alert and expected.alerts:
+    if not needs_alert and fault is not Fault.OUTAGE and expected.alerts:
         out.append(f"the flow raises {alerts(expected.alerts)} for it")
     if unpublished := lacking(expected.alerts, observed.alerts):
         out.append(f"not published: {alerts(unpublished)}")
@@ -66,7 +75,11 @@ def what_differs(fault: Fault | None, observed: Published, expected: Published) 
     commands += lacking(observed.commands, expected.commands)
     if commands:
         out.append(f"commands differ ({', '.join(commands)})")
-    if observed.outcome is None or observed.outcome != expected.outcome:
+    held = lacking(expected.held, observed.held) + lacking(observed.held, expected.held)
+    if held:
+        out.append(f"held actions differ ({', '.join(held)})")
+    waits = fault is Fault.OUTAGE and bool(expected.held) and expected.outcome is None
+    if observed.outcome != expected.outcome or (observed.outcome is None and not waits):
         out.append(
             f"outcome {observed.outcome or '(none yet)'}, expected {expected.outcome or '(none)'}"
         )
@@ -115,10 +128,25 @@ class Summary:
     outcomes: Mapping[str, int]
     commands: Mapping[str, int]
     expected_until: int | None = None  # the engine's clock was moved to this at the end (ms)
+    # guardrails (--outage): the incident records of the observer and of the engine, and how
+    # many actions each holds (the observer's: read from its Redis at the end)
+    incidents: tuple[IncidentRecord, ...] = ()
+    incidents_expected: tuple[IncidentRecord, ...] = ()
+    held: int = 0
+    held_expected: int = 0
+    held_by: Mapping[str, int] | None = None  # the observer's held actions by incident id
 
     @property
     def faults_injected(self) -> int:
-        return sum(r.injected for r in self.results if r.fault is not None)
+        """Orders that carried an injected fault (an order the outage hit counts there)."""
+        return sum(
+            r.injected for r in self.results if r.fault is not None and r.fault is not Fault.OUTAGE
+        )
+
+    @property
+    def outage_hit(self) -> int:
+        """Orders that reached the service of `--outage` while it was down."""
+        return sum(r.injected for r in self.results if r.fault is Fault.OUTAGE)
 
     @property
     def all_detected(self) -> bool:
@@ -127,15 +155,21 @@ class Summary:
         return all(r.detected == r.injected for r in self.results)
 
     @property
+    def incidents_ok(self) -> bool:
+        """The observer opened and resolved the incidents the engine does, with its counts."""
+        return sorted(self.incidents, key=str) == sorted(self.incidents_expected, key=str)
+
+    @property
     def ok(self) -> bool:
-        """Every order behaved as expected."""
-        return self.orders > 0 and all(r.ok for r in self.results)
+        """Every order behaved as expected (held actions included), and the incidents too."""
+        return self.orders > 0 and all(r.ok for r in self.results) and self.incidents_ok
 
     def as_json(self) -> dict[str, Any]:
         return {
             "orders": self.orders,
             "unjudged": self.unjudged,
             "faults_injected": self.faults_injected,
+            "outage_hit": self.outage_hit,
             "all_detected": self.all_detected,
             "ok": self.ok,
             "expected_until": (
@@ -155,7 +189,23 @@ class Summary:
                 }
                 for r in self.results
             },
+            "incidents": [_incident_json(i) for i in self.incidents],
+            "incidents_expected": [_incident_json(i) for i in self.incidents_expected],
+            "incidents_ok": self.incidents_ok,
+            "held": self.held,
+            "held_expected": self.held_expected,
+            "held_by": dict(self.held_by or {}),
             "deviations": dict(self.deviations),
             "outcomes": dict(self.outcomes),
             "commands": dict(self.commands),
         }
+
+
+def _incident_json(rec: IncidentRecord) -> dict[str, Any]:
+    return {
+        "kind": rec.kind,
+        "deviation": rec.deviation,
+        "step": rec.step,
+        "count": rec.count,
+        "id": rec.id,
+    }

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from demo.binding import FlowBinding
 from demo.expected import Expected
 from demo.faults import Fault
-from demo.records import ObserverRecord, Published, RecordReader
+from demo.records import IncidentRecord, Incidents, ObserverRecord, Published, RecordReader
 from demo.shop import OrderPlan
 from demo.simulator import Happening
 from demo.summary import FaultResult, Summary, judge, prediction_in_words, what_differs
@@ -22,6 +22,7 @@ from observer.topics import Topics
 __all__ = ["Entry", "OrderTrack", "Tally"]
 
 RECENT = 200
+QUIET_MS = 3_000  # an order waiting for an operator is settled with no deadline of it this near
 
 
 @dataclass(slots=True)
@@ -33,10 +34,16 @@ class OrderTrack:
     last: str = ""  # the last thing that happened, in words
     observed: Published = field(default_factory=Published)
     ended_ms: int | None = None
+    hit: bool = False  # it reached the service of `--outage` while that was down
 
     @property
     def key(self) -> str:
         return self.plan.key
+
+    @property
+    def group(self) -> Fault | None:
+        """The row of the summary it counts in: the outage's when it was hit, else its fault."""
+        return Fault.OUTAGE if self.hit else self.plan.fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,7 @@ class Entry:
     """
 
     at_ms: int
-    category: Literal["alert", "outcome", "command", "fault", "shop"]
+    category: Literal["alert", "outcome", "command", "fault", "shop", "incident"]
     key: str
     what: str
     step: str | None = None
@@ -77,6 +84,9 @@ class Tally:
         self.commands: Counter[str] = Counter()
         self.faults: Counter[Fault] = Counter()
         self.ignored = 0
+        self.incidents = Incidents(reader.topics)  # the observer's incident records
+        self.held = 0  # actions the observer holds (from its Redis, `observe_held`)
+        self.held_by: dict[str, int] = {}  # ... by incident id (or reason: rate, paused)
 
     @property
     def topics(self) -> Topics:
@@ -111,6 +121,8 @@ class Tally:
             track.last = f"{event.type} lost"
         elif h.kind == "held" and event is not None:
             track.last = f"{event.type} held back"
+        elif h.kind == "stalled" and event is not None:
+            return self._stalled(track, event.type, h.at_ms)
         elif h.kind == "answered" and h.command is not None:
             reactions = self.binding.catalogue.reactions
             who = next((r for r in reactions if r.command == h.command), None)
@@ -123,7 +135,7 @@ class Tally:
                         h.order_id,
                         h.command,
                         detail=f"{who.service} acts on {h.command}{done}",
-                        fault=track.plan.fault,
+                        fault=track.group,
                     )
                 )
         return None
@@ -134,6 +146,9 @@ class Tally:
         self, topic: str, key: str | None, value: Any, headers: Mapping[str, str], at_ms: int
     ) -> Entry | None:
         """A record the observer published: an alert, an outcome, or a command."""
+        incident = self.incidents.read(topic, value)
+        if incident is not None:
+            return self._add(self._incident_entry(incident, value, at_ms))
         rec = self.reader.read(topic, key, value, headers)
         if rec is None:
             return None
@@ -162,8 +177,58 @@ class Tally:
                 rec.what,
                 detail=rec.topic,
                 explain=f"the observer tells {who} to {_words(rec.what)} for {track.key} (on {rec.topic}); it does not wait for a reply",
-                fault=track.plan.fault,
+                fault=track.group,
             )
+        )
+
+    def observe_held(
+        self, held: Mapping[str, list[str]], by: Mapping[str, int] | None = None
+    ) -> None:
+        """What the observer holds now, per order (action names, from its Redis), and how
+        many by incident (`by`)."""
+        for t in self.orders.values():
+            t.observed.held = sorted(held.get(t.key, []))
+        self.held = sum(len(v) for v in held.values())
+        self.held_by = dict(by or {})
+
+    def _stalled(self, track: OrderTrack, event: str, at_ms: int) -> Entry:
+        track.hit = True
+        who = next((s for s in self.binding.catalogue.services if s.emits == event), None)
+        name = who.name if who is not None else "a service"
+        track.last = f"{name} down: no {event}"
+        return self._add(
+            Entry(
+                at_ms,
+                "shop",
+                track.key,
+                "outage",
+                detail=f"{name} is down: {track.key} never gets its {event}",
+                fault=track.group,
+            )
+        )
+
+    def _incident_entry(self, rec: IncidentRecord, value: Any, at_ms: int) -> Entry:
+        where = f" at '{rec.step}'" if rec.step else ""
+        if rec.kind == "incident":
+            explain = (
+                f"INCIDENT: {rec.count} '{rec.deviation}'{where} at once -> one incident record "
+                "instead of an alert per order; their actions are now HELD, not published "
+                f"({rec.id})"
+            )
+        else:
+            explain = (
+                f"incident resolved: {rec.count} '{rec.deviation}'{where} in all; what it held "
+                f"waits for an operator: observer actions list|release|drop --incident {rec.id}"
+            )
+        return Entry(
+            at_ms,
+            "incident",
+            rec.id,
+            rec.kind,
+            step=rec.step,
+            severity=str(value.get("severity")),
+            detail=str(value.get("summary") or ""),
+            explain=explain,
         )
 
     def _alert_entry(self, track: OrderTrack, rec: ObserverRecord, at_ms: int) -> Entry:
@@ -176,7 +241,7 @@ class Tally:
             severity=str(rec.value.get("severity")),
             detail=str(rec.value.get("summary") or ""),
             explain=_explain_alert(rec.what, rec.step, track.key, rec.value),
-            fault=track.plan.fault,
+            fault=track.group,
         )
 
     def _outcome_entry(self, track: OrderTrack, rec: ObserverRecord, at_ms: int) -> Entry:
@@ -191,7 +256,7 @@ class Tally:
             rec.what,
             detail=f"{devs}{took}",
             explain=f"{track.key} ended {rec.what}{took} ({devs}); the observer keeps its history for queries",
-            fault=track.plan.fault,
+            fault=track.group,
         )
 
     # -- queries --------------------------------------------------------------------------------
@@ -207,26 +272,38 @@ class Tally:
     def settled(self, track: OrderTrack) -> bool:
         """Ended, and everything the engine published about it so far was published."""
         expected = self.expected.of(track.key)
+        if track.hit and expected.held and expected.outcome is None:
+            # held actions: it waits for an operator; settled once nothing of it is due soon
+            return track.observed.same_as(expected) and self.expected.quiet(
+                self.binding.flow.name, track.key, QUIET_MS
+            )
         return (
             track.observed.outcome is not None
             and expected.outcome is not None
             and track.observed.contains(expected)
+            and sorted(track.observed.held) == sorted(expected.held)
         )
 
     def as_expected(self, track: OrderTrack) -> bool:
-        return judge(track.plan.fault, track.observed, self.expected.of(track.key)).as_expected
+        return judge(track.group, track.observed, self.expected.of(track.key)).as_expected
 
     def describe(self, track: OrderTrack) -> str:
         """One order in a line: fault, what differs, what the observer and the engine published."""
         expected = self.expected.of(track.key)
-        why = what_differs(track.plan.fault, track.observed, expected)
+        why = what_differs(track.group, track.observed, expected)
+        fault = track.plan.describe() + ("; hit by the outage" if track.hit else "")
         return (
-            f"{track.key} [{track.plan.describe()}]: {why or 'as expected'} "
+            f"{track.key} [{fault}]: {why or 'as expected'} "
             f"(published: {track.observed.describe()}; the engine: {expected.describe()})"
         )
 
     def all_settled(self) -> bool:
-        return all(self.settled(t) for t in self.orders.values())
+        """Every order settled, and the observer's incidents are the engine's, all resolved."""
+        return (
+            all(self.settled(t) for t in self.orders.values())
+            and not self.expected.incidents.open
+            and self.incidents.same_as(self.expected.incidents)
+        )
 
     def summary(self, include: Callable[[OrderTrack], bool] | None = None) -> Summary:
         """Verdicts per fault over every order, or only those `include` accepts (an interrupted
@@ -235,7 +312,7 @@ class Tally:
         kinds: list[Fault | None] = [*Fault, None]
         judged = [t for t in self.orders.values() if include is None or include(t)]
         for fault in kinds:
-            tracks = [t for t in judged if t.plan.fault is fault]
+            tracks = [t for t in judged if t.group is fault]
             if not tracks:
                 continue
             expected = [self.expected.of(t.key) for t in tracks]
@@ -268,6 +345,11 @@ class Tally:
             outcomes=dict(sorted(self.outcomes.items())),
             commands=dict(sorted(self.commands.items())),
             expected_until=self.expected.until_ms,
+            incidents=tuple(self.incidents.records),
+            incidents_expected=tuple(self.expected.incidents.records),
+            held=self.held,
+            held_expected=self.expected.held(),
+            held_by=dict(sorted(self.held_by.items())),
         )
 
     # -- internals ------------------------------------------------------------------------------

@@ -80,8 +80,9 @@ def format_entry(e: Entry) -> str:
         "outcome": "OUTCOME",
         "fault": "INJECT",
         "shop": "SHOP",
+        "incident": "INCIDENT",
     }
-    if e.category == "alert":
+    if e.category in ("alert", "incident"):
         rest = f"{e.severity or '':<8} {e.detail}"
     elif e.category == "command":
         rest = f"-> {e.detail}"
@@ -104,7 +105,8 @@ def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
             else ""
         )
         + f"; {summary.faults_injected} faults injected"
-        + (" in them" if summary.unjudged else ""),
+        + (" in them" if summary.unjudged else "")
+        + (f"; {summary.outage_hit} hit by the outage" if summary.outage_hit else ""),
         f"  {'fault':<16} {'injected':>8} {'detected':>9} {'as expected':>12}  what the engine publishes on this run's records",
     ]
     for r in summary.results:
@@ -120,6 +122,7 @@ def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
     lines.append(f"  deviations seen: {counts(summary.deviations)}")
     lines.append(f"  outcomes:        {counts(summary.outcomes)}")
     lines.append(f"  commands:        {counts(summary.commands)}")
+    lines += _guardrail_lines(summary)
     misses = [m for r in summary.results for m in r.misses]
     for m in misses[:20]:
         lines.append(f"  not as expected: {m}")
@@ -140,6 +143,24 @@ def format_summary(summary: Summary, header: Header, elapsed_s: float) -> str:
     else:
         lines.append("RESULT: some injected faults were NOT detected (above).")
     return "\n".join(lines)
+
+
+def _guardrail_lines(summary: Summary) -> list[str]:
+    """Incidents and held actions (a flow with guardrails), observer against engine."""
+    if not (summary.incidents or summary.incidents_expected or summary.held_expected):
+        return []
+    shown = ", ".join(i.describe() for i in summary.incidents) or "none"
+    lines = [f"  incidents:       {shown}"]
+    if summary.incidents_ok:
+        lines[0] += "  [the engine: the same]"
+    else:
+        engine = ", ".join(i.describe() for i in summary.incidents_expected) or "none"
+        lines.append(f"  not as expected: the engine's incidents: {engine}")
+    lines.append(
+        f"  held actions:    {summary.held} held by the observer (the engine holds "
+        f"{summary.held_expected}), not published; they wait for an operator"
+    )
+    return lines
 
 
 def _banner(h: Header) -> list[str]:

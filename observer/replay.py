@@ -230,6 +230,14 @@ class Replayer:
         while (nxt := self._peek()) is not None and (nxt[0] < t or (inclusive and nxt[0] == t)):
             self._fire_next()
 
+    def advance_to(self, t: int) -> None:
+        """Move the virtual clock on to `t` with no record: every timer due at or before it
+        fires, and the guardrails decide what waits up to it (as `--until` does at the end)."""
+        self.fire_before(t, inclusive=True)
+        if t > self.clock:
+            self._advance(t)
+        self._settle()
+
     def _primary_pending(self) -> bool:
         return any(
             self.engine.next_due(s, lifecycle=False) is not None for s in self.slots.values()
@@ -322,10 +330,7 @@ class Replayer:
                 if d.at <= until:
                     self.fire_before(d.at)
                     self.deploy(d.registry)
-            self.fire_before(until, inclusive=True)
-            if until > self.clock:
-                self._advance(until)
-            self._settle()
+            self.advance_to(until)
         else:
             self.drain()
             self.settle_guards()

@@ -10,6 +10,11 @@
 # nodes.conf, like the single Redis). A restart keeps the cluster it made; `stop` stops the
 # nodes and `ops/stack start redis-cluster` after `rm -rf $STACK_DIR/redis-cluster` makes a
 # new one.
+#
+# `ops/stack restart-redis-cluster-node PORT [--kill]` restarts one node: SIGTERM (SIGKILL with
+# --kill: a crash, the node keeps what its AOF had fsynced), then the same node again on its
+# port with its AOF and nodes.conf; it returns once every node says cluster_state:ok. A master
+# without replicas is down meanwhile: its hash slots are not served (the chaos test).
 
 CLUSTER_PORT="${OBSERVER_REDIS_CLUSTER_PORT:-7000}"
 CLUSTER_NODES=3
@@ -20,8 +25,8 @@ cluster_ports() {
   for ((i = 0; i < CLUSTER_NODES; i++)); do printf '%s\n' $((CLUSTER_PORT + i)); done
 }
 
-cluster_answers() {
-  [[ "$(redis-cli -h "$HOST" -p "$CLUSTER_PORT" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" == cluster_state:ok ]]
+cluster_answers() { # [port]: that node says the cluster is ok (default: the first node)
+  [[ "$(redis-cli -h "$HOST" -p "${1:-$CLUSTER_PORT}" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" == cluster_state:ok ]]
 }
 
 start_cluster_node() {
@@ -97,6 +102,47 @@ stop_redis_cluster() {
     fi
     rm -f "$PID_DIR/redis-cluster-$port.pid"
   done
+}
+
+# True once a pid is gone (or a zombie nobody has reaped yet: it holds no port and no file).
+pid_gone() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 0
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 0
+  [[ $state == Z ]]
+}
+
+restart_cluster_node() {
+  local port=${1:-} how=${2:-} pid deadline p
+  [[ -n $port ]] && cluster_ports | grep -qx -- "$port" ||
+    die "restart-redis-cluster-node wants the port of a node: one of $(cluster_ports | tr '\n' ' ')"
+  [[ -z $how || $how == --kill ]] || die "restart-redis-cluster-node PORT [--kill], not '$how'"
+  if pid="$(our_pid "redis-cluster-$port")"; then
+    if [[ $how == --kill ]]; then
+      say "SIGKILL redis-cluster node $port (pid $pid)"
+      kill -KILL "$pid" 2>/dev/null || true
+      until pid_gone "$pid"; do sleep 0.05; done
+    else
+      say "stopping redis-cluster node $port (pid $pid)..."
+      stop_pid "$pid" "redis-cluster-$port" "$STOP_TIMEOUT"
+    fi
+  else
+    say "redis-cluster node $port is not running"
+  fi
+  rm -f "$PID_DIR/redis-cluster-$port.pid"
+  start_cluster_node "$port"
+  deadline=$((SECONDS + START_TIMEOUT))
+  until [[ "$(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null)" == PONG ]]; do
+    ((SECONDS < deadline)) || die "cluster node $port did not answer PING (log: $LOG_DIR/redis-cluster-$port.log)"
+    sleep 0.05
+  done
+  for p in $(cluster_ports); do
+    until cluster_answers "$p"; do
+      ((SECONDS < deadline)) || die "the Redis Cluster is not ok on node $p within ${START_TIMEOUT}s"
+      sleep 0.05
+    done
+  done
+  say "redis-cluster node $port is back (pid $(our_pid "redis-cluster-$port" || echo '?')); cluster_state:ok"
 }
 
 cluster_status_line() {

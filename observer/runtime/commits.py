@@ -76,6 +76,14 @@ class OffsetCommits:
         self.ledger.lost(tps)
         self.progress.revoke(tps)
 
+    def forget(self) -> None:
+        """Forget what was written since the last commit (the store may have lost it): none of
+        it is committed, and the partitions are read again from their committed offsets after
+        `rewind`."""
+        tps = sorted(self.ledger.assigned)
+        self.ledger.lost(tps)
+        self.ledger.assign(tps)
+
     def rewind(self) -> list[TopicPartition]:
         """Read every assigned partition again from its committed offset, forgetting what was
         written since; returns the partitions."""
@@ -84,8 +92,7 @@ class OffsetCommits:
             return tps
         committed = self.source.committed(tps)
         self.source.seek({tp: committed.get(tp, -2) for tp in tps})
-        self.ledger.lost(tps)
-        self.ledger.assign(tps)
+        self.forget()
         return tps
 
     def _count(self, kind: str, tps: list[TopicPartition]) -> None:

@@ -199,6 +199,11 @@ class _TrackerEnd:
                 listener.commit_done(None, offsets)
         return self._topic.read(max_records)
 
+    def serve(self, timeout_s: float) -> None:
+        """The assignment and commit reports; nothing is read, so the router, whose backlog
+        stops draining, stops reading too (memory stays bounded while the store is down)."""
+        self.poll(0, timeout_s)
+
     def commit(self, offsets: Mapping[TopicPartition, int], wait: bool) -> None:
         self._topic.commit(offsets)
         if not wait:

@@ -32,18 +32,40 @@ class StoreOutage:
         self.clock = clock
         self.stop = stop
         self.backoff = Backoff(0.1, 5.0)
+        self.waiting = False  # `begin`: down, and the caller retries at `retry_at`
+        self.retry_at = 0.0
 
     def failed(self, exc: Exception, doing: str) -> None:
         """The store failed while `doing`: report it, then wait before the next attempt."""
+        self.clock.sleep(self.report(exc, doing), self.stop)
+
+    def report(self, exc: Exception, doing: str) -> float:
+        """The store failed while `doing`: report it; returns how long to wait before the next
+        attempt (for a caller that has other work meanwhile: the tracker serves its consumer)."""
         self.health.redis_ok = False
         self.health.redis_error = str(exc)
         self.metrics.store_errors.inc()
         delay = self.backoff.next()
         log.error("state store failed while %s: %s; retrying in %.1fs", doing, exc, delay)
-        self.clock.sleep(delay, self.stop)
+        return delay
+
+    def begin(self, exc: Exception, doing: str) -> None:
+        """The store failed, for a caller with other work while it is down (the tracker
+        serves its consumer): report it and say when to try again (`due`), without waiting."""
+        self.waiting = True
+        self.retry_at = self.clock.monotonic() + self.report(exc, doing)
+
+    def wait_s(self, timeout_s: float) -> float:
+        """How long the caller may wait now: `timeout_s`, or less when the next try is due."""
+        return max(0.0, min(timeout_s, self.retry_at - self.clock.monotonic()))
+
+    def due(self) -> bool:
+        """Time to try the store again (after `begin`)."""
+        return self.waiting and self.clock.monotonic() >= self.retry_at
 
     def ok(self) -> None:
         """The store answered."""
+        self.waiting = False
         self.health.redis_ok = True
         self.health.redis_error = None
         self.backoff.reset()

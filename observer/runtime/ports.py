@@ -234,6 +234,13 @@ class EventSource(Protocol):
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]: ...
 
+    def serve(self, timeout_s: float) -> None:
+        """Serve the consumer without handing over records, waiting at most `timeout_s`:
+        rebalance callbacks and commit reports reach the listener (a rebalance must not wait
+        while the state store is down). Records fetched meanwhile are dropped: the caller seeks
+        back to its committed offsets before it reads again."""
+        ...
+
     def commit(self, offsets: Mapping[TopicPartition, int], wait: bool) -> None:
         """Commit next offsets; `wait=False` commits in the background (the outcome is reported
         to the listener's `commit_done`)."""

@@ -13,15 +13,11 @@ deadlines and outbox in the store. Per batch of keyed records:
 
 Deadlines are fired by the `DeadlineTicker` as soon as a mark moved a watermark, and every
 `tick_interval_ms`; records go out through the `Publisher`; offsets are committed by the
-shared `OffsetCommits`.
-
-On assignment the tracker publishes what the shards' outboxes still hold (a previous owner may
-have died before publishing); on revocation it settles the batch in hand, flushes the
-producer, clears the acknowledged outbox entries and commits. When the store fails it waits for
-it to answer again, then reads the owned partitions again from their committed offsets
-(`recover`): offsets are committed only once their write is durable, so that covers every
-write that was lost.
-"""
+shared `OffsetCommits`. On assignment the tracker publishes what the shards' outboxes still
+hold (a previous owner may have died before publishing); on revocation it settles the batch
+in hand, flushes the producer, clears the acknowledged outbox entries and commits. When the
+store fails it serves its consumer (rebalances go on) until the store answers, then reads the
+owned partitions again from their committed offsets (`recover`)."""
 
 from __future__ import annotations
 
@@ -195,6 +191,8 @@ class Tracker:
     def finish(self) -> None:
         """Before stopping: settle the write in flight, wait for deliveries, clear the
         acknowledged outbox entries, and commit what is durable."""
+        if self.outage.waiting:
+            log.error("stopping while the state store is down: nothing more is committed")
         try:
             self.writes.settle()
         except StoreError as exc:
@@ -294,6 +292,9 @@ class Tracker:
 
     def poll(self, timeout_s: float) -> None:
         """Read and handle one batch, tick when due, serve deliveries, commit when due."""
+        if self.outage.waiting:  # the store is down (`recover`)
+            self._retry_store(timeout_s)
+            return
         records = self.source.poll(self.config.batch_size, timeout_s)
         try:
             if records:
@@ -368,8 +369,7 @@ class Tracker:
         the shard's watermark (they were read after every event they cover)."""
         items: list[tuple[int, str, Event | Hop]] = []
         routed: list[Routed | None] = []
-        seen: set[str] = set()
-        slots: list[tuple[int, str]] = []
+        slots: dict[str, int] = {}  # slot id -> shard, in first-seen order
         owned = set(self.shards.owned())  # (a set: one membership test per record)
         for i, rec in enumerate(records):
             shard = rec.partition
@@ -388,12 +388,10 @@ class Tracker:
                 item = value.event
                 sid = f"{value.flow}:{item.key}"  # = slot_id(flow, key), once per event
                 routed.append(value)
-            if sid not in seen:
-                seen.add(sid)
-                slots.append((shard, sid))
+            slots.setdefault(sid, shard)
             items.append((i, sid, item))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
-        return _Prepared(routed, items, slots, offsets)
+        return _Prepared(routed, items, [(sh, sid) for sid, sh in slots.items()], offsets)
 
     def _decode(
         self, rec: SourceRecord, shard: int
@@ -473,28 +471,30 @@ class Tracker:
     # -- store failures -----------------------------------------------------------------------------
 
     def recover(self, exc: StoreError) -> None:
-        """The store failed: reconnect (with backoff), then read the owned partitions again
-        from their committed offsets and republish the owned shards' outboxes.
-
-        Re-reading covers every batch whose write was lost, including writes Redis confirmed
-        but lost in a crash (AOF `everysec`): offsets are committed only `commit_delay_ms`
-        after their write, so the committed offsets never run ahead of what Redis kept.
-        Events read again are recognised by the engine and change nothing twice."""
+        """The store failed: forget what was written since the last commit; polls then serve
+        the consumer (a rebalance never waits for the store) and try the store with backoff,
+        and once it answers read the owned partitions again from their committed offsets
+        (`_retry_store`). That covers every lost write, confirmed ones lost in a crash too:
+        offsets are committed only `commit_delay_ms` after their write. Events read again
+        are recognised by the engine and change nothing twice."""
         self.cache.clear()  # the store may not hold what the cache does
         self.writes.drop()
-        doing = "writing a batch"
-        while not self.stop.is_set():
-            self.outage.failed(exc, doing)
-            try:
-                self.store.reconnect()
-                for _t, shard in self.commits.rewind():
-                    self.shards.reset(shard)  # its watermark comes back with the marks
-                self.publisher.republish(self.store.outbox(self.shards.owned()))
-                self.outage.ok()
-                log.info("state store is back; reading again from the committed offsets")
-                return
-            except StoreError as again:
-                self.cache.clear()
-                exc = again
-                doing = "reconnecting"
-        log.error("stopping while the state store is down (%s): nothing more is committed", exc)
+        self.commits.forget()
+        if not self.outage.waiting:
+            self.outage.begin(exc, "writing a batch")
+
+    def _retry_store(self, timeout_s: float) -> None:
+        self.source.serve(self.outage.wait_s(timeout_s))
+        if not self.outage.due() or self.stop.is_set():
+            return
+        try:
+            self.store.reconnect()
+            for _t, shard in self.commits.rewind():
+                self.shards.reset(shard)  # its watermark comes back with the marks
+            self.publisher.republish(self.store.outbox(self.shards.owned()))
+        except StoreError as again:
+            self.cache.clear()
+            self.outage.begin(again, "reconnecting")
+            return
+        self.outage.ok()
+        log.info("state store is back; reading again from the committed offsets")

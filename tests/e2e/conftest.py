@@ -1,15 +1,22 @@
 """Fixtures for tests that run real `observer run` processes against the real stack.
 
-The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`) are the
-integration ones, imported from tests/integration/conftest.py (see there). Here:
+The stack fixtures (`stack`, `unique`, `admin`, `redis_client`, `create_topics`, `cluster_url`,
+`cluster`) are the integration ones, imported from tests/integration/conftest.py (see there).
+Here:
+
+- `observer_env`: the whole environment of a test's `observer run`: the stack, names under the
+  test's `unique` prefix, then the test's own settings.
 
 - `ObserverProcess`: one `observer run` subprocess, its stderr collected by a thread (each
   line with when it was read), its ops API port read from the start-up line, and what it owns
   at a given moment (from its log).
 - `coverage_restored`: when the processes alive together owned every shard and every source
   partition again after a moment (a kill): the recovery figures of the failover tests.
-- `observer_procs` (function): a list the test appends its processes to; every one still
-  running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test fails.
+- `observer_procs` (function): the test's processes (`ObserverProcesses`, a list):
+  `observer_procs.start(name, flow, env, *args)` starts one, lists it and waits until it is
+  ready (`ready=False`: not), `start_all(names, ...)` starts several side by side; every one
+  still running at the end is stopped by its pid (SIGTERM, then SIGKILL), also when the test
+  fails.
 - `figures` (function): lines a test records; they are printed in pytest's terminal summary
   (section "e2e figures"), so a passing run shows them too.
 
@@ -26,21 +33,34 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import admin, create_topics, redis_client, stack, unique
+from tests.integration.conftest import (
+    Stack,
+    admin,
+    cluster,
+    cluster_url,
+    create_topics,
+    redis_client,
+    stack,
+    unique,
+)
 
 __all__ = [
     "OBSERVER",
     "ObserverProcess",
+    "ObserverProcesses",
     "admin",
+    "cluster",
+    "cluster_url",
     "coverage_restored",
     "create_topics",
     "figures",
+    "observer_env",
     "observer_procs",
     "redis_client",
     "stack",
@@ -82,6 +102,32 @@ def figures(request: pytest.FixtureRequest) -> list[str]:
     lines: list[str] = []
     request.config.stash.setdefault(_FIGURES, []).append((request.node.nodeid, lines))
     return lines
+
+
+def observer_env(stack: Stack, unique: str, **settings: str | None) -> dict[str, str]:
+    """The whole environment of a test's `observer run`: this process's without any OBSERVER_
+    variable of the shell, the test stack (Kafka, Redis), the group, key prefix and output
+    topics named under `unique` (`<unique>-observer`, `<unique>:state`, `<unique>-alerts`,
+    `-outcomes`, `-dlq`; the test creates the topics it reads), the ops API on loopback; then
+    `settings` (full names, e.g. OBSERVER_SHARDS="8"; None leaves a default out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
+    env.update(
+        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
+        OBSERVER_REDIS_URL=stack.redis_url,
+        OBSERVER_GROUP_ID=f"{unique}-observer",
+        OBSERVER_KEY_PREFIX=f"{unique}:state",  # removed after the test by `redis_client`
+        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
+        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
+        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
+        OBSERVER_HTTP_HOST="127.0.0.1",
+    )
+    for name, value in settings.items():
+        assert name.startswith("OBSERVER_"), name
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 class ObserverProcess:
@@ -214,11 +260,37 @@ def coverage_restored(
         time.sleep(0.1)
 
 
+class ObserverProcesses(list[ObserverProcess]):
+    """The `observer run` processes of a test (the `observer_procs` fixture stops those still
+    running at the end). A process is listed before it is waited for, so a start that fails
+    leaves nothing running."""
+
+    def start(
+        self, name: str, flow: Path, env: dict[str, str], *args: str, ready: bool = True
+    ) -> ObserverProcess:
+        """Starts `observer run FLOW ARGS` with `env`; waits until it is ready unless told."""
+        p = ObserverProcess(name, flow, env, *args)
+        self.append(p)
+        if ready:
+            p.wait_ready()
+        return p
+
+    def start_all(
+        self, names: Sequence[str], flow: Path, env: dict[str, str], *args: str
+    ) -> list[ObserverProcess]:
+        """One process per name, all started before any is waited for (they start up side
+        by side); returns them once each is ready."""
+        procs = [self.start(name, flow, env, *args, ready=False) for name in names]
+        for p in procs:
+            p.wait_ready()
+        return procs
+
+
 @pytest.fixture
-def observer_procs(create_topics: object, redis_client: object) -> Iterator[list[ObserverProcess]]:
+def observer_procs(create_topics: object, redis_client: object) -> Iterator[ObserverProcesses]:
     """Processes to stop at the end (set up after the topics and the Redis cleanup, so stopped
     before those are torn down)."""
-    started: list[ObserverProcess] = []
+    started = ObserverProcesses()
     yield started
     for p in started:
         if p.running():

@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 
 from observer.flows.aliases import alias_flow
 from observer.runtime.shards import shard_of, slot_id
-from tests.e2e.conftest import OBSERVER, ObserverProcess
+from tests.e2e.conftest import OBSERVER, ObserverProcess, ObserverProcesses, observer_env
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = pytest.mark.timeout(240)
@@ -85,7 +85,7 @@ def test_events_via_an_alias_cross_processes_once_and_to_the_right_order(
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
@@ -93,26 +93,15 @@ def test_events_via_an_alias_cross_processes_once_and_to_the_right_order(
     create_topics([f"{unique}-{t}" for t in ("alerts", "outcomes", "dlq", "cmds")], 1)
     flow = tmp_path / "parcels.yaml"
     flow.write_text(FLOW.format(p=unique))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:state",
-        OBSERVER_GROUP_ID=f"{unique}-observer",
-        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
-        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
-        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
-        OBSERVER_HTTP_HOST="127.0.0.1",
+    env = observer_env(
+        stack,
+        unique,
         OBSERVER_SHARDS=str(SHARDS),
         OBSERVER_IDLE_GRACE_MS="300",
         OBSERVER_COMMIT_INTERVAL_MS="50",
         OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
     )
-    a = ObserverProcess("a", flow, env)
-    b = ObserverProcess("b", flow, env)
-    observer_procs += [a, b]
-    a.wait_ready()
-    b.wait_ready()
+    a, b = observer_procs.start_all(["a", "b"], flow, env)
     until = time.monotonic() + 60
     while (metric(a, "observer_owned_shards"), metric(b, "observer_owned_shards")) != (1.0, 1.0):
         assert time.monotonic() < until, f"the shards were never split: a {a.tail(5)}"

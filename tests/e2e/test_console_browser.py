@@ -6,7 +6,6 @@ tests/e2e/screenshots/ (not committed; docs/console.png is one of them)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from observer.flows.compiler import load_registry
-from tests.e2e.conftest import ObserverProcess
+from tests.e2e.conftest import ObserverProcesses, observer_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -153,7 +152,7 @@ def test_the_console_draws_the_flow_live_and_finds_an_instance(
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     browser_page: Any,
     tmp_path: Path,
 ) -> None:
@@ -162,24 +161,16 @@ def test_the_console_draws_the_flow_live_and_finds_an_instance(
     flow = tmp_path / "shipment.yaml"
     flow.write_text(FLOW.format(p=unique))
     steps = [s.name for s in load_registry([flow]).newest("shipment").steps]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:state",
-        OBSERVER_GROUP_ID=f"{unique}-observer",
-        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
-        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
-        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
+    env = observer_env(
+        stack,
+        unique,
         OBSERVER_HTTP_TOKEN=TOKEN,
         OBSERVER_SHARDS="4",
         OBSERVER_STATE_BUCKETS="8",
         OBSERVER_IDLE_GRACE_MS="300",
         OBSERVER_CONSOLE_REFRESH_MS="1000",
     )
-    proc = ObserverProcess("console", flow, env)
-    observer_procs.append(proc)
-    proc.wait_ready()
+    proc = observer_procs.start("console", flow, env)
     SHOTS.mkdir(exist_ok=True)
     page = browser_page
     base = f"http://127.0.0.1:{proc.port}/console"

@@ -12,7 +12,6 @@ generous limits: a process must recover at all).
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter
@@ -23,7 +22,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.e2e.conftest import ObserverProcess, coverage_restored
+from tests.e2e.conftest import ObserverProcess, ObserverProcesses, coverage_restored, observer_env
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,16 +61,12 @@ class Setup:
         create_topics([f"{unique}.{t}" for t in ("alerts", "outcomes", "dlq")], 1)
         self.flow = tmp / "failover.yaml"
         self.flow.write_text(FLOW.format(p=unique))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-        self.env.update(
-            OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-            OBSERVER_REDIS_URL=stack.redis_url,
-            OBSERVER_GROUP_ID=f"{unique}-observer",
-            OBSERVER_KEY_PREFIX=f"{unique}:obs",
+        self.env = observer_env(
+            stack,
+            unique,
             OBSERVER_ALERTS_TOPIC=f"{unique}.alerts",
             OBSERVER_OUTCOMES_TOPIC=f"{unique}.outcomes",
             OBSERVER_DLQ_TOPIC=f"{unique}.dlq",
-            OBSERVER_HTTP_HOST="127.0.0.1",
             OBSERVER_SHARDS=str(SHARDS),
             OBSERVER_INSTANCE_ID="obs-0",
         )
@@ -86,8 +81,8 @@ class Setup:
     def out(self, name: str) -> list[Record]:
         return consume_all(self.bootstrap, f"{self.prefix}.{name}", timeout=10)
 
-    def start(self, name: str) -> ObserverProcess:
-        return ObserverProcess(name, self.flow, self.env)
+    def start(self, procs: ObserverProcesses, name: str, ready: bool = True) -> ObserverProcess:
+        return procs.start(name, self.flow, self.env, ready=ready)
 
 
 def wait_for(what: Any, timeout: float, message: str) -> Any:
@@ -124,14 +119,12 @@ def test_a_killed_process_restarted_with_its_instance_id_alerts_within_the_windo
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
     s = Setup(stack, unique, create_topics, tmp_path)
-    first = s.start("first")
-    observer_procs.append(first)
-    first.wait_ready()
+    first = s.start(observer_procs, "first")
     wait_for(lambda: owns_everything(first), 60, "the first process to own every shard")
     run = uuid.uuid4().hex[:6]
     unpaid, paid, paid_later = f"unpaid-{run}", f"paid-{run}", f"paid-later-{run}"
@@ -142,8 +135,7 @@ def test_a_killed_process_restarted_with_its_instance_id_alerts_within_the_windo
     time.sleep(2.0)  # the scenario: the process dies 2 s into the 6 s window
     first.kill()
     killed = time.monotonic()
-    again = s.start("again")  # at once, with the same OBSERVER_INSTANCE_ID
-    observer_procs.append(again)
+    again = s.start(observer_procs, "again", ready=False)  # at once, the same INSTANCE_ID
     s.send("Paid", paid_later, t0 + 1000)
     owned_after = coverage_restored([again], killed, SHARDS, 2 * PARTITIONS, timeout=60)
     assert owned_after is not None, (
@@ -171,17 +163,14 @@ def test_two_processes_with_one_instance_id_never_share_a_shard(
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
     s = Setup(stack, unique, create_topics, tmp_path)
-    older = s.start("older")
-    observer_procs.append(older)
-    older.wait_ready()
+    older = s.start(observer_procs, "older")
     wait_for(lambda: owns_everything(older), 60, "the older process to own every shard")
-    newer = s.start("newer")  # a mistake: the same OBSERVER_INSTANCE_ID
-    observer_procs.append(newer)
+    newer = s.start(observer_procs, "newer", ready=False)  # a mistake: the same INSTANCE_ID
     started = time.monotonic()
     wait_for(lambda: not older.running(), 60, "the older process to stop")
     stopped_after = time.monotonic() - started

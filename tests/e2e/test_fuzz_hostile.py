@@ -21,7 +21,6 @@ Takes about 40 s in all.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import Counter
@@ -38,9 +37,9 @@ from observer import jsonexact
 from observer.cli import main
 from observer.replay import run_replay
 from observer.topics import Topics
-from tests.e2e.conftest import ObserverProcess
+from tests.e2e.conftest import ObserverProcesses, observer_env
 from tests.e2e.fuzz.harness import wait_for
-from tests.e2e.fuzz.hostile import Sent, flow_files, records
+from tests.e2e.fuzz.hostile import HANDWRITTEN, Sent, flow_files, records
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -123,14 +122,18 @@ def _oracle(folder: Path, events: Path, until: int, topics: Topics, cmds: str) -
 
 
 def _live(
-    stack: Any, env: dict[str, str], folder: Path, want: dict[str, Counter[str]], crash: bool
-) -> tuple[dict[str, list[Record]], int, list[ObserverProcess]]:
+    stack: Any,
+    env: dict[str, str],
+    folder: Path,
+    want: dict[str, Counter[str]],
+    crash: bool,
+    procs: ObserverProcesses,
+) -> tuple[dict[str, list[Record]], int]:
     """One `observer run` until it published every record replay says it must (`crash`: it is
     killed with SIGKILL once its first dead letter is out, and started again); what it
-    published, its largest RSS (KB) and the processes."""
-    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", env["GROUP"])
-    procs = [ObserverProcess("observer", folder, env, *args)]
-    procs[0].wait_ready()
+    published and its largest RSS (KB); the processes are added to `procs`."""
+    args = ("--bootstrap-servers", stack.bootstrap_servers, "--group-id", env["OBSERVER_GROUP_ID"])
+    started = [procs.start("observer", folder, env, *args)]
     got: dict[str, list[Record]] = {}
     rss = 0
 
@@ -142,17 +145,17 @@ def _live(
     if crash:
         dlq = list(want)[2]
         dead = lambda: consume_all(stack.bootstrap_servers, dlq, timeout=1)  # noqa: E731
-        wait_for(dead, 60, "a first dead letter", procs[0])
-        rss = _rss_kb(procs[0].pid)
-        assert procs[0].kill() == -9
-        procs.append(ObserverProcess("observer-again", folder, env, *args))
-        procs[1].wait_ready()
-    wait_for(everything, 120, "every record replay publishes", procs[-1])
-    rss = max(rss, _rss_kb(procs[-1].pid))
-    assert procs[-1].running(), procs[-1].tail()
-    assert procs[-1].stop() == 0, procs[-1].tail()
-    assert all("Traceback" not in p.log for p in procs)
-    return got, rss, procs
+        wait_for(dead, 60, "a first dead letter", started[0])
+        rss = _rss_kb(started[0].pid)
+        assert started[0].kill() == -9
+        started.append(procs.start("observer-again", folder, env, *args))
+    last = started[-1]
+    wait_for(everything, 120, "every record replay publishes", last)
+    rss = max(rss, _rss_kb(last.pid))
+    assert last.running(), last.tail()
+    assert last.stop() == 0, last.tail()
+    assert all("Traceback" not in p.log for p in started)
+    return got, rss
 
 
 @pytest.mark.parametrize(("routing", "crash"), [("keyed", False), ("direct", True)])
@@ -163,7 +166,7 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     unique: str,
     tmp_path: Path,
     create_topics: Callable[..., list[str]],
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     figures: list[str],
 ) -> None:
     source, cmds, alerts, dlq, outcomes = (
@@ -172,11 +175,13 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     create_topics([source], 1, {"max.message.bytes": "4000000"})  # megabyte source records
     create_topics([cmds, alerts, dlq, outcomes], 1)
     rng = random.Random(SEED)
-    texts = [t.replace("SOURCE", source).replace("CMDS", cmds) for t in flow_files(rng, FLOWS)]
+    flows = [HANDWRITTEN, *flow_files(rng, FLOWS)]
+    texts = [t.replace("SOURCE", source).replace("CMDS", cmds) for t in flows]
     folder = tmp_path / "flows"
     folder.mkdir()
     accepted, refused, slowest = _validate(texts, folder)
     assert len(accepted) >= 4 and refused >= 4, (len(accepted), refused)
+    assert folder / "gen0.yaml" in accepted  # the hand-written flow
 
     t0 = (time.time_ns() // 1_000_000) - 600_000  # ten minutes ago: every window has passed
     gen = records(rng, t0, ORDERS, ORPHANS)
@@ -187,14 +192,17 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
     want = {t: Counter(ln["headers"]["observer-id"] for ln in lns) for t, lns in expected.items()}
     assert all(n == 1 for ids in want.values() for n in ids.values())  # distinct ids
     assert any("action_errors" in ln["value"] for ln in expected[alerts])
+    handwritten = {t: [ln for ln in lns if _of_handwritten(ln)] for t, lns in expected.items()}
+    assert len(handwritten[alerts]) > 60, len(handwritten[alerts])
+    assert len(handwritten[cmds]) > 40 and len(handwritten[dlq]) > 20, handwritten[dlq][:3]
+    assert any("action_errors" in ln["value"] for ln in handwritten[alerts])
     bad = sum(1 for s in gen.records if s.what not in ("order", "orphan"))
 
     _produce(stack.bootstrap_servers, source, gen.records)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        GROUP=f"{unique}-g",
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:obs",
+    env = observer_env(
+        stack,
+        unique,
+        OBSERVER_GROUP_ID=f"{unique}-g",
         OBSERVER_ALERTS_TOPIC=alerts,
         OBSERVER_OUTCOMES_TOPIC=outcomes,
         OBSERVER_DLQ_TOPIC=dlq,
@@ -205,8 +213,7 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
         OBSERVER_LEASE_TTL_MS="8000",
     )
     started = time.perf_counter()
-    got, rss_kb, procs = _live(stack, env, folder, want, crash)
-    observer_procs.extend(procs)
+    got, rss_kb = _live(stack, env, folder, want, crash, observer_procs)
     live_s = time.perf_counter() - started
     repeats = _check_same(expected, got, want, gen.records, crash)
     lost = sum(len(set(want[t]) - set(_ids(got[t]))) for t in want)
@@ -222,6 +229,18 @@ def test_generated_flows_and_records_never_stop_the_observer_nor_lose_a_record(
         f"observer's largest RSS "
         f"{rss_kb // 1024} MB"
     )
+
+
+def _of_handwritten(line: dict[str, Any]) -> bool:
+    """A record of the hand-written flow: its alerts and action dead letters name it, its
+    commands say `by: hostile`."""
+    value = line["value"]
+    if isinstance(value, str):  # a dead letter's value as text: an action's is JSON
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(value, dict) and "hostile" in (value.get("flow"), value.get("by"))
 
 
 def _check_same(

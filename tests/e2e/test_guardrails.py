@@ -23,7 +23,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.e2e.conftest import OBSERVER, ObserverProcess
+from tests.e2e.conftest import OBSERVER, ObserverProcess, ObserverProcesses, observer_env
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = pytest.mark.timeout(240)
@@ -111,7 +111,7 @@ def test_an_outage_seen_by_two_processes_opens_one_incident_and_holds_across_a_k
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
@@ -119,16 +119,9 @@ def test_an_outage_seen_by_two_processes_opens_one_incident_and_holds_across_a_k
     create_topics([f"{unique}-{t}" for t in ("alerts", "outcomes", "dlq", "cmds")], partitions=1)
     flow = tmp_path / "outage.yaml"
     flow.write_text(FLOW.format(p=unique))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:state",
-        OBSERVER_GROUP_ID=f"{unique}-observer",
-        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
-        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
-        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
-        OBSERVER_HTTP_HOST="127.0.0.1",
+    env = observer_env(
+        stack,
+        unique,
         OBSERVER_HTTP_TOKEN=TOKEN,
         OBSERVER_SHARDS="8",
         OBSERVER_IDLE_GRACE_MS="300",
@@ -137,10 +130,7 @@ def test_an_outage_seen_by_two_processes_opens_one_incident_and_holds_across_a_k
         OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    procs = [ObserverProcess(name, flow, env) for name in ("a", "b")]
-    observer_procs.extend(procs)
-    for p in procs:
-        p.wait_ready()
+    procs = observer_procs.start_all(["a", "b"], flow, env)
     deadline = time.monotonic() + 60
     while min(owned_shards(p) for p in procs) == 0:
         assert time.monotonic() < deadline, "the shards were never split between a and b"

@@ -6,7 +6,6 @@ exactly once across the group, and no step that came is reported missing."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
@@ -19,7 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.e2e.conftest import ObserverProcess
+from tests.e2e.conftest import ObserverProcess, ObserverProcesses, observer_env
 from tests.integration.kafka_helpers import Record, consume_all
 
 pytestmark = pytest.mark.timeout(300)
@@ -88,7 +87,7 @@ def test_two_processes_share_the_work_and_each_deadline_fires_once(
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
@@ -96,29 +95,18 @@ def test_two_processes_share_the_work_and_each_deadline_fires_once(
     create_topics([f"{unique}-alerts", f"{unique}-outcomes", f"{unique}-dlq"], partitions=1)
     flow = tmp_path / "scale.yaml"
     flow.write_text(FLOW.format(p=unique))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{unique}:state",
-        OBSERVER_GROUP_ID=f"{unique}-observer",
-        OBSERVER_ALERTS_TOPIC=f"{unique}-alerts",
-        OBSERVER_OUTCOMES_TOPIC=f"{unique}-outcomes",
-        OBSERVER_DLQ_TOPIC=f"{unique}-dlq",
-        OBSERVER_HTTP_HOST="127.0.0.1",
+    env = observer_env(
+        stack,
+        unique,
         OBSERVER_SHARDS="8",
         OBSERVER_IDLE_GRACE_MS="300",
         OBSERVER_TICK_INTERVAL_MS="20",
         OBSERVER_COMMIT_INTERVAL_MS="50",
         OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
     )
-    a = ObserverProcess("a", flow, env)
-    observer_procs.append(a)
-    a.wait_ready()
+    a = observer_procs.start("a", flow, env)
     produce_orders(stack.bootstrap_servers, unique, 0, ORDERS // 3)
-    b = ObserverProcess("b", flow, env)
-    observer_procs.append(b)
-    b.wait_ready()
+    b = observer_procs.start("b", flow, env)
     produce_orders(stack.bootstrap_servers, unique, ORDERS // 3, 2 * ORDERS // 3)
     deadline = time.monotonic() + 60
     while (

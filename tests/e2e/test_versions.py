@@ -5,7 +5,6 @@ and the v1 instances finish on v1's window and action with `version: 1`."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from observer.timefmt import format_time
-from tests.e2e.conftest import OBSERVER, ObserverProcess
+from tests.e2e.conftest import OBSERVER, ObserverProcess, ObserverProcesses, observer_env
 from tests.e2e.test_scale_out import metric
 from tests.integration.kafka_helpers import Record, consume_all
 
@@ -89,7 +88,7 @@ def test_a_version_deployed_to_a_running_group_reaches_every_process_and_spares_
     stack: Any,
     unique: str,
     create_topics: Any,
-    observer_procs: list[ObserverProcess],
+    observer_procs: ObserverProcesses,
     tmp_path: Path,
     figures: list[str],
 ) -> None:
@@ -99,24 +98,14 @@ def test_a_version_deployed_to_a_running_group_reaches_every_process_and_spares_
     v1, v2 = tmp_path / "vers-v1.yaml", tmp_path / "vers-v2.yaml"
     v1.write_text(V1.format(p=p))
     v2.write_text(V2.format(p=p))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
-    env.update(
-        OBSERVER_BOOTSTRAP_SERVERS=stack.bootstrap_servers,
-        OBSERVER_REDIS_URL=stack.redis_url,
-        OBSERVER_KEY_PREFIX=f"{p}:state",
-        OBSERVER_GROUP_ID=f"{p}-observer",
-        OBSERVER_ALERTS_TOPIC=f"{p}-alerts",
-        OBSERVER_OUTCOMES_TOPIC=f"{p}-outcomes",
-        OBSERVER_DLQ_TOPIC=f"{p}-dlq",
+    env = observer_env(
+        stack,
+        unique,
         OBSERVER_SHARDS="8",
         OBSERVER_IDLE_GRACE_MS="300",
         OBSERVER_KAFKA_SESSION_TIMEOUT_MS="6000",
     )
-    a = ObserverProcess("a", v1, env)
-    b = ObserverProcess("b", v1, env)
-    observer_procs += [a, b]
-    a.wait_ready()
-    b.wait_ready()
+    a, b = observer_procs.start_all(["a", "b"], v1, env)
     deadline = time.monotonic() + 60
     while min(metric(a, "observer_owned_shards"), metric(b, "observer_owned_shards")) == 0:
         assert time.monotonic() < deadline, "the shards were never split between a and b"

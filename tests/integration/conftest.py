@@ -7,6 +7,9 @@
   and Redis keys, e.g. `f"{unique}-orders"`, `f"{unique}:state"`.
 - `admin`, `redis_client`, `create_topics`: clients on the stack; topics made by `create_topics`
   and Redis keys under `f"{unique}:"` are removed after the test.
+- `cluster_url` (session), `cluster` (function): the Redis Cluster of `ops/stack start
+  redis-cluster` (started on demand, or OBSERVER_REDIS_CLUSTER_URL), a client on it that
+  removes the keys under `unique` after the test.
 
 Every test collected under tests/integration/ gets the `integration` marker and, unless it sets
 its own, a 120 s `timeout` marker.
@@ -21,15 +24,18 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from redis.cluster import RedisCluster
 
 from .kafka_helpers import wait_for_topics
 
@@ -230,3 +236,52 @@ def schema_registry() -> Iterator[str]:
     if not running:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             _run_ops_stack(["stop", "registry"], timeout=120)
+
+
+CLUSTER_PORT = int(os.environ.get("OBSERVER_REDIS_CLUSTER_PORT", "7000"))
+CLUSTER_NODES = 3  # ops/stack-cluster.sh
+
+
+def _cluster_ok(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+        info: dict[str, Any] = client.cluster("INFO")  # type: ignore[no-untyped-call]
+        client.close()
+        return str(info.get("cluster_state")) == "ok"
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def cluster_url(stack: Stack) -> Iterator[str]:
+    """redis+cluster:// URL of the test cluster (OBSERVER_REDIS_CLUSTER_URL, or ops/stack's,
+    started when it does not answer and then stopped at the end of the session)."""
+    given = os.environ.get("OBSERVER_REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    nodes = [f"redis://127.0.0.1:{CLUSTER_PORT + i}/0" for i in range(CLUSTER_NODES)]
+    started = not _cluster_ok(nodes[0])
+    if started:
+        stack.ops_stack("start", "redis-cluster")
+    # every node says ok (gossip may take a moment after the first one does), with a bound
+    deadline = time.monotonic() + 30
+    while not all(_cluster_ok(n) for n in nodes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_cluster_ok(n) for n in nodes), "the redis-cluster of ops/stack is not ok"
+    yield f"redis+cluster://127.0.0.1:{CLUSTER_PORT}"
+    if started:
+        stack.ops_stack("stop", "redis-cluster")
+
+
+@pytest.fixture
+def cluster(cluster_url: str, unique: str) -> Iterator[RedisCluster]:
+    """A client of the cluster; every key under f"{unique}" is deleted afterwards."""
+    port = int(cluster_url.rsplit(":", 1)[1])
+    client = RedisCluster(host="127.0.0.1", port=port)
+    yield client
+    for node in client.get_primaries():
+        conn = client.get_redis_connection(node)
+        for key in conn.scan_iter(match=f"{unique}*", count=1000):
+            conn.delete(key)
+    client.close()

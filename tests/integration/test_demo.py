@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,28 +47,23 @@ def flow_file(tmp_path: Path, unique: str, admin: AdminClient) -> Iterator[Path]
                 fut.result(30)
 
 
-def test_every_injected_fault_is_detected(
-    stack: Stack, unique: str, flow_file: Path, tmp_path: Path, redis_client: redis.Redis
-) -> None:
-    summary_file = tmp_path / "summary.json"
+def _run_demo(
+    stack: Stack, unique: str, flow_file: Path, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m demo --plain ARGS` on the test's stack, topics and key prefix."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBSERVER_")}
     env.update(
         OBSERVER_ALERTS_TOPIC=f"{unique}.observer.alerts",
         OBSERVER_OUTCOMES_TOPIC=f"{unique}.observer.outcomes",
         OBSERVER_DLQ_TOPIC=f"{unique}.observer.dlq",
     )
-    done = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "demo",
             "--plain",
-            "--orders",
-            "20",
-            "--seed",
-            "7",
-            "--rate",
-            "5",
+            *args,
             "--flow",
             str(flow_file),
             "--bootstrap-servers",
@@ -79,13 +75,22 @@ def test_every_injected_fault_is_detected(
             "--run-dir",
             str(tmp_path / "run"),
             "--summary-json",
-            str(summary_file),
+            str(tmp_path / "summary.json"),
         ],
         env=env,
         capture_output=True,
         text=True,
         timeout=200,
         check=False,
+    )
+
+
+def test_every_injected_fault_is_detected(
+    stack: Stack, unique: str, flow_file: Path, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    summary_file = tmp_path / "summary.json"
+    done = _run_demo(
+        stack, unique, flow_file, tmp_path, "--orders", "20", "--seed", "7", "--rate", "5"
     )
     out = done.stdout
     assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr}\n" + _log(tmp_path)
@@ -133,3 +138,64 @@ def test_every_injected_fault_is_detected(
 def _log(tmp_path: Path) -> str:
     log = tmp_path / "run" / "observer.log"
     return log.read_text()[-4000:] if log.exists() else "(no observer log)"
+
+
+def test_an_outage_opens_an_incident_and_holds_actions(
+    stack: Stack, unique: str, flow_file: Path, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """payments down 18 s from 1 s: the flow (no guardrails of its own) runs as a guarded
+    copy; one incident per (kind, step) opens and resolves, the orders' compensations are held
+    in Redis and never published, and all of it is what the engine does (about 35 s)."""
+    no_faults = [f"--{name}" for name in ("slow-payments", "lost-events", "payment-failures")]
+    no_faults += ["--duplicates", "--out-of-orders"]
+    done = _run_demo(
+        stack,
+        unique,
+        flow_file,
+        tmp_path,
+        "--orders",
+        "10",
+        "--seed",
+        "7",
+        "--rate",
+        "3",
+        "--outage",
+        "payments:18s@1s",
+        *[arg for flag in no_faults for arg in (flag, "0")],
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr}\n" + _log(tmp_path)
+    assert "has no guardrails: the observer runs a copy" in out
+    assert (tmp_path / "run" / "checkout.guarded.yaml").exists()
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] and summary["incidents_ok"], out
+    assert summary["outage_hit"] == summary["by_fault"]["outage"]["as_expected"] > 0
+    opened = {(i["deviation"], i["step"]) for i in summary["incidents"] if i["kind"] == "incident"}
+    resolved = {
+        (i["deviation"], i["step"])
+        for i in summary["incidents"]
+        if i["kind"] == "incident_resolved"
+    }
+    assert ("missing", "paid") in opened and opened == resolved
+    assert summary["held"] == summary["held_expected"] > 0
+    # held, not published: no order with a held CancelOrder was cancelled by the observer
+    assert len(re.findall(r" INCIDENT ", out)) == len(summary["incidents"])
+    assert summary["commands"].get("CancelOrder", 0) == 4  # only those before the incident
+
+    # the printed command works as printed, and lists what the summary counts
+    line = next(
+        ln.strip() for ln in out.splitlines() if ln.strip().startswith("observer actions list")
+    )
+    argv = shlex.split(line)
+    listed = subprocess.run(
+        [sys.executable, "-m", "observer.cli", *argv[1:], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    held = [json.loads(x) for x in listed.stdout.splitlines()]
+    assert len(held) == summary["held"]
+    assert {h["action"] for h in held} >= {"cancel_order", "release_stock"}
+    assert all(h["reason"] == "incident" for h in held)

@@ -107,3 +107,54 @@ def test_a_consumer_fenced_by_its_instance_id_loses_its_partitions_and_stops(
     second.commit({(topic, 0): 2}, wait=True)
     assert committed(stack.bootstrap_servers, unique, topic, 4)[0] == 2
     assert second_seen.events == [("assigned", everything)]
+
+
+def test_a_fenced_consumer_whose_instance_id_nobody_holds_rejoins(
+    stack: Any, unique: str, create_topics: Callable[..., list[str]], sources: list[Any]
+) -> None:
+    """The fence a consumer brings on itself (a commit from before a rejoin, librdkafka #3437)
+    leaves no other member with its instance id: then the adapter reports its partitions
+    lost, creates the consumer again and rejoins, rather than stopping the process. Here the
+    member that took the id over is gone (closed, its session ended) when the fenced one
+    looks, which is what the group coordinator shows after a self-inflicted fence."""
+    from observer.adapters.kafka.consumer import instance_holders
+
+    (topic,) = create_topics(f"{unique}-src", partitions=4)
+    config = ObserverConfig.load(
+        {"bootstrap_servers": stack.bootstrap_servers, "group_id": unique, "instance_id": "obs-1"},
+        {},
+    )
+    settings = config.consumer_settings()
+    everything = sorted((topic, p) for p in range(4))
+    first, first_seen = KafkaEventSource(settings), Recorder()
+    sources.append(first)
+    first.subscribe([topic], first_seen)
+    poll_until(first, lambda: sorted(first_seen.owned) == everything)
+    first.commit({(topic, 0): 1}, wait=True)
+    assert instance_holders(settings, unique, "obs-1-router") == {first._consumer.memberid()}
+
+    second, second_seen = KafkaEventSource(settings), Recorder()
+    second.subscribe([topic], second_seen)
+    poll_until(second, lambda: sorted(second_seen.owned) == everything)
+    taken = instance_holders(settings, unique, "obs-1-router")
+    assert taken is not None and taken != {first._consumer.memberid()}
+    deadline = time.monotonic() + 30  # its heartbeat was fenced: served, not yet acted on
+    while first._fatal is None:
+        assert time.monotonic() < deadline, "the first consumer was never fenced"
+        for m in first._consumer.consume(num_messages=1, timeout=0.2):
+            if m.error() is not None:
+                first._message_error(m.error(), m)  # the fence arrives as a message error
+    second.close()  # a static member stays in the group until its session ends
+    deadline = time.monotonic() + 60
+    while instance_holders(settings, unique, "obs-1-router"):
+        assert time.monotonic() < deadline, "the closed member's session never ended"
+        time.sleep(0.5)
+
+    poll_until(first, lambda: len(first_seen.events) == 3, timeout=60)  # lost, assigned
+    assert first_seen.events == [
+        ("assigned", everything),
+        ("lost", everything),
+        ("assigned", everything),
+    ]
+    first.commit({(topic, 0): 2}, wait=True)  # the new consumer is the member now
+    assert committed(stack.bootstrap_servers, unique, topic, 4)[0] == 2

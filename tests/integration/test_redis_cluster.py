@@ -5,10 +5,8 @@ on it end to end, in both routings."""
 
 from __future__ import annotations
 
-import os
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,53 +26,6 @@ from tests.integration.harness import Harness, now_ms, outcome_of
 from tests.integration.test_store_contract import BUCKETS, CAP, SHARDS, T0, random_batch
 
 pytestmark = pytest.mark.timeout(180)
-
-CLUSTER_PORT = int(os.environ.get("OBSERVER_REDIS_CLUSTER_PORT", "7000"))
-
-
-def _cluster_ok(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-        info: dict[str, Any] = client.cluster("INFO")  # type: ignore[no-untyped-call]
-        client.close()
-        return str(info.get("cluster_state")) == "ok"
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def cluster_url(stack: Any) -> Iterator[str]:
-    """redis+cluster:// URL of the test cluster (OBSERVER_REDIS_CLUSTER_URL, or ops/stack's,
-    started when it does not answer and then stopped at the end of the session)."""
-    given = os.environ.get("OBSERVER_REDIS_CLUSTER_URL")
-    if given:
-        yield given
-        return
-    nodes = [f"redis://127.0.0.1:{CLUSTER_PORT + i}/0" for i in range(3)]
-    started = not _cluster_ok(nodes[0])
-    if started:
-        stack.ops_stack("start", "redis-cluster")
-    # every node says ok (gossip may take a moment after the first one does), with a bound
-    deadline = time.monotonic() + 30
-    while not all(_cluster_ok(n) for n in nodes) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert all(_cluster_ok(n) for n in nodes), "the redis-cluster of ops/stack is not ok"
-    yield f"redis+cluster://127.0.0.1:{CLUSTER_PORT}"
-    if started:
-        stack.ops_stack("stop", "redis-cluster")
-
-
-@pytest.fixture
-def cluster(cluster_url: str, unique: str) -> Iterator[RedisCluster]:
-    """A client of the cluster; every key under f"{unique}" is deleted afterwards."""
-    port = int(cluster_url.rsplit(":", 1)[1])
-    client = RedisCluster(host="127.0.0.1", port=port)
-    yield client
-    for node in client.get_primaries():
-        conn = client.get_redis_connection(node)
-        for key in conn.scan_iter(match=f"{unique}*", count=1000):
-            conn.delete(key)
-    client.close()
 
 
 def test_key_slots_are_the_clusters(cluster: RedisCluster) -> None:
@@ -215,3 +166,46 @@ def test_pausing_actions_is_refused_on_a_cluster(cluster_url: str, unique: str) 
         assert port.paused() == {}
     finally:
         port.close()
+
+
+def test_the_console_reads_its_counts_and_slots_on_a_cluster(
+    cluster_url: str, unique: str, cluster: RedisCluster
+) -> None:
+    """The console's reads (`RedisConsoleStore`) follow the slot map: slots of every shard on
+    every master, the open instances summed over the shards' own counts, the shared count."""
+    from observer.adapters.redis.console import RedisConsoleStore
+    from observer.adapters.redis.keys import encode_key, pack_value
+    from observer.adapters.redis.tally import RedisTally
+    from observer.redis_settings import parse_redis_url
+
+    prefix = f"{unique}:state"
+    settings = parse_redis_url(cluster_url)
+    keys = Keys(prefix, 16, 8)
+    written = {f"o-{i}": f"state {i}".encode() for i in range(40)}
+    for key, value in written.items():
+        sid = slot_id("shop", key)
+        cluster.hset(keys.bucket(keys.shard_of(sid), sid), encode_key(key), pack_value(None, value))
+    nodes = {cluster.get_node_from_key(keys.shard_stats(s)).name for s in range(16)}
+    assert len(nodes) == 3  # the shards' keys are on every master
+    for shard in range(16):
+        cluster.hset(keys.shard_stats(shard), "open:shop", 2)
+    cluster.hset(keys.stats(), "open:shop", 1)
+    store = RedisConsoleStore(settings, prefix, shards=16, buckets=8)
+    tally = RedisTally(settings, prefix)
+    try:
+        assert dict(store.slots("shop", 1000)) == written
+        assert store.open_counts() == {"shop": 33}
+        minute = 29_000_000
+        tally.add(
+            {minute: {("slo", "shop", "good", ""): 3}, minute + 1: {("slo", "shop", "bad", ""): 1}}
+        )
+        assert store.tally(minute, minute + 1) == {
+            minute: {("slo", "shop", "good", ""): 3},
+            minute + 1: {("slo", "shop", "bad", ""): 1},
+        }
+        assert store.claim_count("shop", 60_000) and not store.claim_count("shop", 60_000)
+        store.store_waiting("shop", b'{"n": 1}', 60_000)
+        assert store.cached_waiting("shop") == b'{"n": 1}'
+    finally:
+        store.close()
+        tally.close()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from demo.faults import BLOCK, DEFAULT_RATES, Fault, FaultPlanner
+from demo.faults import BLOCK, DEFAULT_RATES, PLANNED, Fault, FaultPlanner
 
 
 def faults(seed: int, n: int, rates: dict[Fault, float] | None = None) -> list[Fault | None]:
@@ -28,7 +28,7 @@ def test_an_order_fault_does_not_depend_on_which_orders_were_asked_before() -> N
 
 def test_default_rates_show_every_fault_twice_in_twenty_orders() -> None:
     counts = Counter(faults(7, 20))
-    assert {f: counts[f] for f in Fault} == dict.fromkeys(Fault, 2)
+    assert {f: counts[f] for f in PLANNED} == dict.fromkeys(PLANNED, 2)
     assert counts[None] == 10
 
 
@@ -54,11 +54,11 @@ def test_bad_rates_are_refused(rates: dict[Fault, float]) -> None:
 
 @given(
     st.integers(0, 10_000),
-    st.lists(st.floats(0, 1), min_size=len(Fault), max_size=len(Fault)).filter(
+    st.lists(st.floats(0, 1), min_size=len(PLANNED), max_size=len(PLANNED)).filter(
         lambda r: sum(r) <= 1
     ),
 )
 def test_every_block_holds_exactly_its_orders(seed: int, shares: list[float]) -> None:
-    planner = FaultPlanner(seed, dict(zip(Fault, shares, strict=True)))
+    planner = FaultPlanner(seed, dict(zip(PLANNED, shares, strict=True)))
     for index in range(3):
         assert len(planner.block(index)) == BLOCK

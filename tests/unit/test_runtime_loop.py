@@ -196,7 +196,9 @@ def test_a_crash_that_loses_confirmed_writes_is_repaired_from_the_committed_offs
     assert obs.state("o-1") is not None and obs.keyed_committed() == {}
     obs.store.crash(down_for=3)  # nothing was synced: the write of o-1 is lost
     assert obs.state("o-1") is None
-    obs.turn(5)  # the next request fails; reconnect, read the keyed partitions again
+    # the next requests fail; the loop goes on (0.1 + 0.2 + 0.4 s of backoff), reconnects and
+    # reads the keyed partitions again
+    obs.turn(20)
     assert obs.state("o-1") is not None
     assert obs.runtime.health.redis_ok and obs.metrics.store_errors._value.get() >= 3
     obs.turn(1, seconds=11.0)
@@ -218,6 +220,36 @@ def test_a_write_that_fails_is_redone_and_its_records_published_once(
     assert len(obs.out("cmds")) == 1
     assert obs.store.outbox_entries() == {}
     assert obs.metrics.store_errors._value.get() >= 1 and obs.runtime.health.redis_ok
+
+
+def test_a_rebalance_during_a_store_outage_does_not_wait_for_the_store(obs: Observer) -> None:
+    """While the store is down the tracker still serves its consumer: a revocation completes
+    (another process can own the shards meanwhile), nothing written since the last commit is
+    committed, and once the store answers the kept partitions are read again."""
+    keys = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    for k in keys:
+        obs.send("orders", "Placed", k)
+    obs.turn(4)
+    keyed = obs.world.config.keyed_topic_name()
+    source = obs.world.keyed_source
+    assert source is not None and obs.keyed_committed() == {}
+    obs.store.available = False
+    obs.store.crash(down_for=0)  # the unsynced writes are lost
+    obs.turn(3)
+    assert not obs.runtime.health.redis_ok
+    source.revoke([(keyed, 0), (keyed, 1)])
+    obs.turn(2)  # served while the store is still down
+    assert obs.runtime.tracker.shards.owned() == [2, 3]
+    assert obs.keyed_committed() == {}  # the lost writes' offsets are not committed
+    assert not obs.runtime.health.redis_ok
+    obs.store.available = True
+    for _ in range(100):  # the next attempt (backoff) reconnects and reads 2 and 3 again
+        obs.turn(1)
+        if obs.runtime.health.redis_ok:
+            break
+    obs.turn(4)
+    kept = [k for k in keys if shard_of(slot_id("shop", k), SHARDS) in (2, 3)]
+    assert kept and all(obs.state(k) is not None for k in kept)
 
 
 def test_a_revoked_shard_is_committed_and_a_lost_one_is_not(obs: Observer) -> None:

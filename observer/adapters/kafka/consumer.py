@@ -9,6 +9,13 @@ is the fence of static membership: another process joined the group with this pr
 `group.instance.id` (OBSERVER_INSTANCE_ID given to two running processes) and Kafka handed it
 this member's partitions. The partitions are then reported *lost* to the listener (nothing of
 them is committed, their shards are no longer processed here) before `poll` raises.
+
+Except when the consumer fenced itself: after a session timeout (a broker away for longer than
+`session.timeout.ms`), a commit queued with the old member id can reach the broker after the
+consumer rejoined under a new one, and the broker fences the instance (librdkafka #3437). Then
+no other member holds the instance id (the group says so), and the consumer is created again
+and rejoins instead of stopping the process; at most once a minute, so two processes given
+the same id still stop rather than take the member from each other forever.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from observer.errors import ObserverError
 from observer.ingest import SourceRecord
@@ -34,6 +42,9 @@ _QUIET = {KafkaError._PARTITION_EOF}
 # librdkafka hands a fatal error to `consume` as a message error with this code (its own
 # `fatal()` is false); the broker's error is in the text
 _FATAL = KafkaError._FATAL
+_RESTART_EVERY_S = 60.0  # a fenced consumer is created again at most this often
+# settings an admin client shares with the consumer (where and how to connect)
+_CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.id", "socket.", "broker.")
 
 
 class KafkaEventSource:
@@ -48,10 +59,13 @@ class KafkaEventSource:
         conf["error_cb"] = self._on_error
         conf["on_commit"] = self._on_commit
         conf["logger"] = logging.getLogger("observer.kafka.consumer")
+        self._conf = conf
         try:
             self._consumer = Consumer(conf)
         except KafkaException as exc:
             raise ObserverError(f"cannot create the Kafka consumer: {exc}") from exc
+        self._topics: list[str] = []
+        self._restarted_at = -_RESTART_EVERY_S
         self._listener: RebalanceListener | None = None
         self._down_since: float | None = None
         self._last_error_log = 0.0
@@ -98,8 +112,9 @@ class KafkaEventSource:
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._listener = listener
+        self._topics = list(topics)
         self._consumer.subscribe(
-            list(topics), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost
+            self._topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost
         )
 
     @staticmethod
@@ -134,6 +149,16 @@ class KafkaEventSource:
         instance = self._settings.get("group.instance.id")
         reason = reason.split(": Fatal consumer error:")[0]  # librdkafka says it twice
         if instance and ("instance" in reason.lower() or "fenced" in reason.lower()):
+            if self._fenced_itself(str(group), str(instance)):
+                log.warning(
+                    "Kafka: group %s: %s, but no other member holds the instance id %s (a commit "
+                    "from before a rejoin fenced it): rejoining with a new consumer",
+                    group,
+                    reason,
+                    instance,
+                )
+                self._restart()
+                return
             raise ObserverError(
                 f"Kafka: group {group}: {reason}. Another process runs with the same instance "
                 f"id ({instance}; OBSERVER_INSTANCE_ID must be unique per running process, "
@@ -141,6 +166,34 @@ class KafkaEventSource:
                 "stops"
             )
         raise ObserverError(f"Kafka consumer fatal error (group {group}): {reason}")
+
+    def _fenced_itself(self, group: str, instance: str) -> bool:
+        """No member of the group but this consumer holds `instance` (asked of the group
+        coordinator); False when that cannot be told, or after a restart within a minute."""
+        now = time.monotonic()
+        if now - self._restarted_at < _RESTART_EVERY_S:
+            return False
+        try:
+            mine = self._consumer.memberid() or ""
+        except (KafkaException, RuntimeError):
+            mine = ""
+        holders = instance_holders(self._settings, group, instance)
+        return holders is not None and holders <= {mine}
+
+    def _restart(self) -> None:
+        """A new consumer in place of the fenced one, subscribed as it was (its partitions
+        were reported lost: assigned again, they are read from their committed offsets)."""
+        self._restarted_at = time.monotonic()
+        try:
+            self._consumer.close()  # revokes nothing to the listener: `_fatal` is still set
+        except (KafkaException, RuntimeError) as exc:
+            log.info("closing the fenced consumer: %s", exc)
+        self._consumer = Consumer(self._conf)
+        self._fatal = None
+        if self._topics:
+            self._consumer.subscribe(
+                self._topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost
+            )
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -153,6 +206,7 @@ class KafkaEventSource:
             raise ObserverError(f"Kafka consume failed: {exc}") from exc
         if self._fatal is not None:  # reported to error_cb during this call
             self._give_up(self._fatal)
+            return []  # (a restarted consumer: what the fenced one fetched is not ours)
         out: list[SourceRecord] = []
         append = out.append
         if self._values_only:
@@ -162,6 +216,9 @@ class KafkaEventSource:
                     self._message_error(err, m)
                     continue
                 append(SourceRecord(m.topic(), m.partition(), m.offset(), None, m.value(), (), -1))
+            if self._fatal is not None:  # a fatal message error
+                self._give_up(self._fatal)
+                return []
             if out and self._down_since is not None:
                 self._down_since = None
             return out
@@ -180,16 +237,38 @@ class KafkaEventSource:
                 m.timestamp()[1],
             )
             append(rec)
+        if self._fatal is not None:  # a fatal message error
+            self._give_up(self._fatal)
+            return []
         if out and self._down_since is not None:
             self._down_since = None
         return out
+
+    def serve(self, timeout_s: float) -> None:
+        """Rebalance callbacks and commit reports; fetched records are dropped (read again
+        after the caller's seek), errors handled as in `poll`."""
+        if self._fatal is not None:
+            self._give_up(self._fatal)
+        try:
+            msgs: list[Any] = self._consumer.consume(num_messages=1000, timeout=timeout_s)
+        except KafkaException as exc:
+            raise ObserverError(f"Kafka consume failed: {exc}") from exc
+        if self._fatal is not None:
+            self._give_up(self._fatal)
+            return
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._message_error(err, m)
+        if self._fatal is not None:
+            self._give_up(self._fatal)
 
     def _message_error(self, err: KafkaError, m: Any) -> None:
         if err.code() in _QUIET:
             return
         if err.fatal() or err.code() == _FATAL:
-            self._fatal = err.str()
-            self._give_up(self._fatal)
+            self._fatal = self._fatal or err.str()  # `poll` gives up once the batch is read
+            return
         now = time.monotonic()
         if now - self._last_error_log > 5.0:  # e.g. a source topic that does not exist yet
             self._last_error_log = now
@@ -320,3 +399,16 @@ class KafkaEventSource:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("Kafka consumer close: %s", exc)
+
+
+def instance_holders(settings: Mapping[str, Any], group: str, instance: str) -> set[str] | None:
+    """The member ids in `group` with the static instance id `instance`, as the group
+    coordinator describes the group now; None when it does not answer within 5 s."""
+    conf = {k: v for k, v in settings.items() if k.startswith(_CLIENT_PREFIXES)}
+    try:
+        admin = AdminClient(conf)
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(6)
+    except Exception as exc:  # KafkaException, a timeout: cannot tell
+        log.warning("Kafka: cannot describe group %s: %s", group, exc)
+        return None
+    return {m.member_id for m in described.members if m.group_instance_id == instance}

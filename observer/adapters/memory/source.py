@@ -87,6 +87,10 @@ class InMemoryEventSource:
             self._positions[tp] = pos + len(taken)
         return out
 
+    def serve(self, timeout_s: float) -> None:
+        """Rebalances and commit reports, no records (never waits)."""
+        self._deliver_events()
+
     def _deliver_events(self) -> None:
         listener = self._listener
         if listener is None:

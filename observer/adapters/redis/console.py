@@ -1,9 +1,11 @@
 """`RedisConsoleStore`: what the web console reads from Redis (the `ConsoleStore` port of
 `observer/console/ports.py`), with redis-py on its own small connection pool (the HTTP
-thread's; never the loop's connections).
+thread's; never the loop's connections); on a Redis Cluster redis-py's `RedisCluster`, which
+sends each read to the node of its key's slot.
 
 - the per-minute counts and the SLO's per-day counts (`tally.py`'s layout: `P:tally:<minute>`,
-  `P:slo-day:<day>`), `P:stats` for the open instances;
+  `P:slo-day:<day>`), `P:stats` for the open instances (on a cluster also the shards' own
+  `P:{s}:stats`, summed);
 - a flow's slots, for counting where its instances wait: every bucket of the flow in every
   shard (`P:{s}:b:<flow>:<n>`, shards x buckets hashes, 1,024 by default), read with HGETALL
   in pipelines of `_CHUNK` buckets, stopping once `limit` slots were read;
@@ -39,7 +41,8 @@ class RedisConsoleStore:
         *,
         timeout_s: float = 5.0,
     ) -> None:
-        self._redis = redis.Redis(**settings.redis_py_kwargs(timeout_s))
+        self._redis = settings.redis_py_client(timeout_s)
+        self._cluster = settings.cluster
         self._keys = Keys(prefix, shards, buckets)
         self._tally = RedisTally(settings, prefix, timeout_s=timeout_s)
 
@@ -50,16 +53,24 @@ class RedisConsoleStore:
         return self._tally.read_slo_days(first, last)
 
     def open_counts(self) -> dict[str, int]:
+        keys = self._keys
+        names = [keys.stats()]
+        if self._cluster:  # each shard counts its own there (`Keys.shard_stats`)
+            names += [keys.shard_stats(s) for s in range(keys.shards)]
         try:
-            raw: dict[Any, Any] = self._redis.hgetall(self._keys.stats())
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(name)
+            replies: list[dict[Any, Any]] = pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"cannot read the open instances from Redis: {exc}") from exc
         out: dict[str, int] = {}
-        for field, value in raw.items():
-            name = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
-            if name.startswith("open:"):
-                out[name[5:]] = max(0, int(value))
-        return out
+        for raw in replies:
+            for field, value in raw.items():
+                name = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
+                if name.startswith("open:"):
+                    out[name[5:]] = out.get(name[5:], 0) + int(value)
+        return {flow: max(0, n) for flow, n in out.items()}
 
     def slots(self, flow: str, limit: int) -> Iterator[tuple[str, bytes]]:
         keys = self._keys

@@ -16,7 +16,45 @@ from typing import Any
 
 from observer import jsonexact
 
-__all__ = ["Generated", "Sent", "flow_files", "records"]
+__all__ = ["HANDWRITTEN", "Generated", "Sent", "flow_files", "records"]
+
+# One flow written by hand, run beside the generated ones: every order's handlers multiply,
+# measure and copy its hostile values (an alert with `| length` of the items, a command with
+# the total times 100, one with the note), so each kind of value meets them; its commands
+# say `by: hostile`, its alerts and action dead letters name the flow.
+HANDWRITTEN = """\
+flow: hostile
+version: 1
+sources:
+  orders: {topic: SOURCE, type: value.type, key: value.id, id: header.eid, time: value.at}
+steps:
+  - step: placed
+    on: orders.Placed
+    capture: [value.total, value.items, value.note]
+  - step: paid
+    on: orders.Paid
+    within: 2s
+    if_missing: [explain, cancel, notify]
+errors:
+  - on: orders.Failed
+    do: [cancel, refund]
+buffer: 3s
+actions:
+  explain:
+    alert: {summary: "order {{ key }}: {{ steps.placed.value.items | length }} items"}
+  cancel:
+    publish:
+      topic: CMDS
+      key: "{{ key }}"
+      value: {type: Cancel, by: hostile, id: "{{ key }}", amount: "{{ steps.placed.value.total * 100 }}"}
+  refund:
+    publish: {topic: CMDS, key: "{{ key }}", value: {type: Refund, by: hostile, id: "{{ key }}"}}
+  notify:
+    publish:
+      topic: CMDS
+      key: "{{ key }}"
+      value: {type: Notify, by: hostile, note: "{{ steps.placed.value.note }}"}
+"""
 
 # Expressions over the captured values, the instance and the deviation: some always work,
 # some fail on some data (an action error at run time), some can never be rendered within
