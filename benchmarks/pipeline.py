@@ -311,6 +311,18 @@ def main() -> None:
         help="run only this stage, once, in a loop for `--profile-seconds` (for py-spy)",
     )
     ap.add_argument("--profile-seconds", type=float, default=20.0)
+    ap.add_argument(
+        "--stages",
+        default="decode,engine,route,track,total",
+        help="the stages to time, comma-separated (default: all)",
+    )
+    ap.add_argument("--no-memory", action="store_true", help="skip the mid-run memory figures")
+    ap.add_argument(
+        "--callgrind",
+        choices=["decode", "engine", "route", "track", "total"],
+        help="run only this stage, once, through sys.call_tracing (for valgrind --tool=callgrind "
+        "--collect-atstart=no --toggle-collect=sys_call_tracing: its instructions only)",
+    )
     args = ap.parse_args()
 
     files, records = build_records(args.orders, args.span, args.seed, args.flow)
@@ -357,6 +369,12 @@ def main() -> None:
         gc.collect()
         gc.freeze()  # the workload built above is not garbage: keep it out of every collection
         gc.set_threshold(args.gc_threshold, 20, 100)
+    if args.callgrind:
+        run = stages[args.callgrind]()
+        gc.collect()
+        gc.freeze()
+        sys.call_tracing(run, ())
+        return
     if args.profile:
         end = time.monotonic() + args.profile_seconds
         while time.monotonic() < end:
@@ -369,14 +387,17 @@ def main() -> None:
         f"gc threshold {args.gc_threshold or 'default'}"
     )
     print("best of runs (CPU time; track and total exclude the in-memory store standing for Redis)")
-    for name, fn in stages.items():
+    for name in args.stages.split(","):
+        fn = stages[name]
         rates = [n_events / timed(fn) for _ in range(args.repeat)]
         per = 1e6 / max(rates)
+        median = 1e6 / statistics.median(rates)
         print(
             f"{name:<7} {max(rates):>10,.0f} events/s  {per:6.1f} µs/event  "
-            f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+            f"(median {median:.1f} µs; runs: {', '.join(f'{r:,.0f}' for r in rates)})"
         )
-    memory_figures(setup)
+    if not args.no_memory:
+        memory_figures(setup)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,14 @@ def _flat(d: dict[int, int], base: int = 0) -> list[int]:
     return out
 
 
+def _pairs(pairs: list[tuple[int, int]]) -> list[int]:
+    out: list[int] = []
+    for a, b in pairs:
+        out.append(a)
+        out.append(b)
+    return out
+
+
 def _unflat(items: list[int], base: int = 0) -> dict[int, int]:
     return {items[i]: items[i + 1] + base for i in range(0, len(items), 2)}
 
@@ -85,43 +93,54 @@ def encode_slot(slot: KeySlot) -> bytes:
             return _dumps([FORMAT, None, _buffer(slot)])
         return _dumps([FORMAT, None, _buffer(slot), [hold.key, hold.started, int(hold.open)]])
     s = inst.started_at
+    # [step, values, ...] and [step, time - s, ...]: plain loops and list.append cost the fewest
+    # instructions on CPython 3.11 (fewer than chain/slice assignment; once per slot write)
     caps: list[Any] = []
     for k, v in inst.captured.items():
         caps.append(k)
         caps.append(v)
-    entries = inst.entries
+    obs: list[int] = []
+    for k, t in inst.observed.items():
+        obs.append(k)
+        obs.append(t - s)
     if (
-        not inst.flags
+        inst.outcome is None
+        and not inst.flags
         and not inst.deviations
         and not inst.path
         and not inst.sla
-        and inst.outcome is None
         and inst.ended_at is None
-        and len(entries) == 1
-        and entries.get(0) == s
         and not inst.ids
         and not inst.error_ids
         and not slot.buffer
         and not inst.aliases
+        and _main_entry(inst.entries, s)
     ):  # an open instance on its main path with no deviation yet: the usual slot
-        return _dumps([FORMAT, inst.version, s, _flat(inst.observed, s), caps])
-    devs: list[int] = []
-    for kind, step in inst.deviations:
-        devs.append(kind)
-        devs.append(step)
+        return _dumps([FORMAT, inst.version, s, obs, caps])
+    return _encode_full(slot, inst, obs, caps)
+
+
+def _main_entry(entries: dict[int, int], s: int) -> bool:
+    """The usual entries: only the main path, entered at the start."""
+    return len(entries) == 1 and entries.get(0) == s
+
+
+def _encode_full(slot: KeySlot, inst: InstanceState, obs: list[int], caps: list[Any]) -> bytes:
+    s = inst.started_at
+    entries = inst.entries
     arr: list[Any] = [
         FORMAT,
         inst.version,
         s,
-        _flat(inst.observed, s),
+        obs,
         caps,
         _flat(inst.flags),
-        devs,
+        _pairs(inst.deviations),
         inst.path,
         inst.sla,
         inst.outcome,
         None if inst.ended_at is None else inst.ended_at - s,
-        None if len(entries) == 1 and entries.get(0) == s else _flat(entries, s),
+        None if _main_entry(entries, s) else _flat(entries, s),
         _flat(inst.ids),
         inst.error_ids,
         _buffer(slot),

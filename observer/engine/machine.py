@@ -219,7 +219,11 @@ def apply_to_open(turn: Turn, event: Event) -> None:
     anchors = step.anchors
     within = step.within_ms
     if within is not None:
-        anchor = anchor_of(anchors, observed, inst.entries, step.path)
+        anchor = (
+            observed.get(anchors[0])  # = anchor_of's usual case, inlined
+            if len(anchors) == 1
+            else anchor_of(anchors, observed, inst.entries, step.path)
+        )
         if anchor is not None and t > anchor + within:
             _judge_late(turn, step, event.id, t)
         elif inst.flags and inst.flags.get(idx, 0) & F_MISSING:

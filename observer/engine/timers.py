@@ -177,7 +177,14 @@ def _open_timers(
     for idx, anchors, within, warn in flow.timed[path]:  # in step order
         if idx in observed:
             continue
-        anchor = anchor_of(anchors, observed, entries, path)
+        # = anchor_of(anchors, observed, entries, path), its usual cases inlined (a call per
+        # pending step of every slot written costs more than the lines)
+        if len(anchors) == 1:
+            anchor = observed.get(anchors[0])
+        elif not anchors:
+            anchor = entries.get(path)
+        else:
+            anchor = anchor_of(anchors, observed, entries, path)
         if anchor is None:
             continue
         f = flags.get(idx, 0)

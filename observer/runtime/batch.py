@@ -18,6 +18,7 @@ from observer.engine.codec import decode_slot, encode_slot
 from observer.engine.core import Engine, VersionUnavailable
 from observer.engine.effects import Effect, Hop, Publish, Signal
 from observer.engine.state import Event, InstanceState, KeySlot
+from observer.engine.timers import anchor_of
 from observer.flows.compiled import CompiledFlow
 from observer.ingest import dead_letter  # re-exported: the runtime's callers use it here
 from observer.runtime.cache import SlotCache
@@ -64,12 +65,19 @@ class BatchPlan:
     notes: list[Signal] = field(default_factory=list)
 
 
-def _source_of(op: str, arg: Any) -> str | None:
-    """The source of the event an `apply` or a delivered hop brings (None: a hop without one)."""
-    if op == "apply":
-        return cast("Event", arg).source
-    hop = cast("Hop", arg)
-    return hop.events[0].source if hop.events else None
+_OBSERVED_COUNTS: dict[int, tuple[CompiledFlow, tuple[Count, ...]]] = {}
+
+
+def _observed_counts(flow: CompiledFlow) -> tuple[Count, ...]:
+    """The correlation-health count of each step of `flow` observed (by step index), built
+    once per compiled flow rather than once per event."""
+    hit = _OBSERVED_COUNTS.get(id(flow))
+    if hit is None or hit[0] is not flow:
+        keys = tuple(("step", flow.name, step.name, "observed") for step in flow.steps)
+        if len(_OBSERVED_COUNTS) > 1000:  # flows redeployed many times: start again
+            _OBSERVED_COUNTS.clear()
+        hit = _OBSERVED_COUNTS[id(flow)] = (flow, keys)
+    return hit[1]
 
 
 class _Work:
@@ -82,8 +90,8 @@ class _Work:
         self.shard = shard
         self.original = original
         self.slot = slot  # None: unreadable
-        # ("apply", (Event, watermark)) | ("deliver", (Hop, watermark)) | ("fire", watermark)
-        self.ops: list[tuple[str, Any]] = []
+        # ("apply", Event, watermark) | ("deliver", Hop, watermark) | ("fire", None, watermark)
+        self.ops: list[tuple[str, Any, int | None]] = []
         self.effects: list[Publish | Signal] = []  # rendered into history entries by `finish`
         self.dirty = False
         self.due_override: int | None = None
@@ -156,25 +164,19 @@ class BatchPlanner:
             if w.original is None
             else decode_slot(w.slot.flow, w.slot.key, w.original)
         )
-        for op, arg in w.ops:
+        for op, arg, watermark in w.ops:
             if op == "apply":
-                self.engine.apply(slot, arg[0], self.now, arg[1])
+                self.engine.apply(slot, arg, self.now, watermark)
             elif op == "deliver":
-                self.engine.deliver(slot, arg[0], self.now, arg[1])
+                self.engine.deliver(slot, arg, self.now, watermark)
             else:
-                self.engine.fire(slot, arg, self.now)
+                assert watermark is not None
+                self.engine.fire(slot, watermark, self.now)
         w.slot = slot
 
     def apply(self, sid: str, event: Event) -> None:
         """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
         SlotUnreadable, or the engine's error after restoring the slot."""
-        self._run(sid, "apply", event)
-
-    def deliver(self, sid: str, hop: Hop) -> None:
-        """Deliver a message of another slot (aliases), like `apply`."""
-        self._run(sid, "deliver", hop)
-
-    def _run(self, sid: str, op: str, arg: Any) -> None:
         w = self._works[sid]
         slot = w.slot
         if slot is None:
@@ -183,24 +185,57 @@ class BatchPlanner:
         had = inst = slot.instance
         before = len(inst.observed) if inst is not None else 0
         buffered = len(slot.buffer)
-        engine = self.engine
-        run = engine.apply if op == "apply" else engine.deliver
         try:
-            effects = run(slot, arg, self.now, watermark)
+            effects = self.engine.apply(slot, event, self.now, watermark)
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append((op, (arg, watermark)))
+        w.ops.append(("apply", event, watermark))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
-        # what became of the event (a drop for a full buffer is counted from its signal); an
-        # event that reaches its instance through an alias is counted when it is delivered
-        source = _source_of(op, arg)
+        # what became of the event (a drop for a full buffer is counted from its signal)
         kind = (
-            None
-            if source is None
-            else (
+            MATCHED
+            if had is not None
+            else STARTED
+            if inst is not None
+            else BUFFERED
+            if len(slot.buffer) > buffered
+            else None
+        )
+        if kind is not None:
+            count = ("src", slot.flow, event.source, kind)
+            tally = self._tally
+            tally[count] = tally.get(count, 0) + 1
+        if effects:
+            self._take(w, effects, event.source)
+        else:
+            w.dirty = True
+
+    def deliver(self, sid: str, hop: Hop) -> None:
+        """Deliver a message of another slot (aliases), like `apply`."""
+        w = self._works[sid]
+        slot = w.slot
+        if slot is None:
+            raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
+        watermark = self.watermarks.get(w.shard)
+        had = inst = slot.instance
+        before = len(inst.observed) if inst is not None else 0
+        buffered = len(slot.buffer)
+        try:
+            effects = self.engine.deliver(slot, hop, self.now, watermark)
+        except Exception:
+            self._rebuild(w)
+            raise
+        w.ops.append(("deliver", hop, watermark))
+        inst = slot.instance
+        if inst is not None and len(inst.observed) > before:
+            self._step_latencies(slot, inst, before)
+        # an event that reaches its instance through an alias is counted when it is delivered
+        source = hop.events[0].source if hop.events else None
+        if source is not None:
+            kind = (
                 MATCHED
                 if had is not None
                 else STARTED
@@ -209,10 +244,9 @@ class BatchPlanner:
                 if len(slot.buffer) > buffered
                 else None
             )
-        )
-        if kind is not None:
-            count = ("src", slot.flow, source or "", kind)
-            self._tally[count] = self._tally.get(count, 0) + 1
+            if kind is not None:
+                count = ("src", slot.flow, source, kind)
+                self._tally[count] = self._tally.get(count, 0) + 1
         self._take(w, effects, source)
 
     def fire(self, sid: str, watermark: int) -> None:
@@ -227,7 +261,7 @@ class BatchPlanner:
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("fire", watermark))
+        w.ops.append(("fire", None, watermark))
         if early:  # the early events the timers dropped (orphaned), in buffer order
             kept = {b.seq for b in slot.buffer}
             self._take(w, effects, None, [src for seq, src in early if seq not in kept])
@@ -275,14 +309,20 @@ class BatchPlanner:
             new = islice(observed, before, None)
         steps = flow.steps
         tally = self._tally
+        keys = _observed_counts(flow)
         for idx in new:
-            step = steps[idx]
-            count = ("step", flow.name, step.name, "observed")
+            count = keys[idx]
             tally[count] = tally.get(count, 0) + 1
+            step = steps[idx]
             if step.is_start:
                 continue
             t = observed[idx]
-            anchor = Engine.anchor_time(flow, inst, step)
+            anchors = step.anchors
+            anchor = (
+                observed.get(anchors[0])  # = anchor_of's usual case, inlined
+                if len(anchors) == 1
+                else anchor_of(anchors, observed, inst.entries, step.path)
+            )
             if anchor is not None and t >= anchor:
                 self._latencies.append((flow.name, step.name, t - anchor))
 

@@ -26,6 +26,8 @@ from observer.ingest import SourceRecord
 from observer.runtime.ports import EventSource, RawSink, RebalanceListener
 from observer.runtime.watermark import TopicPartition
 
+_new = object.__new__
+
 __all__ = ["LocalKeyedTopic"]
 
 Done = Callable[[str | None], None]
@@ -52,12 +54,20 @@ class LocalKeyedTopic:
         append = self._log.append
         nxt = self._next
         name = self.topic
+        new = _new
         for partition, value, on_done in records:
             off = nxt[partition]
             nxt[partition] = off + 1
-            append(
-                (partition, off, SourceRecord(name, partition, off, None, value, (), -1), on_done)
-            )
+            # = SourceRecord(name, partition, off, None, value, (), -1), without the class call
+            rec = new(SourceRecord)
+            rec.topic = name
+            rec.partition = partition
+            rec.offset = off
+            rec.key = None
+            rec.value = value
+            rec.headers = ()
+            rec.timestamp = -1
+            append((partition, off, rec, on_done))
 
     def read(self, max_records: int) -> list[SourceRecord]:
         """Up to `max_records` records not read yet, in the order they were written."""
@@ -84,12 +94,20 @@ class LocalKeyedTopic:
             if off > committed[partition]:
                 committed[partition] = off
         log = self._log
-        while log and log[0][1] < committed[log[0][0]]:
-            on_done = log.popleft()[3]
-            if self._cursor:
-                self._cursor -= 1
+        popleft = log.popleft
+        done: list[Done] = []  # (once per record: locals only, reports after the loop)
+        gone = 0
+        while log:
+            partition, off, _rec, on_done = log[0]
+            if off >= committed[partition]:
+                break
+            popleft()
+            gone += 1
             if on_done is not None:
-                on_done(None)
+                done.append(on_done)
+        self._cursor = max(self._cursor - gone, 0)
+        for on_done in done:
+            on_done(None)
 
     def committed(self, partition: int) -> int:
         return self._committed[partition]

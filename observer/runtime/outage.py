@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from observer.errors import StoreError
 from observer.metrics import Metrics
 from observer.runtime.backoff import Backoff
 from observer.runtime.health import Health
@@ -62,6 +64,20 @@ class StoreOutage:
     def due(self) -> bool:
         """Time to try the store again (after `begin`)."""
         return self.waiting and self.clock.monotonic() >= self.retry_at
+
+    def retry(self, attempt: Callable[[], None], *, failed: Callable[[], None]) -> None:
+        """When `due` (and not stopping): `attempt` to use the store again; a StoreError
+        calls `failed` and schedules the next try."""
+        if not self.due() or self.stop.is_set():
+            return
+        try:
+            attempt()
+        except StoreError as again:
+            failed()
+            self.begin(again, "reconnecting")
+            return
+        self.ok()
+        log.info("state store is back; reading again from the committed offsets")
 
     def ok(self) -> None:
         """The store answered."""

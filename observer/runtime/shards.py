@@ -9,8 +9,9 @@ group hands to one process: shard s is partition s of the keyed topic (`keyed.py
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
-__all__ = ["shard_of", "slot_id", "split_slot_id"]
+__all__ = ["fmt_shards", "shard_of", "slot_id", "split_slot_id"]
 
 
 def slot_id(flow: str, key: str) -> str:
@@ -27,3 +28,8 @@ def split_slot_id(sid: str) -> tuple[str, str]:
 def shard_of(sid: str, shards: int) -> int:
     """The shard of a slot id: crc32 of its UTF-8 bytes modulo the shard count."""
     return zlib.crc32(sid.encode("utf-8", "surrogatepass")) % shards
+
+
+def fmt_shards(shards: Sequence[int]) -> str:
+    """Shard numbers for a log line, in order."""
+    return ", ".join(str(s) for s in sorted(shards))

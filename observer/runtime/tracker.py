@@ -53,7 +53,7 @@ from observer.runtime.offsets import next_offsets
 from observer.runtime.outage import StoreOutage
 from observer.runtime.ports import RuntimePorts
 from observer.runtime.publisher import Publisher
-from observer.runtime.shards import shard_of, slot_id, split_slot_id
+from observer.runtime.shards import fmt_shards, shard_of, slot_id, split_slot_id
 from observer.runtime.tally import MinuteTally
 from observer.runtime.watermark import ReadProgress, TopicPartition
 from observer.runtime.writes import StoreWrites
@@ -247,7 +247,7 @@ class Tracker:
             self.shards.reset(s)
         self.bounds.forget(shards)  # another process may have written their due indexes
         self.metrics.owned_shards.set(len(self.shards))
-        log.info("tracker: assigned shards %s", _fmt_shards(shards))
+        log.info("tracker: assigned shards %s", fmt_shards(shards))
         try:
             self.publisher.republish(self.store.outbox(shards))
         except StoreError as exc:
@@ -273,13 +273,13 @@ class Tracker:
         self.writes.release(all_=True, stopping=self.stop.is_set())
         self.commits.revoked(tps)
         self._disown(tps)
-        log.info("tracker: revoked shards %s", _fmt_shards([p for _t, p in tps]))
+        log.info("tracker: revoked shards %s", fmt_shards([p for _t, p in tps]))
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.cache.clear()
         self.commits.lost(tps)
         self._disown(tps)
-        log.warning("tracker: lost shards %s (not committing)", _fmt_shards([p for _t, p in tps]))
+        log.warning("tracker: lost shards %s (not committing)", fmt_shards([p for _t, p in tps]))
 
     def commit_done(self, error: str | None, offsets: dict[TopicPartition, int]) -> None:
         self.commits.commit_done(error, offsets)
@@ -373,45 +373,50 @@ class Tracker:
         the shard's watermark (they were read after every event they cover)."""
         items: list[tuple[int, str, Event | Hop]] = []
         routed: list[Routed | None] = []
-        seen: set[str] = set()
-        slots: list[tuple[int, str]] = []
-        shards = self.shards
-        owned = set(shards.owned())  # (a set: one membership test per record)
-        n = self.config.shards
+        slots: dict[str, int] = {}  # slot id -> shard, in first-seen order
+        owned = set(self.shards.owned())  # (a set: one membership test per record)
         for i, rec in enumerate(records):
             shard = rec.partition
             if shard not in owned:  # a record fetched just before a revocation
                 routed.append(None)
                 continue
-            try:
-                r = decode_keyed(rec.value)
-            except (ValueError, TypeError) as exc:
-                self._skip(rec, f"is not one the router writes ({exc})")
-                routed.append(None)
-                continue
-            item: Event | Hop
-            if isinstance(r, Routed):
-                sid = slot_id(r.flow, r.event.key)
-                item = r.event
-            elif isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
-                sid = slot_id(*r.target())
-                item = r
-            else:  # a mark, or a hop mark
-                if shards.observe(shard, r):
-                    self._marks_moved = True
-                routed.append(None)
-                continue
-            if shard_of(sid, n) != shard:
-                self._skip(rec, f"belongs to shard {shard_of(sid, n)}")
-                routed.append(None)
-                continue
-            routed.append(r if isinstance(r, Routed) else None)
-            if sid not in seen:
-                seen.add(sid)
-                slots.append((shard, sid))
+            value = rec.value
+            if type(value) is not Routed:  # read from the broker
+                decoded = self._decode(rec, shard)
+                if decoded is None:  # a mark, or a record skipped
+                    routed.append(None)
+                    continue
+                sid, item, r = decoded
+                routed.append(r)
+            else:  # direct routing: our router's own event, on its shard
+                item = value.event
+                sid = f"{value.flow}:{item.key}"  # = slot_id(flow, key), once per event
+                routed.append(value)
+            slots.setdefault(sid, shard)
             items.append((i, sid, item))
         offsets = next_offsets((r.topic, r.partition, r.offset) for r in records)
-        return _Prepared(routed, items, slots, offsets)
+        return _Prepared(routed, items, [(sh, sid) for sid, sh in slots.items()], offsets)
+
+    def _decode(
+        self, rec: SourceRecord, shard: int
+    ) -> tuple[str, Event | Hop, Routed | None] | None:
+        """(slot id, event or message, routed event), or None: a mark (taken in) or skipped."""
+        try:
+            r = decode_keyed(rec.value)
+        except (ValueError, TypeError) as exc:
+            self._skip(rec, f"is not one the router writes ({exc})")
+            return None
+        if isinstance(r, Hop):  # a message between slots (aliases): not dead-lettered
+            keyed: tuple[str, Event | Hop, Routed | None] = (slot_id(*r.target()), r, None)
+        elif isinstance(r, Routed):
+            keyed = (slot_id(r.flow, r.event.key), r.event, r)
+        else:  # a mark, or a hop mark
+            self._marks_moved |= self.shards.observe(shard, r)
+            return None
+        if shard_of(keyed[0], self.config.shards) != shard:
+            self._skip(rec, f"belongs to shard {shard_of(keyed[0], self.config.shards)}")
+            return None
+        return keyed
 
     def _skip(self, rec: SourceRecord, why: str) -> None:
         log.error("keyed record %s[%d]@%d %s; skipped", rec.topic, rec.partition, rec.offset, why)
@@ -485,20 +490,10 @@ class Tracker:
 
     def _retry_store(self, timeout_s: float) -> None:
         self.source.serve(self.outage.wait_s(timeout_s))
-        if not self.outage.due() or self.stop.is_set():
-            return
-        try:
-            self.store.reconnect()
-            for _t, shard in self.commits.rewind():
-                self.shards.reset(shard)  # its watermark comes back with the marks
-            self.publisher.republish(self.store.outbox(self.shards.owned()))
-        except StoreError as again:
-            self.cache.clear()
-            self.outage.begin(again, "reconnecting")
-            return
-        self.outage.ok()
-        log.info("state store is back; reading again from the committed offsets")
+        self.outage.retry(self._read_again, failed=self.cache.clear)
 
-
-def _fmt_shards(shards: Sequence[int]) -> str:
-    return ", ".join(str(s) for s in sorted(shards))
+    def _read_again(self) -> None:
+        self.store.reconnect()
+        for _t, shard in self.commits.rewind():
+            self.shards.reset(shard)  # its watermark comes back with the marks
+        self.publisher.republish(self.store.outbox(self.shards.owned()))
