@@ -196,9 +196,13 @@ def test_a_crash_that_loses_confirmed_writes_is_repaired_from_the_committed_offs
     assert obs.state("o-1") is not None and obs.keyed_committed() == {}
     obs.store.crash(down_for=3)  # nothing was synced: the write of o-1 is lost
     assert obs.state("o-1") is None
-    # the next requests fail; the loop goes on (0.1 + 0.2 + 0.4 s of backoff), reconnects and
-    # reads the keyed partitions again
-    obs.turn(20)
+    # the next requests fail; the loop goes on, tries the store after each backoff (0.1, 0.2,
+    # 0.4, ... s), reconnects and reads the keyed partitions again
+    for _ in range(100):
+        obs.turn(1)
+        if obs.runtime.health.redis_ok:
+            break
+    obs.turn(4)
     assert obs.state("o-1") is not None
     assert obs.runtime.health.redis_ok and obs.metrics.store_errors._value.get() >= 3
     obs.turn(1, seconds=11.0)
