@@ -84,7 +84,9 @@ def redis_read(url: str, slots: list[tuple[str, bytes]]) -> None:
         started, cpu0 = time.perf_counter(), time.process_time()
         n = sum(1 for _ in store.slots("checkout", 10**9))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
-        print(f"reading {n} slots from 16 x 64 buckets: {wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU)")
+        print(
+            f"reading {n} slots from 16 x 64 buckets: {wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU)"
+        )
     finally:
         store.close()
         doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
