@@ -80,6 +80,7 @@ from redis.cluster import RedisCluster
 from tests.e2e.conftest import OBSERVER, ObserverProcess, coverage_restored, observer_env
 from tests.integration.conftest import CLUSTER_NODES, CreateTopics, Stack
 from tests.integration.kafka_helpers import Record, consume_all, wait_caught_up
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -550,12 +551,15 @@ class Chaos:
             self.start()
         while len(self.alive) > n:
             self.stop(self.rng.choice(self.alive))
-        deadline = time.monotonic() + RECOVERY_LIMIT_S
-        while grew and not all(p.owned(time.monotonic())[0] for p in self.alive):
-            if time.monotonic() > deadline:
-                self.log(f"not every process owns shards {RECOVERY_LIMIT_S}s after the scale-up")
-                return
-            time.sleep(0.1)
+        settled = not grew or wait_until(
+            lambda: all(p.owned(time.monotonic())[0] for p in self.alive),
+            RECOVERY_LIMIT_S,
+            "every process to own shards",
+            interval=0.1,
+            required=False,
+        )
+        if not settled:
+            self.log(f"not every process owns shards {RECOVERY_LIMIT_S}s after the scale-up")
 
     def stop(self, p: ObserverProcess) -> None:
         self.alive.remove(p)

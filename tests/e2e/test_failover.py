@@ -24,6 +24,7 @@ from confluent_kafka import Producer
 
 from tests.e2e.conftest import ObserverProcess, ObserverProcesses, coverage_restored, observer_env
 from tests.integration.kafka_helpers import Record, consume_all
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,11 +87,7 @@ class Setup:
 
 
 def wait_for(what: Any, timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := what()):
-        assert time.monotonic() < deadline, f"timed out ({timeout} s) waiting for {message}"
-        time.sleep(0.2)
-    return got
+    return wait_until(what, timeout, message)
 
 
 def missing_alerts(s: Setup) -> list[Record]:

@@ -24,7 +24,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from redis.cluster import RedisCluster
+
+from tests.waiting import wait_until
 
 from .kafka_helpers import wait_for_topics
 
@@ -265,10 +266,7 @@ def cluster_url(stack: Stack) -> Iterator[str]:
     if started:
         stack.ops_stack("start", "redis-cluster")
     # every node says ok (gossip may take a moment after the first one does), with a bound
-    deadline = time.monotonic() + 30
-    while not all(_cluster_ok(n) for n in nodes) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert all(_cluster_ok(n) for n in nodes), "the redis-cluster of ops/stack is not ok"
+    wait_until(lambda: all(_cluster_ok(n) for n in nodes), 30, "every node of the redis-cluster")
     yield f"redis+cluster://127.0.0.1:{CLUSTER_PORT}"
     if started:
         stack.ops_stack("stop", "redis-cluster")

@@ -16,6 +16,7 @@ from observer.adapters.kafka.consumer import KafkaEventSource
 from observer.config import ObserverConfig
 from observer.errors import ObserverError
 from observer.runtime.watermark import TopicPartition as TP
+from tests.waiting import wait_until
 
 
 class Recorder:
@@ -145,10 +146,12 @@ def test_a_fenced_consumer_whose_instance_id_nobody_holds_rejoins(
             if m.error() is not None:
                 first._message_error(m.error(), m)  # the fence arrives as a message error
     second.close()  # a static member stays in the group until its session ends
-    deadline = time.monotonic() + 60
-    while instance_holders(settings, unique, "obs-1-router"):
-        assert time.monotonic() < deadline, "the closed member's session never ended"
-        time.sleep(0.5)
+    wait_until(  # a static member stays in the group until its session ends
+        lambda: instance_holders(settings, unique, "obs-1-router") == set(),
+        60,
+        "the closed member's session to end",
+        interval=0.5,
+    )
 
     poll_until(first, lambda: len(first_seen.events) == 3, timeout=60)  # lost, assigned
     assert first_seen.events == [

@@ -3,7 +3,6 @@ alerts topic (`KafkaAlertFeed`)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from observer.engine.state import Event, KeySlot
 from observer.flows.compiler import load_registry
 from observer.redis_settings import parse_redis_url
 from observer.runtime.query import InstanceQuery
+from tests.waiting import wait_until
 
 
 def test_counts_slots_and_the_shared_count_from_redis(
@@ -89,10 +89,9 @@ def test_the_alert_feed_follows_the_alerts_topic(
         assert [r["key"] for r in first] == sorted((r["key"] for r in first), reverse=True)
         producer.produce(topic, orjson.dumps({"flow": "shop", "kind": "late", "key": "o-9"}))
         assert producer.flush(10) == 0
-        deadline = time.monotonic() + 20
-        while not any(r["key"] == "o-9" for r in feed.recent()):
-            assert time.monotonic() < deadline, "the feed never saw the new alert"
-            time.sleep(0.1)
+        wait_until(
+            lambda: any(r["key"] == "o-9" for r in feed.recent()), 20, "the new alert in the feed"
+        )
         assert feed.recent()[0]["key"] == "o-9"
     finally:
         feed.close()
