@@ -177,6 +177,17 @@ class BatchPlanner:
     def apply(self, sid: str, event: Event) -> None:
         """Apply an event to a loaded slot at its shard's watermark (`watermarks`). Raises
         SlotUnreadable, or the engine's error after restoring the slot."""
+        self._run(sid, "apply", event, event.source, self.engine.apply)
+
+    def deliver(self, sid: str, hop: Hop) -> None:
+        """Deliver a message of another slot (aliases), like `apply`; the event it brings is
+        counted for its own source when it is delivered."""
+        source = hop.events[0].source if hop.events else None
+        self._run(sid, "deliver", hop, source, self.engine.deliver)
+
+    def _run(
+        self, sid: str, op: str, arg: Any, source: str | None, run: Callable[..., list[Effect]]
+    ) -> None:
         w = self._works[sid]
         slot = w.slot
         if slot is None:
@@ -186,54 +197,15 @@ class BatchPlanner:
         before = len(inst.observed) if inst is not None else 0
         buffered = len(slot.buffer)
         try:
-            effects = self.engine.apply(slot, event, self.now, watermark)
+            effects = run(slot, arg, self.now, watermark)
         except Exception:
             self._rebuild(w)
             raise
-        w.ops.append(("apply", event, watermark))
+        w.ops.append((op, arg, watermark))
         inst = slot.instance
         if inst is not None and len(inst.observed) > before:
             self._step_latencies(slot, inst, before)
         # what became of the event (a drop for a full buffer is counted from its signal)
-        kind = (
-            MATCHED
-            if had is not None
-            else STARTED
-            if inst is not None
-            else BUFFERED
-            if len(slot.buffer) > buffered
-            else None
-        )
-        if kind is not None:
-            count = ("src", slot.flow, event.source, kind)
-            tally = self._tally
-            tally[count] = tally.get(count, 0) + 1
-        if effects:
-            self._take(w, effects, event.source)
-        else:
-            w.dirty = True
-
-    def deliver(self, sid: str, hop: Hop) -> None:
-        """Deliver a message of another slot (aliases), like `apply`."""
-        w = self._works[sid]
-        slot = w.slot
-        if slot is None:
-            raise SlotUnreadable(f"stored state of {sid!r} cannot be decoded")
-        watermark = self.watermarks.get(w.shard)
-        had = inst = slot.instance
-        before = len(inst.observed) if inst is not None else 0
-        buffered = len(slot.buffer)
-        try:
-            effects = self.engine.deliver(slot, hop, self.now, watermark)
-        except Exception:
-            self._rebuild(w)
-            raise
-        w.ops.append(("deliver", hop, watermark))
-        inst = slot.instance
-        if inst is not None and len(inst.observed) > before:
-            self._step_latencies(slot, inst, before)
-        # an event that reaches its instance through an alias is counted when it is delivered
-        source = hop.events[0].source if hop.events else None
         if source is not None:
             kind = (
                 MATCHED
@@ -246,7 +218,8 @@ class BatchPlanner:
             )
             if kind is not None:
                 count = ("src", slot.flow, source, kind)
-                self._tally[count] = self._tally.get(count, 0) + 1
+                tally = self._tally
+                tally[count] = tally.get(count, 0) + 1
         self._take(w, effects, source)
 
     def fire(self, sid: str, watermark: int) -> None:
