@@ -18,7 +18,7 @@ import orjson
 from observer.engine.budget import dropped_capture
 from observer.engine.effects import Publish
 from observer.engine.ids import observer_id
-from observer.engine.state import Event, new_event
+from observer.engine.state import Event
 from observer.flows.aliases import alias_flow
 from observer.flows.compiled import CompiledSource
 from observer.flows.registry import FlowRegistry
@@ -69,27 +69,6 @@ class Decoded:
     source: tuple[str, str] | None = None
     # hostile input (issue 12): captured values not kept, over MAX_CAPTURE_BYTES (a note each)
     dropped: list[str] | None = None
-
-
-_new = object.__new__
-
-
-def _decoded() -> Decoded:
-    """`Decoded()` without the class call (once per record: see `state.new_event`)."""
-    out = _new(Decoded)
-    out.events = []
-    out.dead_letter = out.reason = out.code = out.source = out.dropped = None
-    return out
-
-
-def _view(value: Any, headers: Mapping[str, Any], key: Any, timestamp: int) -> RecordView:
-    """`RecordView(...)` without the class call (once per record)."""
-    view = _new(RecordView)
-    view.value = value
-    view.headers = headers
-    view.key = key
-    view.timestamp = timestamp
-    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +161,7 @@ class Ingest:
 
     def decode(self, rec: SourceRecord) -> Decoded:
         """Decode one record into events for the flows that want it, or a dead letter."""
-        out = _decoded()
+        out = Decoded()
         readers = self._readers.get(rec.topic)
         if not readers:
             return out
@@ -198,7 +177,7 @@ class Ingest:
                     value = self._decode_value(rec.value, source)
                 except Exception as exc:
                     return self._undecodable(rec, fmt, exc)
-                view = _view(value, headers, rec.key, rec.timestamp)
+                view = RecordView(value, headers, rec.key, rec.timestamp)
                 view_fmt = fmt
             elif fmt != view_fmt:  # another flow reads this topic in another format
                 if views is None:
@@ -236,8 +215,8 @@ class Ingest:
                     return self._dead(rec, f"no event time at {source.time_text}", "no_time", where)
                 try:
                     time = parse_time(raw_time)
-                except ValueError as exc:
-                    reason = f"bad event time at {source.time_text}: {exc}"
+                except ValueError as bad_time:
+                    reason = f"bad event time at {source.time_text}: {bad_time}"
                     return self._dead(rec, reason, "no_time", where)
             sels = r.captures.get(etype)
             captures: dict[str, Any] = {}
@@ -258,7 +237,7 @@ class Ingest:
                     or etype in r.measured
                 ):
                     self._fit_captures(out, r.flow, etype, eid, captures)
-            out.events.append((r.flow, new_event(source.name, etype, key, eid, time, captures)))
+            out.events.append((r.flow, Event(source.name, etype, key, eid, time, captures)))
         return out
 
     def _decode_value(self, value: Any, source: CompiledSource) -> Any:

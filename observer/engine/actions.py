@@ -74,8 +74,8 @@ def _avro(value: Any, schema: Any) -> bytes:
     # reader can read back
     try:
         validate(value, schema, raise_errors=True)
-    except ValidationError as exc:
-        first = exc.errors[0] if exc.errors else str(exc)
+    except ValidationError as invalid:
+        first = invalid.errors[0] if invalid.errors else str(invalid)
         raise _failed(f"its value does not fit its Avro schema: {first}") from None
     buf = io.BytesIO()
     try:
@@ -101,8 +101,8 @@ def publish_action(
             ("observer-id", oid),
         )
         key = None if rkey is None else header_text(rkey)
-    except RenderError as exc:
-        raise _failed(str(exc)) from None
+    except RenderError as render_error:
+        raise _failed(str(render_error)) from None
     except TypeError as exc:  # a header or key object that JSON cannot hold
         raise _failed(f"a header or the key cannot be encoded as JSON: {exc}") from None
     if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):

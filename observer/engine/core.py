@@ -8,6 +8,8 @@ transitions), `timers` (what is due when) and, through them, `alerts` (what is p
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from observer.engine import alias_slots, timers
 from observer.engine.aliases import bounce, pending
 from observer.engine.effects import Effect, Hop
@@ -17,7 +19,6 @@ from observer.engine.machine import (
     apply_to_open,
     buffer_early,
     fire_instance_timer,
-    new_turn,
     orphan,
     receive,
     start,
@@ -33,8 +34,6 @@ from observer.topics import Topics
 
 __all__ = ["Engine", "VersionUnavailable"]
 
-_new_turn = object.__new__
-
 
 class VersionUnavailable(ObserverError):
     """An instance's flow version is not deployed (any more): it is never run on another
@@ -49,6 +48,9 @@ class VersionUnavailable(ObserverError):
         )
 
 
+# interpreted subclasses allowed: tests inject an engine that fails (a compiled class's methods
+# cannot be patched); it costs one generic call per event
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Engine:
     """Runs deployed flows over key slots. Holds no per-instance state of its own."""
 
@@ -95,17 +97,9 @@ class Engine:
             return out
         flow = self._versions.get((slot.flow, inst.version)) or self._flow_of(slot, inst)
         if inst.outcome is not None:
-            apply_to_ended(new_turn(slot, inst, flow, now, self.topics, out), event)
+            apply_to_ended(Turn(slot, inst, flow, now, self.topics, out), event)
             return out
-        # the turn built in place: `new_turn` is one more call, a few % of an event's time
-        turn = _new_turn(Turn)
-        turn.slot = slot
-        turn.inst = inst
-        turn.flow = flow
-        turn.now = now
-        turn.topics = self.topics
-        turn.out = out
-        turn.watermark = now if watermark is None else watermark
+        turn = Turn(slot, inst, flow, now, self.topics, out, watermark)
         apply_to_open(turn, event)
         return out
 
@@ -121,9 +115,7 @@ class Engine:
         if inst is None or inst.started_at != hop.started:  # not the instance it was meant for
             return bounce(hop)
         out: list[Effect] = []
-        receive(
-            new_turn(slot, inst, self._flow_of(slot, inst), now, self.topics, out, watermark), hop
-        )
+        receive(Turn(slot, inst, self._flow_of(slot, inst), now, self.topics, out, watermark), hop)
         return out
 
     def fire(self, slot: KeySlot, watermark: int, now: int | None = None) -> list[Effect]:
@@ -144,7 +136,7 @@ class Engine:
             if inst is None:  # an orphan timer: `rank` is the early event's reading order
                 out += orphan(slot, flow, due, rank, at, self.topics, alias)
             else:
-                turn = new_turn(slot, inst, flow, at, self.topics, out)
+                turn = Turn(slot, inst, flow, at, self.topics, out)
                 fire_instance_timer(turn, kind, step, due)
         return out
 

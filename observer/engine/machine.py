@@ -36,22 +36,19 @@ __all__ = [
     "apply_to_open",
     "buffer_early",
     "fire_instance_timer",
-    "new_turn",
     "orphan",
     "receive",
     "start",
 ]
 
 _KIND = {k: i for i, k in enumerate(DEVIATION_KINDS)}
-_new_turn = object.__new__
 
 
 class Turn:
     """One engine call on one slot that holds an instance: the slot, its instance, the flow
     version that governs it, the observer's time (`now`, ms), the watermark when an event is
     observed (`watermark`: how late a step observed after its `missing` is), where records go,
-    and the effects produced so far (`out`). Made by `new_turn()` (`Engine.apply` builds its
-    own in place, once per event)."""
+    and the effects produced so far (`out`)."""
 
     __slots__ = ("flow", "inst", "now", "out", "slot", "topics", "watermark")
 
@@ -62,6 +59,24 @@ class Turn:
     topics: Topics
     out: list[Effect]
     watermark: int
+
+    def __init__(
+        self,
+        slot: KeySlot,
+        inst: InstanceState,
+        flow: CompiledFlow,
+        now: int,
+        topics: Topics,
+        out: list[Effect],
+        watermark: int | None = None,
+    ) -> None:
+        self.slot = slot
+        self.inst = inst
+        self.flow = flow
+        self.now = now
+        self.topics = topics
+        self.out = out
+        self.watermark = now if watermark is None else watermark
 
     def record(self, note: str, step: str | None = None) -> None:
         """A `recorded` signal: something the history keeps that is not a deviation."""
@@ -75,29 +90,6 @@ class Turn:
         inst = self.inst
         inst.deviations.append((_KIND[dev.kind], dev.step.index if dev.step else -1))
         self.out += deviation_effects(self.flow, self.slot.key, inst, dev, self.now, self.topics)
-
-
-def new_turn(
-    slot: KeySlot,
-    inst: InstanceState,
-    flow: CompiledFlow,
-    now: int,
-    topics: Topics,
-    out: list[Effect],
-    watermark: int | None = None,
-) -> Turn:
-    """A new `Turn` (`watermark` default: `now`). Not `Turn(...)`: on Python 3.11 a class call
-    with an `__init__` costs about 3 % of an event's time; allocating and setting the slots
-    costs less than half."""
-    turn = _new_turn(Turn)
-    turn.slot = slot
-    turn.inst = inst
-    turn.flow = flow
-    turn.now = now
-    turn.topics = topics
-    turn.out = out
-    turn.watermark = now if watermark is None else watermark
-    return turn
 
 
 # -- slots without an instance ------------------------------------------------------------------
@@ -116,7 +108,7 @@ def start(
     event-time order."""
     inst = InstanceState(flow.version, event.time, 0, {0: event.time})
     slot.instance = inst
-    turn = new_turn(slot, inst, flow, now, topics, out, watermark)
+    turn = Turn(slot, inst, flow, now, topics, out, watermark)
     first = flow.start
     if flow.alias_from:
         aliases.register(turn, event)

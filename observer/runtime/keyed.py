@@ -48,7 +48,6 @@ __all__ = [
     "encode_hop",
     "encode_hop_mark",
     "encode_mark",
-    "new_routed",
     "routed_dead_letter",
 ]
 
@@ -62,20 +61,6 @@ class Routed:
     topic: str
     partition: int
     offset: int
-
-
-_new = object.__new__
-
-
-def new_routed(flow: str, event: Event, topic: str, partition: int, offset: int) -> Routed:
-    """`Routed(...)` for direct routing's once-per-event path (as `state.new_event`)."""
-    r = _new(Routed)
-    r.flow = flow
-    r.event = event
-    r.topic = topic
-    r.partition = partition
-    r.offset = offset
-    return r
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,6 @@ from observer.ingest import SourceRecord
 from observer.runtime.ports import EventSource, RawSink, RebalanceListener
 from observer.runtime.watermark import TopicPartition
 
-_new = object.__new__
-
 __all__ = ["LocalKeyedTopic"]
 
 Done = Callable[[str | None], None]
@@ -50,23 +48,15 @@ class LocalKeyedTopic:
         self.sink = _RouterEnd(self, sink)
         self.source = _TrackerEnd(self, source)
 
-    def append(self, records: Sequence[tuple[int, bytes, Done | None]]) -> None:
+    def append(self, records: Sequence[tuple[int, Any, Done | None]]) -> None:
+        """(shard, value, on_done): a value is bytes, or a `Routed` event with direct routing."""
         append = self._log.append
         nxt = self._next
         name = self.topic
-        new = _new
         for partition, value, on_done in records:
             off = nxt[partition]
             nxt[partition] = off + 1
-            # = SourceRecord(name, partition, off, None, value, (), -1), without the class call
-            rec = new(SourceRecord)
-            rec.topic = name
-            rec.partition = partition
-            rec.offset = off
-            rec.key = None
-            rec.value = value
-            rec.headers = ()
-            rec.timestamp = -1
+            rec = SourceRecord(name, partition, off, None, value, (), -1)
             append((partition, off, rec, on_done))
 
     def read(self, max_records: int) -> list[SourceRecord]:
@@ -151,7 +141,7 @@ class _RouterEnd:
             raise ValueError("keyed records go through produce_values")
         self._sink.produce(topic, partition, key, value, headers, timestamp, on_done)
 
-    def produce_values(self, topic: str, records: Sequence[tuple[int, bytes, Done | None]]) -> None:
+    def produce_values(self, topic: str, records: Sequence[tuple[int, Any, Done | None]]) -> None:
         if topic == self._topic.topic:
             self._topic.append(records)
         else:

@@ -35,7 +35,7 @@ from observer.record_size import record_bytes
 from observer.runtime.batch import dead_letter
 from observer.runtime.commits import OffsetCommits
 from observer.runtime.every import Every
-from observer.runtime.keyed import encode_event, encode_mark, new_routed
+from observer.runtime.keyed import Routed, encode_event, encode_mark
 from observer.runtime.outbox import serialize_value
 from observer.runtime.ports import Clock, EventSource, RawSink
 from observer.runtime.tally import MinuteTally
@@ -66,7 +66,7 @@ def _keyed_values(
         for flow, ev in events:
             # = shard_of(slot_id(flow, ev.key), shards), inlined: once per event
             sid = f"{flow}:{ev.key}".encode("utf-8", "surrogatepass")
-            routed = new_routed(flow, ev, rec.topic, rec.partition, rec.offset)
+            routed = Routed(flow, ev, rec.topic, rec.partition, rec.offset)
             values.append((crc32(sid) % shards, routed))
         return values, 0
     largest = 0

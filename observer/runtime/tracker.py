@@ -450,9 +450,9 @@ class Tracker:
                     planner.deliver(sid, ev)
                 else:
                     planner.apply(sid, ev)
-            except VersionUnavailable as exc:
-                self.unavailable.report(exc, f"events of {sid} go to the dead-letter topic")
-                failed.setdefault(i, str(exc))
+            except VersionUnavailable as unavailable:
+                self.unavailable.report(unavailable, f"events of {sid} go to the dead-letter topic")
+                failed.setdefault(i, str(unavailable))
             except Exception as exc:
                 flow, key = split_slot_id(sid)
                 log.exception(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from observer.adapters.memory import ManualClock
+from observer.engine.core import Engine
 from observer.runtime.due_bounds import RELEARN_S, DueBounds
 from observer.runtime.ports import DueSlots, SlotPut
 from tests.unit.test_runtime_loop import SHARDS, Observer, observer, shard
@@ -131,24 +133,27 @@ def test_a_store_failure_forgets_every_bound(obs: Observer) -> None:
     assert [a["key"] for a in obs.alerts("missing")] == ["o-1"]
 
 
+class _FailingTimers(Engine):
+    """An engine whose timers fail (a subclass: the engine may be compiled, see `Engine`)."""
+
+    def fire(self, slot: Any, watermark: int, now: int | None = None) -> Any:
+        raise RuntimeError("boom")
+
+
 def test_a_timer_written_by_a_tick_lowers_the_bound(tmp_path: Path) -> None:
     """A timer that failed is deferred by the tick's own write; the bound follows it."""
     o = observer(tmp_path)
     o.send("orders", "Placed", "o-1")
     o.turn(4)
     tracker = o.runtime.tracker
-    fired = tracker.planning.engine.fire
-
-    def failing(*args: object, **kw: object) -> object:
-        raise RuntimeError("boom")
-
-    tracker.planning.engine.fire = failing  # type: ignore[method-assign,assignment]
+    engine = tracker.planning.engine
+    tracker.planning.engine = _FailingTimers(engine.registry, engine.topics)
     o.turn(1, seconds=11.0)
     o.turn(3)
     due = o.store.due_time("shop", "o-1")
     assert o.alerts() == [] and due is not None and due > o.clock.now_ms()
     assert tracker.bounds.bound(shard("o-1")) == due  # deferred a minute: bound there
-    tracker.planning.engine.fire = fired  # type: ignore[method-assign]
+    tracker.planning.engine = engine
     o.turn(1, seconds=61.0)
     o.turn(3)
     assert [a["key"] for a in o.alerts("missing")] == ["o-1"]

@@ -49,10 +49,14 @@ class RedisWire:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self._tls is not None:
                     sock = self._tls.wrap_socket(sock, server_hostname=a.host)
-        except ssl.SSLError as exc:
-            raise StoreError(f"TLS with Redis at {self.where} failed: {exc}") from exc
+        except ssl.SSLError as tls_error:
+            raise _because(
+                StoreError(f"TLS with Redis at {self.where} failed: {tls_error}"), tls_error
+            ) from tls_error
         except OSError as exc:
-            raise StoreError(f"cannot connect to Redis at {self.where}: {exc}") from exc
+            raise _because(
+                StoreError(f"cannot connect to Redis at {self.where}: {exc}"), exc
+            ) from exc
         self._sock = sock
         self._reader = hiredis.Reader()
         self.outstanding = 0
@@ -63,9 +67,10 @@ class RedisWire:
             if isinstance(reply, hiredis.ReplyError):
                 self.close()
                 who = f"user '{a.username}'" if a.username else "the default user"
-                raise StoreError(
-                    f"Redis at {self.where} refused the credentials of {who}: {reply}"
-                ) from reply
+                raise _because(
+                    StoreError(f"Redis at {self.where} refused the credentials of {who}: {reply}"),
+                    reply,
+                )
         if a.db:
             self.call("SELECT", a.db)
 
@@ -89,7 +94,9 @@ class RedisWire:
             self._sock.sendall(payload)
         except OSError as exc:
             self.close()
-            raise StoreError(f"Redis connection to {self.where} failed: {exc}") from exc
+            raise _because(
+                StoreError(f"Redis connection to {self.where} failed: {exc}"), exc
+            ) from exc
         self.outstanding += replies
 
     def read(self) -> Any:
@@ -112,7 +119,9 @@ class RedisWire:
             raise
         except (OSError, hiredis.ProtocolError) as exc:
             self.close()
-            raise StoreError(f"Redis connection to {self.where} failed: {exc}") from exc
+            raise _because(
+                StoreError(f"Redis connection to {self.where} failed: {exc}"), exc
+            ) from exc
 
     def call(self, *args: Any) -> Any:
         """Send one command and wait for its reply (raises StoreError on an error reply).
@@ -120,11 +129,18 @@ class RedisWire:
         self.send(hiredis.pack_command(args))
         reply = self.read()
         if isinstance(reply, hiredis.ReplyError):
-            raise StoreError(f"Redis {args[0]} failed: {reply}") from reply
+            raise _because(StoreError(f"Redis {args[0]} failed: {reply}"), reply)
         return reply
 
 
 _REFUSED = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+
+def _because(err: StoreError, cause: BaseException) -> StoreError:
+    """`raise err from cause`, written out: compiled by mypyc (setup.py), a `raise ... from`
+    loses its cause (mypy 2.4), and `check_redis_access` reads it."""
+    err.__cause__ = cause
+    return err
 
 
 def check_redis_access(settings: RedisSettings, timeout_s: float = 5.0) -> None:
