@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from observer import build
 from observer.engine.effects import Signal
 
 __all__ = ["Metrics"]
@@ -56,6 +57,14 @@ class Metrics:
         self._version_metrics(registry)
         self._correlation_metrics(registry)
         self._guard_metrics(registry)
+        hot_path = "compiled" if build.info().compiled else "python"
+        Gauge(
+            "observer_build_info",
+            "1, labelled with how the hot path runs: compiled (by mypyc at install) or python "
+            "(its sources: not compiled, or changed since; the log at start says why).",
+            ["hot_path"],
+            registry=registry,
+        ).labels(hot_path).set(1)
 
     def _flow_metrics(self, r: CollectorRegistry) -> None:
         """What the flows saw: events, instances, deviations, step latencies."""

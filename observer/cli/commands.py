@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from observer import build
 from observer.cli.logs import configure_logging
 from observer.cli.wiring import build_service, check_access
 from observer.config import ObserverConfig, topics_from_env
@@ -35,7 +36,9 @@ def _topics_from_env() -> Topics:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="choreography-observer")
+@click.version_option(
+    package_name="choreography-observer", message=f"%(prog)s %(version)s, {build.describe()}"
+)
 def main() -> None:
     """Watch a choreographed process on Kafka and step in when it goes wrong."""
 
@@ -234,6 +237,7 @@ def run(
     # What is loaded by now (flows, compiled templates, libraries) stays and is never scanned.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    logging.getLogger(__name__).info("%s", build.describe())
     try:
         service.run()
     except ConfigError as exc:

@@ -5,10 +5,14 @@ one a line) and `flow.yaml`, or `flow` naming a flow file of this folder that se
 share (default: `spec-example.flow.yaml`, the contract's own example).
 Regenerate after an intended change with `python tests/golden/test_golden.py --update`, then
 read the diff: every changed line must be explained by the change.
+
+Every case runs twice: with the hot path as installed (compiled by mypyc, see setup.py) and
+from its Python sources (`OBSERVER_PURE_PYTHON=1`): both must give the same bytes.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +32,7 @@ def flow_of(case: Path) -> Path:
     return HERE / "spec-example.flow.yaml"
 
 
-def replay(case: Path) -> subprocess.CompletedProcess[bytes]:
+def replay(case: Path, pure_python: bool = False) -> subprocess.CompletedProcess[bytes]:
     flow = flow_of(case)
     args = (case / "args").read_text().split("\n") if (case / "args").exists() else []
     cmd = [
@@ -41,12 +45,14 @@ def replay(case: Path) -> subprocess.CompletedProcess[bytes]:
         str((case / "events.jsonl").relative_to(ROOT)),
         *[a for a in args if a],
     ]
-    return subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=60)
+    env = dict(os.environ, OBSERVER_PURE_PYTHON="1" if pure_python else "")
+    return subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=60, env=env)
 
 
+@pytest.mark.parametrize("build", ["installed", "sources"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_golden(case: Path) -> None:
-    res = replay(case)
+def test_golden(case: Path, build: str) -> None:
+    res = replay(case, pure_python=build == "sources")
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode() == (case / "expected.jsonl").read_text()
 
