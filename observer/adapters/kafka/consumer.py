@@ -13,9 +13,10 @@ them is committed, their shards are no longer processed here) before `poll` rais
 Except when the consumer fenced itself: after a session timeout (a broker away for longer than
 `session.timeout.ms`), a commit queued with the old member id can reach the broker after the
 consumer rejoined under a new one, and the broker fences the instance (librdkafka #3437). Then
-no other member holds the instance id (the group says so), and the consumer is created again
-and rejoins instead of stopping the process; at most once a minute, so two processes given
-the same id still stop rather than take the member from each other forever.
+no live member holds the instance id (the group says so, at once or once the stale
+membership's session has ended: it is asked for up to two sessions), and the consumer is
+created again and rejoins instead of stopping the process; at most once a minute, so two
+processes given the same id still stop rather than take the member from each other forever.
 """
 
 from __future__ import annotations
@@ -168,8 +169,14 @@ class KafkaEventSource:
         raise ObserverError(f"Kafka consumer fatal error (group {group}): {reason}")
 
     def _fenced_itself(self, group: str, instance: str) -> bool:
-        """No member of the group but this consumer holds `instance` (asked of the group
-        coordinator); False when that cannot be told, or after a restart within a minute."""
+        """No live member of the group but this consumer holds `instance` (asked of the group
+        coordinator); False when that cannot be told, or after a restart within a minute.
+
+        A member that holds it may be gone already: a static member does not leave the group
+        when it stops, the coordinator keeps it until its session ends (after a broker restart
+        it can be this consumer's own membership from before its rejoin). So the question is
+        asked again for two sessions; a process that really runs with the same id keeps its
+        membership alive all that time."""
         now = time.monotonic()
         if now - self._restarted_at < _RESTART_EVERY_S:
             return False
@@ -177,8 +184,21 @@ class KafkaEventSource:
             mine = self._consumer.memberid() or ""
         except (KafkaException, RuntimeError):
             mine = ""
-        holders = instance_holders(self._settings, group, instance)
-        return holders is not None and holders <= {mine}
+        session_s = int(self._settings.get("session.timeout.ms", 45_000)) / 1000
+        deadline = now + 2 * session_s
+        while True:
+            holders = instance_holders(self._settings, group, instance)
+            if holders is not None and holders <= {mine}:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            log.info(
+                "Kafka: group %s: instance id %s held by %s; asking again until that session ends",
+                group,
+                instance,
+                sorted(holders) if holders is not None else "(cannot tell)",
+            )
+            time.sleep(min(1.0, session_s / 4))
 
     def _restart(self) -> None:
         """A new consumer in place of the fenced one, subscribed as it was (its partitions
