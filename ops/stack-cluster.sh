@@ -130,6 +130,10 @@ restart_cluster_node() {
     say "redis-cluster node $port is not running"
   fi
   rm -f "$PID_DIR/redis-cluster-$port.pid"
+  # a killed node's listening socket can outlive its pid for a moment (seen in CI under load:
+  # the start then found the port taken by "an unknown process")
+  deadline=$((SECONDS + 10))
+  while port_open "$port" && ((SECONDS < deadline)); do sleep 0.05; done
   start_cluster_node "$port"
   deadline=$((SECONDS + START_TIMEOUT))
   until [[ "$(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null)" == PONG ]]; do
