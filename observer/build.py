@@ -28,15 +28,18 @@ __all__ = ["BuildInfo", "choose", "describe", "info"]
 
 _PACKAGE = Path(__file__).resolve().parent
 _MANIFEST = _PACKAGE / "_build.json"
+_CHANGED = "changed since the install built it (pip install -e . again)"
 
 
 @dataclass(frozen=True, slots=True)
 class BuildInfo:
-    """`compiled`: the hot path runs as built by mypyc; else `why_not` says why not."""
+    """`compiled`: the hot path runs as built by mypyc; else `why_not` says why not, and
+    `stale` whether a source changed since the build (`pip install -e .` builds it again)."""
 
     compiled: bool
     why_not: str | None
     modules: tuple[str, ...]
+    stale: bool = False
 
 
 class _SourcesFirst(importlib.abc.MetaPathFinder):
@@ -58,6 +61,10 @@ def _digest(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
+def _pure_asked() -> bool:
+    return os.environ.get("OBSERVER_PURE_PYTHON", "") not in ("", "0")
+
+
 def _read_manifest() -> dict[str, object] | None:
     try:
         data = json.loads(_MANIFEST.read_text())
@@ -69,19 +76,21 @@ def _read_manifest() -> dict[str, object] | None:
 def choose() -> BuildInfo:
     """Decide, once, before any hot-path module is imported."""
     manifest = _read_manifest()
-    if manifest is None:
-        return BuildInfo(False, "no build record (observer/_build.json): not installed", ())
+    if manifest is None:  # nothing compiled to shadow the sources
+        why = "OBSERVER_PURE_PYTHON is set" if _pure_asked() else "no build record (_build.json)"
+        return BuildInfo(False, why, ())
     sources = manifest.get("sources")
     modules = tuple(sources) if isinstance(sources, dict) else ()
     why_not = _why_sources(manifest, sources if isinstance(sources, dict) else {})
     if why_not is None:
         return BuildInfo(True, None, modules)
     sys.meta_path.insert(0, _SourcesFirst(modules))
-    return BuildInfo(False, why_not, modules)
+    stale = bool(manifest.get("compiled")) and why_not.endswith(_CHANGED)
+    return BuildInfo(False, why_not, modules, stale)
 
 
 def _why_sources(manifest: dict[str, object], sources: dict[str, object]) -> str | None:
-    if os.environ.get("OBSERVER_PURE_PYTHON", "") not in ("", "0"):
+    if _pure_asked():
         return "OBSERVER_PURE_PYTHON is set"
     if not manifest.get("compiled"):
         return f"not compiled at install: {manifest.get('why_not')}"
@@ -90,9 +99,9 @@ def _why_sources(manifest: dict[str, object], sources: dict[str, object]) -> str
         try:
             if _digest(source) != digest:
                 name = source.relative_to(_PACKAGE.parent)
-                return f"{name} changed since the install built it (pip install -e . again)"
+                return f"{name} {_CHANGED}"
         except OSError:
-            return f"{source} is missing"
+            return f"{source} is missing; {_CHANGED}"
     return None
 
 

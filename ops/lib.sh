@@ -45,7 +45,7 @@ ensure_venv() {
     echo "virtualenv $VENV is up to date"
     # the compiled hot path (setup.py) is built again when a source of it changed since: what
     # is tested is what ships (observer/build.py would run the sources meanwhile)
-    if (cd / && "$VENV_PY" -c 'import sys; from observer import build; sys.exit("changed since" in (build.info().why_not or ""))') >/dev/null 2>&1; then
+    if (cd / && "$VENV_PY" -c 'import sys; from observer import build; sys.exit(build.info().stale)') >/dev/null 2>&1; then
       :
     else
       log "the hot path's sources changed since they were compiled: compiling them again (~90s)"

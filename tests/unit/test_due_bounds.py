@@ -3,7 +3,7 @@ the earliest due time their index can hold, and every timer still fires when it 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,10 @@ from observer.adapters.memory import ManualClock
 from observer.engine.core import Engine
 from observer.runtime.due_bounds import RELEARN_S, DueBounds
 from observer.runtime.ports import DueSlots, SlotPut
+from tests.unit import test_runtime_loop
 from tests.unit.test_runtime_loop import SHARDS, Observer, observer, shard
+
+obs = test_runtime_loop.obs  # the same fixture: an observer on the in-memory world, closed after
 
 
 def test_bounds_are_learnt_lowered_forgotten_and_learnt_again() -> None:
@@ -54,14 +57,6 @@ class _Reads:
 
     def shards(self) -> set[int]:
         return {s for marks in self.asked for s, _wm in marks}
-
-
-@pytest.fixture
-def obs(tmp_path: Path) -> Iterator[Observer]:
-    o = observer(tmp_path)
-    yield o
-    o.runtime.stop()
-    o.runtime.close()
 
 
 def test_ticks_with_nothing_due_read_nothing_and_the_timer_still_fires(
